@@ -1,0 +1,61 @@
+// tmoe: the command-line program. Subcommands follow the contract in docs/architecture.md
+// (generate, logits, tokenize, bench, quantize, init). Every failure exits non-zero with one line
+// on stderr naming what was wrong and where.
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "tmoe/tmoe.hpp"
+
+namespace {
+
+constexpr const char* kUsage = R"(tmoe )" TMOE_VERSION_STRING R"( - Mixture-of-Experts inference (DeepSeek-R1 family)
+
+usage: tmoe <command> [options]
+
+commands:
+  generate  --model PATH --prompt TEXT [-n N] [--temp T] [--top-k K] [--top-p P] [--seed S] [--chat]
+            stream generated text; without --model runs the built-in default model
+  logits    --model PATH --input IN.safetensors --output OUT.safetensors
+  tokenize  --model PATH (--text TEXT | --file LIST.json)
+  bench     --model PATH [-p N] [-n N] [-t THREADS] [-r REPS] [--json]
+  quantize  --model PATH --type TYPE --output FILE.gguf
+  init      --config config.json --output FILE [--seed S]
+  info      print the CPU kernels chosen for this machine
+
+PATH is a Hugging Face model folder (config.json, *.safetensors, tokenizer.json) or a .gguf file.
+Environment: TMOE_ISA=portable|avx2|avx512|avx512_vnni_bf16 forces a CPU kernel set.
+)";
+
+int cmd_info() {
+  const auto& k = tmoe::cpu::kernels();
+  std::printf("tmoe %s\ncpu isa detected: %s\ncpu isa selected: %s\n", TMOE_VERSION_STRING,
+              std::string(tmoe::cpu::isa_name(tmoe::cpu::detect_isa())).c_str(),
+              std::string(tmoe::cpu::isa_name(k.isa)).c_str());
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::string_view> args(argv + 1, argv + argc);
+  if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
+    std::fputs(kUsage, args.empty() ? stderr : stdout);
+    return args.empty() ? 2 : 0;
+  }
+  try {
+    const std::string_view cmd = args[0];
+    if (cmd == "info") return cmd_info();
+    if (cmd == "--version") {
+      std::puts(TMOE_VERSION_STRING);
+      return 0;
+    }
+    tmoe::fail("tmoe", "unknown command '", cmd, "' (see tmoe --help)");
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "tmoe: %s\n", e.what());
+    return 1;
+  }
+}
