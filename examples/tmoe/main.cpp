@@ -1,13 +1,12 @@
 // tmoe: the command-line program. Subcommands follow the contract in docs/architecture.md
-// (generate, logits, tokenize, bench, quantize, init). Every failure exits non-zero with one line
-// on stderr naming what was wrong and where.
+// (generate, logits, tokenize, bench, quantize, init); each lives in cmd_<name>.cpp. Every
+// failure exits non-zero with one line on stderr naming what was wrong and where.
 #include <cstdio>
-#include <cstring>
 #include <exception>
-#include <string>
 #include <string_view>
 #include <vector>
 
+#include "commands.hpp"
 #include "tmoe/tmoe.hpp"
 
 namespace {
@@ -30,30 +29,32 @@ PATH is a Hugging Face model folder (config.json, *.safetensors, tokenizer.json)
 Environment: TMOE_ISA=portable|avx2|avx512|avx512_vnni_bf16 forces a CPU kernel set.
 )";
 
-int cmd_info() {
-  const auto& k = tmoe::cpu::kernels();
-  std::printf("tmoe %s\ncpu isa detected: %s\ncpu isa selected: %s\n", TMOE_VERSION_STRING,
-              std::string(tmoe::cpu::isa_name(tmoe::cpu::detect_isa())).c_str(),
-              std::string(tmoe::cpu::isa_name(k.isa)).c_str());
-  return 0;
-}
+struct Command {
+  std::string_view name;
+  int (*run)(const tmoe::cli::Argv&);
+};
+
+// The registry: one line per subcommand.
+constexpr Command kCommands[] = {
+    {"info", &tmoe::cli::cmd_info},
+};
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::vector<std::string_view> args(argv + 1, argv + argc);
+  const tmoe::cli::Argv args(argv + 1, argv + argc);
   if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
     std::fputs(kUsage, args.empty() ? stderr : stdout);
     return args.empty() ? 2 : 0;
   }
+  if (args[0] == "--version") {
+    std::puts(TMOE_VERSION_STRING);
+    return 0;
+  }
   try {
-    const std::string_view cmd = args[0];
-    if (cmd == "info") return cmd_info();
-    if (cmd == "--version") {
-      std::puts(TMOE_VERSION_STRING);
-      return 0;
-    }
-    tmoe::fail("tmoe", "unknown command '", cmd, "' (see tmoe --help)");
+    for (const auto& c : kCommands)
+      if (c.name == args[0]) return c.run(tmoe::cli::Argv(args.begin() + 1, args.end()));
+    tmoe::fail("tmoe", "unknown command '", args[0], "' (see tmoe --help)");
   } catch (const std::exception& e) {
     std::fprintf(stderr, "tmoe: %s\n", e.what());
     return 1;

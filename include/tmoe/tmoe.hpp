@@ -12,4 +12,6 @@
 #include "tmoe/core/thread_pool.hpp"
 #include "tmoe/backend/cpu/isa.hpp"
 #include "tmoe/backend/cpu/kernel_table.hpp"
+#include "tmoe/backend/cpu/ops.hpp"
+#include "tmoe/backend/reference/blas.hpp"
 #include "tmoe/backend/reference/reduce.hpp"

@@ -15,6 +15,7 @@
 #include <cstdlib>
 #include <string_view>
 
+#include "tmoe/backend/cpu/blas.hpp"
 #include "tmoe/backend/cpu/isa.hpp"
 #include "tmoe/backend/cpu/reduce.hpp"
 
@@ -23,6 +24,7 @@ namespace tmoe::cpu {
 struct KernelTable {
   Isa isa = Isa::portable;
   ReduceKernels reduce;
+  BlasKernels blas;
 };
 
 template <class Arch>
@@ -30,6 +32,7 @@ KernelTable make_kernel_table(Isa isa) {
   KernelTable t;
   t.isa = isa;
   t.reduce = make_reduce_kernels<Arch>();
+  t.blas = make_blas_kernels<Arch>();
   return t;
 }
 

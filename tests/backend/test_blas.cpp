@@ -1,0 +1,51 @@
+// matmul of every ISA and weight type against the double-precision reference. Bound: relative to
+// sum_i |w_i x_i| per output, in * eps_f32 (float accumulation in a different order).
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <limits>
+
+#include "test_util.hpp"
+#include "tmoe/backend/cpu/ops.hpp"
+#include "tmoe/backend/reference/blas.hpp"
+
+using namespace tmoe;
+
+namespace {
+template <class WT>
+void check_matmul(const cpu::KernelTable& k, ThreadPool& pool, std::size_t out, std::size_t in,
+                  std::size_t T, bool with_bias) {
+  Matrix<WT> w(out, in);
+  const auto wf = test::random_floats(out * in, out * 131 + in);
+  for (std::size_t i = 0; i < out * in; ++i) w.data()[i] = from_float<WT>(wf[i]);
+  Matrix<float> x(T, in);
+  const auto xf = test::random_floats(T * in, T + 7 * in, -2.f, 2.f);
+  std::copy(xf.begin(), xf.end(), x.data());
+  const auto bias = test::random_floats(out, 99);
+  Matrix<float> y(T, out), r(T, out);
+  cpu::matmul<WT>(pool, w.cview(), x.cview(), y.view(), with_bias ? bias.data() : nullptr, k);
+  reference::matmul<WT>(w.cview(), x.cview(), r.view(), with_bias ? bias.data() : nullptr);
+  for (std::size_t t = 0; t < T; ++t)
+    for (std::size_t o = 0; o < out; ++o) {
+      double mag = with_bias ? std::abs(bias[o]) : 0.0;
+      for (std::size_t i = 0; i < in; ++i) mag += std::abs(to_float(w(o, i)) * x(t, i));
+      REQUIRE(std::abs(y(t, o) - r(t, o)) <= in * std::numeric_limits<float>::epsilon() * mag + 1e-30);
+    }
+}
+}  // namespace
+
+TEST_CASE_TEMPLATE("matmul matches the reference on every ISA", WT, float, bf16, f16) {
+  ThreadPool pool(2);
+  test::for_each_isa([&](const cpu::KernelTable& k) {
+    for (std::size_t out : {1u, 5u, 33u, 64u})
+      for (std::size_t in : {1u, 7u, 16u, 31u, 100u, 257u})
+        for (std::size_t T : {1u, 3u}) check_matmul<WT>(k, pool, out, in, T, (out + in) % 2 == 0);
+  });
+}
+
+TEST_CASE("matmul reports shape errors") {
+  ThreadPool pool(1);
+  Matrix<float> w(4, 8), x(2, 7), y(2, 4);
+  CHECK_THROWS_WITH(cpu::matmul<float>(pool, w.cview(), x.cview(), y.view()),
+                    "[matmul] x has 7 columns, weight (4, 8) needs 8");
+}
