@@ -15,9 +15,12 @@
 #include <cstdlib>
 #include <string_view>
 
+#include "tmoe/backend/cpu/attention.hpp"
 #include "tmoe/backend/cpu/blas.hpp"
 #include "tmoe/backend/cpu/isa.hpp"
+#include "tmoe/backend/cpu/norm.hpp"
 #include "tmoe/backend/cpu/reduce.hpp"
+#include "tmoe/backend/cpu/vec.hpp"
 
 namespace tmoe::cpu {
 
@@ -25,6 +28,9 @@ struct KernelTable {
   Isa isa = Isa::portable;
   ReduceKernels reduce;
   BlasKernels blas;
+  NormKernels norm;
+  VecKernels vec;
+  AttentionKernels attn;
 };
 
 template <class Arch>
@@ -33,6 +39,9 @@ KernelTable make_kernel_table(Isa isa) {
   t.isa = isa;
   t.reduce = make_reduce_kernels<Arch>();
   t.blas = make_blas_kernels<Arch>();
+  t.norm = make_norm_kernels<Arch>();
+  t.vec = make_vec_kernels<Arch>();
+  t.attn = make_attention_kernels<Arch>();
   return t;
 }
 

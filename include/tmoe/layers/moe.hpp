@@ -1,0 +1,138 @@
+// tmoe/layers/moe.hpp: the Mixture-of-Experts block: a Router, routed SwiGLU experts and
+// optional shared experts (DeepSeek: 1 shared expert, no gate on it).
+//
+//   y[t] = sum_k w[t,k] * E_{idx[t,k]}(x[t]) + sum_s S_s(x[t])        (float32 combine)
+//
+// Tokens are grouped by expert: for every expert that received at least one token, its tokens'
+// rows are gathered into one (n_e, d) block and the expert runs once on that block (a GEMV for
+// decode, a GEMM for prefill), so only the weights of active experts are ever read. Each expert
+// matmul is split across the pool by output rows (cpu::matmul), which keeps every thread busy
+// even when a decode step activates only 8 experts. Routed contributions are added into y in
+// ascending expert order, then the shared experts.
+// After each forward, stats() holds the expert load of that call (tokens per expert, the number
+// of active experts and max/mean load). One forward at a time per object (scratch buffers).
+#pragma once
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "tmoe/core/error.hpp"
+#include "tmoe/core/tensor.hpp"
+#include "tmoe/layers/mlp.hpp"
+#include "tmoe/layers/router.hpp"
+
+namespace tmoe {
+
+struct MoeStats {
+  std::vector<std::size_t> tokens_per_expert;  // (n_experts) for the last forward
+  std::size_t tokens = 0;                      // T of the last forward
+  std::size_t active_experts = 0;              // experts with >= 1 token
+  // max_e tokens_per_expert / mean_e tokens_per_expert (mean = T * top_k / n_experts); 1 is
+  // perfectly balanced, n_experts / top_k is the worst case of a single token.
+  double max_over_mean = 0.0;
+};
+
+template <LinearFormat F>
+class MoE {
+ public:
+  MoE() = default;
+  // experts: n_experts routed SwiGLU experts (views into weights the loader owns); shared: zero
+  // or more always-on experts (DeepSeek's n_shared_experts x moe_intermediate is one expert of
+  // width n_shared * moe_intermediate in the checkpoint).
+  MoE(Router<F> router, std::vector<SwigluMlp<F>> experts, std::vector<SwigluMlp<F>> shared = {})
+      : router_(std::move(router)), experts_(std::move(experts)), shared_(std::move(shared)) {
+    check(experts_.size() == router_.config().n_experts, "moe", "got ", experts_.size(),
+          " experts, router has n_experts = ", router_.config().n_experts);
+    for (const auto& e : experts_)
+      check(e.hidden() == router_.hidden(), "moe", "expert hidden size ", e.hidden(),
+            " differs from the router's ", router_.hidden());
+    for (const auto& s : shared_)
+      check(s.hidden() == router_.hidden(), "moe", "shared expert hidden size ", s.hidden(),
+            " differs from the router's ", router_.hidden());
+    stats_.tokens_per_expert.assign(experts_.size(), 0);
+  }
+
+  std::size_t hidden() const { return router_.hidden(); }
+  std::size_t n_experts() const { return experts_.size(); }
+  const Router<F>& router() const { return router_; }
+  const MoeStats& stats() const { return stats_; }
+
+  // y (T, d) = MoE(x (T, d)); y must not alias x.
+  void forward(ThreadPool& pool, MatrixView<const float> x, MatrixView<float> y,
+               const cpu::KernelTable& k = cpu::kernels()) const {
+    const std::size_t T = x.rows(), d = hidden(), K = router_.config().top_k, E = n_experts();
+    check(x.cols() == d && y.rows() == T && y.cols() == d && y.stride(1) == 1 && x.stride(1) == 1,
+          "moe", "x is (", x.rows(), ", ", x.cols(), "), y is (", y.rows(), ", ", y.cols(),
+          "), expected (T, ", d, ") with contiguous rows");
+    if (idx_.rows() < T) idx_ = Matrix<std::int32_t>(T, K), w_ = Matrix<float>(T, K);
+    auto idx = idx_.view().row_range(0, T);
+    auto w = w_.view().row_range(0, T);
+    router_.forward(pool, x, idx, w, k);
+
+    // Group (token, weight) pairs by expert, tokens in ascending order within an expert.
+    auto& count = stats_.tokens_per_expert;
+    count.assign(E, 0);
+    for (std::size_t t = 0; t < T; ++t)
+      for (std::size_t j = 0; j < K; ++j) ++count[static_cast<std::size_t>(idx(t, j))];
+    offset_.assign(E + 1, 0);
+    for (std::size_t e = 0; e < E; ++e) offset_[e + 1] = offset_[e] + count[e];
+    slot_token_.resize(T * K), slot_weight_.resize(T * K);
+    fill_.assign(offset_.begin(), offset_.end() - 1);
+    for (std::size_t t = 0; t < T; ++t)
+      for (std::size_t j = 0; j < K; ++j) {
+        const auto e = static_cast<std::size_t>(idx(t, j));
+        slot_token_[fill_[e]] = static_cast<std::uint32_t>(t);
+        slot_weight_[fill_[e]++] = w(t, j);
+      }
+
+    for (std::size_t t = 0; t < T; ++t) std::fill(y.row(t), y.row(t) + d, 0.f);
+    std::size_t max_n = 0;
+    for (std::size_t e = 0; e < E; ++e) max_n = std::max(max_n, count[e]);
+    if (xe_.rows() < max_n || xe_.cols() != d)
+      xe_ = Matrix<float>(max_n, d), ye_ = Matrix<float>(max_n, d);
+    for (std::size_t e = 0; e < E; ++e) {
+      const std::size_t n = count[e];
+      if (n == 0) continue;
+      auto xe = xe_.view().row_range(0, n), ye = ye_.view().row_range(0, n);
+      for (std::size_t r = 0; r < n; ++r) {
+        const float* src = x.row(slot_token_[offset_[e] + r]);
+        std::copy(src, src + d, xe.row(r));
+      }
+      experts_[e].forward(pool, xe, ye, k);
+      for (std::size_t r = 0; r < n; ++r)
+        k.vec.axpy_f32(slot_weight_[offset_[e] + r], ye.row(r), y.row(slot_token_[offset_[e] + r]),
+                       d);
+    }
+    if (!shared_.empty()) {
+      if (se_.rows() < T || se_.cols() != d) se_ = Matrix<float>(T, d);
+      auto se = se_.view().row_range(0, T);
+      for (const auto& s : shared_) {
+        s.forward(pool, x, se, k);
+        for (std::size_t t = 0; t < T; ++t) k.vec.add(se.row(t), y.row(t), d);
+      }
+    }
+
+    std::size_t active = 0, mx = 0;
+    for (std::size_t e = 0; e < E; ++e) active += count[e] > 0, mx = std::max(mx, count[e]);
+    stats_.tokens = T;
+    stats_.active_experts = active;
+    const double mean = double(T * K) / double(E);
+    stats_.max_over_mean = mean > 0 ? double(mx) / mean : 0.0;
+  }
+
+ private:
+  Router<F> router_;
+  std::vector<SwigluMlp<F>> experts_, shared_;
+  mutable MoeStats stats_;
+  mutable Matrix<std::int32_t> idx_{std::size_t{0}, std::size_t{0}};  // (T, top_k)
+  mutable Matrix<float> w_{std::size_t{0}, std::size_t{0}};           // (T, top_k)
+  mutable Matrix<float> xe_{std::size_t{0}, std::size_t{0}}, ye_{std::size_t{0}, std::size_t{0}},
+      se_{std::size_t{0}, std::size_t{0}};  // (n_e, d), (n_e, d), (T, d)
+  mutable std::vector<std::size_t> offset_, fill_;
+  mutable std::vector<std::uint32_t> slot_token_;
+  mutable std::vector<float> slot_weight_;
+};
+
+}  // namespace tmoe
