@@ -41,3 +41,12 @@ function(tmoe_enable_cpu_dispatch target)
   endif()
   target_link_libraries(${target} PRIVATE ${target}_tmoe_isa)
 endfunction()
+
+# tmoe_add_models_library(<name>): a static library with the model builders of every weight
+# format compiled once; linking it defines TMOE_MODELS_EXTERN for its users, whose translation
+# units then skip those instantiations (tmoe/models/model.hpp).
+function(tmoe_add_models_library name)
+  add_library(${name} STATIC ${TMOE_MODELS_SRC_DIR}/instantiate.cpp)
+  target_link_libraries(${name} PUBLIC tmoe::tmoe)
+  target_compile_definitions(${name} PUBLIC TMOE_MODELS_EXTERN=1)
+endfunction()

@@ -324,8 +324,12 @@ inline ModelConfig parse_model_config(const nlohmann::json& j,
 
   const bool deepseek = c.family == Family::deepseek_v3 || c.family == Family::deepseek_v2;
   if (deepseek) {
-    c.q_lora_rank =
-        r.size("q_lora_rank", c.family == Family::deepseek_v2 ? 0 : std::optional<std::size_t>());
+    // null means a direct q_proj (V2-Lite style, also valid for deepseek_v3 configs).
+    c.q_lora_rank = (j.contains("q_lora_rank") && j["q_lora_rank"].is_null())
+                        ? 0
+                        : r.size("q_lora_rank", c.family == Family::deepseek_v2
+                                                    ? 0
+                                                    : std::optional<std::size_t>());
     c.kv_lora_rank = r.size("kv_lora_rank");
     c.qk_nope_head_dim = r.size("qk_nope_head_dim");
     c.qk_rope_head_dim = r.size("qk_rope_head_dim");

@@ -1,0 +1,215 @@
+// tmoe/models/weights.hpp: where a model's weights come from, and how they reach the layers.
+//
+// WeightSource is a name -> raw tensor map (dtype, shape, bytes): a memory-mapped safetensors
+// checkpoint (SafetensorsSource) or tensors held in memory (MemoryWeights, used by the built-in
+// default model and `tmoe init`). WeightLoader turns raw tensors into the typed views the layers
+// take: zero-copy when the stored dtype is the one asked for, otherwise converted once into a
+// buffer the loader owns (e.g. F8_E4M3 + weight_scale_inv blocks -> float, or bf16 norm weights
+// -> float). Every lookup checks the name and the shape and names both in its error.
+#pragma once
+
+#include <cstddef>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "tmoe/core/dtype.hpp"
+#include "tmoe/core/error.hpp"
+#include "tmoe/core/tensor.hpp"
+#include "tmoe/io/safetensors.hpp"
+
+namespace tmoe::models {
+
+struct RawTensor {
+  DType dtype = DType::f32;
+  std::vector<std::size_t> shape;
+  const std::byte* data = nullptr;
+  std::size_t nbytes = 0;
+};
+
+class WeightSource {
+ public:
+  virtual ~WeightSource() = default;
+  // nullptr when absent.
+  virtual const RawTensor* find(std::string_view name) const = 0;
+  // Where the weights come from, for error messages ("model folder /x", "built-in model").
+  virtual std::string where() const = 0;
+};
+
+// A safetensors checkpoint (file, sharded folder or index), memory-mapped.
+class SafetensorsSource final : public WeightSource {
+ public:
+  explicit SafetensorsSource(const std::string& path) : path_(path), st_(path) {
+    for (const auto& name : st_.names()) {
+      const io::TensorInfo& t = st_.info(name);
+      raw_.emplace(name, RawTensor{t.dtype, t.shape, t.data, t.nbytes()});
+    }
+  }
+  const RawTensor* find(std::string_view name) const override {
+    auto it = raw_.find(name);
+    return it == raw_.end() ? nullptr : &it->second;
+  }
+  std::string where() const override { return path_; }
+  const io::SafetensorsModel& checkpoint() const { return st_; }
+
+ private:
+  std::string path_;
+  io::SafetensorsModel st_;
+  std::map<std::string, RawTensor, std::less<>> raw_;
+};
+
+// Tensors owned in memory.
+class MemoryWeights final : public WeightSource {
+ public:
+  explicit MemoryWeights(std::string where = "in-memory weights") : where_(std::move(where)) {}
+  template <class T>
+  void add(std::string name, std::vector<std::size_t> shape, std::vector<T> values) {
+    auto buf = std::make_unique<std::vector<std::byte>>(values.size() * sizeof(T));
+    std::memcpy(buf->data(), values.data(), buf->size());
+    raw_[name] = RawTensor{dtype_of_v<T>, std::move(shape), buf->data(), buf->size()};
+    bufs_.push_back(std::move(buf));
+  }
+  const RawTensor* find(std::string_view name) const override {
+    auto it = raw_.find(name);
+    return it == raw_.end() ? nullptr : &it->second;
+  }
+  std::string where() const override { return where_; }
+  std::vector<std::string> names() const {
+    std::vector<std::string> n;
+    for (const auto& [k, v] : raw_) n.push_back(k);
+    return n;
+  }
+
+ private:
+  std::string where_;
+  std::map<std::string, RawTensor, std::less<>> raw_;
+  std::vector<std::unique_ptr<std::vector<std::byte>>> bufs_;
+};
+
+// Typed access to a WeightSource for the layers (see the file comment).
+class WeightLoader {
+ public:
+  explicit WeightLoader(std::shared_ptr<const WeightSource> src) : src_(std::move(src)) {}
+
+  const WeightSource& source() const { return *src_; }
+  bool has(std::string_view name) const { return src_->find(name) != nullptr; }
+
+  const RawTensor& raw(std::string_view name) const {
+    const RawTensor* t = src_->find(name);
+    if (!t) fail("weights", src_->where(), ": tensor '", name, "' is missing");
+    return *t;
+  }
+
+  // (rows, cols) as T; converts when the stored dtype differs (FP8 uses <name>_scale_inv).
+  template <class T>
+  MatrixView<const T> matrix(const std::string& name, std::size_t rows, std::size_t cols) {
+    const RawTensor& t = raw(name);
+    check_shape(name, t, {rows, cols});
+    if (t.dtype == dtype_of_v<T>)
+      return MatrixView<const T>(reinterpret_cast<const T*>(t.data), rows, cols);
+    auto& buf = convert<T>(name, t);
+    return MatrixView<const T>(buf.data(), rows, cols);
+  }
+  // (n) as T.
+  template <class T>
+  VectorView<const T> vector(const std::string& name, std::size_t n) {
+    const RawTensor& t = raw(name);
+    check_shape(name, t, {n});
+    if (t.dtype == dtype_of_v<T>) return VectorView<const T>(reinterpret_cast<const T*>(t.data), n);
+    auto& buf = convert<T>(name, t);
+    return VectorView<const T>(buf.data(), n);
+  }
+  // (n) floats, or nullptr when the tensor is absent and optional.
+  const float* floats(const std::string& name, std::size_t n, bool optional = false) {
+    if (optional && !has(name)) return nullptr;
+    return vector<float>(name, n).data();
+  }
+
+  // Bytes the loader holds in converted copies (0 when every weight is used in place).
+  std::size_t converted_bytes() const { return converted_bytes_; }
+
+ private:
+  void check_shape(const std::string& name, const RawTensor& t,
+                   std::vector<std::size_t> want) const {
+    if (t.shape != want)
+      fail("weights", src_->where(), ": tensor '", name, "': expected shape ",
+           io::shape_string(want), ", got ", io::shape_string(t.shape));
+  }
+
+  static float element(const RawTensor& t, std::size_t i) {
+    switch (t.dtype) {
+      case DType::f32: {
+        float v;
+        std::memcpy(&v, t.data + 4 * i, 4);
+        return v;
+      }
+      case DType::bf16: {
+        std::uint16_t b;
+        std::memcpy(&b, t.data + 2 * i, 2);
+        return bf16::from_bits(b).to_float();
+      }
+      case DType::f16: {
+        std::uint16_t b;
+        std::memcpy(&b, t.data + 2 * i, 2);
+        return f16::from_bits(b).to_float();
+      }
+      case DType::f8_e4m3:
+        return f8_e4m3::from_bits(static_cast<std::uint8_t>(t.data[i])).to_float();
+      case DType::f8_e5m2:
+        return f8_e5m2::from_bits(static_cast<std::uint8_t>(t.data[i])).to_float();
+      case DType::f64: {
+        double v;
+        std::memcpy(&v, t.data + 8 * i, 8);
+        return static_cast<float>(v);
+      }
+      default:
+        return 0.f;
+    }
+  }
+
+  template <class T>
+  std::vector<T>& convert(const std::string& name, const RawTensor& t) {
+    const bool fp = t.dtype == DType::f32 || t.dtype == DType::bf16 || t.dtype == DType::f16 ||
+                    t.dtype == DType::f8_e4m3 || t.dtype == DType::f8_e5m2 || t.dtype == DType::f64;
+    if (!fp)
+      fail("weights", src_->where(), ": tensor '", name, "' has dtype ", dtype_name(t.dtype),
+           ", expected a floating-point type");
+    std::size_t n = 1;
+    for (auto d : t.shape) n *= d;
+    auto buf = std::make_unique<std::vector<T>>(n);
+    // FP8 blocks (DeepSeek-V3/R1): W[i, j] = q[i, j] * scale_inv[i / 128, j / 128].
+    const RawTensor* scale = nullptr;
+    if (t.dtype == DType::f8_e4m3 && t.shape.size() == 2) {
+      scale = src_->find(name + "_scale_inv");
+      if (!scale)
+        fail("weights", src_->where(), ": tensor '", name, "' is F8_E4M3 but '", name,
+             "_scale_inv' is missing");
+      const std::size_t br = (t.shape[0] + 127) / 128, bc = (t.shape[1] + 127) / 128;
+      if (scale->dtype != DType::f32 || scale->shape != std::vector<std::size_t>{br, bc})
+        fail("weights", src_->where(), ": tensor '", name, "_scale_inv': expected F32 ",
+             io::shape_string(std::vector<std::size_t>{br, bc}), ", got ", dtype_name(scale->dtype),
+             " ", io::shape_string(scale->shape));
+    }
+    const std::size_t cols = t.shape.empty() ? 1 : t.shape.back();
+    const std::size_t bc = (cols + 127) / 128;
+    for (std::size_t i = 0; i < n; ++i) {
+      float v = element(t, i);
+      if (scale) v *= element(*scale, (i / cols / 128) * bc + (i % cols) / 128);
+      (*buf)[i] = from_float<T>(v);
+    }
+    converted_bytes_ += n * sizeof(T);
+    owned_.push_back(
+        std::shared_ptr<void>(buf.get(), [](void* p) { delete static_cast<std::vector<T>*>(p); }));
+    return *buf.release();
+  }
+
+  std::shared_ptr<const WeightSource> src_;
+  std::vector<std::shared_ptr<void>> owned_;
+  std::size_t converted_bytes_ = 0;
+};
+
+}  // namespace tmoe::models
