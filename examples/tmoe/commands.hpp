@@ -11,5 +11,6 @@ namespace tmoe::cli {
 using Argv = std::vector<std::string_view>;
 
 int cmd_info(const Argv& args);
+int cmd_tokenize(const Argv& args);
 
 }  // namespace tmoe::cli

@@ -37,6 +37,7 @@ struct Command {
 // The registry: one line per subcommand.
 constexpr Command kCommands[] = {
     {"info", &tmoe::cli::cmd_info},
+    {"tokenize", &tmoe::cli::cmd_tokenize},
 };
 
 }  // namespace
