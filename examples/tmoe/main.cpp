@@ -11,7 +11,8 @@
 
 namespace {
 
-constexpr const char* kUsage = R"(tmoe )" TMOE_VERSION_STRING R"( - Mixture-of-Experts inference (DeepSeek-R1 family)
+constexpr const char* kUsage =
+    R"(tmoe )" TMOE_VERSION_STRING R"( - Mixture-of-Experts inference (DeepSeek-R1 family)
 
 usage: tmoe <command> [options]
 
@@ -36,8 +37,9 @@ struct Command {
 
 // The registry: one line per subcommand.
 constexpr Command kCommands[] = {
-    {"info", &tmoe::cli::cmd_info},
-    {"tokenize", &tmoe::cli::cmd_tokenize},
+    {"info", &tmoe::cli::cmd_info},         {"tokenize", &tmoe::cli::cmd_tokenize},
+    {"generate", &tmoe::cli::cmd_generate}, {"logits", &tmoe::cli::cmd_logits},
+    {"init", &tmoe::cli::cmd_init},
 };
 
 }  // namespace
