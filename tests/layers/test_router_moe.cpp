@@ -239,3 +239,24 @@ TEST_CASE("MoE and router report configuration errors") {
   Router<float> r(c, gate.cview());
   CHECK_THROWS_WITH(MoE<float>(std::move(r), {}), "[moe] got 0 experts, router has n_experts = 10");
 }
+
+TEST_CASE("MoE decode path splits wide experts into several row blocks") {
+  // I = 260 and d = 272 give 3 gate/up blocks and 2 down blocks per expert in the small-batch
+  // path (T * top_k <= 64); T = 40 takes the per-expert path. Same bound as above.
+  ThreadPool pool(3);
+  const std::size_t d = 272, I = 260, E = 6;
+  MoeFixture<bf16> f(d, I, E, 1);
+  RouterConfig c;
+  c.method = RouterMethod::softmax_topk;
+  c.n_experts = E, c.top_k = 2;
+  for (std::size_t T : {1u, 3u, 40u}) {
+    auto x = test::random_matrix<float>(T, d, 50 + T);
+    MoE<bf16> moe(Router<bf16>(c, f.gate.cview()), f.mlps(0, E), f.mlps(E, E + 1));
+    Matrix<float> y(T, d), r(T, d);
+    moe.forward(pool, x.cview(), y.view());
+    reference::moe<bf16>(c, f.gate.cview(), nullptr, f.refs(0, E), f.refs(E, E + 1), x.cview(),
+                         r.view());
+    CHECK(test::rel_error(y.cview(), r.cview()) <=
+          8.0 * double(d + I) * std::numeric_limits<float>::epsilon());
+  }
+}

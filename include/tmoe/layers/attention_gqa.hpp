@@ -9,8 +9,9 @@
 //   scores * softmax_scale (default D^-1/2), softmax, weighted V; y = ctx Wo^T (o_proj, no bias).
 // The attention core is the online-softmax kernel of backend/cpu/attention.hpp: no T x T scores,
 // one D-wide accumulator per (token, head) work item, items split over the pool (decode: one per
-// head; prefill: one per token and head). D is compile-time over kHeadDims
-// (core/compiled_sets.hpp).
+// head; prefill: one per token and head). A decode step with fewer heads than 2x the pool's
+// threads also splits each head's keys into chunks and merges the partial softmaxes (flash
+// decoding). D is compile-time over kHeadDims (core/compiled_sets.hpp).
 //
 // KvCache stores float32 (the activations' type: no rounding on the way in, simple SIMD scans),
 // head-major: k and v are (Hkv, capacity, D) so one head's keys are one contiguous block.
@@ -20,6 +21,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <utility>
+#include <vector>
 
 #include "tmoe/backend/cpu/attention.hpp"
 #include "tmoe/core/compiled_sets.hpp"
@@ -155,20 +158,51 @@ class GqaAttention {
         std::copy(kk.row(t) + h * D, kk.row(t) + (h + 1) * D, cache.k(h, pos0 + t));
         std::copy(vv.row(t) + h * D, vv.row(t) + (h + 1) * D, cache.v(h, pos0 + t));
       }
+    const std::size_t group = H / Hkv;
+    auto key_range = [&](std::size_t p) {  // causal, optionally windowed: [lo, p + 1)
+      const std::size_t lo = (cfg_.sliding_window > 0 && p + 1 > cfg_.sliding_window)
+                                 ? p + 1 - cfg_.sliding_window
+                                 : 0;
+      return std::pair<std::size_t, std::size_t>{lo, p + 1};
+    };
     dispatch<kHeadDims>(op, "head_dim", D, [&](auto hd) {
       constexpr std::size_t kD = decltype(hd)::value;
-      const std::size_t group = H / Hkv;
+      // Decode with few heads: split each head's keys into chunks of >= kMinSplitKeys so that
+      // about 2 work items per thread exist, then merge the partial softmaxes (flash decoding).
+      const auto [lo1, hi1] = key_range(pos0);
+      const std::size_t want = 2 * static_cast<std::size_t>(pool.size());
+      std::size_t splits = 1;
+      if (T == 1 && H < want) splits = std::min((want + H - 1) / H, (hi1 - lo1) / kMinSplitKeys);
+      if (splits > 1) {
+        const std::size_t per = (hi1 - lo1 + splits - 1) / splits;
+        if (part_acc_.size() < H * splits * kD)
+          part_acc_.resize(H * splits * kD), parts_.resize(H * splits);
+        pool.parallel_for(H * splits, 1, [&](std::size_t b, std::size_t e, int) {
+          for (std::size_t it = b; it < e; ++it) {
+            const std::size_t h = it / splits, sp = it % splits, kvh = h / group;
+            const std::size_t j0 = lo1 + sp * per, j1 = std::min(hi1, j0 + per);
+            const cpu::AttnKeys keys{cache.k(kvh, 0), D, nullptr, 0, cache.v(kvh, 0), D};
+            parts_[it] = j0 < j1 ? cpu::flash_attend_partial<kD, 0, kD>(
+                                       k.attn, q.row(0) + h * D, nullptr, keys, j0, j1,
+                                       cfg_.softmax_scale, part_acc_.data() + it * kD)
+                                 : cpu::AttnPartial{};
+          }
+        });
+        for (std::size_t h = 0; h < H; ++h)
+          cpu::merge_attention_partials(parts_.data() + h * splits,
+                                        part_acc_.data() + h * splits * kD, splits, kD,
+                                        ctx.row(0) + h * D);
+        return;
+      }
       // Work item = (token, head): one flash row. Decode has H items, prefill T * H.
       pool.parallel_for(
           T * H, 1,
           [&](std::size_t b, std::size_t e, int) {
             for (std::size_t it = b; it < e; ++it) {
-              const std::size_t t = it / H, h = it % H, kvh = h / group, p = pos0 + t;
-              const std::size_t lo = (cfg_.sliding_window > 0 && p + 1 > cfg_.sliding_window)
-                                         ? p + 1 - cfg_.sliding_window
-                                         : 0;
+              const std::size_t t = it / H, h = it % H, kvh = h / group;
+              const auto [lo, hi] = key_range(pos0 + t);
               const cpu::AttnKeys keys{cache.k(kvh, 0), D, nullptr, 0, cache.v(kvh, 0), D};
-              cpu::flash_attend_row<kD, 0, kD>(k.attn, q.row(t) + h * D, nullptr, keys, lo, p + 1,
+              cpu::flash_attend_row<kD, 0, kD>(k.attn, q.row(t) + h * D, nullptr, keys, lo, hi,
                                                cfg_.softmax_scale, ctx.row(t) + h * D);
             }
           },
@@ -181,6 +215,9 @@ class GqaAttention {
   GqaConfig cfg_{};
   Linear<F> q_, k_, v_, o_;
   const Rope* rope_ = nullptr;
+  static constexpr std::size_t kMinSplitKeys = 256;
+  mutable std::vector<float> part_acc_;          // (H * splits, D) split-K partial accumulators
+  mutable std::vector<cpu::AttnPartial> parts_;  // (H * splits)
   mutable Matrix<float> q_buf_{std::size_t{0}, std::size_t{0}},
       k_buf_{std::size_t{0}, std::size_t{0}}, v_buf_{std::size_t{0}, std::size_t{0}},
       ctx_{std::size_t{0}, std::size_t{0}};  // (T, H*D), (T, Hkv*D) x2, (T, H*D)

@@ -44,6 +44,11 @@ requires(std::is_same_v<WT, float> || std::is_same_v<WT, bf16> ||
   using weight_view = MatrixView<const WT>;  // (out, in), rows contiguous
   static std::size_t out_features(const weight_view& w) { return w.rows(); }
   static std::size_t in_features(const weight_view& w) { return w.cols(); }
+  // Optional: rows [begin, begin + count) as a weight of the same format (lets MoE split experts
+  // into row blocks that run as independent work items).
+  static weight_view slice_rows(const weight_view& w, std::size_t begin, std::size_t count) {
+    return w.row_range(begin, count);
+  }
   static void matmul(ThreadPool& pool, const weight_view& w, MatrixView<const float> x,
                      MatrixView<float> y, const float* bias, const cpu::KernelTable& k) {
     cpu::matmul<WT>(pool, w, x, y, bias, k);

@@ -5,17 +5,19 @@
 //
 // Tokens are grouped by expert: for every expert that received at least one token, its tokens'
 // rows are gathered into one (n_e, d) block and the expert runs once on that block (a GEMV for
-// decode, a GEMM for prefill), so only the weights of active experts are ever read. Each expert
-// matmul is split across the pool by output rows (cpu::matmul), which keeps every thread busy
-// even when a decode step activates only 8 experts. Routed contributions are added into y in
-// ascending expert order, then the shared experts.
-// After each forward, stats() holds the expert load of that call (tokens per expert, the number
-// of active experts and max/mean load). One forward at a time per object (scratch buffers).
+// decode, a GEMM for prefill), so only the weights of active experts are ever read.
+// Small batches (T * top_k <= 64, e.g. decode): all active experts' row blocks are the work
+// items of one pool run for gate/up and one for down (experts in parallel, two fork-joins per
+// layer). Larger batches: each expert's GEMM is split over the pool by output rows. Routed
+// contributions are added into y in ascending expert order, then the shared experts. After each
+// forward, stats() holds the expert load of that call (tokens per expert, the number of active
+// experts and max/mean load). One forward at a time per object (scratch buffers).
 #pragma once
 
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "tmoe/core/error.hpp"
@@ -88,6 +90,31 @@ class MoE {
       }
 
     for (std::size_t t = 0; t < T; ++t) std::fill(y.row(t), y.row(t) + d, 0.f);
+    bool done = false;
+    if constexpr (requires(const typename LinearTraits<F>::weight_view& wv) {
+                    LinearTraits<F>::slice_rows(wv, std::size_t{0}, std::size_t{0});
+                  }) {
+      if (T * K <= kBlockedMaxRows) {
+        forward_blocked(pool, x, y, k);
+        done = true;
+      }
+    }
+    if (!done) forward_per_expert(pool, x, y, k);
+
+    std::size_t active = 0, mx = 0;
+    for (std::size_t e = 0; e < E; ++e) active += count[e] > 0, mx = std::max(mx, count[e]);
+    stats_.tokens = T;
+    stats_.active_experts = active;
+    const double mean = double(T * K) / double(E);
+    stats_.max_over_mean = mean > 0 ? double(mx) / mean : 0.0;
+  }
+
+ private:
+  // Large batches: each active expert runs as one (gathered) GEMM split over the pool by rows.
+  void forward_per_expert(ThreadPool& pool, MatrixView<const float> x, MatrixView<float> y,
+                          const cpu::KernelTable& k) const {
+    const std::size_t T = x.rows(), d = hidden(), E = n_experts();
+    const auto& count = stats_.tokens_per_expert;
     std::size_t max_n = 0;
     for (std::size_t e = 0; e < E; ++e) max_n = std::max(max_n, count[e]);
     if (xe_.rows() < max_n || xe_.cols() != d)
@@ -113,16 +140,87 @@ class MoE {
         for (std::size_t t = 0; t < T; ++t) k.vec.add(se.row(t), y.row(t), d);
       }
     }
-
-    std::size_t active = 0, mx = 0;
-    for (std::size_t e = 0; e < E; ++e) active += count[e] > 0, mx = std::max(mx, count[e]);
-    stats_.tokens = T;
-    stats_.active_experts = active;
-    const double mean = double(T * K) / double(E);
-    stats_.max_over_mean = mean > 0 ? double(mx) / mean : 0.0;
   }
 
- private:
+  // Small batches (decode): every active expert (and shared expert) is cut into row blocks and
+  // all blocks of all experts are work items of one pool run per phase (gate/up + SwiGLU, then
+  // down): two fork-joins per layer instead of three per expert. Each item runs the matmul
+  // kernel on its rows with an inline one-thread pool.
+  struct Job {
+    const SwigluMlp<F>* mlp;
+    std::size_t row0, n;  // rows [row0, row0 + n) of the gathered buffers
+  };
+  void forward_blocked(ThreadPool& pool, MatrixView<const float> x, MatrixView<float> y,
+                       const cpu::KernelTable& k) const requires
+      requires(const typename LinearTraits<F>::weight_view& wv) {
+    LinearTraits<F>::slice_rows(wv, std::size_t{0}, std::size_t{0});
+  }
+  {
+    using Tr = LinearTraits<F>;
+    static ThreadPool inline_pool(1);  // size 1 runs inline and holds no shared state
+    const std::size_t T = x.rows(), d = hidden(), E = n_experts();
+    const auto& count = stats_.tokens_per_expert;
+    jobs_.clear();
+    std::size_t rows = 0, imax = 0;
+    for (std::size_t e = 0; e < E; ++e)
+      if (count[e])
+        jobs_.push_back({&experts_[e], offset_[e], count[e]}),
+            imax = std::max(imax, experts_[e].intermediate());
+    const std::size_t routed_rows = offset_[E];
+    rows = routed_rows;
+    for (const auto& s : shared_)
+      jobs_.push_back({&s, rows, T}), rows += T, imax = std::max(imax, s.intermediate());
+    if (xg_.rows() < rows || xg_.cols() != d)
+      xg_ = Matrix<float>(rows, d), yg_ = Matrix<float>(rows, d);
+    if (hg_.rows() < rows || hg_.cols() != imax)
+      hg_ = Matrix<float>(rows, imax), ug_ = Matrix<float>(rows, imax);
+    for (std::size_t r = 0; r < routed_rows; ++r)
+      std::copy(x.row(slot_token_[r]), x.row(slot_token_[r]) + d, xg_.row(r));
+    for (std::size_t r = routed_rows; r < rows; ++r) {
+      const float* src = x.row((r - routed_rows) % T);
+      std::copy(src, src + d, xg_.row(r));
+    }
+    auto sub = [](Matrix<float>& m, std::size_t row0, std::size_t n, std::size_t col0,
+                  std::size_t nc) {
+      return MatrixView<float>(m.row(row0) + col0, DExtents<2>(n, nc),
+                               {static_cast<std::ptrdiff_t>(m.cols()), 1});
+    };
+    // Phase 1: h = silu(gate x) * up x, blocks of kUpRows intermediate rows.
+    items_.clear();
+    for (std::size_t j = 0; j < jobs_.size(); ++j)
+      for (std::size_t b = 0; b < jobs_[j].mlp->intermediate(); b += kUpRows)
+        items_.push_back({j, b});
+    pool.run(items_.size(), [&](std::size_t it, int) {
+      const Job& job = jobs_[items_[it].first];
+      const std::size_t b = items_[it].second, n = std::min(kUpRows, job.mlp->intermediate() - b);
+      MatrixView<const float> xs = xg_.cview().row_range(job.row0, job.n);
+      auto g = sub(hg_, job.row0, job.n, b, n), u = sub(ug_, job.row0, job.n, b, n);
+      Tr::matmul(inline_pool, Tr::slice_rows(job.mlp->gate().weight(), b, n), xs, g, nullptr, k);
+      Tr::matmul(inline_pool, Tr::slice_rows(job.mlp->up().weight(), b, n), xs, u, nullptr, k);
+      for (std::size_t r = 0; r < job.n; ++r) k.vec.silu_mul(g.row(r), u.row(r), g.row(r), n);
+    });
+    // Phase 2: out = down h, blocks of kDownRows output rows.
+    items_.clear();
+    for (std::size_t j = 0; j < jobs_.size(); ++j)
+      for (std::size_t b = 0; b < d; b += kDownRows) items_.push_back({j, b});
+    pool.run(items_.size(), [&](std::size_t it, int) {
+      const Job& job = jobs_[items_[it].first];
+      const std::size_t b = items_[it].second, n = std::min(kDownRows, d - b);
+      const std::size_t I = job.mlp->intermediate();
+      MatrixView<const float> hs = sub(hg_, job.row0, job.n, 0, I);
+      Tr::matmul(inline_pool, Tr::slice_rows(job.mlp->down().weight(), b, n), hs,
+                 sub(yg_, job.row0, job.n, b, n), nullptr, k);
+    });
+    // Combine in float32: routed experts in ascending order, then the shared experts.
+    for (std::size_t r = 0; r < routed_rows; ++r)
+      k.vec.axpy_f32(slot_weight_[r], yg_.row(r), y.row(slot_token_[r]), d);
+    for (std::size_t r = routed_rows; r < rows; ++r)
+      k.vec.add(yg_.row(r), y.row((r - routed_rows) % T), d);
+  }
+
+  static constexpr std::size_t kBlockedMaxRows = 64;  // T * top_k up to which forward_blocked runs
+  static constexpr std::size_t kUpRows = 128, kDownRows = 256;
+
   Router<F> router_;
   std::vector<SwigluMlp<F>> experts_, shared_;
   mutable MoeStats stats_;
@@ -133,6 +231,12 @@ class MoE {
   mutable std::vector<std::size_t> offset_, fill_;
   mutable std::vector<std::uint32_t> slot_token_;
   mutable std::vector<float> slot_weight_;
+  mutable std::vector<Job> jobs_;
+  mutable std::vector<std::pair<std::size_t, std::size_t>> items_;  // (job, first row)
+  mutable Matrix<float> xg_{std::size_t{0}, std::size_t{0}},
+      yg_{std::size_t{0}, std::size_t{0}};  // (rows, d)
+  mutable Matrix<float> hg_{std::size_t{0}, std::size_t{0}},
+      ug_{std::size_t{0}, std::size_t{0}};  // (rows, I)
 };
 
 }  // namespace tmoe

@@ -38,19 +38,35 @@ struct AttentionImpl {
   using B = fbatch<Arch>;
   static constexpr std::size_t L = B::size;
 
+  // L keys at a time: one accumulator per key, reduced together by haddp (lane r = sum of
+  // accumulator r), so the horizontal reduction costs one transpose-add per L keys.
   static void scores(const float* q, const float* k, std::size_t ldk, std::size_t n, std::size_t d,
                      float* s, bool accumulate) {
-    for (std::size_t j = 0; j < n; ++j) {
-      const float* kr = k + j * ldk;
-      B a0(0.f), a1(0.f);
-      std::size_t i = 0;
-      for (; i + 2 * L <= d; i += 2 * L) {
-        a0 = xsimd::fma(B::load_unaligned(q + i), B::load_unaligned(kr + i), a0);
-        a1 = xsimd::fma(B::load_unaligned(q + i + L), B::load_unaligned(kr + i + L), a1);
+    std::size_t j = 0;
+    const std::size_t dv = d - d % L;
+    for (; j + L <= n; j += L) {
+      B acc[L];
+      for (std::size_t r = 0; r < L; ++r) acc[r] = B(0.f);
+      for (std::size_t i = 0; i < dv; i += L) {
+        const B qv = B::load_unaligned(q + i);
+        for (std::size_t r = 0; r < L; ++r)
+          acc[r] = xsimd::fma(qv, B::load_unaligned(k + (j + r) * ldk + i), acc[r]);
       }
+      alignas(64) float sums[L];
+      xsimd::haddp(acc).store_aligned(sums);
+      for (std::size_t r = 0; r < L; ++r) {
+        float v = sums[r];
+        for (std::size_t i = dv; i < d; ++i) v += q[i] * k[(j + r) * ldk + i];
+        s[j + r] = accumulate ? s[j + r] + v : v;
+      }
+    }
+    for (; j < n; ++j) {
+      const float* kr = k + j * ldk;
+      B a0(0.f);
+      std::size_t i = 0;
       for (; i + L <= d; i += L)
         a0 = xsimd::fma(B::load_unaligned(q + i), B::load_unaligned(kr + i), a0);
-      float r = reduce_add(a0 + a1);
+      float r = reduce_add(a0);
       for (; i < d; ++i) r += q[i] * kr[i];
       s[j] = accumulate ? s[j] + r : r;
     }
@@ -109,13 +125,20 @@ struct AttnKeys {
   std::size_t ldv;
 };
 
-// out (DV) = softmax_j(scale * (q1 . k1_j + q2 . k2_j)) v_j over j in [j0, j1). DK1 / DK2 / DV are
-// compile-time (reached through tmoe::dispatch) and size the on-stack accumulator.
+// Running state of one online softmax: max m and sum l of exp(s - m); the accumulator
+// (DV floats, sum_j exp(s_j - m) v_j) is kept by the caller.
+struct AttnPartial {
+  float m = -std::numeric_limits<float>::infinity();
+  float l = 0.f;
+};
+
+// acc (DV) = unnormalized sum_j exp(s_j - m) v_j over j in [j0, j1), with
+// s_j = scale * (q1 . k1_j + q2 . k2_j); returns (m, l). DK1 / DK2 / DV are compile-time (reached
+// through tmoe::dispatch) and size the on-stack query copies.
 template <std::size_t DK1, std::size_t DK2, std::size_t DV>
-void flash_attend_row(const AttentionKernels& k, const float* q1, const float* q2,
-                      const AttnKeys& keys, std::size_t j0, std::size_t j1, float scale,
-                      float* out) {
-  alignas(64) float acc[DV];
+AttnPartial flash_attend_partial(const AttentionKernels& k, const float* q1, const float* q2,
+                                 const AttnKeys& keys, std::size_t j0, std::size_t j1, float scale,
+                                 float* acc) {
   alignas(64) float s[kAttnTile];
   alignas(64) float q1s[DK1];
   alignas(64) float q2s[DK2 > 0 ? DK2 : 1];
@@ -124,15 +147,43 @@ void flash_attend_row(const AttentionKernels& k, const float* q1, const float* q
   if constexpr (DK2 > 0)
     for (std::size_t i = 0; i < DK2; ++i) q2s[i] = q2[i] * scale;
   for (std::size_t i = 0; i < DV; ++i) acc[i] = 0.f;
-  float m = -std::numeric_limits<float>::infinity(), l = 0.f;
+  AttnPartial p;
   for (std::size_t t = j0; t < j1; t += kAttnTile) {
     const std::size_t n = (j1 - t) < kAttnTile ? (j1 - t) : kAttnTile;
     k.scores(q1s, keys.k1 + t * keys.ld1, keys.ld1, n, DK1, s, false);
     if constexpr (DK2 > 0) k.scores(q2s, keys.k2 + t * keys.ld2, keys.ld2, n, DK2, s, true);
-    k.softmax_accumulate(s, n, keys.v + t * keys.ldv, keys.ldv, DV, acc, &m, &l);
+    k.softmax_accumulate(s, n, keys.v + t * keys.ldv, keys.ldv, DV, acc, &p.m, &p.l);
+  }
+  return p;
+}
+
+// out (DV) = softmax_j(scale * (q1 . k1_j + q2 . k2_j)) v_j over j in [j0, j1).
+template <std::size_t DK1, std::size_t DK2, std::size_t DV>
+void flash_attend_row(const AttentionKernels& k, const float* q1, const float* q2,
+                      const AttnKeys& keys, std::size_t j0, std::size_t j1, float scale,
+                      float* out) {
+  alignas(64) float acc[DV];
+  const AttnPartial p = flash_attend_partial<DK1, DK2, DV>(k, q1, q2, keys, j0, j1, scale, acc);
+  const float inv = p.l > 0.f ? 1.0f / p.l : 0.f;
+  for (std::size_t i = 0; i < DV; ++i) out[i] = acc[i] * inv;
+}
+
+// Split-K ("flash decoding") merge of n partial results over disjoint key ranges:
+//   m = max_i m_i;  out = sum_i exp(m_i - m) acc_i / sum_i exp(m_i - m) l_i
+inline void merge_attention_partials(const AttnPartial* parts, const float* accs, std::size_t n,
+                                     std::size_t dv, float* out) {
+  float m = -std::numeric_limits<float>::infinity();
+  for (std::size_t i = 0; i < n; ++i) m = parts[i].m > m ? parts[i].m : m;
+  float l = 0.f;
+  for (std::size_t d = 0; d < dv; ++d) out[d] = 0.f;
+  for (std::size_t i = 0; i < n; ++i) {
+    if (parts[i].l == 0.f) continue;
+    const float c = std::exp(parts[i].m - m);
+    l += c * parts[i].l;
+    for (std::size_t d = 0; d < dv; ++d) out[d] += c * accs[i * dv + d];
   }
   const float inv = l > 0.f ? 1.0f / l : 0.f;
-  for (std::size_t i = 0; i < DV; ++i) out[i] = acc[i] * inv;
+  for (std::size_t d = 0; d < dv; ++d) out[d] *= inv;
 }
 
 }  // namespace tmoe::cpu

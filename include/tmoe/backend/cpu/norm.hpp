@@ -11,6 +11,11 @@
 
 #include <cmath>
 #include <cstddef>
+#include <type_traits>
+
+#if defined(__AVX2__) || defined(__AVX512F__) || defined(__F16C__)
+#include <immintrin.h>
+#endif
 
 #include "tmoe/backend/cpu/simd.hpp"
 #include "tmoe/core/dtype.hpp"
@@ -39,8 +44,29 @@ struct WidenLoad {
   using B = fbatch<Arch>;
   static constexpr std::size_t L = B::size;
   static TMOE_INLINE B load(const float* p) { return B::load_unaligned(p); }
+  // bf16 -> float is a 16-bit left shift; f16 uses the F16C conversion. Raw intrinsics only
+  // when this translation unit's flags enable them (the per-ISA TUs), else a scalar widen.
   template <class WT>
   static TMOE_INLINE B load(const WT* p) {
+#if defined(__AVX512F__)
+    if constexpr (L == 16 && std::is_same_v<WT, bf16>) {
+      const __m512i u =
+          _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+      return B(_mm512_castsi512_ps(_mm512_slli_epi32(u, 16)));
+    }
+    if constexpr (L == 16 && std::is_same_v<WT, f16>)
+      return B(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))));
+#endif
+#if defined(__AVX2__)
+    if constexpr (L == 8 && std::is_same_v<WT, bf16>) {
+      const __m256i u = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+      return B(_mm256_castsi256_ps(_mm256_slli_epi32(u, 16)));
+    }
+#endif
+#if defined(__F16C__)
+    if constexpr (L == 8 && std::is_same_v<WT, f16>)
+      return B(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+#endif
     alignas(64) float f[L];
     for (std::size_t j = 0; j < L; ++j) f[j] = to_float(p[j]);
     return B::load_aligned(f);
