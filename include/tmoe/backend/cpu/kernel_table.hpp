@@ -17,6 +17,7 @@
 
 #include "tmoe/backend/cpu/blas.hpp"
 #include "tmoe/backend/cpu/isa.hpp"
+#include "tmoe/backend/cpu/quant_kernels.hpp"
 #include "tmoe/backend/cpu/reduce.hpp"
 
 namespace tmoe::cpu {
@@ -25,6 +26,7 @@ struct KernelTable {
   Isa isa = Isa::portable;
   ReduceKernels reduce;
   BlasKernels blas;
+  QuantKernels quant;
 };
 
 template <class Arch>
@@ -33,6 +35,7 @@ KernelTable make_kernel_table(Isa isa) {
   t.isa = isa;
   t.reduce = make_reduce_kernels<Arch>();
   t.blas = make_blas_kernels<Arch>();
+  t.quant = make_quant_kernels<Arch>();
   return t;
 }
 
