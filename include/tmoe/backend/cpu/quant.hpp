@@ -7,7 +7,8 @@
 //     Integer formats quantize X per 32 to BlockQ8Act first (a per-thread scratch buffer), so the
 //     result differs from the float product by at most sum_i |w_i| * d_act(i) / 2 (d_act: the
 //     activation block's scale, max|x| / 127 over its 32 elements), plus float rounding.
-//     Output rows are split across the pool's threads.
+//     Output rows are split across the pool's threads. `k` selects the ISA; `fn` (optional)
+//     overrides the row kernel (bench_quant uses it to time rows_fp8_block_table).
 //   embedding_quant<F>(W, row, out): dequantizes one row (token embedding lookup).
 #pragma once
 
@@ -62,15 +63,28 @@ void matmul_quant(ThreadPool& pool, const quant::QuantMatrixView<F>& w, MatrixVi
   a.ldx = static_cast<std::size_t>(x.stride(0));
   a.T = T;
   thread_local std::vector<quant::BlockQ8Act> scratch;
+  thread_local std::vector<float> scratch_d;
   if constexpr (quant::kUsesQ8Act<F>) {
     a.ldq = (in + 31) / 32;
     if (scratch.size() < T * a.ldq) scratch.resize(T * a.ldq);
+    if (scratch_d.size() < 2 * T * a.ldq) scratch_d.resize(2 * T * a.ldq);
     const auto q = k.quant.quantize_act;
     auto* s = scratch.data();
+    float* qd = scratch_d.data();
+    float* qdsum = qd + T * a.ldq;
+    const std::size_t ldq = a.ldq;
     pool.parallel_for(T, 8, [&](std::size_t b, std::size_t e, int) {
-      for (std::size_t t = b; t < e; ++t) q(a.x + t * a.ldx, in, s + t * a.ldq);
+      for (std::size_t t = b; t < e; ++t) {
+        q(a.x + t * a.ldx, in, s + t * ldq);
+        for (std::size_t i = t * ldq; i < (t + 1) * ldq; ++i) {
+          qd[i] = s[i].d;
+          qdsum[i] = s[i].d * static_cast<float>(s[i].sum[0] + s[i].sum[1]);
+        }
+      }
     });
     a.q = s;
+    a.qd = qd;
+    a.qdsum = qdsum;
   }
   const auto ldy = static_cast<std::size_t>(y.stride(0));
   pool.parallel_for(

@@ -21,6 +21,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 
 #include "tmoe/backend/cpu/simd.hpp"
 #include "tmoe/quant/formats.hpp"
@@ -39,6 +40,10 @@ struct QuantActs {
   std::size_t ldx = 0;
   const quant::BlockQ8Act* q = nullptr;
   std::size_t ldq = 0;
+  // Per Q8 block b of row t (index t * ldq + b): qd = d, qdsum = d * (sum[0] + sum[1]) (contiguous
+  // copies so that the K-quant kernels load 8 of them with one instruction).
+  const float* qd = nullptr;
+  const float* qdsum = nullptr;
   std::size_t T = 0;
 };
 
@@ -160,13 +165,14 @@ struct QuantImpl {
   // ---- Q4_0 ----------------------------------------------------------------------------------
   static float dot(const quant::BlockQ4_0* w, const Act* a, std::size_t nb) {
 #if defined(TMOE_QUANT_AVX2)
-    const __m256i m4 = _mm256_set1_epi8(15);
+    const __m256i m4 = _mm256_set1_epi8(15), k8 = _mm256_set1_epi8(8);
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
     auto one = [&](std::size_t i, __m256& acc) {
       const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w[i].qs));
-      const __m256i q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), m4);
-      __m256i p = dot_us(q, load32(a[i].qs));
-      p = _mm256_sub_epi32(p, lane0(8 * (a[i].sum[0] + a[i].sum[1])));
+      // q - 8 in [-8, 7]; |q - 8| * sign(q - 8) a keeps maddubs' unsigned operand non-negative.
+      const __m256i q =
+          _mm256_sub_epi8(_mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), m4), k8);
+      const __m256i p = dot_us(_mm256_sign_epi8(q, q), _mm256_sign_epi8(load32(a[i].qs), q));
       acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(half(w[i].d.bits) * a[i].d), acc);
     };
     std::size_t b = 0;
@@ -189,49 +195,72 @@ struct QuantImpl {
   }
 
   // ---- Q4_K ----------------------------------------------------------------------------------
-  static float dot(const quant::BlockQ4_K* w, const Act* a, std::size_t nb) {
-    float total = 0;
+  // qd, qdsum: the activation blocks' d and d * sum (QuantActs). Per super-block:
+  //   sum_s [ d sc_s d_a,s * sum_{i in s} q_i a_i ] - dmin * sum_s m_s * d_a,s * sum_{i in s} a_i
+  static float dot(const quant::BlockQ4_K* w, const Act* a, const float* qd, const float* qdsum,
+                   std::size_t nb) {
 #if defined(TMOE_QUANT_AVX2)
     const __m256i m4 = _mm256_set1_epi8(15);
-    __m256 acc = _mm256_setzero_ps();
-#endif
-    for (std::size_t i = 0; i < nb; ++i, a += 8) {
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                     _mm256_setzero_ps()};
+    __m256 macc = _mm256_setzero_ps();
+    for (std::size_t i = 0; i < nb; ++i, a += 8, qd += 8, qdsum += 8) {
       const quant::BlockQ4_K& x = w[i];
-      const float d = half(x.d.bits), dmin = half(x.dmin.bits);
-      int sc[8], mn[8];
-      for (int s = 0; s < 8; ++s) quant::q4k_scale_min(x.scales, s, sc[s], mn[s]);
-      float msum = 0;
-      for (int s = 0; s < 8; ++s)
-        msum += static_cast<float>(mn[s] * (a[s].sum[0] + a[s].sum[1])) * a[s].d;
-      total -= dmin * msum;
-#if defined(TMOE_QUANT_AVX2)
+      std::uint32_t u[3];
+      std::memcpy(u, x.scales, 12);
+      // 6-bit scales and mins of sub-blocks 0..3 (low 6 bits of bytes 0..3 / 4..7) and 4..7
+      // (nibbles of bytes 8..11 plus the top 2 bits of bytes 0..3 / 4..7), one byte each.
+      const std::uint32_t sc_lo = u[0] & 0x3f3f3f3fu, m_lo = u[1] & 0x3f3f3f3fu;
+      const std::uint32_t sc_hi = (u[2] & 0x0f0f0f0fu) | ((u[0] >> 2) & 0x30303030u);
+      const std::uint32_t m_hi = ((u[2] >> 4) & 0x0f0f0f0fu) | ((u[1] >> 2) & 0x30303030u);
+      const __m256 vsc =
+          _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_setr_epi32(int(sc_lo), int(sc_hi), 0, 0)));
+      const __m256 vm =
+          _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_setr_epi32(int(m_lo), int(m_hi), 0, 0)));
+      macc = _mm256_fmadd_ps(_mm256_mul_ps(vm, _mm256_set1_ps(half(x.dmin.bits))),
+                             _mm256_loadu_ps(qdsum), macc);
+      const __m256 vs =
+          _mm256_mul_ps(_mm256_mul_ps(vsc, _mm256_set1_ps(half(x.d.bits))), _mm256_loadu_ps(qd));
       for (int c = 0; c < 4; ++c) {
         const __m256i raw = load32(x.qs + 32 * c);
         const __m256i lo = _mm256_and_si256(raw, m4),
                       hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
         const __m256i p0 = dot_us(lo, load32(a[2 * c].qs)),
                       p1 = dot_us(hi, load32(a[2 * c + 1].qs));
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_set1_ps(d * sc[2 * c] * a[2 * c].d),
-                              acc);
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1),
-                              _mm256_set1_ps(d * sc[2 * c + 1] * a[2 * c + 1].d), acc);
+        acc[(2 * c) & 3] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0),
+                                           _mm256_permutevar8x32_ps(vs, _mm256_set1_epi32(2 * c)),
+                                           acc[(2 * c) & 3]);
+        acc[(2 * c + 1) & 3] = _mm256_fmadd_ps(
+            _mm256_cvtepi32_ps(p1), _mm256_permutevar8x32_ps(vs, _mm256_set1_epi32(2 * c + 1)),
+            acc[(2 * c + 1) & 3]);
       }
+    }
+    return hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]))) -
+           hsum(macc);
 #else
+    (void)qd;
+    (void)qdsum;
+    float total = 0;
+    for (std::size_t i = 0; i < nb; ++i, a += 8) {
+      const quant::BlockQ4_K& x = w[i];
+      const float d = half(x.d.bits), dmin = half(x.dmin.bits);
       for (int c = 0; c < 4; ++c) {
-        int q0 = 0, q1 = 0;
+        int s0, m0, s1, m1, q0 = 0, q1 = 0;
+        quant::q4k_scale_min(x.scales, 2 * c, s0, m0);
+        quant::q4k_scale_min(x.scales, 2 * c + 1, s1, m1);
         for (int l = 0; l < 32; ++l) {
           q0 += (x.qs[32 * c + l] & 15) * a[2 * c].qs[l];
           q1 += (x.qs[32 * c + l] >> 4) * a[2 * c + 1].qs[l];
         }
-        total += d * sc[2 * c] * a[2 * c].d * static_cast<float>(q0) +
-                 d * sc[2 * c + 1] * a[2 * c + 1].d * static_cast<float>(q1);
+        total += d * s0 * a[2 * c].d * static_cast<float>(q0) +
+                 d * s1 * a[2 * c + 1].d * static_cast<float>(q1);
+        total -= dmin * (static_cast<float>(m0 * (a[2 * c].sum[0] + a[2 * c].sum[1])) * a[2 * c].d +
+                         static_cast<float>(m1 * (a[2 * c + 1].sum[0] + a[2 * c + 1].sum[1])) *
+                             a[2 * c + 1].d);
       }
-#endif
     }
-#if defined(TMOE_QUANT_AVX2)
-    total += hsum(acc);
-#endif
     return total;
+#endif
   }
 
   // ---- Q6_K ----------------------------------------------------------------------------------
@@ -368,21 +397,35 @@ struct QuantImpl {
 #if defined(TMOE_QUANT_AVX2)
       __m256 b0 = _mm256_setzero_ps(), b1 = _mm256_setzero_ps();
       const auto* p = reinterpret_cast<const std::uint8_t*>(w + c0);
-      for (; i + 16 <= n; i += 16) {
-        __m256 v0, v1;
+      auto decode16 = [&](std::size_t j, __m256& v0, __m256& v1) {
+        const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + j));
         if constexpr (kTable) {
-          const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i));
           v0 = _mm256_i32gather_ps(fp8_table(), _mm256_cvtepu8_epi32(raw), 4);
           v1 = _mm256_i32gather_ps(fp8_table(), _mm256_cvtepu8_epi32(_mm_srli_si128(raw, 8)), 4);
         } else {
-          const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i));
-          const __m128i h0 =
-              _mm_and_si128(_mm_srai_epi16(_mm_unpacklo_epi8(_mm_setzero_si128(), raw), 1), keep);
-          const __m128i h1 =
-              _mm_and_si128(_mm_srai_epi16(_mm_unpackhi_epi8(_mm_setzero_si128(), raw), 1), keep);
-          v0 = _mm256_cvtph_ps(h0);
-          v1 = _mm256_cvtph_ps(h1);
+          v0 = _mm256_cvtph_ps(
+              _mm_and_si128(_mm_srai_epi16(_mm_unpacklo_epi8(_mm_setzero_si128(), raw), 1), keep));
+          v1 = _mm256_cvtph_ps(
+              _mm_and_si128(_mm_srai_epi16(_mm_unpackhi_epi8(_mm_setzero_si128(), raw), 1), keep));
         }
+      };
+      if (n == 128) {  // full block: 4 independent accumulators
+        __m256 b2 = _mm256_setzero_ps(), b3 = _mm256_setzero_ps();
+        for (; i < 128; i += 32) {
+          __m256 v0, v1, v2, v3;
+          decode16(i, v0, v1);
+          decode16(i + 16, v2, v3);
+          b0 = _mm256_fmadd_ps(v0, _mm256_loadu_ps(x + c0 + i), b0);
+          b1 = _mm256_fmadd_ps(v1, _mm256_loadu_ps(x + c0 + i + 8), b1);
+          b2 = _mm256_fmadd_ps(v2, _mm256_loadu_ps(x + c0 + i + 16), b2);
+          b3 = _mm256_fmadd_ps(v3, _mm256_loadu_ps(x + c0 + i + 24), b3);
+        }
+        b0 = _mm256_add_ps(b0, b2);
+        b1 = _mm256_add_ps(b1, b3);
+      }
+      for (; i + 16 <= n; i += 16) {
+        __m256 v0, v1;
+        decode16(i, v0, v1);
         b0 = _mm256_fmadd_ps(v0, _mm256_loadu_ps(x + c0 + i), b0);
         b1 = _mm256_fmadd_ps(v1, _mm256_loadu_ps(x + c0 + i + 8), b1);
       }
@@ -436,6 +479,9 @@ struct QuantImpl {
                              w.cols);
     else if constexpr (std::is_same_v<F, quant::NF4>)
       return dot_nf4(w.row(o), a.x + t * a.ldx, w.blocks_per_row());
+    else if constexpr (std::is_same_v<F, quant::Q4_K>)
+      return dot(w.row(o), a.q + t * a.ldq, a.qd + t * a.ldq, a.qdsum + t * a.ldq,
+                 w.blocks_per_row());
     else
       return dot(w.row(o), a.q + t * a.ldq, w.blocks_per_row());
   }
