@@ -1,8 +1,9 @@
 // Quantized GEMV (decode, T = 1) at 18432 x 7168 on 2 threads for every format, in bytes/s of
 // quantized weights + scales, next to the 2-thread read bandwidth measured in the same run
 // (BM_read_bandwidth: the sum of a 1 GiB float array split across a 2-thread tmoe::ThreadPool).
-// Counter frac_bw = weight bytes/s / read bandwidth. Also: the FP8 decode variants (bit trick vs
-// 256-entry table + gathers) and a prefill GEMM (T = 64) in FLOP/s.
+// Counter frac_bw = weight bytes/s / read bandwidth. Arg 0: 32 rows that stay in L2, timed in
+// CPU time: the kernels' compute ceiling (bytes/s) with no memory limit. Also: the FP8 decode
+// variants (bit trick vs 256-entry table + gathers) and a prefill GEMM (T = 64) in FLOP/s.
 //   build/bench/bench_quant --benchmark_min_time=2
 #include <benchmark/benchmark.h>
 
@@ -88,8 +89,11 @@ template <class F, bool kTable = false>
 void BM_gemv(benchmark::State& state) {
   const double bw = read_bandwidth();
   const auto w = random_matrix<F>(kOut, kIn);
-  const std::size_t T = static_cast<std::size_t>(state.range(0));
-  const std::size_t out = T == 1 ? kOut : 4096;
+  std::size_t T = static_cast<std::size_t>(state.range(0));
+  // T == 1: the decode GEMV over all 18432 rows; T == 0: 32 rows that stay in L2 (the kernel's
+  // compute ceiling, no memory limit); T > 1: prefill over 4096 rows.
+  const std::size_t out = T == 1 ? kOut : T == 0 ? 32 : 4096;
+  if (T == 0) T = 1;
   auto wv = w.view();
   wv.rows = out;
   Matrix<float> x(T, kIn), y(T, out);  // (T, in), (T, out)
@@ -109,7 +113,7 @@ void BM_gemv(benchmark::State& state) {
       benchmark::Counter(2.0 * double(out) * kIn * double(T) * double(state.iterations()),
                          benchmark::Counter::kIsRate);
   state.counters["read_bw_GBps"] = bw / 1e9;
-  if (T == 1)
+  if (state.range(0) == 1)
     state.counters["frac_bw"] =
         benchmark::Counter(bytes * double(state.iterations()) / bw, benchmark::Counter::kIsRate);
   state.SetLabel(std::string(F::kName) + " " + std::string(cpu::isa_name(k.isa)) +
@@ -126,6 +130,14 @@ BENCHMARK(BM_gemv<NF4>)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_gemv<Int8Row>)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_gemv<Fp8Block>)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_gemv<Fp8Block, true>)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_gemv<Q8_0>)->Arg(0)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_gemv<Q4_0>)->Arg(0)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_gemv<Q4_K>)->Arg(0)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_gemv<Q6_K>)->Arg(0)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_gemv<NF4>)->Arg(0)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_gemv<Int8Row>)->Arg(0)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_gemv<Fp8Block>)->Arg(0)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_gemv<Fp8Block, true>)->Arg(0)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gemv<Q8_0>)->Arg(64)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_gemv<Q4_K>)->Arg(64)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_gemv<Fp8Block>)->Arg(64)->Unit(benchmark::kMillisecond)->UseRealTime();

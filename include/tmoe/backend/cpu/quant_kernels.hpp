@@ -409,16 +409,26 @@ struct QuantImpl {
               _mm_and_si128(_mm_srai_epi16(_mm_unpackhi_epi8(_mm_setzero_si128(), raw), 1), keep));
         }
       };
-      if (n == 128) {  // full block: 4 independent accumulators
+      if (n == 128 && !kTable) {  // full block: 32 per step, 4 independent accumulators
+        // 256-bit unpacks work per 128-bit lane: unpacklo gives elements 0..7 | 16..23,
+        // unpackhi 8..15 | 24..31 (as f16), so x is loaded in that order.
+        const __m256i keep2 = _mm256_set1_epi16(static_cast<short>(0xbfff));
         __m256 b2 = _mm256_setzero_ps(), b3 = _mm256_setzero_ps();
         for (; i < 128; i += 32) {
-          __m256 v0, v1, v2, v3;
-          decode16(i, v0, v1);
-          decode16(i + 16, v2, v3);
-          b0 = _mm256_fmadd_ps(v0, _mm256_loadu_ps(x + c0 + i), b0);
-          b1 = _mm256_fmadd_ps(v1, _mm256_loadu_ps(x + c0 + i + 8), b1);
-          b2 = _mm256_fmadd_ps(v2, _mm256_loadu_ps(x + c0 + i + 16), b2);
-          b3 = _mm256_fmadd_ps(v3, _mm256_loadu_ps(x + c0 + i + 24), b3);
+          const __m256i raw = load32(p + i);
+          const __m256i lo = _mm256_and_si256(
+              _mm256_srai_epi16(_mm256_unpacklo_epi8(_mm256_setzero_si256(), raw), 1), keep2);
+          const __m256i hi = _mm256_and_si256(
+              _mm256_srai_epi16(_mm256_unpackhi_epi8(_mm256_setzero_si256(), raw), 1), keep2);
+          const float* xi = x + c0 + i;
+          b0 =
+              _mm256_fmadd_ps(_mm256_cvtph_ps(_mm256_castsi256_si128(lo)), _mm256_loadu_ps(xi), b0);
+          b1 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm256_castsi256_si128(hi)), _mm256_loadu_ps(xi + 8),
+                               b1);
+          b2 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm256_extracti128_si256(lo, 1)),
+                               _mm256_loadu_ps(xi + 16), b2);
+          b3 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm256_extracti128_si256(hi, 1)),
+                               _mm256_loadu_ps(xi + 24), b3);
         }
         b0 = _mm256_add_ps(b0, b2);
         b1 = _mm256_add_ps(b1, b3);
