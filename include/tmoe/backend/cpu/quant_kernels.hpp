@@ -452,6 +452,56 @@ struct QuantImpl {
 #endif
     return tail;
   }
+#if defined(TMOE_QUANT_AVX2)
+  // Two rows against one x (GEMV): each x vector is loaded once for both rows. Full 128-column
+  // blocks here, the partial last block by dot_fp8.
+  static void dot_fp8_pair(const f8_e4m3* w0, const f8_e4m3* w1, const float* s0, const float* s1,
+                           const float* x, std::size_t cols, float& y0, float& y1) {
+    const __m256i keep = _mm256_set1_epi16(static_cast<short>(0xbfff));
+    const std::size_t nfull = cols / 128;
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    // e4m3 -> f16 / 256 for 32 bytes; lanes as in dot_fp8 (0..7 | 16..23 and 8..15 | 24..31).
+    auto decode = [&](const std::uint8_t* p, __m256i& lo, __m256i& hi) {
+      const __m256i raw = load32(p);
+      lo = _mm256_and_si256(_mm256_srai_epi16(_mm256_unpacklo_epi8(_mm256_setzero_si256(), raw), 1),
+                            keep);
+      hi = _mm256_and_si256(_mm256_srai_epi16(_mm256_unpackhi_epi8(_mm256_setzero_si256(), raw), 1),
+                            keep);
+    };
+    for (std::size_t kb = 0; kb < nfull; ++kb) {
+      const auto* p0 = reinterpret_cast<const std::uint8_t*>(w0 + kb * 128);
+      const auto* p1 = reinterpret_cast<const std::uint8_t*>(w1 + kb * 128);
+      __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), c0 = _mm256_setzero_ps(),
+             c1 = _mm256_setzero_ps();
+      for (std::size_t i = 0; i < 128; i += 32) {
+        const float* xi = x + kb * 128 + i;
+        const __m256 x0 = _mm256_loadu_ps(xi), x1 = _mm256_loadu_ps(xi + 8),
+                     x2 = _mm256_loadu_ps(xi + 16), x3 = _mm256_loadu_ps(xi + 24);
+        __m256i lo, hi;
+        decode(p0 + i, lo, hi);
+        a0 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm256_castsi256_si128(lo)), x0, a0);
+        a1 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm256_castsi256_si128(hi)), x1, a1);
+        a0 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm256_extracti128_si256(lo, 1)), x2, a0);
+        a1 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm256_extracti128_si256(hi, 1)), x3, a1);
+        decode(p1 + i, lo, hi);
+        c0 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm256_castsi256_si128(lo)), x0, c0);
+        c1 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm256_castsi256_si128(hi)), x1, c1);
+        c0 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm256_extracti128_si256(lo, 1)), x2, c0);
+        c1 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm256_extracti128_si256(hi, 1)), x3, c1);
+      }
+      acc0 = _mm256_fmadd_ps(_mm256_add_ps(a0, a1), _mm256_set1_ps(s0[kb] * 256.f), acc0);
+      acc1 = _mm256_fmadd_ps(_mm256_add_ps(c0, c1), _mm256_set1_ps(s1[kb] * 256.f), acc1);
+    }
+    y0 = hsum(acc0);
+    y1 = hsum(acc1);
+    if (cols % 128) {
+      const std::size_t c = nfull * 128;
+      y0 += dot_fp8<false>(w0 + c, s0 + nfull, x + c, cols - c);
+      y1 += dot_fp8<false>(w1 + c, s1 + nfull, x + c, cols - c);
+    }
+  }
+#endif
+
   static const float* fp8_table() {
     static const auto table = [] {
       struct T {
@@ -473,7 +523,16 @@ struct QuantImpl {
       const std::size_t oe = std::min(o_end, ob + kRowTile);
       for (std::size_t tb = 0; tb < a.T; tb += kTokenTile) {
         const std::size_t te = std::min(a.T, tb + kTokenTile);
-        for (std::size_t o = ob; o < oe; ++o)
+        std::size_t o = ob;
+#if defined(TMOE_QUANT_AVX2)
+        if constexpr (std::is_same_v<F, quant::Fp8Block> && !kTable)
+          for (; o + 2 <= oe; o += 2)
+            for (std::size_t t = tb; t < te; ++t)
+              dot_fp8_pair(w.row(o), w.row(o + 1), w.scales + (o / 128) * w.scale_stride,
+                           w.scales + ((o + 1) / 128) * w.scale_stride, a.x + t * a.ldx, w.cols,
+                           y[t * ldy + o], y[t * ldy + o + 1]);
+#endif
+        for (; o < oe; ++o)
           for (std::size_t t = tb; t < te; ++t) y[t * ldy + o] = dot_row<F, kTable>(w, o, a, t);
       }
     }
