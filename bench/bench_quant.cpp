@@ -45,15 +45,16 @@ double read_bandwidth_once(const std::vector<float>& a) {
   return double(a.size() * sizeof(float)) / s;
 }
 
-// Best of 5 passes over 1 GiB (measured once, used by every frac_bw counter).
+// Best of 3 passes over 1 GiB, measured right before each GEMV benchmark so that both numbers
+// see the same machine load (the run is often shared with other jobs).
+const std::vector<float>& bandwidth_array() {
+  static const std::vector<float> a((std::size_t{1} << 30) / sizeof(float), 1.0f);
+  return a;
+}
 double read_bandwidth() {
-  static const double bw = [] {
-    std::vector<float> a((std::size_t{1} << 30) / sizeof(float), 1.0f);
-    double best = 0;
-    for (int i = 0; i < 5; ++i) best = std::max(best, read_bandwidth_once(a));
-    return best;
-  }();
-  return bw;
+  double best = 0;
+  for (int i = 0; i < 3; ++i) best = std::max(best, read_bandwidth_once(bandwidth_array()));
+  return best;
 }
 
 // Random bytes with finite scales: the kernels' speed does not depend on the values.
@@ -80,15 +81,15 @@ QuantMatrix<F> random_matrix(std::size_t rows, std::size_t cols) {
 }
 
 void BM_read_bandwidth(benchmark::State& state) {
-  std::vector<float> a((std::size_t{1} << 30) / sizeof(float), 1.0f);
+  const auto& a = bandwidth_array();
   for (auto _ : state) benchmark::DoNotOptimize(read_bandwidth_once(a));
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * a.size() * sizeof(float)));
 }
 
 template <class F, bool kTable = false>
 void BM_gemv(benchmark::State& state) {
-  const double bw = read_bandwidth();
   const auto w = random_matrix<F>(kOut, kIn);
+  const double bw = read_bandwidth();
   std::size_t T = static_cast<std::size_t>(state.range(0));
   // T == 1: the decode GEMV over all 18432 rows; T == 0: 32 rows that stay in L2 (the kernel's
   // compute ceiling, no memory limit); T > 1: prefill over 4096 rows.

@@ -37,6 +37,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string_view>
+#include <type_traits>
 
 #include "tmoe/core/dtype.hpp"
 #include "tmoe/core/error.hpp"
