@@ -1,6 +1,7 @@
 // Quantized GEMV (decode, T = 1) at 18432 x 7168 on 2 threads for every format, in bytes/s of
-// quantized weights + scales, next to the 2-thread read bandwidth measured in the same run
-// (BM_read_bandwidth: the sum of a 1 GiB float array split across a 2-thread tmoe::ThreadPool).
+// quantized weights + scales, next to the 2-thread read bandwidth measured in the same run, right
+// before each GEMV (the sum of a 1 GiB float array split across a 2-thread tmoe::ThreadPool;
+// also on its own as BM_read_bandwidth).
 // Counter frac_bw = weight bytes/s / read bandwidth. Arg 0: 32 rows that stay in L2, timed in
 // CPU time: the kernels' compute ceiling (bytes/s) with no memory limit. Also: the FP8 decode
 // variants (bit trick vs 256-entry table + gathers) and a prefill GEMM (T = 64) in FLOP/s.

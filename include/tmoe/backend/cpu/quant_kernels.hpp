@@ -4,13 +4,17 @@
 //   Q8_0, Q4_0, Q4_K, Q6_K, Int8Row: activations quantized per 32 to BlockQ8Act; integer dot
 //     products per 32 (AVX2: _mm256_maddubs_epi16 + _mm256_madd_epi16; AVX-512 VNNI TU:
 //     _mm256_dpbusd_epi32), one float FMA per 32 with the product of the two block scales.
-//     Offsets (Q4_0's 8, Q6_K's 32, Q4_K's min) are applied through the activation block sums:
-//     sum_i (q_i - 8) a_i = sum_i q_i a_i - 8 sum_i a_i. No int16 overflow: maddubs pairs stay
-//     below 2 * 63 * 127 (unsigned codes) or 2 * 128 * 127 (Q8 via the sign trick).
+//     Offsets (Q6_K's 32, Q4_K's min) are applied through the activation block sums:
+//     sum_i (q_i - 32) a_i = sum_i q_i a_i - 32 sum_i a_i; Q4_0 and Q8_0 use the sign trick
+//     |w| * (sign(w) a) to keep maddubs' unsigned operand non-negative. No int16 overflow: maddubs
+//     pairs stay below 2 * 63 * 127 (unsigned codes) or 2 * 128 * 127 (sign trick).
+//     Q4_K builds its 8 sub-block scales as one float vector per super-block (6-bit unpack by
+//     32-bit masks) and broadcasts each with a lane permute.
 //   NF4: float activations; codes decoded with two 8-entry permutes and a blend on bit 3.
 //   Fp8Block: float activations; e4m3 decoded as f16 (S.EEEE.MMM -> S.0EEEE.MMM0000000, exact
 //     for normals and subnormals, value / 256) and widened by F16C; the 2^8 is folded into the
-//     128-column block's scale. The e4m3 NaN pattern decodes to 480 (checkpoints hold no NaN).
+//     128-column block's scale; the GEMV runs two rows per pass so each x vector is loaded once
+//     for both. The e4m3 NaN pattern decodes to 480 (checkpoints hold no NaN).
 //     rows_fp8_block_table is the same product with a 256-entry float table and gathers, kept to
 //     measure the two decodes against each other (bench_quant).
 // The portable TU runs scalar loops with the same arithmetic (integer block sums, float
