@@ -13,6 +13,18 @@
 using namespace tmoe;
 using namespace tmoe::quant;
 
+TEST_CASE("the traits table matches the GGUF block sizes") {
+  static_assert(quant_type_info(QuantType::q4_k).block_bytes == 144);
+  CHECK(quant_type_info(QuantType::q8_0).block_bytes == 34);
+  CHECK(quant_type_info(QuantType::q4_0).block_bytes == 18);
+  CHECK(quant_type_info(QuantType::q6_k).block_bytes == 210);
+  CHECK(quant_type_info(QuantType::q6_k).block_size == 256);
+  CHECK(quant_type_info(QuantType::nf4).block_bytes == 36);
+  CHECK(quant_type_info(QuantType::fp8_block).name == "FP8_BLOCK");
+  CHECK(!quant_type_info(QuantType::fp8_block).q8_activations);
+  CHECK(quant_type_info(QuantType::int8_row).q8_activations);
+}
+
 TEST_CASE("Q8_0 and Q4_0 hand-made blocks dequantize exactly") {
   BlockQ8_0 b8{f16::from_bits(0x3800), {}};  // d = 0.5
   for (int j = 0; j < 32; ++j) b8.qs[j] = static_cast<std::int8_t>(j * 8 - 128);

@@ -157,6 +157,39 @@ concept QuantFormat = std::is_same_v<F, Q8_0> || std::is_same_v<F, Q4_0> ||
 template <class F>
 inline constexpr bool kUsesQ8Act = !std::is_same_v<F, NF4> && !std::is_same_v<F, Fp8Block>;
 
+// The run-time traits table (file loaders map a GGUF / safetensors type to a QuantType).
+struct QuantTypeInfo {
+  std::string_view name;
+  std::size_t block_size;   // elements per block along a row (1: per-element storage)
+  std::size_t block_bytes;  // bytes per block, scales excluded for Int8Row / Fp8Block
+  bool q8_activations;      // the CPU kernels take Q8 activation blocks (else float)
+};
+
+template <class F>
+constexpr QuantTypeInfo quant_type_info() {
+  return {F::kName, F::kBlockSize, sizeof(typename F::Block), kUsesQ8Act<F>};
+}
+
+constexpr QuantTypeInfo quant_type_info(QuantType t) {
+  switch (t) {
+    case QuantType::q8_0:
+      return quant_type_info<Q8_0>();
+    case QuantType::q4_0:
+      return quant_type_info<Q4_0>();
+    case QuantType::q4_k:
+      return quant_type_info<Q4_K>();
+    case QuantType::q6_k:
+      return quant_type_info<Q6_K>();
+    case QuantType::nf4:
+      return quant_type_info<NF4>();
+    case QuantType::int8_row:
+      return quant_type_info<Int8Row>();
+    case QuantType::fp8_block:
+      return quant_type_info<Fp8Block>();
+  }
+  return {"?", 0, 0, false};
+}
+
 // A non-owning view of a quantized (rows, cols) matrix, rows in [out, in] order like MatrixView.
 //   blocks:     row r starts at blocks + r * row_stride (row_stride in Blocks; for Int8Row and
 //               Fp8Block a Block is one element).
