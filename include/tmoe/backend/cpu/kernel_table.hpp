@@ -19,6 +19,7 @@
 #include "tmoe/backend/cpu/blas.hpp"
 #include "tmoe/backend/cpu/isa.hpp"
 #include "tmoe/backend/cpu/norm.hpp"
+#include "tmoe/backend/cpu/quant_kernels.hpp"
 #include "tmoe/backend/cpu/reduce.hpp"
 #include "tmoe/backend/cpu/vec.hpp"
 
@@ -31,6 +32,7 @@ struct KernelTable {
   NormKernels norm;
   VecKernels vec;
   AttentionKernels attn;
+  QuantKernels quant;
 };
 
 template <class Arch>
@@ -42,6 +44,7 @@ KernelTable make_kernel_table(Isa isa) {
   t.norm = make_norm_kernels<Arch>();
   t.vec = make_vec_kernels<Arch>();
   t.attn = make_attention_kernels<Arch>();
+  t.quant = make_quant_kernels<Arch>();
   return t;
 }
 

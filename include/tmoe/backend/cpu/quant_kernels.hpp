@@ -1,0 +1,580 @@
+// tmoe/backend/cpu/quant_kernels.hpp: the QuantKernels family of the KernelTable: dot products of
+// quantized weight rows (quant/formats.hpp) with activations, weights decoded inside the SIMD loop.
+//
+//   Q8_0, Q4_0, Q4_K, Q6_K, Int8Row: activations quantized per 32 to BlockQ8Act; integer dot
+//     products per 32 (AVX2: _mm256_maddubs_epi16 + _mm256_madd_epi16; AVX-512 VNNI TU:
+//     _mm256_dpbusd_epi32), one float FMA per 32 with the product of the two block scales.
+//     Offsets (Q6_K's 32, Q4_K's min) are applied through the activation block sums:
+//     sum_i (q_i - 32) a_i = sum_i q_i a_i - 32 sum_i a_i; Q4_0 and Q8_0 use the sign trick
+//     |w| * (sign(w) a) to keep maddubs' unsigned operand non-negative. No int16 overflow: maddubs
+//     pairs stay below 2 * 63 * 127 (unsigned codes) or 2 * 128 * 127 (sign trick).
+//     Q4_K builds its 8 sub-block scales as one float vector per super-block (6-bit unpack by
+//     32-bit masks) and broadcasts each with a lane permute.
+//   NF4: float activations; codes decoded with two 8-entry permutes and a blend on bit 3.
+//   Fp8Block: float activations; e4m3 decoded as f16 (S.EEEE.MMM -> S.0EEEE.MMM0000000, exact
+//     for normals and subnormals, value / 256) and widened by F16C; the 2^8 is folded into the
+//     128-column block's scale; the GEMV runs two rows per pass so each x vector is loaded once
+//     for both. The e4m3 NaN pattern decodes to 480 (checkpoints hold no NaN).
+//     rows_fp8_block_table is the same product with a 256-entry float table and gathers, kept to
+//     measure the two decodes against each other (bench_quant).
+// The portable TU runs scalar loops with the same arithmetic (integer block sums, float
+// accumulation). Matrix kernels tile output rows x tokens (16 x 32) and call the row dot product;
+// the weight tile stays in L1/L2 across the tokens of a prefill.
+#pragma once
+
+#include <algorithm>
+#include <bit>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+#include "tmoe/backend/cpu/simd.hpp"
+#include "tmoe/quant/formats.hpp"
+
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#include <immintrin.h>
+#define TMOE_QUANT_AVX2 1
+#endif
+
+namespace tmoe::cpu {
+
+// The activations of one matmul: T rows of float x (row stride ldx) and, for the integer formats,
+// their Q8 blocks (row stride ldq blocks, ceil(cols / 32) blocks per row, zero padded).
+struct QuantActs {
+  const float* x = nullptr;
+  std::size_t ldx = 0;
+  const quant::BlockQ8Act* q = nullptr;
+  std::size_t ldq = 0;
+  // Per Q8 block b of row t (index t * ldq + b): qd = d, qdsum = d * (sum[0] + sum[1]) (contiguous
+  // copies so that the K-quant kernels load 8 of them with one instruction).
+  const float* qd = nullptr;
+  const float* qdsum = nullptr;
+  std::size_t T = 0;
+};
+
+// y[t * ldy + o] = dot(row o of w, activation t) for o in [o_begin, o_end), t in [0, T).
+template <class F>
+using QuantRowsFn = void (*)(const quant::QuantMatrixView<F>& w, const QuantActs& a, float* y,
+                             std::size_t ldy, std::size_t o_begin, std::size_t o_end);
+
+struct QuantKernels {
+  // Quantizes x[0 .. n) to ceil(n / 32) activation blocks (the last one zero padded).
+  void (*quantize_act)(const float* x, std::size_t n, quant::BlockQ8Act* out);
+  QuantRowsFn<quant::Q8_0> rows_q8_0;
+  QuantRowsFn<quant::Q4_0> rows_q4_0;
+  QuantRowsFn<quant::Q4_K> rows_q4_k;
+  QuantRowsFn<quant::Q6_K> rows_q6_k;
+  QuantRowsFn<quant::NF4> rows_nf4;
+  QuantRowsFn<quant::Int8Row> rows_int8_row;
+  QuantRowsFn<quant::Fp8Block> rows_fp8_block;
+  QuantRowsFn<quant::Fp8Block> rows_fp8_block_table;
+};
+
+template <class Arch>
+struct QuantImpl {
+  using Act = quant::BlockQ8Act;
+
+  // Shared by every ISA: d = max|x| / 127, q = round_half_even(x * (1 / d)); the float ops are
+  // the reference's, so activation blocks are bit-identical across ISAs.
+  static void quantize_act(const float* x, std::size_t n, Act* out) {
+    for (std::size_t b = 0; b * 32 < n; ++b) {
+      float v[32];
+      const std::size_t m = std::min<std::size_t>(32, n - b * 32);
+      for (std::size_t j = 0; j < 32; ++j) v[j] = j < m ? x[b * 32 + j] : 0.f;
+      float amax = 0;
+      for (float f : v) amax = std::max(amax, f < 0 ? -f : f);
+      const float d = amax / 127.f;
+      const float id = d != 0.f ? 1.0f / d : 0.0f;
+      Act& a = out[b];
+      a.d = d;
+      int s0 = 0, s1 = 0;
+      for (int j = 0; j < 32; ++j) {
+        const float f = v[j] * id + 12582912.f;  // round half even, |v * id| <= 127.5
+        const int q = static_cast<int>(std::bit_cast<std::uint32_t>(f) & 0x007fffffu) - 0x00400000;
+        a.qs[j] = static_cast<std::int8_t>(q);
+        (j < 16 ? s0 : s1) += q;
+      }
+      a.sum[0] = static_cast<std::int16_t>(s0);
+      a.sum[1] = static_cast<std::int16_t>(s1);
+    }
+  }
+
+#if defined(TMOE_QUANT_AVX2)
+  static TMOE_INLINE float half(std::uint16_t bits) {
+    return _cvtsh_ss(bits);
+  }
+  // 8 int32 partial sums of u (unsigned bytes) times s (signed bytes).
+  static TMOE_INLINE __m256i dot_us(__m256i u, __m256i s) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
+#else
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+#endif
+  }
+  // Like dot_us, with lanes of elements 0..15 times sc0 and of 16..31 times sc1.
+  static TMOE_INLINE __m256i dot_us_scaled(__m256i u, __m256i s, int sc0, int sc1) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return _mm256_mullo_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s),
+                              _mm256_set_m128i(_mm_set1_epi32(sc1), _mm_set1_epi32(sc0)));
+#else
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s),
+                             _mm256_set_m128i(_mm_set1_epi16(static_cast<short>(sc1)),
+                                              _mm_set1_epi16(static_cast<short>(sc0))));
+#endif
+  }
+  static TMOE_INLINE __m256i load32(const void* p) {
+    return _mm256_loadu_si256(static_cast<const __m256i*>(p));
+  }
+  static TMOE_INLINE float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+  }
+  static TMOE_INLINE __m256i lane0(int v) {
+    return _mm256_setr_epi32(v, 0, 0, 0, 0, 0, 0, 0);
+  }
+#else
+  static TMOE_INLINE float half(std::uint16_t bits) {
+    return f16::from_bits(bits).to_float();
+  }
+#endif
+
+  // ---- Q8_0 ----------------------------------------------------------------------------------
+  static float dot(const quant::BlockQ8_0* w, const Act* a, std::size_t nb) {
+#if defined(TMOE_QUANT_AVX2)
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    std::size_t b = 0;
+    auto one = [&](std::size_t i, __m256& acc) {
+      const __m256i wq = load32(w[i].qs), aq = load32(a[i].qs);
+      const __m256i p = dot_us(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(aq, wq));
+      acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(half(w[i].d.bits) * a[i].d), acc);
+    };
+    for (; b + 2 <= nb; b += 2) {
+      one(b, acc0);
+      one(b + 1, acc1);
+    }
+    if (b < nb) one(b, acc0);
+    return hsum(_mm256_add_ps(acc0, acc1));
+#else
+    float s = 0;
+    for (std::size_t i = 0; i < nb; ++i) {
+      int q = 0;
+      for (int j = 0; j < 32; ++j) q += w[i].qs[j] * a[i].qs[j];
+      s += half(w[i].d.bits) * a[i].d * static_cast<float>(q);
+    }
+    return s;
+#endif
+  }
+
+  // ---- Q4_0 ----------------------------------------------------------------------------------
+  static float dot(const quant::BlockQ4_0* w, const Act* a, std::size_t nb) {
+#if defined(TMOE_QUANT_AVX2)
+    const __m256i m4 = _mm256_set1_epi8(15), k8 = _mm256_set1_epi8(8);
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    auto one = [&](std::size_t i, __m256& acc) {
+      const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w[i].qs));
+      // q - 8 in [-8, 7]; |q - 8| * sign(q - 8) a keeps maddubs' unsigned operand non-negative.
+      const __m256i q =
+          _mm256_sub_epi8(_mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), m4), k8);
+      const __m256i p = dot_us(_mm256_sign_epi8(q, q), _mm256_sign_epi8(load32(a[i].qs), q));
+      acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(half(w[i].d.bits) * a[i].d), acc);
+    };
+    std::size_t b = 0;
+    for (; b + 2 <= nb; b += 2) {
+      one(b, acc0);
+      one(b + 1, acc1);
+    }
+    if (b < nb) one(b, acc0);
+    return hsum(_mm256_add_ps(acc0, acc1));
+#else
+    float s = 0;
+    for (std::size_t i = 0; i < nb; ++i) {
+      int q = 0;
+      for (int j = 0; j < 16; ++j)
+        q += ((w[i].qs[j] & 15) - 8) * a[i].qs[j] + ((w[i].qs[j] >> 4) - 8) * a[i].qs[j + 16];
+      s += half(w[i].d.bits) * a[i].d * static_cast<float>(q);
+    }
+    return s;
+#endif
+  }
+
+  // ---- Q4_K ----------------------------------------------------------------------------------
+  // qd, qdsum: the activation blocks' d and d * sum (QuantActs). Per super-block:
+  //   sum_s [ d sc_s d_a,s * sum_{i in s} q_i a_i ] - dmin * sum_s m_s * d_a,s * sum_{i in s} a_i
+  static float dot(const quant::BlockQ4_K* w, const Act* a, const float* qd, const float* qdsum,
+                   std::size_t nb) {
+#if defined(TMOE_QUANT_AVX2)
+    const __m256i m4 = _mm256_set1_epi8(15);
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                     _mm256_setzero_ps()};
+    __m256 macc = _mm256_setzero_ps();
+    for (std::size_t i = 0; i < nb; ++i, a += 8, qd += 8, qdsum += 8) {
+      const quant::BlockQ4_K& x = w[i];
+      std::uint32_t u[3];
+      std::memcpy(u, x.scales, 12);
+      // 6-bit scales and mins of sub-blocks 0..3 (low 6 bits of bytes 0..3 / 4..7) and 4..7
+      // (nibbles of bytes 8..11 plus the top 2 bits of bytes 0..3 / 4..7), one byte each.
+      const std::uint32_t sc_lo = u[0] & 0x3f3f3f3fu, m_lo = u[1] & 0x3f3f3f3fu;
+      const std::uint32_t sc_hi = (u[2] & 0x0f0f0f0fu) | ((u[0] >> 2) & 0x30303030u);
+      const std::uint32_t m_hi = ((u[2] >> 4) & 0x0f0f0f0fu) | ((u[1] >> 2) & 0x30303030u);
+      const __m256 vsc =
+          _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_setr_epi32(int(sc_lo), int(sc_hi), 0, 0)));
+      const __m256 vm =
+          _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_setr_epi32(int(m_lo), int(m_hi), 0, 0)));
+      macc = _mm256_fmadd_ps(_mm256_mul_ps(vm, _mm256_set1_ps(half(x.dmin.bits))),
+                             _mm256_loadu_ps(qdsum), macc);
+      const __m256 vs =
+          _mm256_mul_ps(_mm256_mul_ps(vsc, _mm256_set1_ps(half(x.d.bits))), _mm256_loadu_ps(qd));
+      for (int c = 0; c < 4; ++c) {
+        const __m256i raw = load32(x.qs + 32 * c);
+        const __m256i lo = _mm256_and_si256(raw, m4),
+                      hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
+        const __m256i p0 = dot_us(lo, load32(a[2 * c].qs)),
+                      p1 = dot_us(hi, load32(a[2 * c + 1].qs));
+        acc[(2 * c) & 3] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0),
+                                           _mm256_permutevar8x32_ps(vs, _mm256_set1_epi32(2 * c)),
+                                           acc[(2 * c) & 3]);
+        acc[(2 * c + 1) & 3] = _mm256_fmadd_ps(
+            _mm256_cvtepi32_ps(p1), _mm256_permutevar8x32_ps(vs, _mm256_set1_epi32(2 * c + 1)),
+            acc[(2 * c + 1) & 3]);
+      }
+    }
+    return hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]))) -
+           hsum(macc);
+#else
+    (void)qd;
+    (void)qdsum;
+    float total = 0;
+    for (std::size_t i = 0; i < nb; ++i, a += 8) {
+      const quant::BlockQ4_K& x = w[i];
+      const float d = half(x.d.bits), dmin = half(x.dmin.bits);
+      for (int c = 0; c < 4; ++c) {
+        int s0, m0, s1, m1, q0 = 0, q1 = 0;
+        quant::q4k_scale_min(x.scales, 2 * c, s0, m0);
+        quant::q4k_scale_min(x.scales, 2 * c + 1, s1, m1);
+        for (int l = 0; l < 32; ++l) {
+          q0 += (x.qs[32 * c + l] & 15) * a[2 * c].qs[l];
+          q1 += (x.qs[32 * c + l] >> 4) * a[2 * c + 1].qs[l];
+        }
+        total += d * s0 * a[2 * c].d * static_cast<float>(q0) +
+                 d * s1 * a[2 * c + 1].d * static_cast<float>(q1);
+        total -= dmin * (static_cast<float>(m0 * (a[2 * c].sum[0] + a[2 * c].sum[1])) * a[2 * c].d +
+                         static_cast<float>(m1 * (a[2 * c + 1].sum[0] + a[2 * c + 1].sum[1])) *
+                             a[2 * c + 1].d);
+      }
+    }
+    return total;
+#endif
+  }
+
+  // ---- Q6_K ----------------------------------------------------------------------------------
+  static float dot(const quant::BlockQ6_K* w, const Act* a, std::size_t nb) {
+#if defined(TMOE_QUANT_AVX2)
+    const __m256i m4 = _mm256_set1_epi8(15), m30 = _mm256_set1_epi8(0x30);
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    for (std::size_t i = 0; i < nb; ++i, a += 8) {
+      const quant::BlockQ6_K& x = w[i];
+      const float d = half(x.d.bits);
+      for (int h = 0; h < 2; ++h) {
+        const __m256i ql0 = load32(x.ql + 64 * h), ql1 = load32(x.ql + 64 * h + 32);
+        const __m256i qh = load32(x.qh + 32 * h);
+        __m256i q[4];
+        q[0] = _mm256_or_si256(_mm256_and_si256(ql0, m4),
+                               _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30));
+        q[1] = _mm256_or_si256(_mm256_and_si256(ql1, m4),
+                               _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30));
+        q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
+                               _mm256_and_si256(qh, m30));
+        q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                               _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30));
+        for (int g = 0; g < 4; ++g) {
+          const Act& ab = a[4 * h + g];
+          const int s0 = x.scales[8 * h + 2 * g], s1 = x.scales[8 * h + 2 * g + 1];
+          __m256i p = dot_us_scaled(q[g], load32(ab.qs), s0, s1);
+          p = _mm256_sub_epi32(p, lane0(32 * (s0 * ab.sum[0] + s1 * ab.sum[1])));
+          __m256& acc = (g & 1) ? acc1 : acc0;
+          acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d * ab.d), acc);
+        }
+      }
+    }
+    return hsum(_mm256_add_ps(acc0, acc1));
+#else
+    float s = 0;
+    for (std::size_t i = 0; i < nb; ++i, a += 8) {
+      const float d = half(w[i].d.bits);
+      for (int blk = 0; blk < 8; ++blk) {
+        int q = 0;
+        for (int l = 0; l < 32; ++l) {
+          const int e = 32 * blk + l;
+          q += w[i].scales[e / 16] * (quant::QuantTraits<quant::Q6_K>::code(w[i], e) - 32) *
+               a[blk].qs[l];
+        }
+        s += d * a[blk].d * static_cast<float>(q);
+      }
+    }
+    return s;
+#endif
+  }
+
+  // ---- Int8Row (one scale per row, applied by the caller) ------------------------------------
+  static float dot_i8(const std::int8_t* w, const Act* a, std::size_t cols) {
+    const std::size_t nb = cols / 32;
+    float s = 0;
+    std::size_t b = 0;
+#if defined(TMOE_QUANT_AVX2)
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    auto one = [&](std::size_t i, __m256& acc) {
+      const __m256i wq = load32(w + 32 * i), aq = load32(a[i].qs);
+      const __m256i p = dot_us(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(aq, wq));
+      acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(a[i].d), acc);
+    };
+    for (; b + 2 <= nb; b += 2) {
+      one(b, acc0);
+      one(b + 1, acc1);
+    }
+    if (b < nb) one(b++, acc0);
+    s = hsum(_mm256_add_ps(acc0, acc1));
+#endif
+    for (; b < nb; ++b) {
+      int q = 0;
+      for (int j = 0; j < 32; ++j) q += w[32 * b + j] * a[b].qs[j];
+      s += a[b].d * static_cast<float>(q);
+    }
+    if (cols % 32) {
+      int q = 0;
+      for (std::size_t j = 0; j < cols % 32; ++j) q += w[32 * nb + j] * a[nb].qs[j];
+      s += a[nb].d * static_cast<float>(q);
+    }
+    return s;
+  }
+
+  // ---- NF4 (float activations) ---------------------------------------------------------------
+  static float dot_nf4(const quant::BlockNF4* w, const float* x, std::size_t nb) {
+#if defined(TMOE_QUANT_AVX2)
+    const __m256 tlo = _mm256_loadu_ps(quant::kNf4Codebook),
+                 thi = _mm256_loadu_ps(quant::kNf4Codebook + 8);
+    __m256 acc = _mm256_setzero_ps();
+    for (std::size_t i = 0; i < nb; ++i, x += 64) {
+      __m256 b0 = _mm256_setzero_ps(), b1 = _mm256_setzero_ps();
+      for (int k = 0; k < 4; ++k) {
+        const __m256i idx = _mm256_cvtepu8_epi32(
+            _mm_loadl_epi64(reinterpret_cast<const __m128i*>(w[i].qs + 8 * k)));
+        const __m256i hi = _mm256_srli_epi32(idx, 4);
+        // permutevar8x32 reads index bits 0..2; bit 3 (moved to the sign bit) picks the half.
+        const __m256 vlo =
+            _mm256_blendv_ps(_mm256_permutevar8x32_ps(tlo, idx), _mm256_permutevar8x32_ps(thi, idx),
+                             _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));
+        const __m256 vhi =
+            _mm256_blendv_ps(_mm256_permutevar8x32_ps(tlo, hi), _mm256_permutevar8x32_ps(thi, hi),
+                             _mm256_castsi256_ps(_mm256_slli_epi32(idx, 24)));
+        b0 = _mm256_fmadd_ps(vlo, _mm256_loadu_ps(x + 8 * k), b0);
+        b1 = _mm256_fmadd_ps(vhi, _mm256_loadu_ps(x + 32 + 8 * k), b1);
+      }
+      acc = _mm256_fmadd_ps(_mm256_add_ps(b0, b1), _mm256_set1_ps(w[i].absmax), acc);
+    }
+    return hsum(acc);
+#else
+    float s = 0;
+    for (std::size_t i = 0; i < nb; ++i, x += 64) {
+      float b = 0;
+      for (int j = 0; j < 32; ++j)
+        b += quant::kNf4Codebook[w[i].qs[j] & 15] * x[j] +
+             quant::kNf4Codebook[w[i].qs[j] >> 4] * x[j + 32];
+      s += b * w[i].absmax;
+    }
+    return s;
+#endif
+  }
+
+  // ---- FP8 e4m3 with 128 x 128 block scales (float activations) ------------------------------
+  template <bool kTable>
+  static float dot_fp8(const f8_e4m3* w, const float* srow, const float* x, std::size_t cols) {
+    float tail = 0;
+#if defined(TMOE_QUANT_AVX2)
+    __m256 acc = _mm256_setzero_ps();
+    const __m128i keep = _mm_set1_epi16(static_cast<short>(0xbfff));
+#endif
+    for (std::size_t c0 = 0; c0 < cols; c0 += 128) {
+      const std::size_t n = std::min<std::size_t>(128, cols - c0);
+      std::size_t i = 0;
+      float t = 0;
+#if defined(TMOE_QUANT_AVX2)
+      __m256 b0 = _mm256_setzero_ps(), b1 = _mm256_setzero_ps();
+      const auto* p = reinterpret_cast<const std::uint8_t*>(w + c0);
+      auto decode16 = [&](std::size_t j, __m256& v0, __m256& v1) {
+        const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + j));
+        if constexpr (kTable) {
+          v0 = _mm256_i32gather_ps(fp8_table(), _mm256_cvtepu8_epi32(raw), 4);
+          v1 = _mm256_i32gather_ps(fp8_table(), _mm256_cvtepu8_epi32(_mm_srli_si128(raw, 8)), 4);
+        } else {
+          v0 = _mm256_cvtph_ps(
+              _mm_and_si128(_mm_srai_epi16(_mm_unpacklo_epi8(_mm_setzero_si128(), raw), 1), keep));
+          v1 = _mm256_cvtph_ps(
+              _mm_and_si128(_mm_srai_epi16(_mm_unpackhi_epi8(_mm_setzero_si128(), raw), 1), keep));
+        }
+      };
+      if (n == 128 && !kTable) {  // full block: 32 per step, 4 independent accumulators
+        // 256-bit unpacks work per 128-bit lane: unpacklo gives elements 0..7 | 16..23,
+        // unpackhi 8..15 | 24..31 (as f16), so x is loaded in that order.
+        const __m256i keep2 = _mm256_set1_epi16(static_cast<short>(0xbfff));
+        __m256 b2 = _mm256_setzero_ps(), b3 = _mm256_setzero_ps();
+        for (; i < 128; i += 32) {
+          const __m256i raw = load32(p + i);
+          const __m256i lo = _mm256_and_si256(
+              _mm256_srai_epi16(_mm256_unpacklo_epi8(_mm256_setzero_si256(), raw), 1), keep2);
+          const __m256i hi = _mm256_and_si256(
+              _mm256_srai_epi16(_mm256_unpackhi_epi8(_mm256_setzero_si256(), raw), 1), keep2);
+          const float* xi = x + c0 + i;
+          b0 =
+              _mm256_fmadd_ps(_mm256_cvtph_ps(_mm256_castsi256_si128(lo)), _mm256_loadu_ps(xi), b0);
+          b1 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm256_castsi256_si128(hi)), _mm256_loadu_ps(xi + 8),
+                               b1);
+          b2 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm256_extracti128_si256(lo, 1)),
+                               _mm256_loadu_ps(xi + 16), b2);
+          b3 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm256_extracti128_si256(hi, 1)),
+                               _mm256_loadu_ps(xi + 24), b3);
+        }
+        b0 = _mm256_add_ps(b0, b2);
+        b1 = _mm256_add_ps(b1, b3);
+      }
+      for (; i + 16 <= n; i += 16) {
+        __m256 v0, v1;
+        decode16(i, v0, v1);
+        b0 = _mm256_fmadd_ps(v0, _mm256_loadu_ps(x + c0 + i), b0);
+        b1 = _mm256_fmadd_ps(v1, _mm256_loadu_ps(x + c0 + i + 8), b1);
+      }
+      const float s = srow[c0 / 128];
+      acc = _mm256_fmadd_ps(_mm256_add_ps(b0, b1), _mm256_set1_ps(kTable ? s : s * 256.f), acc);
+#else
+      const float s = srow[c0 / 128];
+#endif
+      for (; i < n; ++i) t += w[c0 + i].to_float() * x[c0 + i];
+      tail += t * s;
+    }
+#if defined(TMOE_QUANT_AVX2)
+    tail += hsum(acc);
+#endif
+    return tail;
+  }
+#if defined(TMOE_QUANT_AVX2)
+  // Two rows against one x (GEMV): each x vector is loaded once for both rows. Full 128-column
+  // blocks here, the partial last block by dot_fp8.
+  static void dot_fp8_pair(const f8_e4m3* w0, const f8_e4m3* w1, const float* s0, const float* s1,
+                           const float* x, std::size_t cols, float& y0, float& y1) {
+    const __m256i keep = _mm256_set1_epi16(static_cast<short>(0xbfff));
+    const std::size_t nfull = cols / 128;
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    // e4m3 -> f16 / 256 for 32 bytes; lanes as in dot_fp8 (0..7 | 16..23 and 8..15 | 24..31).
+    auto decode = [&](const std::uint8_t* p, __m256i& lo, __m256i& hi) {
+      const __m256i raw = load32(p);
+      lo = _mm256_and_si256(_mm256_srai_epi16(_mm256_unpacklo_epi8(_mm256_setzero_si256(), raw), 1),
+                            keep);
+      hi = _mm256_and_si256(_mm256_srai_epi16(_mm256_unpackhi_epi8(_mm256_setzero_si256(), raw), 1),
+                            keep);
+    };
+    for (std::size_t kb = 0; kb < nfull; ++kb) {
+      const auto* p0 = reinterpret_cast<const std::uint8_t*>(w0 + kb * 128);
+      const auto* p1 = reinterpret_cast<const std::uint8_t*>(w1 + kb * 128);
+      __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), c0 = _mm256_setzero_ps(),
+             c1 = _mm256_setzero_ps();
+      for (std::size_t i = 0; i < 128; i += 32) {
+        const float* xi = x + kb * 128 + i;
+        const __m256 x0 = _mm256_loadu_ps(xi), x1 = _mm256_loadu_ps(xi + 8),
+                     x2 = _mm256_loadu_ps(xi + 16), x3 = _mm256_loadu_ps(xi + 24);
+        __m256i lo, hi;
+        decode(p0 + i, lo, hi);
+        a0 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm256_castsi256_si128(lo)), x0, a0);
+        a1 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm256_castsi256_si128(hi)), x1, a1);
+        a0 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm256_extracti128_si256(lo, 1)), x2, a0);
+        a1 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm256_extracti128_si256(hi, 1)), x3, a1);
+        decode(p1 + i, lo, hi);
+        c0 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm256_castsi256_si128(lo)), x0, c0);
+        c1 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm256_castsi256_si128(hi)), x1, c1);
+        c0 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm256_extracti128_si256(lo, 1)), x2, c0);
+        c1 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm256_extracti128_si256(hi, 1)), x3, c1);
+      }
+      acc0 = _mm256_fmadd_ps(_mm256_add_ps(a0, a1), _mm256_set1_ps(s0[kb] * 256.f), acc0);
+      acc1 = _mm256_fmadd_ps(_mm256_add_ps(c0, c1), _mm256_set1_ps(s1[kb] * 256.f), acc1);
+    }
+    y0 = hsum(acc0);
+    y1 = hsum(acc1);
+    if (cols % 128) {
+      const std::size_t c = nfull * 128;
+      y0 += dot_fp8<false>(w0 + c, s0 + nfull, x + c, cols - c);
+      y1 += dot_fp8<false>(w1 + c, s1 + nfull, x + c, cols - c);
+    }
+  }
+#endif
+
+  static const float* fp8_table() {
+    static const auto table = [] {
+      struct T {
+        float v[256];
+      } t{};
+      for (int b = 0; b < 256; ++b)
+        t.v[b] = f8_e4m3::from_bits(static_cast<std::uint8_t>(b)).to_float();
+      return t;
+    }();
+    return table.v;
+  }
+
+  // ---- matrix driver: tiles of 16 output rows x 32 tokens -------------------------------------
+  template <class F, bool kTable = false>
+  static void rows(const quant::QuantMatrixView<F>& w, const QuantActs& a, float* y,
+                   std::size_t ldy, std::size_t o_begin, std::size_t o_end) {
+    constexpr std::size_t kRowTile = 16, kTokenTile = 32;
+    for (std::size_t ob = o_begin; ob < o_end; ob += kRowTile) {
+      const std::size_t oe = std::min(o_end, ob + kRowTile);
+      for (std::size_t tb = 0; tb < a.T; tb += kTokenTile) {
+        const std::size_t te = std::min(a.T, tb + kTokenTile);
+        std::size_t o = ob;
+#if defined(TMOE_QUANT_AVX2)
+        if constexpr (std::is_same_v<F, quant::Fp8Block> && !kTable)
+          for (; o + 2 <= oe; o += 2)
+            for (std::size_t t = tb; t < te; ++t)
+              dot_fp8_pair(w.row(o), w.row(o + 1), w.scales + (o / 128) * w.scale_stride,
+                           w.scales + ((o + 1) / 128) * w.scale_stride, a.x + t * a.ldx, w.cols,
+                           y[t * ldy + o], y[t * ldy + o + 1]);
+#endif
+        for (; o < oe; ++o)
+          for (std::size_t t = tb; t < te; ++t) y[t * ldy + o] = dot_row<F, kTable>(w, o, a, t);
+      }
+    }
+  }
+
+  template <class F, bool kTable>
+  static TMOE_INLINE float dot_row(const quant::QuantMatrixView<F>& w, std::size_t o,
+                                   const QuantActs& a, std::size_t t) {
+    if constexpr (std::is_same_v<F, quant::Int8Row>)
+      return w.scales[o] * dot_i8(w.row(o), a.q + t * a.ldq, w.cols);
+    else if constexpr (std::is_same_v<F, quant::Fp8Block>)
+      return dot_fp8<kTable>(w.row(o), w.scales + (o / 128) * w.scale_stride, a.x + t * a.ldx,
+                             w.cols);
+    else if constexpr (std::is_same_v<F, quant::NF4>)
+      return dot_nf4(w.row(o), a.x + t * a.ldx, w.blocks_per_row());
+    else if constexpr (std::is_same_v<F, quant::Q4_K>)
+      return dot(w.row(o), a.q + t * a.ldq, a.qd + t * a.ldq, a.qdsum + t * a.ldq,
+                 w.blocks_per_row());
+    else
+      return dot(w.row(o), a.q + t * a.ldq, w.blocks_per_row());
+  }
+};
+
+template <class Arch>
+QuantKernels make_quant_kernels() {
+  using I = QuantImpl<Arch>;
+  QuantKernels k;
+  k.quantize_act = &I::quantize_act;
+  k.rows_q8_0 = &I::template rows<quant::Q8_0>;
+  k.rows_q4_0 = &I::template rows<quant::Q4_0>;
+  k.rows_q4_k = &I::template rows<quant::Q4_K>;
+  k.rows_q6_k = &I::template rows<quant::Q6_K>;
+  k.rows_nf4 = &I::template rows<quant::NF4>;
+  k.rows_int8_row = &I::template rows<quant::Int8Row>;
+  k.rows_fp8_block = &I::template rows<quant::Fp8Block>;
+  k.rows_fp8_block_table = &I::template rows<quant::Fp8Block, true>;
+  return k;
+}
+
+}  // namespace tmoe::cpu

@@ -1,0 +1,327 @@
+// tmoe/quant/formats.hpp: quantized weight formats: block structs, format tags, matrix views and
+// the per-format traits table (block size, bytes per block, scalar row dequantization).
+//
+// Block formats are byte-identical to GGUF / ggml, so a GGUF tensor's bytes are used in place:
+//   Q8_0 (32 / 34 B):  f16 d, int8 qs[32];                     w = d * q
+//   Q4_0 (32 / 18 B):  f16 d, u8 qs[16];  element j < 16 is the low nibble of qs[j], element
+//                      j >= 16 the high nibble of qs[j - 16];   w = d * (q - 8)
+//   Q4_K (256 / 144 B): f16 d, f16 dmin, u8 scales[12] (8 x 6-bit scale sc and 6-bit min m, packed
+//                      as below), u8 qs[128]: 64-element chunk c uses qs[32c .. 32c+31], its
+//                      elements 0..31 the low nibbles, 32..63 the high ones; sub-block s =
+//                      element/32: w = d * sc[s] * q - dmin * m[s] packing: s < 4: sc = scales[s] &
+//                      63, m = scales[s+4] & 63; s >= 4: sc = (scales[s+4] & 15) | (scales[s-4] >>
+//                      6) << 4,
+//                              m  = (scales[s+4] >> 4) | (scales[s]   >> 6) << 4
+//   Q6_K (256 / 210 B): u8 ql[128], u8 qh[64], int8 scales[16], f16 d. Half h (128 elements) uses
+//                      ql[64h..], qh[32h..]; for l < 32 its elements l, l+32, l+64, l+96 are
+//                      (ql[l] & 15, ql[l+32] & 15, ql[l] >> 4, ql[l+32] >> 4) | ((qh[l] >> 2g) & 3)
+//                      << 4 for g = 0..3; w = d * scales[element / 16] * (q - 32)
+//   NF4  (64 / 36 B):  float absmax, u8 qs[32]; element j < 32 is the low nibble of qs[j], j >= 32
+//                      the high nibble of qs[j - 32]; w = absmax * kNf4Codebook[q]. The code book
+//                      is bitsandbytes' (the 16 quantiles of N(0,1) normalized to [-1, 1] with an
+//                      exact zero). bitsandbytes itself packs element 2i in the HIGH nibble of byte
+//                      i and element 2i+1 in the low one, and keeps absmax in a separate float
+//                      array (its "blocksize" 64); a bitsandbytes tensor is therefore repacked by
+//                      nf4_from_bitsandbytes() (quantize.hpp), not used in place. The split order
+//                      used here lets the SIMD kernels decode 8 consecutive elements per load.
+//   Int8Row:           int8 (rows, cols), float scale per row (symmetric): w = scale[r] * q
+//   Fp8Block:          f8_e4m3 (rows, cols) with float weight_scale_inv (ceil(rows/128),
+//                      ceil(cols/128)) exactly as DeepSeek-R1 stores it: w = float(q) *
+//                      scale_inv[r / 128][c / 128] (a multiplier despite the name; edge blocks
+//                      partial, indexed by floor division).
+//
+// Activations of the integer formats are quantized per 32 to BlockQ8Act (float d, two 16-element
+// sums, int8 qs[32]); the sums let Q4_0 / Q4_K / Q6_K subtract their offsets once per block.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+#include <type_traits>
+
+#include "tmoe/core/dtype.hpp"
+#include "tmoe/core/error.hpp"
+
+namespace tmoe::quant {
+
+struct BlockQ8_0 {
+  f16 d;
+  std::int8_t qs[32];
+};
+struct BlockQ4_0 {
+  f16 d;
+  std::uint8_t qs[16];
+};
+struct BlockQ4_K {
+  f16 d;
+  f16 dmin;
+  std::uint8_t scales[12];
+  std::uint8_t qs[128];
+};
+struct BlockQ6_K {
+  std::uint8_t ql[128];
+  std::uint8_t qh[64];
+  std::int8_t scales[16];
+  f16 d;
+};
+struct BlockNF4 {
+  float absmax;
+  std::uint8_t qs[32];
+};
+// Activation block: x ~= d * qs, qs = round_half_even(x / d), d = max|x| / 127; sum[h] = sum of
+// qs[16h .. 16h+15].
+struct BlockQ8Act {
+  float d;
+  std::int16_t sum[2];
+  std::int8_t qs[32];
+};
+
+static_assert(sizeof(BlockQ8_0) == 34, "Q8_0 block must match GGUF (34 bytes)");
+static_assert(sizeof(BlockQ4_0) == 18, "Q4_0 block must match GGUF (18 bytes)");
+static_assert(sizeof(BlockQ4_K) == 144, "Q4_K block must match GGUF (144 bytes)");
+static_assert(sizeof(BlockQ6_K) == 210, "Q6_K block must match GGUF (210 bytes)");
+static_assert(sizeof(BlockNF4) == 36, "NF4 block is 4 + 32 bytes");
+static_assert(sizeof(BlockQ8Act) == 40, "activation block is 4 + 4 + 32 bytes");
+
+// bitsandbytes' NF4 code book (ascending; index 7 is exactly 0).
+inline constexpr float kNf4Codebook[16] = {-1.0f,
+                                           -0.6961928009986877f,
+                                           -0.5250730514526367f,
+                                           -0.39491748809814453f,
+                                           -0.28444138169288635f,
+                                           -0.18477343022823334f,
+                                           -0.09105003625154495f,
+                                           0.0f,
+                                           0.07958029955625534f,
+                                           0.16093020141124725f,
+                                           0.24611230194568634f,
+                                           0.33791524171829224f,
+                                           0.44070982933044434f,
+                                           0.5626170039176941f,
+                                           0.7229568362236023f,
+                                           1.0f};
+
+// Format tags. Block: the stored unit; kBlockSize: elements per block along a row.
+enum class QuantType : std::uint8_t { q8_0, q4_0, q4_k, q6_k, nf4, int8_row, fp8_block };
+
+struct Q8_0 {
+  using Block = BlockQ8_0;
+  static constexpr QuantType kType = QuantType::q8_0;
+  static constexpr std::size_t kBlockSize = 32;
+  static constexpr std::string_view kName = "Q8_0";
+};
+struct Q4_0 {
+  using Block = BlockQ4_0;
+  static constexpr QuantType kType = QuantType::q4_0;
+  static constexpr std::size_t kBlockSize = 32;
+  static constexpr std::string_view kName = "Q4_0";
+};
+struct Q4_K {
+  using Block = BlockQ4_K;
+  static constexpr QuantType kType = QuantType::q4_k;
+  static constexpr std::size_t kBlockSize = 256;
+  static constexpr std::string_view kName = "Q4_K";
+};
+struct Q6_K {
+  using Block = BlockQ6_K;
+  static constexpr QuantType kType = QuantType::q6_k;
+  static constexpr std::size_t kBlockSize = 256;
+  static constexpr std::string_view kName = "Q6_K";
+};
+struct NF4 {
+  using Block = BlockNF4;
+  static constexpr QuantType kType = QuantType::nf4;
+  static constexpr std::size_t kBlockSize = 64;
+  static constexpr std::string_view kName = "NF4";
+};
+struct Int8Row {
+  using Block = std::int8_t;
+  static constexpr QuantType kType = QuantType::int8_row;
+  static constexpr std::size_t kBlockSize = 1;
+  static constexpr std::string_view kName = "I8_ROW";
+};
+struct Fp8Block {
+  using Block = f8_e4m3;
+  static constexpr QuantType kType = QuantType::fp8_block;
+  static constexpr std::size_t kBlockSize = 1;
+  static constexpr std::size_t kScaleBlock = 128;  // square scale tile
+  static constexpr std::string_view kName = "FP8_BLOCK";
+};
+
+template <class F>
+concept QuantFormat = std::is_same_v<F, Q8_0> || std::is_same_v<F, Q4_0> ||
+    std::is_same_v<F, Q4_K> || std::is_same_v<F, Q6_K> || std::is_same_v<F, NF4> ||
+    std::is_same_v<F, Int8Row> || std::is_same_v<F, Fp8Block>;
+
+// True when the CPU kernels take Q8 activations (integer dot products); false: float activations.
+template <class F>
+inline constexpr bool kUsesQ8Act = !std::is_same_v<F, NF4> && !std::is_same_v<F, Fp8Block>;
+
+// The run-time traits table (file loaders map a GGUF / safetensors type to a QuantType).
+struct QuantTypeInfo {
+  std::string_view name;
+  std::size_t block_size;   // elements per block along a row (1: per-element storage)
+  std::size_t block_bytes;  // bytes per block, scales excluded for Int8Row / Fp8Block
+  bool q8_activations;      // the CPU kernels take Q8 activation blocks (else float)
+};
+
+template <class F>
+constexpr QuantTypeInfo quant_type_info() {
+  return {F::kName, F::kBlockSize, sizeof(typename F::Block), kUsesQ8Act<F>};
+}
+
+constexpr QuantTypeInfo quant_type_info(QuantType t) {
+  switch (t) {
+    case QuantType::q8_0:
+      return quant_type_info<Q8_0>();
+    case QuantType::q4_0:
+      return quant_type_info<Q4_0>();
+    case QuantType::q4_k:
+      return quant_type_info<Q4_K>();
+    case QuantType::q6_k:
+      return quant_type_info<Q6_K>();
+    case QuantType::nf4:
+      return quant_type_info<NF4>();
+    case QuantType::int8_row:
+      return quant_type_info<Int8Row>();
+    case QuantType::fp8_block:
+      return quant_type_info<Fp8Block>();
+  }
+  return {"?", 0, 0, false};
+}
+
+// A non-owning view of a quantized (rows, cols) matrix, rows in [out, in] order like MatrixView.
+//   blocks:     row r starts at blocks + r * row_stride (row_stride in Blocks; for Int8Row and
+//               Fp8Block a Block is one element).
+//   scales:     Int8Row: (rows) floats; Fp8Block: (ceil(rows/128), scale_stride) floats,
+//               scale_stride >= ceil(cols/128); other formats: unused (nullptr).
+template <class F>
+struct QuantMatrixView {
+  using Block = typename F::Block;
+  const Block* blocks = nullptr;
+  std::size_t rows = 0, cols = 0;
+  std::size_t row_stride = 0;
+  const float* scales = nullptr;
+  std::size_t scale_stride = 0;
+
+  const Block* row(std::size_t r) const { return blocks + r * row_stride; }
+  std::size_t blocks_per_row() const { return cols / F::kBlockSize; }
+  // Bytes a GEMV reads: quantized weights plus scales.
+  std::size_t weight_bytes() const {
+    std::size_t b = rows * blocks_per_row() * sizeof(Block);
+    if constexpr (std::is_same_v<F, Int8Row>) b += rows * sizeof(float);
+    if constexpr (std::is_same_v<F, Fp8Block>)
+      b += ((rows + 127) / 128) * ((cols + 127) / 128) * sizeof(float);
+    return b;
+  }
+  // Throws unless the view is well formed (op names the caller).
+  void validate(std::string_view op) const {
+    check(cols % F::kBlockSize == 0, op, F::kName, " weight has ", cols,
+          " columns, expected a multiple of the block size ", F::kBlockSize);
+    check(row_stride >= blocks_per_row(), op, F::kName, " row stride ", row_stride,
+          " is smaller than the ", blocks_per_row(), " blocks of a row");
+    check(blocks != nullptr || rows * cols == 0, op, F::kName, " weight has no data");
+    if constexpr (std::is_same_v<F, Int8Row>)
+      check(scales != nullptr || rows == 0, op, "I8_ROW weight has no per-row scales");
+    if constexpr (std::is_same_v<F, Fp8Block>) {
+      check(scales != nullptr || rows == 0, op, "FP8_BLOCK weight has no weight_scale_inv");
+      check(scale_stride >= (cols + 127) / 128, op, "weight_scale_inv row stride ", scale_stride,
+            " is smaller than ceil(", cols, " / 128) = ", (cols + 127) / 128);
+    }
+  }
+};
+
+// Q4_K's 6-bit scale and min of sub-block s (0..7).
+TMOE_INLINE void q4k_scale_min(const std::uint8_t* sc, int s, int& scale, int& min) {
+  if (s < 4) {
+    scale = sc[s] & 63;
+    min = sc[s + 4] & 63;
+  } else {
+    scale = (sc[s + 4] & 15) | ((sc[s - 4] >> 6) << 4);
+    min = (sc[s + 4] >> 4) | ((sc[s] >> 6) << 4);
+  }
+}
+
+// Per-format traits: the scalar definition of each format (ground truth for every kernel).
+template <class F>
+struct QuantTraits;
+
+template <>
+struct QuantTraits<Q8_0> {
+  static constexpr std::size_t kBlockSize = 32, kBlockBytes = sizeof(BlockQ8_0);
+  static void dequantize_block(const BlockQ8_0& b, float* y) {
+    const float d = b.d.to_float();
+    for (int j = 0; j < 32; ++j) y[j] = d * b.qs[j];
+  }
+};
+template <>
+struct QuantTraits<Q4_0> {
+  static constexpr std::size_t kBlockSize = 32, kBlockBytes = sizeof(BlockQ4_0);
+  static void dequantize_block(const BlockQ4_0& b, float* y) {
+    const float d = b.d.to_float();
+    for (int j = 0; j < 16; ++j) {
+      y[j] = d * ((b.qs[j] & 15) - 8);
+      y[j + 16] = d * ((b.qs[j] >> 4) - 8);
+    }
+  }
+};
+template <>
+struct QuantTraits<Q4_K> {
+  static constexpr std::size_t kBlockSize = 256, kBlockBytes = sizeof(BlockQ4_K);
+  static void dequantize_block(const BlockQ4_K& b, float* y) {
+    const float d = b.d.to_float(), dmin = b.dmin.to_float();
+    for (int c = 0; c < 4; ++c) {
+      int s0, m0, s1, m1;
+      q4k_scale_min(b.scales, 2 * c, s0, m0);
+      q4k_scale_min(b.scales, 2 * c + 1, s1, m1);
+      const float d0 = d * s0, n0 = dmin * m0, d1 = d * s1, n1 = dmin * m1;
+      for (int l = 0; l < 32; ++l) {
+        y[64 * c + l] = d0 * (b.qs[32 * c + l] & 15) - n0;
+        y[64 * c + 32 + l] = d1 * (b.qs[32 * c + l] >> 4) - n1;
+      }
+    }
+  }
+};
+template <>
+struct QuantTraits<Q6_K> {
+  static constexpr std::size_t kBlockSize = 256, kBlockBytes = sizeof(BlockQ6_K);
+  // The 6-bit code (0..63) of element e.
+  static int code(const BlockQ6_K& b, int e) {
+    const int h = e / 128, g = (e % 128) / 32, l = e % 32;
+    const std::uint8_t lo = b.ql[64 * h + l + 32 * (g & 1)];
+    const int low = g < 2 ? (lo & 15) : (lo >> 4);
+    return low | (((b.qh[32 * h + l] >> (2 * g)) & 3) << 4);
+  }
+  static void dequantize_block(const BlockQ6_K& b, float* y) {
+    const float d = b.d.to_float();
+    for (int e = 0; e < 256; ++e) y[e] = d * b.scales[e / 16] * (code(b, e) - 32);
+  }
+};
+template <>
+struct QuantTraits<NF4> {
+  static constexpr std::size_t kBlockSize = 64, kBlockBytes = sizeof(BlockNF4);
+  static void dequantize_block(const BlockNF4& b, float* y) {
+    for (int j = 0; j < 32; ++j) {
+      y[j] = b.absmax * kNf4Codebook[b.qs[j] & 15];
+      y[j + 32] = b.absmax * kNf4Codebook[b.qs[j] >> 4];
+    }
+  }
+};
+
+// Dequantizes row r of w into y[0 .. cols) (the embedding lookup of every format).
+template <class F>
+void dequantize_row(const QuantMatrixView<F>& w, std::size_t r, float* y) {
+  const auto* row = w.row(r);
+  if constexpr (std::is_same_v<F, Int8Row>) {
+    const float s = w.scales[r];
+    for (std::size_t c = 0; c < w.cols; ++c) y[c] = s * row[c];
+  } else if constexpr (std::is_same_v<F, Fp8Block>) {
+    const float* s = w.scales + (r / 128) * w.scale_stride;
+    for (std::size_t c = 0; c < w.cols; ++c) y[c] = row[c].to_float() * s[c / 128];
+  } else {
+    for (std::size_t b = 0; b < w.blocks_per_row(); ++b)
+      QuantTraits<F>::dequantize_block(row[b], y + b * F::kBlockSize);
+  }
+}
+
+}  // namespace tmoe::quant

@@ -1,0 +1,205 @@
+// Quantized matmul kernels of every format and ISA against the scalar reference.
+// Bounds (per output y[t, o], eps = float epsilon):
+//   integer formats vs reference::matmul_quant_q8act (same Q8 activations, double sums):
+//     |y - r| <= (in / 16 + 24) * eps * M,  M = sum_i (|w_i| + |offset term_i|) * |xq_i|
+//   every format vs the exact product with float x, reference::matmul_quant:
+//     |y - r| <= sum_i |w_i| * e_i + (in / 16 + 24) * eps * M',  e_i = d_act(i) / 2 for the integer
+//     formats (activation rounding), 0 for NF4 / Fp8Block; M' = sum_i |w_i x_i| (+ M), times 2
+//     for NF4 / Fp8Block.
+// Weights are random bytes (every code, scale and min, including Q8's -128 and Q6_K's scale
+// -128) with random finite f16 scales, so the kernels are tested independently of the quantizers.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <random>
+
+#include "test_util.hpp"
+#include "tmoe/backend/cpu/quant.hpp"
+#include "tmoe/backend/reference/quant.hpp"
+#include "tmoe/quant/quantize.hpp"
+
+using namespace tmoe;
+using namespace tmoe::quant;
+
+namespace {
+constexpr double kEps = std::numeric_limits<float>::epsilon();
+
+template <class F>
+QuantMatrix<F> random_matrix(std::size_t rows, std::size_t cols, std::uint64_t seed) {
+  QuantMatrix<F> m(rows, cols);
+  std::mt19937_64 rng(seed);
+  const std::size_t n = rows * (cols / F::kBlockSize);
+  auto* bytes = reinterpret_cast<std::uint8_t*>(m.blocks());
+  for (std::size_t i = 0; i < n * sizeof(typename F::Block); ++i)
+    bytes[i] = static_cast<std::uint8_t>(rng());
+  std::uniform_real_distribution<float> d(0.001f, 0.05f);
+  auto h = [&] { return f16::from_float(rng() % 2 ? d(rng) : -d(rng)); };
+  for (std::size_t i = 0; i < n; ++i) {
+    auto& b = m.blocks()[i];
+    if constexpr (std::is_same_v<F, Q8_0> || std::is_same_v<F, Q4_0> || std::is_same_v<F, Q6_K>)
+      b.d = h();
+    if constexpr (std::is_same_v<F, Q4_K>) {
+      b.d = f16::from_float(d(rng));
+      b.dmin = f16::from_float(d(rng));
+    }
+    if constexpr (std::is_same_v<F, NF4>) b.absmax = d(rng) * 20;
+    if constexpr (std::is_same_v<F, Fp8Block>)
+      if ((b.bits & 0x7f) == 0x7f) b.bits = 0x7e;  // no NaN weights
+  }
+  if constexpr (std::is_same_v<F, Int8Row> || std::is_same_v<F, Fp8Block>) {
+    const std::size_t ns =
+        std::is_same_v<F, Int8Row> ? rows : ((rows + 127) / 128) * ((cols + 127) / 128);
+    for (std::size_t i = 0; i < ns; ++i)
+      m.scales()[i] = d(rng) * (std::is_same_v<F, Fp8Block> ? 0.01f : 1.f);
+  }
+  return m;
+}
+
+// sum_i c_i |xq_i| where c_i bounds the magnitude of the weight terms the kernel adds separately.
+template <class F>
+double term_magnitude(const QuantMatrixView<F>& w, std::size_t o, const float* x) {
+  std::vector<float> row(w.cols);
+  dequantize_row(w, o, row.data());
+  double m = 0;
+  for (std::size_t i = 0; i < w.cols; ++i) m += std::abs(double(row[i]) * x[i]);
+  if constexpr (std::is_same_v<F, Q4_K>)
+    for (std::size_t b = 0; b < w.blocks_per_row(); ++b) {
+      const auto& blk = w.row(o)[b];
+      for (int s = 0; s < 8; ++s) {
+        int sc, mn;
+        q4k_scale_min(blk.scales, s, sc, mn);
+        for (int l = 0; l < 32; ++l)
+          m += (std::abs(blk.dmin.to_float() * mn) + 15.0 * std::abs(blk.d.to_float() * sc)) *
+               std::abs(x[b * 256 + 32 * s + l]);
+      }
+    }
+  if constexpr (std::is_same_v<F, Q4_0> || std::is_same_v<F, Q6_K>)
+    for (std::size_t i = 0; i < w.cols; ++i)
+      m += 64.0 * std::abs(double(row[i]) * x[i]) + 1e-3 * std::abs(x[i]);
+  return m;
+}
+
+template <class F>
+void check_format(const cpu::KernelTable& k, ThreadPool& pool, std::size_t out, std::size_t in,
+                  std::size_t T, std::uint64_t seed) {
+  const auto w = random_matrix<F>(out, in, seed);
+  Matrix<float> x(T, in);  // (T, in)
+  const auto xf = test::random_floats(T * in, seed + 1, -2.f, 2.f);
+  std::copy(xf.begin(), xf.end(), x.data());
+  if (T > 1)
+    for (std::size_t i = 0; i < in; ++i) x(1, i) = 0.f;  // an all-zero activation row
+  Matrix<float> y(T, out), exact(T, out), r8(T, out);    // (T, out)
+  cpu::matmul_quant<F>(pool, w.view(), x.cview(), y.view(), k);
+  reference::matmul_quant<F>(w.view(), x.cview(), exact.view());
+  if constexpr (kUsesQ8Act<F>) reference::matmul_quant_q8act<F>(w.view(), x.cview(), r8.view());
+  const std::size_t nq = (in + 31) / 32;
+  std::vector<BlockQ8Act> act(nq);
+  std::vector<float> xq(nq * 32), row(in);
+  for (std::size_t t = 0; t < T; ++t) {
+    reference::quantize_act(&x(t, 0), in, act.data());
+    for (std::size_t i = 0; i < in; ++i) xq[i] = act[i / 32].d * act[i / 32].qs[i % 32];
+    for (std::size_t o = 0; o < out; ++o) {
+      const double slack = (double(in) / 16 + 24) * kEps;
+      if constexpr (kUsesQ8Act<F>) {
+        const double m = term_magnitude(w.view(), o, xq.data());
+        REQUIRE(std::abs(double(y(t, o)) - r8(t, o)) <= slack * m + 1e-30);
+        dequantize_row(w.view(), o, row.data());
+        double act_err = 0;
+        for (std::size_t i = 0; i < in; ++i)
+          act_err += std::abs(double(row[i])) * act[i / 32].d * 0.5;
+        REQUIRE(std::abs(double(y(t, o)) - exact(t, o)) <=
+                act_err * (1 + 1e-5) + slack * m + 1e-30);
+      } else {
+        const double m = term_magnitude(w.view(), o, &x(t, 0));
+        REQUIRE(std::abs(double(y(t, o)) - exact(t, o)) <= 2 * slack * m + 1e-30);
+      }
+      if (T > 1 && t == 1) REQUIRE(y(t, o) == 0.f);
+    }
+  }
+}
+}  // namespace
+
+TEST_CASE("activation quantization is bit-identical to the reference on every ISA") {
+  auto x = test::random_floats(101, 5, -3.f, 3.f);
+  for (int i = 32; i < 64; ++i) x[i] = 0.f;  // an all-zero block
+  x[70] = 1e30f;
+  test::for_each_isa([&](const cpu::KernelTable& k) {
+    std::vector<BlockQ8Act> a(4), r(4);
+    k.quant.quantize_act(x.data(), x.size(), a.data());
+    reference::quantize_act(x.data(), x.size(), r.data());
+    CHECK(std::memcmp(a.data(), r.data(), 4 * sizeof(BlockQ8Act)) == 0);
+  });
+}
+
+TEST_CASE_TEMPLATE("quantized matmul matches the reference on every ISA (block formats)", F, Q8_0,
+                   Q4_0, Q4_K, Q6_K, NF4) {
+  ThreadPool pool(2);
+  test::for_each_isa([&](const cpu::KernelTable& k) {
+    for (std::size_t out : {1u, 5u, 33u})
+      for (std::size_t nb : {1u, 3u, 5u})
+        for (std::size_t T : {1u, 3u, 35u})
+          check_format<F>(k, pool, out, nb * F::kBlockSize, T, out * 7 + nb * 13 + T);
+  });
+}
+
+TEST_CASE_TEMPLATE("quantized matmul matches the reference on every ISA (Int8Row, Fp8Block)", F,
+                   Int8Row, Fp8Block) {
+  ThreadPool pool(2);
+  test::for_each_isa([&](const cpu::KernelTable& k) {
+    for (std::size_t out : {1u, 5u, 130u})
+      for (std::size_t in : {1u, 7u, 32u, 100u, 129u, 300u})
+        for (std::size_t T : {1u, 3u}) check_format<F>(k, pool, out, in, T, out * 7 + in * 13 + T);
+  });
+}
+
+TEST_CASE("edge values: max magnitudes, zeros, subnormal FP8") {
+  ThreadPool pool(2);
+  test::for_each_isa([&](const cpu::KernelTable& k) {
+    const std::size_t in = 64;
+    Matrix<float> x(1, in), y(1, 2), r(1, 2);
+    for (std::size_t i = 0; i < in; ++i) x(0, i) = i % 2 ? -1e3f : 1e3f;
+    {  // Q8_0: codes -128 / 127 against activations +-127: no int16 saturation
+      QuantMatrix<Q8_0> w(2, in);
+      for (std::size_t b = 0; b < 4; ++b) {
+        w.blocks()[b].d = f16::from_float(b % 2 ? 65504.f : 1.f);
+        for (int j = 0; j < 32; ++j)
+          w.blocks()[b].qs[j] = static_cast<std::int8_t>(j % 2 ? -128 : (b < 2 ? 127 : 0));
+      }
+      cpu::matmul_quant<Q8_0>(pool, w.view(), x.cview(), y.view(), k);
+      reference::matmul_quant_q8act<Q8_0>(w.view(), x.cview(), r.view());
+      for (int o = 0; o < 2; ++o) REQUIRE(std::abs(y(0, o) - r(0, o)) <= 1e-6 * std::abs(r(0, o)));
+      CHECK(r(0, 0) > 0);
+    }
+    {  // FP8 subnormals (bit patterns 0x01..0x07 and their negatives) and zeros
+      QuantMatrix<Fp8Block> w(2, in);
+      for (std::size_t i = 0; i < 2 * in; ++i)
+        w.blocks()[i] =
+            f8_e4m3::from_bits(static_cast<std::uint8_t>((i % 8) | (i % 16 < 8 ? 0 : 0x80)));
+      w.scales()[0] = 4.0f;
+      cpu::matmul_quant<Fp8Block>(pool, w.view(), x.cview(), y.view(), k);
+      reference::matmul_quant<Fp8Block>(w.view(), x.cview(), r.view());
+      for (int o = 0; o < 2; ++o)
+        REQUIRE(std::abs(y(0, o) - r(0, o)) <= 1e-5 * 1e3 * 64 * 4 * 0.014);
+      for (std::size_t i = 0; i < 2 * in; ++i)
+        w.blocks()[i] = f8_e4m3::from_bits(i % 2 ? 0x80 : 0x00);  // +-0
+      cpu::matmul_quant<Fp8Block>(pool, w.view(), x.cview(), y.view(), k);
+      CHECK(y(0, 0) == 0.f);
+      CHECK(y(0, 1) == 0.f);
+    }
+  });
+}
+
+TEST_CASE("matmul_quant and embedding_quant report shape errors") {
+  ThreadPool pool(1);
+  QuantMatrix<Q4_0> w(4, 64);
+  Matrix<float> x(2, 32), y(2, 4);
+  CHECK_THROWS_WITH(cpu::matmul_quant<Q4_0>(pool, w.view(), x.cview(), y.view()),
+                    "[matmul_quant] x has 32 columns, Q4_0 weight (4, 64) needs 64");
+  float row[64];
+  CHECK_THROWS_WITH(cpu::embedding_quant<Q4_0>(w.view(), 4, row),
+                    "[embedding_quant] row 4 out of range [0, 4)");
+  cpu::embedding_quant<Q4_0>(w.view(), 3, row);
+  CHECK(row[0] == 0.f);
+}
