@@ -1,7 +1,7 @@
 // libFuzzer target for the tokenizer: (1) the input as a tokenizer.json (only tmoe::Error may
 // escape); (2) the input as text for a small fixed tokenizer with DeepSeek-V3's split patterns and
 // added tokens: invalid UTF-8 must be refused with tmoe::Error, valid text must round-trip through
-// decode, and the streaming decoder must reproduce it.
+// decode, the streaming decoder must reproduce it, and NFC must be idempotent on it.
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -52,6 +52,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     return 0;
   }
   if (tok.decode(ids) != text) std::abort();
+  const std::string n1 = tmoe::io::nfc::normalize(text);  // NFC is idempotent and keeps UTF-8 valid
+  if (tmoe::io::utf8::first_invalid(n1) != std::string_view::npos) std::abort();
+  if (tmoe::io::nfc::normalize(n1) != n1) std::abort();
   tmoe::io::StreamDecoder sd(tok);
   std::string streamed;
   for (auto id : ids) {
