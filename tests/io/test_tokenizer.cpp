@@ -195,3 +195,19 @@ TEST_CASE("tokenizer: bad files and bad text give one clear error") {
   check_error([&] { (void)t.require_token("<nope>"); },
               {path, "'<nope>'", "not in the vocabulary"});
 }
+
+TEST_CASE("tokenizer: NFC normalization (Qwen3's normalizer)") {
+  using io::nfc::normalize;
+  CHECK(normalize("plain ascii") == "plain ascii");
+  CHECK(normalize("e\xcc\x81") == "\xc3\xa9");                                 // e + U+0301 -> é
+  CHECK(normalize("\xe1\x84\x80\xe1\x85\xa1\xe1\x86\xa8") == "\xea\xb0\x81");  // jamo G A G -> 각
+  CHECK(normalize("\xe2\x84\xa6") == "\xce\xa9");      // OHM SIGN -> GREEK OMEGA
+  CHECK(normalize("\xe2\x84\xab") == "\xc3\x85");      // ANGSTROM SIGN -> Å
+  CHECK(normalize("\xef\xac\x81") == "\xef\xac\x81");  // ﬁ: compatibility only, kept
+  // A + ring above (230) + dot below (220): reordered to dot below first, composed to U+1EA0 + ring
+  CHECK(normalize("A\xcc\x8a\xcc\xa3") == "\xe1\xba\xa0\xcc\x8a");
+  CHECK(normalize("\xea\xb0\x81 \xe4\xbd\xa0") == "\xea\xb0\x81 \xe4\xbd\xa0");  // already NFC
+  // Qwen3 applies it: decomposed and composed spellings give the same ids; DeepSeek does not.
+  CHECK(qwen().encode("cafe\xcc\x81") == qwen().encode("caf\xc3\xa9"));
+  CHECK(deepseek().encode("cafe\xcc\x81") != deepseek().encode("caf\xc3\xa9"));
+}

@@ -13,9 +13,9 @@
 // in order) is undone at load time, so decoding is a concatenation of bytes.
 // Decoding concatenates token bytes; decode() replaces invalid UTF-8 with U+FFFD, StreamDecoder
 // never emits part of a UTF-8 character. Text to encode must be valid UTF-8 (else tmoe::Error).
-// Not supported (tmoe::Error at load): normalizers other than none/empty Sequence/NFC (NFC is
-// taken as the identity: exact for text that is already NFC), non-BPE models, Split behaviours
-// other than Isolated/Removed, added-token lstrip/rstrip/single_word.
+// Normalizers: none, or NFC (alone or in a Sequence), implemented in nfc:: below.
+// Not supported (tmoe::Error at load): other normalizers, non-BPE models, Split behaviours other
+// than Isolated/Removed; added-token lstrip/rstrip/single_word flags are ignored.
 #pragma once
 
 #define PCRE2_CODE_UNIT_WIDTH 8
@@ -26,6 +26,7 @@
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
+#include <iterator>
 #include <memory>
 #include <optional>
 #include <queue>
@@ -38,8 +39,10 @@
 
 #include <nlohmann/json.hpp>
 
+#include "tmoe/config.hpp"
 #include "tmoe/core/error.hpp"
 #include "tmoe/io/mmap.hpp"
+#include "tmoe/io/unicode_nfc_tables.hpp"
 
 namespace tmoe::io {
 
@@ -136,6 +139,111 @@ inline std::string lossy(std::string_view s) {
   return out;
 }
 }  // namespace utf8
+
+// Unicode Normalization Form C (canonical decomposition, canonical ordering, canonical
+// composition; UAX #15), over the tables in unicode_nfc_tables.hpp; Hangul syllables are
+// (de)composed algorithmically. Input must be valid UTF-8. ASCII-only text is returned as is.
+namespace nfc {
+inline std::uint8_t ccc(std::uint32_t cp) {
+  if (cp < 0x300) return 0;
+  const auto* t = nfc_tables::kCcc;
+  const auto n = std::size(nfc_tables::kCcc);
+  const auto* it =
+      std::upper_bound(t, t + n, cp, [](std::uint32_t c, const auto& r) { return c < r.first; });
+  if (it == t) return 0;
+  --it;
+  return cp <= it->last ? it->ccc : 0;
+}
+inline constexpr std::uint32_t kSBase = 0xac00, kLBase = 0x1100, kVBase = 0x1161, kTBase = 0x11a7;
+inline constexpr std::uint32_t kLCount = 19, kVCount = 21, kTCount = 28,
+                               kNCount = kVCount * kTCount, kSCount = kLCount * kNCount;
+inline void decompose(std::uint32_t cp, std::vector<std::uint32_t>& out) {
+  if (cp >= kSBase && cp < kSBase + kSCount) {
+    const std::uint32_t s = cp - kSBase;
+    out.push_back(kLBase + s / kNCount);
+    out.push_back(kVBase + (s % kNCount) / kTCount);
+    if (s % kTCount) out.push_back(kTBase + s % kTCount);
+    return;
+  }
+  if (cp >= 0xc0) {
+    const auto* t = nfc_tables::kDecomp;
+    const auto n = std::size(nfc_tables::kDecomp);
+    const auto* it =
+        std::lower_bound(t, t + n, cp, [](const auto& d, std::uint32_t c) { return d.cp < c; });
+    if (it != t + n && it->cp == cp) {
+      out.insert(out.end(), nfc_tables::kDecompPool + it->offset,
+                 nfc_tables::kDecompPool + it->offset + it->len);
+      return;
+    }
+  }
+  out.push_back(cp);
+}
+inline std::optional<std::uint32_t> compose(std::uint32_t a, std::uint32_t b) {
+  if (a >= kLBase && a < kLBase + kLCount && b >= kVBase && b < kVBase + kVCount)
+    return kSBase + ((a - kLBase) * kVCount + (b - kVBase)) * kTCount;
+  if (a >= kSBase && a < kSBase + kSCount && (a - kSBase) % kTCount == 0 && b > kTBase &&
+      b < kTBase + kTCount)
+    return a + (b - kTBase);
+  const std::uint64_t key = (static_cast<std::uint64_t>(a) << 21) | b;
+  const auto* t = nfc_tables::kComp;
+  const auto n = std::size(nfc_tables::kComp);
+  const auto* it =
+      std::lower_bound(t, t + n, key, [](const auto& c, std::uint64_t k) { return c.key < k; });
+  if (it != t + n && it->key == key) return it->cp;
+  return std::nullopt;
+}
+inline std::string normalize(std::string_view s) {
+  bool ascii = true;
+  for (char c : s) ascii &= static_cast<unsigned char>(c) < 0x80;
+  if (ascii) return std::string(s);
+  std::vector<std::uint32_t> d;
+  d.reserve(s.size());
+  for (std::size_t i = 0; i < s.size();) {
+    const std::size_t n = utf8::valid_len(s, i);
+    TMOE_ASSERT(n != 0);
+    decompose(utf8::decode_at(s, i, n), d);
+    i += n;
+  }
+  // canonical ordering: stable sort of every run of non-starters by combining class
+  for (std::size_t i = 0; i < d.size();) {
+    if (ccc(d[i]) == 0) {
+      ++i;
+      continue;
+    }
+    std::size_t j = i;
+    while (j < d.size() && ccc(d[j]) != 0) ++j;
+    std::stable_sort(d.begin() + static_cast<std::ptrdiff_t>(i),
+                     d.begin() + static_cast<std::ptrdiff_t>(j),
+                     [](std::uint32_t a, std::uint32_t b) { return ccc(a) < ccc(b); });
+    i = j;
+  }
+  // canonical composition
+  std::vector<std::uint32_t> out;
+  out.reserve(d.size());
+  std::ptrdiff_t starter = -1;
+  int last_cc = -1;  // class of the last character kept after the starter; -1: none
+  for (std::uint32_t c : d) {
+    const int cc = ccc(c);
+    if (starter >= 0 && (last_cc == -1 || (cc != 0 && last_cc < cc))) {
+      if (auto m = compose(out[static_cast<std::size_t>(starter)], c)) {
+        out[static_cast<std::size_t>(starter)] = *m;
+        continue;
+      }
+    }
+    if (cc == 0) {
+      starter = static_cast<std::ptrdiff_t>(out.size());
+      last_cc = -1;
+    } else {
+      last_cc = cc;
+    }
+    out.push_back(c);
+  }
+  std::string r;
+  r.reserve(s.size());
+  for (std::uint32_t c : out) utf8::append(r, c);
+  return r;
+}
+}  // namespace nfc
 
 // The GPT-2 byte-level alphabet: byte -> code point, and back.
 struct ByteLevelMap {
@@ -260,6 +368,7 @@ struct TokenizerSpec {
   bool byte_level_regex = false;  // ByteLevel pre-tokenizer with use_regex
   bool add_prefix_space = false;  // ByteLevel add_prefix_space
   bool ignore_merges = false;
+  bool nfc = false;  // NFC normalizer
 };
 
 class Tokenizer {
@@ -379,6 +488,11 @@ class Tokenizer {
   }
 
   void encode_segment(std::string_view seg, Scratch& s, std::vector<TokenId>& out) const {
+    std::string normalized;
+    if (nfc_) {
+      normalized = nfc::normalize(seg);
+      seg = normalized;
+    }
     if (add_prefix_space && !seg.empty() && seg[0] != ' ') {
       s.prefixed.assign(1, ' ');
       s.prefixed.append(seg);
@@ -513,6 +627,7 @@ class Tokenizer {
       splits_.push_back({std::make_shared<Regex>(std::string(patterns::kGpt2), source_), false});
     add_prefix_space = spec.add_prefix_space;
     ignore_merges_ = spec.ignore_merges;
+    nfc_ = spec.nfc;
   }
 
   struct Rule {
@@ -530,6 +645,7 @@ class Tokenizer {
   std::vector<Rule> splits_;
   bool add_prefix_space = false;
   bool ignore_merges_ = false;
+  bool nfc_ = false;
 };
 
 // Incremental detokenizer: push ids one at a time, get back text that always ends at a UTF-8
@@ -648,6 +764,7 @@ inline Tokenizer Tokenizer::from_json(std::string_view text, const std::string& 
                                                     return x.value("type", std::string()) == "NFC";
                                                   }));
       check(ok, op, source, ": normalizer ", n.dump().substr(0, 200), " is not supported");
+      spec.nfc = nt == "NFC" || (nt == "Sequence" && !n["normalizers"].empty());
     }
     auto add_pre = [&](const nlohmann::json& p) {
       const std::string pt = p.value("type", std::string());
