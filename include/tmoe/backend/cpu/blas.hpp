@@ -13,22 +13,21 @@
 //    keeps float32 accuracy while the weights are never widened.
 //  - T >= kGemmMinRows: the prefill GEMM. Cache-blocked (KC along `in`, NC rows of W, MC rows of
 //    X) with an MR x NR register tile of dot products along `in`: both X and W are contiguous
-//    along `in`, so W needs no transpose; a block of W (nc x kc) is converted to float once into
-//    a packed per-thread buffer and reused by every row of X. Eigen's GEMM was not used: it
-//    would be compiled into every per-ISA translation unit under the same symbol names.
+//    along `in`, so W needs no transpose. A block of W (nc x kc) is converted to float once into
+//    a packed per-thread buffer (micro-panels, see pack()) and reused by every row of X. Eigen's
+//    GEMM was not used: it would be compiled into every per-ISA translation unit under the same
+//    symbol names.
 //
 // The per-ISA kernels live in BlasKernels (a family of the KernelTable). Rows [o_begin, o_end)
 // of W are one thread's share; ops.hpp splits them.
 #pragma once
 
 #include <algorithm>
-#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <new>
 #include <type_traits>
-#include <utility>
 
 #if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
 #include <immintrin.h>
@@ -240,58 +239,76 @@ struct BlasImpl {
 
   // ---- prefill GEMM ---------------------------------------------------------------------------
   // Register tile: MR rows of X times NR rows of W, one accumulator batch per pair, summed along
-  // `in`. MR * NR accumulators + MR x batches + 1 w batch must fit the register file (16 on
-  // SSE2/AVX2, 32 on AVX-512).
+  // `in` (lane j of acc[m][n] holds the partial sum over k = j mod L). MR * NR accumulators + MR
+  // x batches + 1 w batch fit the register file (16 on SSE2/AVX2, 32 on AVX-512).
+  //
+  // Both operands are packed into micro-panels that the tile reads as one contiguous stream:
+  //   panel[kb][r][0..L) = row r, columns kb*L .. kb*L+L  (float; zeros past kc and past the
+  //   last row), so a k-step loads MR + NR consecutive batches and no tails reach the tile.
   static constexpr std::size_t MR = kAvx512 ? 4 : 3;
   static constexpr std::size_t NR = kAvx512 ? 6 : 4;
-  static constexpr std::size_t KC = 512;      // W micro-panel NR x KC + X micro-panel MR x KC in L1
+  static constexpr std::size_t KC = 768;      // depth block (a multiple of every L)
   static constexpr std::size_t MC = 32 * MR;  // X block MC x KC in L2
-  static constexpr std::size_t NC = kGemmRowGrain;  // packed W block NC x KC (float) in L2
+  static constexpr std::size_t NC = 1020;     // packed W block NC x KC in L3 (3 MiB)
 
-  // y[m*ldy + n] (+)= dot(x row m, w row n) over kc elements, for m < M, n < N.
-  template <std::size_t M, std::size_t N>
-  static void tile(const float* x, std::size_t ldx, const float* w, std::size_t ldw, float* y,
-                   std::size_t ldy, std::size_t kc, bool accumulate) {
-    B acc[M][N];
-    for (std::size_t m = 0; m < M; ++m)
-      for (std::size_t n = 0; n < N; ++n) acc[m][n] = B(0.f);
-    std::size_t k = 0;
-    for (; k + L <= kc; k += L) {
-      B xv[M];
-      for (std::size_t m = 0; m < M; ++m) xv[m] = B::load_unaligned(x + m * ldx + k);
-      for (std::size_t n = 0; n < N; ++n) {
-        const B wv = B::load_unaligned(w + n * ldw + k);
-        for (std::size_t m = 0; m < M; ++m) acc[m][n] = xsimd::fma(xv[m], wv, acc[m][n]);
+  // y[m*ldy + n] (+)= dot(x panel row m, w panel row n) over kb * L packed columns, m < mr,
+  // n < nr.
+  static void tile(const float* TMOE_RESTRICT xp, const float* TMOE_RESTRICT wp, std::size_t kb,
+                   float* y, std::size_t ldy, std::size_t mr, std::size_t nr, bool accumulate) {
+    B acc[MR][NR];
+    for (std::size_t m = 0; m < MR; ++m)
+      for (std::size_t n = 0; n < NR; ++n) acc[m][n] = B(0.f);
+    for (std::size_t k = 0; k < kb; ++k, xp += MR * L, wp += NR * L) {
+      B xv[MR];
+      for (std::size_t m = 0; m < MR; ++m) xv[m] = B::load_aligned(xp + m * L);
+      for (std::size_t n = 0; n < NR; ++n) {
+        const B wv = B::load_aligned(wp + n * L);
+        for (std::size_t m = 0; m < MR; ++m) acc[m][n] = xsimd::fma(xv[m], wv, acc[m][n]);
       }
     }
-    for (std::size_t m = 0; m < M; ++m)
-      for (std::size_t n = 0; n < N; ++n) {
-        float s = reduce_add(acc[m][n]);
-        for (std::size_t j = k; j < kc; ++j) s += x[m * ldx + j] * w[n * ldw + j];
+#if defined(__AVX2__)
+    if constexpr (kAvx2 && L == 8 && NR == 4) {
+      if (nr == NR) {  // four horizontal sums at once: three hadds and one 128-bit add
+        for (std::size_t m = 0; m < mr; ++m) {
+          const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(acc[m][0], acc[m][1]),
+                                          _mm256_hadd_ps(acc[m][2], acc[m][3]));
+          __m128 s = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+          if (accumulate) s = _mm_add_ps(s, _mm_loadu_ps(y + m * ldy));
+          _mm_storeu_ps(y + m * ldy, s);
+        }
+        return;
+      }
+    }
+#endif
+    for (std::size_t m = 0; m < mr; ++m)
+      for (std::size_t n = 0; n < nr; ++n) {
+        const float s = reduce_add(acc[m][n]);
         float& d = y[m * ldy + n];
         d = accumulate ? d + s : s;
       }
   }
 
-  using TileFn = void (*)(const float*, std::size_t, const float*, std::size_t, float*, std::size_t,
-                          std::size_t, bool);
-  template <std::size_t... I>
-  static constexpr std::array<TileFn, sizeof...(I)> make_tiles(std::index_sequence<I...>) {
-    return {&tile<I / NR + 1, I % NR + 1>...};
-  }
-  // kTiles[(m-1)*NR + (n-1)] handles an m x n tile (edges of the blocks use the smaller ones).
-  static constexpr auto kTiles = make_tiles(std::make_index_sequence<MR * NR>{});
-
-  // Converts rows [0, nc) x columns [0, kc) of W (row stride ldw) to float, row stride kc.
-  template <class WT>
-  static void pack_w(const WT* w, std::size_t ldw, std::size_t nc, std::size_t kc, float* dst) {
-    for (std::size_t r = 0; r < nc; ++r) {
-      const WT* src = w + r * ldw;
-      float* d = dst + r * kc;
-      std::size_t k = 0;
-      for (; k + L <= kc; k += L) load_w(src + k).store_unaligned(d + k);
-      for (; k < kc; ++k) d[k] = to_float(src[k]);
-    }
+  // Packs rows [0, rows) x columns [0, kc) of a (row stride ld) into panels of R rows (layout
+  // above), widening to float; rows past `rows` and columns past kc are zero.
+  template <std::size_t R, class T>
+  static void pack(const T* a, std::size_t ld, std::size_t rows, std::size_t kc, float* dst) {
+    const std::size_t kb = (kc + L - 1) / L;
+    for (std::size_t r0 = 0; r0 < rows; r0 += R, dst += kb * R * L)
+      for (std::size_t r = 0; r < R; ++r) {
+        float* d = dst + r * L;
+        if (r0 + r >= rows) {
+          for (std::size_t k = 0; k < kb; ++k) B(0.f).store_aligned(d + k * R * L);
+          continue;
+        }
+        const T* src = a + (r0 + r) * ld;
+        std::size_t k = 0;
+        for (; k + L <= kc; k += L) load_w(src + k).store_aligned(d + k * R);
+        if (k < kc) {
+          alignas(64) float t[L] = {};
+          for (std::size_t j = k; j < kc; ++j) t[j - k] = to_float(src[j]);
+          B::load_aligned(t).store_aligned(d + k * R);
+        }
+      }
   }
 
   template <class WT>
@@ -303,23 +320,22 @@ struct BlasImpl {
         std::fill(y + t * ldy + o_begin, y + t * ldy + o_end, 0.f);
       return;
     }
+    constexpr std::size_t kNcPad = (NC + NR - 1) / NR * NR, kMcPad = (MC + MR - 1) / MR * MR;
     thread_local detail::ScratchBuffer scratch;
-    float* wp = scratch.get(NC * KC);
+    float* wp = scratch.get((kNcPad + kMcPad) * KC);  // (NC, KC) panels, then (MC, KC) panels
+    float* xp = wp + kNcPad * KC;
     for (std::size_t pc = 0; pc < in; pc += KC) {
-      const std::size_t kc = std::min(KC, in - pc);
+      const std::size_t kc = std::min(KC, in - pc), kb = (kc + L - 1) / L;
       for (std::size_t jc = o_begin; jc < o_end; jc += NC) {
         const std::size_t nc = std::min(NC, o_end - jc);
-        pack_w(w + jc * ldw + pc, ldw, nc, kc, wp);  // (nc, kc)
+        pack<NR>(w + jc * ldw + pc, ldw, nc, kc, wp);
         for (std::size_t ic = 0; ic < T; ic += MC) {
           const std::size_t mc = std::min(MC, T - ic);
-          for (std::size_t jr = 0; jr < nc; jr += NR) {
-            const std::size_t nr = std::min(NR, nc - jr);
-            for (std::size_t ir = 0; ir < mc; ir += MR) {
-              const std::size_t mr = std::min(MR, mc - ir);
-              kTiles[(mr - 1) * NR + (nr - 1)](x + (ic + ir) * ldx + pc, ldx, wp + jr * kc, kc,
-                                               y + (ic + ir) * ldy + jc + jr, ldy, kc, pc > 0);
-            }
-          }
+          pack<MR>(x + ic * ldx + pc, ldx, mc, kc, xp);
+          for (std::size_t jr = 0; jr < nc; jr += NR)
+            for (std::size_t ir = 0; ir < mc; ir += MR)
+              tile(xp + ir * kb * L, wp + jr * kb * L, kb, y + (ic + ir) * ldy + jc + jr, ldy,
+                   std::min(MR, mc - ir), std::min(NR, nc - jr), pc > 0);
         }
       }
     }
