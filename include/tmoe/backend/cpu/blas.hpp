@@ -326,8 +326,11 @@ struct BlasImpl {
     float* xp = wp + kNcPad * KC;
     for (std::size_t pc = 0; pc < in; pc += KC) {
       const std::size_t kc = std::min(KC, in - pc), kb = (kc + L - 1) / L;
-      for (std::size_t jc = o_begin; jc < o_end; jc += NC) {
-        const std::size_t nc = std::min(NC, o_end - jc);
+      // Equal column blocks of at most NC rows (a 4-row remainder block would repack all of X).
+      const std::size_t n_blocks = (o_end - o_begin + NC - 1) / NC;
+      const std::size_t nc_step = ((o_end - o_begin + n_blocks - 1) / n_blocks + NR - 1) / NR * NR;
+      for (std::size_t jc = o_begin; jc < o_end; jc += nc_step) {
+        const std::size_t nc = std::min(nc_step, o_end - jc);
         pack<NR>(w + jc * ldw + pc, ldw, nc, kc, wp);
         for (std::size_t ic = 0; ic < T; ic += MC) {
           const std::size_t mc = std::min(MC, T - ic);
