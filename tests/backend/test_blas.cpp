@@ -1,9 +1,10 @@
 // matmul of every ISA and weight type against the double-precision reference, on both kernels
 // (GEMV for T < kGemmMinRows, blocked GEMM above) and at shapes that leave tails everywhere: in
-// not a multiple of the SIMD width or of the GEMM depth block KC = 512, out not a multiple of the
-// GEMV row group (4), the register tile (4 or 6) or the column block (64), T not a multiple of the
-// tile rows (3 or 4). Bound per output: |y - ref| <= in * eps_f32 * sum_i |w_i x_i| (+|bias|):
-// float32 accumulation in a different order than the reference.
+// not a multiple of the SIMD width or of the GEMM depth block KC = 768, out not a multiple of the
+// GEMV row group (4), the register tile (4 or 6) or the packed block of W (1020 rows), T not a
+// multiple of the tile rows (3 or 4) or of the X block (96 or 128 rows). Bound per output: |y -
+// ref| <= in * eps_f32 * sum_i |w_i x_i| (+|bias|): float32 accumulation in a different order than
+// the reference.
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -52,9 +53,10 @@ TEST_CASE_TEMPLATE("matmul matches the reference on every ISA", WT, float, bf16,
 TEST_CASE_TEMPLATE("matmul crosses every GEMM block boundary", WT, float, bf16, f16) {
   ThreadPool pool(2);
   test::for_each_isa([&](const cpu::KernelTable& k) {
-    check_matmul<WT>(k, pool, 131, 1100, 13, true);  // 3 depth blocks, tails in every dim
-    check_matmul<WT>(k, pool, 70, 513, 130, false);  // more rows of X than one row block
+    check_matmul<WT>(k, pool, 131, 1700, 13, true);  // 3 depth blocks, tails in every dim
+    check_matmul<WT>(k, pool, 70, 800, 130, false);  // more rows of X than one X block
     check_matmul<WT>(k, pool, 257, 40, 5, true);     // GEMV with a row-group tail
+    check_matmul<WT>(k, pool, 2100, 40, 7, false);   // > 1020 rows of W per thread
   });
 }
 
