@@ -56,7 +56,7 @@ TEST_CASE_TEMPLATE("matmul crosses every GEMM block boundary", WT, float, bf16, 
     check_matmul<WT>(k, pool, 131, 1700, 13, true);  // 3 depth blocks, tails in every dim
     check_matmul<WT>(k, pool, 70, 800, 130, false);  // more rows of X than one X block
     check_matmul<WT>(k, pool, 257, 40, 5, true);     // GEMV with a row-group tail
-    check_matmul<WT>(k, pool, 2100, 40, 7, false);   // > 1020 rows of W per thread
+    check_matmul<WT>(k, pool, 8500, 24, 6, false);   // chunks of > 1020 rows of W
   });
 }
 
