@@ -43,12 +43,15 @@ void matmul(ThreadPool& pool, MatrixView<const WT> w, MatrixView<const float> x,
   const auto ldw = static_cast<std::size_t>(w.stride(0)),
              ldx = static_cast<std::size_t>(x.stride(0)),
              ldy = static_cast<std::size_t>(y.stride(0));
-  // GEMV: small chunks of rows, claimed dynamically (a busy core takes fewer). GEMM: chunks of
-  // whole column blocks, each thread packing its own rows of W.
+  // GEMV: 8 chunks of rows per thread, claimed dynamically, so a thread that loses its core
+  // (a shared machine) leaves its remaining chunks to the others. GEMM: up to 4 chunks per thread
+  // of at least 256 rows of W; each chunk packs all of X once per depth block, so fewer and
+  // larger chunks amortize that better.
   const bool gemm = T >= kGemmMinRows;
-  const std::size_t grain = gemm ? kGemmRowGrain : 16;
+  const std::size_t grain = gemm ? 4 * kGemmRowGrain : 16;
   const std::size_t chunks =
-      gemm ? std::max<std::size_t>(1, out / (2 * kGemmRowGrain * pool.size())) : 4;
+      gemm ? std::clamp<std::size_t>(out / (grain * static_cast<std::size_t>(pool.size())), 1, 4)
+           : 8;
   pool.parallel_for(
       out, grain,
       [&](std::size_t b, std::size_t e, int) {
@@ -57,7 +60,7 @@ void matmul(ThreadPool& pool, MatrixView<const WT> w, MatrixView<const float> x,
           for (std::size_t t = 0; t < T; ++t)
             for (std::size_t o = b; o < e; ++o) y(t, o) += bias[o];
       },
-      std::min<std::size_t>(chunks, 4));
+      chunks);
 }
 
 }  // namespace tmoe::cpu
