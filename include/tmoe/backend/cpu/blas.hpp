@@ -47,10 +47,25 @@ using MatmulRowsFn = void (*)(const WT* w, std::size_t ldw, const float* x, std:
                               float* y, std::size_t ldy, std::size_t in, std::size_t T,
                               std::size_t o_begin, std::size_t o_end);
 
+// The prefill GEMM over X packed once for all threads (gemm_pack_x): rows [o_begin, o_end) of W.
+template <class WT>
+using GemmPackedFn = void (*)(const WT* w, std::size_t ldw, const float* xp, float* y,
+                              std::size_t ldy, std::size_t in, std::size_t T, std::size_t o_begin,
+                              std::size_t o_end);
+
 struct BlasKernels {
+  // Any T: GEMV for T < kGemmMinRows, else the GEMM (packing X itself).
   MatmulRowsFn<float> matmul_rows_f32;
   MatmulRowsFn<bf16> matmul_rows_bf16;
   MatmulRowsFn<f16> matmul_rows_f16;
+  // GEMM in two phases: floats of packed X for (T, in); pack part `part` of `parts` of X into xp
+  // (the parts together cover it); then the products over that packed X.
+  std::size_t (*gemm_x_size)(std::size_t T, std::size_t in);
+  void (*gemm_pack_x)(const float* x, std::size_t ldx, std::size_t T, std::size_t in, float* xp,
+                      std::size_t part, std::size_t parts);
+  GemmPackedFn<float> gemm_packed_f32;
+  GemmPackedFn<bf16> gemm_packed_bf16;
+  GemmPackedFn<f16> gemm_packed_f16;
 };
 
 // From this many rows of X on, matmul runs the blocked GEMM instead of T GEMV passes.
@@ -311,37 +326,64 @@ struct BlasImpl {
       }
   }
 
+  // Packed X: depth block p (KC columns), row panel r (MR rows) at
+  // p * x_block_stride(T) + r * MR * kb_p * L, kb_p = ceil(kc_p / L); rows past T are zero.
+  static std::size_t x_block_stride(std::size_t T) {
+    return (T + MR - 1) / MR * MR * KC;
+  }
+  static std::size_t x_size(std::size_t T, std::size_t in) {
+    return (in + KC - 1) / KC * x_block_stride(T);
+  }
+  static void pack_x(const float* x, std::size_t ldx, std::size_t T, std::size_t in, float* xp,
+                     std::size_t part, std::size_t parts) {
+    const std::size_t panels = (T + MR - 1) / MR;
+    const std::size_t r0 = part * panels / parts, r1 = (part + 1) * panels / parts;
+    for (std::size_t p = 0, pc = 0; pc < in; ++p, pc += KC) {
+      const std::size_t kc = std::min(KC, in - pc), kb = (kc + L - 1) / L;
+      for (std::size_t r = r0; r < r1; ++r)
+        pack<MR>(x + r * MR * ldx + pc, ldx, std::min(MR, T - r * MR), kc,
+                 xp + p * x_block_stride(T) + r * MR * kb * L);
+    }
+  }
+
   template <class WT>
-  static void gemm(const WT* w, std::size_t ldw, const float* x, std::size_t ldx, float* y,
-                   std::size_t ldy, std::size_t in, std::size_t T, std::size_t o_begin,
-                   std::size_t o_end) {
+  static void gemm_packed(const WT* w, std::size_t ldw, const float* xp, float* y, std::size_t ldy,
+                          std::size_t in, std::size_t T, std::size_t o_begin, std::size_t o_end) {
     if (in == 0) {
       for (std::size_t t = 0; t < T; ++t)
         std::fill(y + t * ldy + o_begin, y + t * ldy + o_end, 0.f);
       return;
     }
-    constexpr std::size_t kNcPad = (NC + NR - 1) / NR * NR, kMcPad = (MC + MR - 1) / MR * MR;
     thread_local detail::ScratchBuffer scratch;
-    float* wp = scratch.get((kNcPad + kMcPad) * KC);  // (NC, KC) panels, then (MC, KC) panels
-    float* xp = wp + kNcPad * KC;
-    for (std::size_t pc = 0; pc < in; pc += KC) {
+    float* wp = scratch.get(NC * KC);  // (NC, KC) panels
+    // Equal column blocks of at most NC rows (no small remainder block re-reading all of X).
+    const std::size_t n_blocks = (o_end - o_begin + NC - 1) / NC;
+    const std::size_t nc_step = ((o_end - o_begin + n_blocks - 1) / n_blocks + NR - 1) / NR * NR;
+    for (std::size_t p = 0, pc = 0; pc < in; ++p, pc += KC) {
       const std::size_t kc = std::min(KC, in - pc), kb = (kc + L - 1) / L;
-      // Equal column blocks of at most NC rows (a 4-row remainder block would repack all of X).
-      const std::size_t n_blocks = (o_end - o_begin + NC - 1) / NC;
-      const std::size_t nc_step = ((o_end - o_begin + n_blocks - 1) / n_blocks + NR - 1) / NR * NR;
+      const float* xblock = xp + p * x_block_stride(T);
       for (std::size_t jc = o_begin; jc < o_end; jc += nc_step) {
         const std::size_t nc = std::min(nc_step, o_end - jc);
         pack<NR>(w + jc * ldw + pc, ldw, nc, kc, wp);
-        for (std::size_t ic = 0; ic < T; ic += MC) {
+        for (std::size_t ic = 0; ic < T; ic += MC) {  // X block (MC, kc) stays in L2
           const std::size_t mc = std::min(MC, T - ic);
-          pack<MR>(x + ic * ldx + pc, ldx, mc, kc, xp);
           for (std::size_t jr = 0; jr < nc; jr += NR)
             for (std::size_t ir = 0; ir < mc; ir += MR)
-              tile(xp + ir * kb * L, wp + jr * kb * L, kb, y + (ic + ir) * ldy + jc + jr, ldy,
-                   std::min(MR, mc - ir), std::min(NR, nc - jr), pc > 0);
+              tile(xblock + (ic + ir) * kb * L, wp + jr * kb * L, kb, y + (ic + ir) * ldy + jc + jr,
+                   ldy, std::min(MR, mc - ir), std::min(NR, nc - jr), pc > 0);
         }
       }
     }
+  }
+
+  template <class WT>
+  static void gemm(const WT* w, std::size_t ldw, const float* x, std::size_t ldx, float* y,
+                   std::size_t ldy, std::size_t in, std::size_t T, std::size_t o_begin,
+                   std::size_t o_end) {
+    thread_local detail::ScratchBuffer scratch;
+    float* xp = scratch.get(x_size(T, in));
+    pack_x(x, ldx, T, in, xp, 0, 1);
+    gemm_packed(w, ldw, xp, y, ldy, in, T, o_begin, o_end);
   }
 
   template <class WT>
@@ -358,8 +400,14 @@ struct BlasImpl {
 template <class Arch>
 BlasKernels make_blas_kernels() {
   using I = BlasImpl<Arch>;
-  return {&I::template matmul_rows<float>, &I::template matmul_rows<bf16>,
-          &I::template matmul_rows<f16>};
+  return {&I::template matmul_rows<float>,
+          &I::template matmul_rows<bf16>,
+          &I::template matmul_rows<f16>,
+          &I::x_size,
+          &I::pack_x,
+          &I::template gemm_packed<float>,
+          &I::template gemm_packed<bf16>,
+          &I::template gemm_packed<f16>};
 }
 
 }  // namespace tmoe::cpu

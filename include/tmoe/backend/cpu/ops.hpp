@@ -25,6 +25,15 @@ MatmulRowsFn<WT> matmul_rows_fn(const KernelTable& k) {
   else
     static_assert(sizeof(WT) == 0, "matmul: unsupported weight type");
 }
+template <class WT>
+GemmPackedFn<WT> gemm_packed_fn(const KernelTable& k) {
+  if constexpr (std::is_same_v<WT, float>)
+    return k.blas.gemm_packed_f32;
+  else if constexpr (std::is_same_v<WT, bf16>)
+    return k.blas.gemm_packed_bf16;
+  else
+    return k.blas.gemm_packed_f16;
+}
 }  // namespace detail
 
 // Y (T, out) = X (T, in) * W (out, in)^T + bias (out). Rows of X, Y and W must be contiguous
@@ -43,24 +52,40 @@ void matmul(ThreadPool& pool, MatrixView<const WT> w, MatrixView<const float> x,
   const auto ldw = static_cast<std::size_t>(w.stride(0)),
              ldx = static_cast<std::size_t>(x.stride(0)),
              ldy = static_cast<std::size_t>(y.stride(0));
-  // GEMV: 8 chunks of rows per thread, claimed dynamically, so a thread that loses its core
-  // (a shared machine) leaves its remaining chunks to the others. GEMM: up to 4 chunks per thread
-  // of at least 256 rows of W; each chunk packs all of X once per depth block, so fewer and
-  // larger chunks amortize that better.
-  const bool gemm = T >= kGemmMinRows;
-  const std::size_t grain = gemm ? 4 * kGemmRowGrain : 16;
-  const std::size_t chunks =
-      gemm ? std::clamp<std::size_t>(out / (grain * static_cast<std::size_t>(pool.size())), 1, 4)
-           : 8;
+  auto add_bias = [&](std::size_t b, std::size_t e) {
+    if (bias)
+      for (std::size_t t = 0; t < T; ++t)
+        for (std::size_t o = b; o < e; ++o) y(t, o) += bias[o];
+  };
+  if (T < kGemmMinRows) {
+    // GEMV: 8 chunks of rows per thread, claimed dynamically, so a thread that loses its core
+    // (a shared machine) leaves its remaining chunks to the others.
+    pool.parallel_for(
+        out, 16,
+        [&](std::size_t b, std::size_t e, int) {
+          fn(w.data(), ldw, x.data(), ldx, y.data(), ldy, in, T, b, e);
+          add_bias(b, e);
+        },
+        8);
+    return;
+  }
+  // GEMM: X is packed once (each thread a share of its rows), then the rows of W are split in
+  // up to 4 chunks per thread of at least 128 rows, each packing its own rows of W.
+  thread_local detail::ScratchBuffer x_packed;
+  float* xp = x_packed.get(k.blas.gemm_x_size(T, in));
+  const auto parts = static_cast<std::size_t>(pool.size());
+  pool.run(parts, [&](std::size_t part, int) {
+    k.blas.gemm_pack_x(x.data(), ldx, T, in, xp, part, parts);
+  });
+  const auto gemm = detail::gemm_packed_fn<WT>(k);
+  const std::size_t grain = 2 * kGemmRowGrain;
   pool.parallel_for(
       out, grain,
       [&](std::size_t b, std::size_t e, int) {
-        fn(w.data(), ldw, x.data(), ldx, y.data(), ldy, in, T, b, e);
-        if (bias)
-          for (std::size_t t = 0; t < T; ++t)
-            for (std::size_t o = b; o < e; ++o) y(t, o) += bias[o];
+        gemm(w.data(), ldw, xp, y.data(), ldy, in, T, b, e);
+        add_bias(b, e);
       },
-      chunks);
+      std::clamp<std::size_t>(out / (grain * parts), 1, 4));
 }
 
 }  // namespace tmoe::cpu
