@@ -3,7 +3,8 @@
 //  and its LM head (151936 x 1536); bytes/s counts the weights plus x and y, to compare with
 //  bench_limits' read bandwidth.
 //  GEMM (T > 1): prefill of 128 and 512 tokens through 8960 x 1536, and 1024^3; FLOP/s = 2 T out
-//  in per second, to compare with bench_limits' FMA peak.
+//  in per second, to compare with bench_limits' FMA peak. The "CPU" column is the process's CPU
+//  time (all threads), as in bench_limits.
 #include <benchmark/benchmark.h>
 
 #include <cstdint>
@@ -41,11 +42,17 @@ void BM_matmul(benchmark::State& state) {
 
 void gemv_shapes(benchmark::internal::Benchmark* b) {
   b->Args({18432, 7168, 1})->Args({8960, 1536, 1})->Args({151936, 1536, 1});
-  b->ArgNames({"out", "in", "T"})->UseRealTime()->Unit(benchmark::kMillisecond);
+  b->ArgNames({"out", "in", "T"})
+      ->UseRealTime()
+      ->MeasureProcessCPUTime()
+      ->Unit(benchmark::kMillisecond);
 }
 void gemm_shapes(benchmark::internal::Benchmark* b) {
   b->Args({8960, 1536, 128})->Args({8960, 1536, 512})->Args({1024, 1024, 1024});
-  b->ArgNames({"out", "in", "T"})->UseRealTime()->Unit(benchmark::kMillisecond);
+  b->ArgNames({"out", "in", "T"})
+      ->UseRealTime()
+      ->MeasureProcessCPUTime()
+      ->Unit(benchmark::kMillisecond);
 }
 
 BENCHMARK(BM_matmul<float>)->Name("gemv_f32")->Apply(gemv_shapes);

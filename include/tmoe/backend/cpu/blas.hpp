@@ -191,6 +191,10 @@ struct BlasImpl {
       return;
     }
 #endif
+    if constexpr (std::is_same_v<WT, bf16> && kHasPairWiden) {
+      gemv_bf16_pairs(w, ldw, x, ldx, y, ldy, in, T, o_begin, o_end);
+      return;
+    }
     std::size_t o = o_begin;
     float s[kGemvRows];
     for (; o + kGemvRows <= o_end; o += kGemvRows)
@@ -203,6 +207,101 @@ struct BlasImpl {
         dot_rows<1>(w + o * ldw, ldw, x + t * ldx, in, s);
         y[t * ldy + o] = s[0];
       }
+  }
+
+  // ---- bf16 GEMV on pairs: 2L weights per integer load ------------------------------------------
+  // A 32-bit lane holding bf16 weights (w[2j], w[2j+1]) gives both as floats with one instruction
+  // each: w[2j] = lane << 16, w[2j+1] = lane & 0xffff0000. x is deinterleaved to match once per
+  // call (xd[blk][0..L) = even elements, xd[blk][L..2L) = odd), so the dot product needs no
+  // shuffle at all: one load, one shift, one and, two FMAs per 2L weights.
+#if defined(__AVX512F__)
+  static constexpr bool kHasPairWiden = kAvx512 || (kAvx2 && L == 8) || kSse2;
+#elif defined(__AVX2__)
+  static constexpr bool kHasPairWiden = (kAvx2 && L == 8) || kSse2;
+#elif defined(__SSE2__)
+  static constexpr bool kHasPairWiden = kSse2;
+#else
+  static constexpr bool kHasPairWiden = false;
+#endif
+
+  static TMOE_INLINE void widen_pairs(const bf16* p, B& even, B& odd) {
+    if constexpr (false) {
+    }
+#if defined(__AVX512F__)
+    else if constexpr (kAvx512) {
+      const __m512i v = _mm512_loadu_si512(p);
+      even = B(_mm512_castsi512_ps(_mm512_slli_epi32(v, 16)));
+      odd = B(_mm512_castsi512_ps(_mm512_and_si512(v, _mm512_set1_epi32(-65536))));
+    }
+#endif
+#if defined(__AVX2__)
+    else if constexpr (kAvx2 && L == 8) {
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+      even = B(_mm256_castsi256_ps(_mm256_slli_epi32(v, 16)));
+      odd = B(_mm256_castsi256_ps(_mm256_and_si256(v, _mm256_set1_epi32(-65536))));
+    }
+#endif
+#if defined(__SSE2__)
+    else if constexpr (kSse2) {
+      const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+      even = B(_mm_castsi128_ps(_mm_slli_epi32(v, 16)));
+      odd = B(_mm_castsi128_ps(_mm_and_si128(v, _mm_set1_epi32(-65536))));
+    }
+#endif
+    else {
+      alignas(64) float e[L], o[L];
+      for (std::size_t j = 0; j < L; ++j)
+        e[j] = p[2 * j].to_float(), o[j] = p[2 * j + 1].to_float();
+      even = B::load_aligned(e);
+      odd = B::load_aligned(o);
+    }
+  }
+
+  static void gemv_bf16_pairs(const bf16* w, std::size_t ldw, const float* x, std::size_t ldx,
+                              float* y, std::size_t ldy, std::size_t in, std::size_t T,
+                              std::size_t o_begin, std::size_t o_end) {
+    constexpr std::size_t S = 2 * L;  // weights per step
+    const std::size_t nb = in / S * S;
+    thread_local detail::ScratchBuffer scratch;
+    float* xd = scratch.get(nb + 1);
+    for (std::size_t t = 0; t < T; ++t) {
+      const float* xr = x + t * ldx;
+      for (std::size_t i = 0; i < nb; i += S)
+        for (std::size_t j = 0; j < L; ++j) {
+          xd[i + j] = xr[i + 2 * j];
+          xd[i + L + j] = xr[i + 2 * j + 1];
+        }
+      for (std::size_t o = o_begin; o < o_end; o += kGemvRows) {
+        const std::size_t R = std::min(kGemvRows, o_end - o);
+        const bf16* wr = w + o * ldw;
+        float s[kGemvRows];
+        if (R == kGemvRows)
+          dot_pairs<kGemvRows>(wr, ldw, xd, nb, s);
+        else
+          for (std::size_t r = 0; r < R; ++r) dot_pairs<1>(wr + r * ldw, ldw, xd, nb, s + r);
+        for (std::size_t r = 0; r < R; ++r) {
+          for (std::size_t i = nb; i < in; ++i) s[r] += wr[r * ldw + i].to_float() * xr[i];
+          y[t * ldy + o + r] = s[r];
+        }
+      }
+    }
+  }
+
+  template <std::size_t R>
+  static TMOE_INLINE void dot_pairs(const bf16* w, std::size_t ldw, const float* xd, std::size_t nb,
+                                    float* out) {
+    B a[R], b[R];
+    for (std::size_t r = 0; r < R; ++r) a[r] = b[r] = B(0.f);
+    for (std::size_t i = 0; i < nb; i += 2 * L) {
+      const B xe = B::load_unaligned(xd + i), xo = B::load_unaligned(xd + i + L);
+      for (std::size_t r = 0; r < R; ++r) {
+        B we, wo;
+        widen_pairs(w + r * ldw + i, we, wo);
+        a[r] = xsimd::fma(we, xe, a[r]);
+        b[r] = xsimd::fma(wo, xo, b[r]);
+      }
+    }
+    for (std::size_t r = 0; r < R; ++r) out[r] = reduce_add(a[r] + b[r]);
   }
 
 #if defined(__AVX512BF16__) && defined(__AVX512F__)
