@@ -7,10 +7,12 @@
 // Two kernels behind one entry point (BlasKernels::matmul_rows_*, chosen by T):
 //  - T < kGemmMinRows: the decode GEMV. Memory bound, so every weight byte is read exactly once:
 //    kGemvRows rows of W at a time share each load of x, weights are widened to float inside the
-//    SIMD loop (bf16: zero-extend 16 -> 32 bits and shift left by 16; f16: F16C vcvtph2ps on
-//    AVX2 and above), float32 accumulation. On avx512_vnni_bf16 the bf16 GEMV uses vdpbf16ps with
-//    x split into three bf16 terms (x = hi + mid + lo, exact to ~2^-24 relative), so the result
-//    keeps float32 accuracy while the weights are never widened.
+//    SIMD loop, float32 accumulation. bf16: a 32-bit lane holds a pair of weights; shifting it
+//    left by 16 gives the even one as a float, masking the low half gives the odd one, against x
+//    deinterleaved once per call. f16: F16C vcvtph2ps on AVX2 and above (scalar on SSE2). On
+//    avx512_vnni_bf16 the bf16 GEMV uses vdpbf16ps with x split into three bf16 terms (x = hi + mid
+//    + lo, exact to ~2^-24 relative), so the result keeps float32 accuracy while the weights are
+//    never widened.
 //  - T >= kGemmMinRows: the prefill GEMM. Cache-blocked (KC along `in`, NC rows of W, MC rows of
 //    X) with an MR x NR register tile of dot products along `in`: both X and W are contiguous
 //    along `in`, so W needs no transpose. A block of W (nc x kc) is converted to float once into
@@ -263,24 +265,26 @@ struct BlasImpl {
     constexpr std::size_t S = 2 * L;  // weights per step
     const std::size_t nb = in / S * S;
     thread_local detail::ScratchBuffer scratch;
-    float* xd = scratch.get(nb + 1);
-    for (std::size_t t = 0; t < T; ++t) {
-      const float* xr = x + t * ldx;
+    float* xd = scratch.get(T * nb + 1);  // (T, nb), deinterleaved
+    for (std::size_t t = 0; t < T; ++t)
       for (std::size_t i = 0; i < nb; i += S)
         for (std::size_t j = 0; j < L; ++j) {
-          xd[i + j] = xr[i + 2 * j];
-          xd[i + L + j] = xr[i + 2 * j + 1];
+          xd[t * nb + i + j] = x[t * ldx + i + 2 * j];
+          xd[t * nb + i + L + j] = x[t * ldx + i + 2 * j + 1];
         }
-      for (std::size_t o = o_begin; o < o_end; o += kGemvRows) {
-        const std::size_t R = std::min(kGemvRows, o_end - o);
-        const bf16* wr = w + o * ldw;
+    // Rows outer, T inner: a group of rows is read from memory once and from cache T - 1 times.
+    for (std::size_t o = o_begin; o < o_end; o += kGemvRows) {
+      const std::size_t R = std::min(kGemvRows, o_end - o);
+      const bf16* wr = w + o * ldw;
+      for (std::size_t t = 0; t < T; ++t) {
         float s[kGemvRows];
         if (R == kGemvRows)
-          dot_pairs<kGemvRows>(wr, ldw, xd, nb, s);
+          dot_pairs<kGemvRows>(wr, ldw, xd + t * nb, nb, s);
         else
-          for (std::size_t r = 0; r < R; ++r) dot_pairs<1>(wr + r * ldw, ldw, xd, nb, s + r);
+          for (std::size_t r = 0; r < R; ++r)
+            dot_pairs<1>(wr + r * ldw, ldw, xd + t * nb, nb, s + r);
         for (std::size_t r = 0; r < R; ++r) {
-          for (std::size_t i = nb; i < in; ++i) s[r] += wr[r * ldw + i].to_float() * xr[i];
+          for (std::size_t i = nb; i < in; ++i) s[r] += wr[r * ldw + i].to_float() * x[t * ldx + i];
           y[t * ldy + o + r] = s[r];
         }
       }
@@ -312,27 +316,31 @@ struct BlasImpl {
                            float* y, std::size_t ldy, std::size_t in, std::size_t T,
                            std::size_t o_begin, std::size_t o_end) {
     thread_local detail::ScratchBuffer scratch;
-    bf16* parts = reinterpret_cast<bf16*>(scratch.get((3 * in + 1) / 2 + 16));
+    // (T, 3, in): hi, mid, lo parts of every row of x.
+    bf16* parts = reinterpret_cast<bf16*>(scratch.get((3 * T * in + 1) / 2 + 16));
     constexpr std::size_t kStep = 32;
     const std::size_t n32 = in / kStep * kStep;
-    for (std::size_t t = 0; t < T; ++t) {
-      const float* xr = x + t * ldx;
+    for (std::size_t t = 0; t < T; ++t)
       for (std::size_t i = 0; i < in; ++i) {
-        const bf16 hi = bf16::from_float(xr[i]);
-        const float r1 = xr[i] - hi.to_float();
+        const float v = x[t * ldx + i];
+        const bf16 hi = bf16::from_float(v);
+        const float r1 = v - hi.to_float();
         const bf16 mid = bf16::from_float(r1);
-        parts[i] = hi;
-        parts[in + i] = mid;
-        parts[2 * in + i] = bf16::from_float(r1 - mid.to_float());
+        bf16* pt = parts + 3 * t * in;
+        pt[i] = hi;
+        pt[in + i] = mid;
+        pt[2 * in + i] = bf16::from_float(r1 - mid.to_float());
       }
-      auto ld = [](const void* p) { return (__m512bh)_mm512_loadu_si512(p); };
-      std::size_t o = o_begin;
-      for (; o < o_end; o += 4) {
-        const std::size_t R = std::min<std::size_t>(4, o_end - o);
+    auto ld = [](const void* p) { return (__m512bh)_mm512_loadu_si512(p); };
+    // Rows outer, T inner: a group of rows is read from memory once.
+    for (std::size_t o = o_begin; o < o_end; o += 4) {
+      const std::size_t R = std::min<std::size_t>(4, o_end - o);
+      for (std::size_t t = 0; t < T; ++t) {
+        const bf16* pt = parts + 3 * t * in;
         __m512 acc[4][3];
         for (auto& a : acc) a[0] = a[1] = a[2] = _mm512_setzero_ps();
         for (std::size_t i = 0; i < n32; i += kStep) {
-          const __m512bh h = ld(parts + i), m = ld(parts + in + i), l = ld(parts + 2 * in + i);
+          const __m512bh h = ld(pt + i), m = ld(pt + in + i), l = ld(pt + 2 * in + i);
           for (std::size_t r = 0; r < R; ++r) {
             const __m512bh wv = ld(w + (o + r) * ldw + i);
             acc[r][0] = _mm512_dpbf16_ps(acc[r][0], wv, h);
@@ -343,7 +351,8 @@ struct BlasImpl {
         for (std::size_t r = 0; r < R; ++r) {
           float s =
               _mm512_reduce_add_ps(_mm512_add_ps(acc[r][0], _mm512_add_ps(acc[r][1], acc[r][2])));
-          for (std::size_t i = n32; i < in; ++i) s += w[(o + r) * ldw + i].to_float() * xr[i];
+          for (std::size_t i = n32; i < in; ++i)
+            s += w[(o + r) * ldw + i].to_float() * x[t * ldx + i];
           y[t * ldy + o + r] = s;
         }
       }
