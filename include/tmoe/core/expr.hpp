@@ -18,7 +18,9 @@
 // Evaluation: assign() runs ONE contiguous SIMD loop over the destination (one loop per row when
 // a row broadcast is present), with a scalar tail, compiled in the including translation unit for
 // xsimd::default_arch (that is, for the TU's -m flags; it is not routed through the per-ISA
-// KernelTable). assign(pool, ...) splits the same loop across a ThreadPool.
+// KernelTable; every SIMD function is a template on the architecture, so TUs built with
+// different flags never share a symbol). assign(pool, ...) splits the same loop across a
+// ThreadPool.
 #pragma once
 
 #include <array>
@@ -41,9 +43,13 @@ namespace tmoe {
 
 namespace ew {
 
-using Arch = xsimd::default_arch;
-using Batch = xsimd::batch<float, Arch>;
-inline constexpr std::size_t kLanes = Batch::size;
+// Everything that touches SIMD registers is a template on the xsimd architecture A (defaulted
+// to xsimd::default_arch at assign()), so translation units built for different -m flags never
+// emit the same symbol with different instructions.
+template <class A>
+using Batch = xsimd::batch<float, A>;
+template <class A>
+inline constexpr std::size_t kLanes = Batch<A>::size;
 // A dimension a row-broadcast operand leaves open.
 inline constexpr std::size_t kAnyExtent = static_cast<std::size_t>(-2);
 
@@ -51,24 +57,24 @@ template <class T>
 concept Element = std::is_same_v<T, float> || std::is_same_v<T, bf16> || std::is_same_v<T, f16>;
 
 // Loads L values of T as floats; stores L floats rounded to T.
-template <class T>
-TMOE_INLINE Batch load_as_float(const T* p) {
+template <class A, class T>
+TMOE_INLINE Batch<A> load_as_float(const T* p) {
   if constexpr (std::is_same_v<T, float>) {
-    return Batch::load_unaligned(p);
+    return Batch<A>::load_unaligned(p);
   } else {
-    alignas(64) float f[kLanes];
-    for (std::size_t j = 0; j < kLanes; ++j) f[j] = to_float(p[j]);
-    return Batch::load_aligned(f);
+    alignas(64) float f[kLanes<A>];
+    for (std::size_t j = 0; j < kLanes<A>; ++j) f[j] = to_float(p[j]);
+    return Batch<A>::load_aligned(f);
   }
 }
-template <class T>
-TMOE_INLINE void store_from_float(T* p, const Batch& b) {
+template <class A, class T>
+TMOE_INLINE void store_from_float(T* p, const Batch<A>& b) {
   if constexpr (std::is_same_v<T, float>) {
     b.store_unaligned(p);
   } else {
-    alignas(64) float f[kLanes];
+    alignas(64) float f[kLanes<A>];
     b.store_aligned(f);
-    for (std::size_t j = 0; j < kLanes; ++j) p[j] = from_float<T>(f[j]);
+    for (std::size_t j = 0; j < kLanes<A>; ++j) p[j] = from_float<T>(f[j]);
   }
 }
 
@@ -76,7 +82,7 @@ TMOE_INLINE void store_from_float(T* p, const Batch& b) {
 // Every node has: kRank (0 for a scalar), extents_type (its static extents, or void), kRowBcast
 // (contains a row broadcast), shape() (std::array of kRank extents; kAnyExtent where open), and
 // value access at flat index i of the destination whose column is c: at(i, c) (scalar) and
-// load(i, c) (kLanes consecutive values, never crossing a row when kRowBcast).
+// load<A>(i, c) (kLanes<A> consecutive values, never crossing a row when kRowBcast).
 
 template <class T, class Ext>
 struct Leaf {
@@ -91,7 +97,10 @@ struct Leaf {
   }
   std::array<std::size_t, kRank> shape() const { return ext.all(); }
   TMOE_INLINE float at(std::size_t i, std::size_t) const { return to_float(p[i]); }
-  TMOE_INLINE Batch load(std::size_t i, std::size_t) const { return load_as_float(p + i); }
+  template <class A>
+  TMOE_INLINE Batch<A> load(std::size_t i, std::size_t) const {
+    return load_as_float<A>(p + i);
+  }
 };
 
 struct Scalar {
@@ -101,7 +110,10 @@ struct Scalar {
   float v;
   std::array<std::size_t, 0> shape() const { return {}; }
   TMOE_INLINE float at(std::size_t, std::size_t) const { return v; }
-  TMOE_INLINE Batch load(std::size_t, std::size_t) const { return Batch(v); }
+  template <class A>
+  TMOE_INLINE Batch<A> load(std::size_t, std::size_t) const {
+    return Batch<A>(v);
+  }
 };
 
 // A vector (cols) read as a (any, cols) matrix: every row sees the same vector.
@@ -115,7 +127,10 @@ struct RowBroadcast {
   std::size_t n;
   std::array<std::size_t, 2> shape() const { return {kAnyExtent, n}; }
   TMOE_INLINE float at(std::size_t, std::size_t c) const { return to_float(p[c]); }
-  TMOE_INLINE Batch load(std::size_t, std::size_t c) const { return load_as_float(p + c); }
+  template <class A>
+  TMOE_INLINE Batch<A> load(std::size_t, std::size_t c) const {
+    return load_as_float<A>(p + c);
+  }
 };
 
 template <class Op, class A>
@@ -126,7 +141,10 @@ struct Unary {
   A a;
   auto shape() const { return a.shape(); }
   TMOE_INLINE float at(std::size_t i, std::size_t c) const { return Op::apply(a.at(i, c)); }
-  TMOE_INLINE Batch load(std::size_t i, std::size_t c) const { return Op::apply(a.load(i, c)); }
+  template <class A2>
+  TMOE_INLINE Batch<A2> load(std::size_t i, std::size_t c) const {
+    return Op::apply(a.template load<A2>(i, c));
+  }
 };
 
 template <class E>
@@ -182,8 +200,9 @@ struct Binary {
   TMOE_INLINE float at(std::size_t i, std::size_t c) const {
     return Op::apply(a.at(i, c), b.at(i, c));
   }
-  TMOE_INLINE Batch load(std::size_t i, std::size_t c) const {
-    return Op::apply(a.load(i, c), b.load(i, c));
+  template <class A2>
+  TMOE_INLINE Batch<A2> load(std::size_t i, std::size_t c) const {
+    return Op::apply(a.template load<A2>(i, c), b.template load<A2>(i, c));
   }
 };
 
@@ -220,36 +239,48 @@ struct NegOp {
 };
 struct ExpOp {
   static TMOE_INLINE float apply(float a) { return std::exp(a); }
-  static TMOE_INLINE Batch apply(Batch a) { return xsimd::exp(a); }
+  template <class A>
+  static TMOE_INLINE Batch<A> apply(Batch<A> a) {
+    return xsimd::exp(a);
+  }
 };
 struct RsqrtOp {
   static TMOE_INLINE float apply(float a) { return 1.0f / std::sqrt(a); }
-  static TMOE_INLINE Batch apply(Batch a) { return Batch(1.0f) / xsimd::sqrt(a); }
+  template <class A>
+  static TMOE_INLINE Batch<A> apply(Batch<A> a) {
+    return Batch<A>(1.0f) / xsimd::sqrt(a);
+  }
 };
 struct SiluOp {  // x * sigmoid(x) = x / (1 + e^-x)
   static TMOE_INLINE float apply(float a) { return a / (1.0f + std::exp(-a)); }
-  static TMOE_INLINE Batch apply(Batch a) { return a / (Batch(1.0f) + xsimd::exp(-a)); }
+  template <class A>
+  static TMOE_INLINE Batch<A> apply(Batch<A> a) {
+    return a / (Batch<A>(1.0f) + xsimd::exp(-a));
+  }
 };
 struct GeluTanhOp {  // 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
   static constexpr float kC = 0.7978845608028654f, kA = 0.044715f;
   static TMOE_INLINE float apply(float x) {
     return 0.5f * x * (1.0f + std::tanh(kC * (x + kA * x * x * x)));
   }
-  static TMOE_INLINE Batch apply(Batch x) {
-    return Batch(0.5f) * x * (Batch(1.0f) + xsimd::tanh(Batch(kC) * (x + Batch(kA) * x * x * x)));
+  template <class A>
+  static TMOE_INLINE Batch<A> apply(Batch<A> x) {
+    using V = Batch<A>;
+    return V(0.5f) * x * (V(1.0f) + xsimd::tanh(V(kC) * (x + V(kA) * x * x * x)));
   }
 };
 template <class T>
 struct CastOp {
   static TMOE_INLINE float apply(float a) { return round_to<T>(a); }
-  static TMOE_INLINE Batch apply(Batch a) {
+  template <class A>
+  static TMOE_INLINE Batch<A> apply(Batch<A> a) {
     if constexpr (std::is_same_v<T, float>) {
       return a;
     } else {
-      alignas(64) float f[kLanes];
+      alignas(64) float f[kLanes<A>];
       a.store_aligned(f);
-      for (std::size_t j = 0; j < kLanes; ++j) f[j] = round_to<T>(f[j]);
-      return Batch::load_aligned(f);
+      for (std::size_t j = 0; j < kLanes<A>; ++j) f[j] = round_to<T>(f[j]);
+      return Batch<A>::load_aligned(f);
     }
   }
 };
@@ -354,16 +385,16 @@ void row_broadcast(Tensor<T, Ext>&& t) = delete;
 
 // ---- evaluation -----------------------------------------------------------------------------
 // dst[i] = e at flat indices [begin, end) of a destination with `cols` columns per row.
-template <class T, class E>
+template <class A, class T, class E>
 void eval_range(T* dst, const E& e, std::size_t cols, std::size_t begin, std::size_t end) {
-  constexpr std::size_t L = kLanes;
+  constexpr std::size_t L = kLanes<A>;
   std::size_t i = begin;
   while (i < end) {
     // One contiguous run: the rest of this row if rows matter, else the whole range.
     const std::size_t c0 = E::kRowBcast ? i % cols : i;
     const std::size_t run_end = E::kRowBcast ? std::min(end, i - c0 + cols) : end;
     std::size_t c = c0;
-    for (; i + L <= run_end; i += L, c += L) store_from_float(dst + i, e.load(i, c));
+    for (; i + L <= run_end; i += L, c += L) store_from_float<A>(dst + i, e.template load<A>(i, c));
     for (; i < run_end; ++i, ++c) dst[i] = from_float<T>(e.at(i, c));
   }
 }
@@ -410,25 +441,26 @@ auto operator-(A&& a) {
 }
 
 // dst = e, one SIMD pass. dst: a contiguous view of float, bf16 or f16.
-template <class T, class Ext, ew::Operand E>
+template <class A = xsimd::default_arch, class T, class Ext, ew::Operand E>
 requires ew::Element<T>
 void assign(TensorView<T, Ext> dst, E&& e) {
   const auto node = ew::to_node(std::forward<E>(e));
   const std::size_t cols = ew::check_assign(dst, node);
-  ew::eval_range(dst.data(), node, cols, 0, dst.size());
+  ew::eval_range<A>(dst.data(), node, cols, 0, dst.size());
 }
 
 // The same, split across the pool's threads in chunks of whole SIMD batches (rows when a row
 // broadcast is present keep their contiguous runs).
-template <class T, class Ext, ew::Operand E>
+template <class A = xsimd::default_arch, class T, class Ext, ew::Operand E>
 requires ew::Element<T>
 void assign(ThreadPool& pool, TensorView<T, Ext> dst, E&& e) {
   const auto node = ew::to_node(std::forward<E>(e));
   const std::size_t cols = ew::check_assign(dst, node);
   constexpr std::size_t kGrain = 4096;  // about 16 KiB of float output per chunk at least
-  const std::size_t n = dst.size(), blocks = (n + ew::kLanes - 1) / ew::kLanes;
-  pool.parallel_for(blocks, kGrain / ew::kLanes, [&](std::size_t b, std::size_t e2, int) {
-    ew::eval_range(dst.data(), node, cols, b * ew::kLanes, std::min(n, e2 * ew::kLanes));
+  constexpr std::size_t L = ew::kLanes<A>;
+  const std::size_t n = dst.size(), blocks = (n + L - 1) / L;
+  pool.parallel_for(blocks, kGrain / L, [&](std::size_t b, std::size_t e2, int) {
+    ew::eval_range<A>(dst.data(), node, cols, b * L, std::min(n, e2 * L));
   });
 }
 
