@@ -16,12 +16,13 @@
 //  - T >= kGemmMinRows: the prefill GEMM. Cache-blocked (KC along `in`, NC rows of W, MC rows of
 //    X) with an MR x NR register tile of dot products along `in`: both X and W are contiguous
 //    along `in`, so W needs no transpose. A block of W (nc x kc) is converted to float once into
-//    a packed per-thread buffer (micro-panels, see pack()) and reused by every row of X. Eigen's
-//    GEMM was not used: it would be compiled into every per-ISA translation unit under the same
-//    symbol names.
+//    a packed per-thread buffer (micro-panels, see pack()) and reused by every row of X; X is
+//    packed once per call (gemm_pack_x, shared by the threads; matmul_rows packs it itself).
+//    Eigen's GEMM was not used: it would be compiled into every per-ISA translation unit under
+//    the same symbol names (docs/performance.md).
 //
 // The per-ISA kernels live in BlasKernels (a family of the KernelTable). Rows [o_begin, o_end)
-// of W are one thread's share; ops.hpp splits them.
+// of W are one chunk of work; ops.hpp splits them across the pool.
 #pragma once
 
 #include <algorithm>
