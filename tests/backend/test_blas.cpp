@@ -1,5 +1,10 @@
-// matmul of every ISA and weight type against the double-precision reference. Bound: relative to
-// sum_i |w_i x_i| per output, in * eps_f32 (float accumulation in a different order).
+// matmul of every ISA and weight type against the double-precision reference, on both kernels
+// (GEMV for T < kGemmMinRows, blocked GEMM above) and at shapes that leave tails everywhere: in
+// not a multiple of the SIMD width or of the GEMM depth block KC = 768, out not a multiple of the
+// GEMV row group (4), the register tile (4 or 6) or the packed block of W (1020 rows), T not a
+// multiple of the tile rows (3 or 4) or of the X block (96 or 128 rows). Bound per output: |y -
+// ref| <= in * eps_f32 * sum_i |w_i x_i| (+|bias|): float32 accumulation in a different order than
+// the reference.
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -29,7 +34,8 @@ void check_matmul(const cpu::KernelTable& k, ThreadPool& pool, std::size_t out, 
     for (std::size_t o = 0; o < out; ++o) {
       double mag = with_bias ? std::abs(bias[o]) : 0.0;
       for (std::size_t i = 0; i < in; ++i) mag += std::abs(to_float(w(o, i)) * x(t, i));
-      REQUIRE(std::abs(y(t, o) - r(t, o)) <= in * std::numeric_limits<float>::epsilon() * mag + 1e-30);
+      REQUIRE(std::abs(y(t, o) - r(t, o)) <=
+              in * std::numeric_limits<float>::epsilon() * mag + 1e-30);
     }
 }
 }  // namespace
@@ -39,7 +45,41 @@ TEST_CASE_TEMPLATE("matmul matches the reference on every ISA", WT, float, bf16,
   test::for_each_isa([&](const cpu::KernelTable& k) {
     for (std::size_t out : {1u, 5u, 33u, 64u})
       for (std::size_t in : {1u, 7u, 16u, 31u, 100u, 257u})
-        for (std::size_t T : {1u, 3u}) check_matmul<WT>(k, pool, out, in, T, (out + in) % 2 == 0);
+        for (std::size_t T : {1u, 3u, 6u, 8u})
+          check_matmul<WT>(k, pool, out, in, T, (out + in) % 2 == 0);
+  });
+}
+
+TEST_CASE_TEMPLATE("matmul crosses every GEMM block boundary", WT, float, bf16, f16) {
+  ThreadPool pool(2);
+  test::for_each_isa([&](const cpu::KernelTable& k) {
+    check_matmul<WT>(k, pool, 131, 1700, 13, true);  // 3 depth blocks, tails in every dim
+    check_matmul<WT>(k, pool, 70, 800, 130, false);  // more rows of X than one X block
+    check_matmul<WT>(k, pool, 257, 40, 5, true);     // GEMV with a row-group tail
+    check_matmul<WT>(k, pool, 8500, 24, 6, false);   // chunks of > 1020 rows of W
+  });
+}
+
+TEST_CASE("matmul with a pool of one thread and strided rows") {
+  ThreadPool pool(1);
+  test::for_each_isa([&](const cpu::KernelTable& k) {
+    // Views into wider buffers: leading dimensions larger than the row length.
+    Matrix<bf16> wbuf(37, 80);
+    Matrix<float> xbuf(9, 70), ybuf(9, 50), r(9, 37);
+    const auto wf = test::random_floats(37 * 80, 5);
+    for (std::size_t i = 0; i < wf.size(); ++i) wbuf.data()[i] = bf16::from_float(wf[i]);
+    const auto xf = test::random_floats(9 * 70, 6);
+    std::copy(xf.begin(), xf.end(), xbuf.data());
+    for (std::size_t T : {1u, 9u}) {
+      MatrixView<const bf16> w(wbuf.data(), DExtents<2>(37, 61), {80, 1});
+      MatrixView<const float> x(xbuf.data(), DExtents<2>(T, 61), {70, 1});
+      MatrixView<float> y(ybuf.data(), DExtents<2>(T, 37), {50, 1});
+      cpu::matmul<bf16>(pool, w, x, y, nullptr, k);
+      reference::matmul<bf16>(w, x, r.view().row_range(0, T));
+      for (std::size_t t = 0; t < T; ++t)
+        for (std::size_t o = 0; o < 37; ++o)
+          CHECK(y(t, o) == doctest::Approx(r(t, o)).epsilon(1e-4));
+    }
   });
 }
 
