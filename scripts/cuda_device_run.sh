@@ -19,8 +19,10 @@ done
 for p in "${pids[@]}"; do wait "$p"; done
 "$NVCC" "${flags[@]}" "$out"/*.o -o "$out/test_cuda"
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv || true
-"$out/test_cuda"
+status=0
+"$out/test_cuda" || status=$?  # the benchmark still runs; the exit status reports the tests
 "$out/bench_cuda_gemv" --all-configs --csv "$out/bench_cuda_gemv.csv" ${BENCH_ARGS:-}
 if python3 -c 'import torch' 2>/dev/null; then
   python3 bench/cuda/torch_gemv.py
 fi
+exit "$status"

@@ -9,6 +9,7 @@
 //
 //   bench_cuda_gemv [--reps N] [--csv FILE] [--all-configs]
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <random>
@@ -27,17 +28,21 @@ int g_reps = 50;
 bool g_all_configs = false;
 FILE* g_csv = nullptr;
 double g_copy_gbs = 0, g_read_gbs = 0;
+double g_diff = 0;  // max |y - y_library| / max |y_library| of the last configuration
 
+// Median milliseconds per launch: each sample times kBatch back-to-back launches between two
+// events (as a decode step's kernels queue behind each other), so launch latency overlaps.
+constexpr int kBatch = 10;
 template <class F>
 double median_ms(F&& launch, int reps) {
   cuda::Event a, b;
-  for (int i = 0; i < 5; ++i) launch(i);  // warm-up
+  for (int i = 0; i < 3 * kBatch; ++i) launch(i);  // warm-up
   std::vector<float> ms;
   for (int i = 0; i < reps; ++i) {
     a.record(nullptr);
-    launch(i);
+    for (int j = 0; j < kBatch; ++j) launch(i * kBatch + j);
     b.record(nullptr);
-    ms.push_back(b.since(a));
+    ms.push_back(b.since(a) / kBatch);
   }
   TMOE_CUDA_CHECK("bench", cudaGetLastError());
   std::sort(ms.begin(), ms.end());
@@ -47,11 +52,11 @@ double median_ms(F&& launch, int reps) {
 void row(const char* kernel, const std::string& shape, const std::string& config, double ms,
          double bytes) {
   const double gbs = bytes / (ms * 1e-3) / 1e9;
-  std::printf("%-28s %-12s %-10s %9.1f %9.1f %8.3f %8.3f\n", kernel, shape.c_str(), config.c_str(),
-              ms * 1e3, gbs, gbs / g_copy_gbs, gbs / g_read_gbs);
+  std::printf("%-28s %-12s %-14s %9.1f %9.1f %8.3f %8.3f %9.1e\n", kernel, shape.c_str(),
+              config.c_str(), ms * 1e3, gbs, gbs / g_copy_gbs, gbs / g_read_gbs, g_diff);
   if (g_csv)
-    std::fprintf(g_csv, "%s,%s,%s,%.3f,%.2f,%.4f,%.4f\n", kernel, shape.c_str(), config.c_str(),
-                 ms * 1e3, gbs, gbs / g_copy_gbs, gbs / g_read_gbs);
+    std::fprintf(g_csv, "%s,%s,%s,%.3f,%.2f,%.4f,%.4f,%.2e\n", kernel, shape.c_str(),
+                 config.c_str(), ms * 1e3, gbs, gbs / g_copy_gbs, gbs / g_read_gbs, g_diff);
 }
 
 __global__ void fill_random_bytes(std::uint32_t* p, std::size_t n, std::uint32_t seed, bool fp8) {
@@ -112,12 +117,14 @@ void measure_limits(const cuda::DeviceInfo& dev) {
   g_read_gbs = bytes / (read_ms * 1e-3) / 1e9;
   std::printf("device-to-device copy (2 GiB, read+write): %.1f GB/s\n", g_copy_gbs);
   std::printf("read-only stream (2 GiB, 16-byte loads):   %.1f GB/s\n\n", g_read_gbs);
-  std::printf("%-28s %-12s %-10s %9s %9s %8s %8s\n", "kernel", "out x in", "R,U,W", "us", "GB/s",
-              "/copy", "/read");
-  if (g_csv) std::fprintf(g_csv, "kernel,shape,config,us,GBs,frac_copy,frac_read\n");
+  std::printf("%-28s %-12s %-14s %9s %9s %8s %8s %9s\n", "kernel", "out x in", "R,U,W,S,dec", "us",
+              "GB/s", "/copy", "/read", "vs lib");
+  if (g_csv)
+    std::fprintf(g_csv, "kernel,shape,config,us,GBs,frac_copy,frac_read,rel_diff_vs_library\n");
 }
 
-template <class W, class X, int kRows, int kUnroll, int kWarps>
+// kSplit == 0: through launch_gemv (the library's own choice); else the kernel with this config.
+template <class W, class X, int kRows, int kUnroll, int kWarps, int kSplit, int kDecode>
 void bench_gemv(int out, int in, const cuda::DeviceInfo& dev) {
   constexpr bool kFp8 = std::is_same_v<W, f8_e4m3>;
   const std::size_t wbytes = std::size_t(out) * in * sizeof(W);
@@ -136,43 +143,94 @@ void bench_gemv(int out, int in, const cuda::DeviceInfo& dev) {
   x.upload(xh.data());
   cuda::DeviceBuffer<float> y(out);
 
-  const int rows_per_block = kRows * kWarps;
   const double ms = median_ms(
       [&](int i) {
-        cuda::gemv_vec_kernel<W, X, kRows, kUnroll, kWarps>
-            <<<(out + rows_per_block - 1) / rows_per_block, kWarps * kWarpSize>>>(
-                w[i % copies].data(), std::size_t(in), scale.data(), cb, x.data(), y.data(), out,
-                in);
+        if constexpr (kSplit == 0) {
+          cuda::launch_gemv(w[i % copies].data(), std::size_t(in), scale.data(), x.data(), y.data(),
+                            out, in, nullptr);
+        } else {
+          const int rows_per_block = kRows * (kWarps / kSplit);
+          cuda::gemv_vec_kernel<W, X, kRows, kUnroll, kWarps, kSplit, kDecode>
+              <<<(out + rows_per_block - 1) / rows_per_block, kWarps * kWarpSize>>>(
+                  w[i % copies].data(), std::size_t(in), scale.data(), cb, x.data(), y.data(), out,
+                  in);
+        }
       },
       g_reps);
+  // A configuration must compute what the library does (the library is what test_cuda checks
+  // against the CPU): compare this one's output on the last weight copy with launch_gemv's.
+  double diff = 0;
+  if constexpr (kSplit != 0) {
+    cuda::DeviceBuffer<float> y_lib(out);
+    cuda::launch_gemv(w[0].data(), std::size_t(in), scale.data(), x.data(), y_lib.data(), out, in,
+                      nullptr);
+    const int rows_per_block = kRows * (kWarps / kSplit);
+    cuda::gemv_vec_kernel<W, X, kRows, kUnroll, kWarps, kSplit, kDecode>
+        <<<(out + rows_per_block - 1) / rows_per_block, kWarps * kWarpSize>>>(
+            w[0].data(), std::size_t(in), scale.data(), cb, x.data(), y.data(), out, in);
+    std::vector<float> a(out), b(out);
+    y.download(a.data());
+    y_lib.download(b.data());
+    double scale_max = 1e-30;
+    for (int i = 0; i < out; ++i) {
+      diff = std::max(diff, std::abs(double(a[i]) - b[i]));
+      scale_max = std::max(scale_max, std::abs(double(b[i])));
+    }
+    diff /= scale_max;
+  }
+  g_diff = diff;
   const double bytes = double(wbytes) + (kFp8 ? rb * cb * 4.0 : 0.0) + in * sizeof(X) + out * 4.0;
   char name[64], cfg[32];
   std::snprintf(name, sizeof name, "gemv %s w, %s x", kFp8 ? "fp8-block" : "bf16",
                 std::is_same_v<X, float> ? "f32" : "bf16");
-  std::snprintf(cfg, sizeof cfg, "%d,%d,%d", kRows, kUnroll, kWarps);
+  if (kSplit == 0)
+    std::snprintf(cfg, sizeof cfg, "launcher");
+  else if (kFp8)
+    std::snprintf(cfg, sizeof cfg, "%d,%d,%d,%d,d%d", kRows, kUnroll, kWarps, kSplit, kDecode);
+  else
+    std::snprintf(cfg, sizeof cfg, "%d,%d,%d,%d", kRows, kUnroll, kWarps, kSplit);
   row(name, std::to_string(out) + "x" + std::to_string(in), cfg, ms, bytes);
 }
 
-// The launcher's configuration (see launch_gemv's defaults) at every DeepSeek-R1 decode shape.
+// What launch_gemv gives at every DeepSeek-R1 decode shape.
 template <class W, class X>
 void bench_shapes(const cuda::DeviceInfo& dev) {
-  const int shapes[][2] = {{18432, 7168}, {7168, 18432}, {2048, 7168},  {7168, 2048},
-                           {576, 7168},   {1536, 7168},  {24576, 1536}, {7168, 16384}};
-  using D = GemvDefaults<W>;
-  for (const auto& s : shapes) bench_gemv<W, X, D::kRows, D::kUnroll, D::kWarps>(s[0], s[1], dev);
+  const int shapes[][2] = {{18432, 7168}, {7168, 18432}, {2048, 7168},  {7168, 2048},  {576, 7168},
+                           {1536, 7168},  {24576, 1536}, {7168, 16384}, {129280, 7168}};
+  for (const auto& s : shapes) bench_gemv<W, X, 0, 0, 0, 0, 0>(s[0], s[1], dev);
 }
 
-template <class W, class X>
+// Kernel configurations (rows per warp, unroll, warps, split, fp8 decode) at a large and a small
+// shape, to choose GemvDefaults and the split rule.
 void bench_configs(const cuda::DeviceInfo& dev) {
+  using cuda::gemv_detail::kDecodeCvt;
+  using cuda::gemv_detail::kDecodeF16Bits;
+  using cuda::gemv_detail::kDecodeF32Bits;
   const int out = 18432, in = 7168;
-  bench_gemv<W, X, 1, 4, 4>(out, in, dev);
-  bench_gemv<W, X, 1, 8, 4>(out, in, dev);
-  bench_gemv<W, X, 2, 2, 4>(out, in, dev);
-  bench_gemv<W, X, 2, 4, 4>(out, in, dev);
-  bench_gemv<W, X, 2, 4, 8>(out, in, dev);
-  bench_gemv<W, X, 4, 2, 4>(out, in, dev);
-  bench_gemv<W, X, 4, 4, 2>(out, in, dev);
-  bench_gemv<W, X, 8, 2, 4>(out, in, dev);
+  bench_gemv<bf16, bf16, 1, 8, 8, 1, 0>(out, in, dev);
+  bench_gemv<bf16, bf16, 2, 2, 8, 1, 0>(out, in, dev);
+  bench_gemv<bf16, bf16, 2, 4, 8, 1, 0>(out, in, dev);
+  bench_gemv<bf16, bf16, 4, 2, 8, 1, 0>(out, in, dev);
+  bench_gemv<f8_e4m3, bf16, 1, 4, 8, 1, kDecodeF32Bits>(out, in, dev);
+  bench_gemv<f8_e4m3, bf16, 1, 4, 8, 1, kDecodeF16Bits>(out, in, dev);
+  bench_gemv<f8_e4m3, bf16, 1, 4, 8, 1, kDecodeCvt>(out, in, dev);
+  bench_gemv<f8_e4m3, bf16, 2, 4, 8, 1, kDecodeF32Bits>(out, in, dev);
+  bench_gemv<f8_e4m3, bf16, 2, 4, 8, 1, kDecodeF16Bits>(out, in, dev);
+  bench_gemv<f8_e4m3, bf16, 2, 4, 8, 1, kDecodeCvt>(out, in, dev);
+  bench_gemv<f8_e4m3, bf16, 2, 2, 8, 1, kDecodeF16Bits>(out, in, dev);
+  bench_gemv<f8_e4m3, bf16, 4, 2, 8, 1, kDecodeF16Bits>(out, in, dev);
+  bench_gemv<f8_e4m3, float, 2, 4, 8, 1, kDecodeF16Bits>(out, in, dev);
+  bench_gemv<f8_e4m3, float, 2, 4, 8, 1, kDecodeCvt>(out, in, dev);
+  for (int o : {2048, 576}) {
+    bench_gemv<bf16, bf16, 2, 4, 8, 1, 0>(o, in, dev);
+    bench_gemv<bf16, bf16, 2, 4, 8, 4, 0>(o, in, dev);
+    bench_gemv<bf16, bf16, 2, 4, 8, 8, 0>(o, in, dev);
+    bench_gemv<bf16, bf16, 2, 2, 8, 4, 0>(o, in, dev);
+    bench_gemv<bf16, bf16, 2, 2, 8, 8, 0>(o, in, dev);
+    bench_gemv<f8_e4m3, bf16, 2, 4, 8, 4, kDecodeCvt>(o, in, dev);
+    bench_gemv<f8_e4m3, bf16, 2, 4, 8, 8, kDecodeCvt>(o, in, dev);
+    bench_gemv<f8_e4m3, bf16, 2, 2, 8, 8, kDecodeCvt>(o, in, dev);
+  }
 }
 
 }  // namespace
@@ -195,10 +253,7 @@ int main(int argc, char** argv) {
     std::printf("%s, sm_%d%d, %d SMs, %.0f MB L2, %.1f GiB\n", dev.name, dev.major, dev.minor,
                 dev.sm_count, dev.l2_bytes / 1e6, dev.global_mem / double(1 << 30));
     measure_limits(dev);
-    if (g_all_configs) {
-      bench_configs<bf16, bf16>(dev);
-      bench_configs<f8_e4m3, bf16>(dev);
-    }
+    if (g_all_configs) bench_configs(dev);
     bench_shapes<bf16, bf16>(dev);
     bench_shapes<bf16, float>(dev);
     bench_shapes<f8_e4m3, bf16>(dev);
