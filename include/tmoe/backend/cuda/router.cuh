@@ -39,10 +39,12 @@ __device__ TMOE_INLINE void select_topk(float* v, int n, int top_k, int* idx) {
     int bi = n;  // larger than every index: loses ties against real ones
     for (int e = lane; e < n; e += kWarpSize)
       if (v[e] > best) best = v[e], bi = e;
-    warp_argmax(best, bi);
-    idx[k] = bi;
-    __syncwarp();
-    if (lane == 0 && bi < n) v[bi] = -INFINITY;
+    warp_argmax(best, bi);  // every lane holds the winner
+    __syncwarp();           // all scans of v are done before lane 0 changes it
+    if (lane == 0) {
+      idx[k] = bi;
+      if (bi < n) v[bi] = -INFINITY;
+    }
     __syncwarp();
   }
 }
@@ -88,6 +90,7 @@ __global__ void __launch_bounds__(kWarpSize)
     kept = kept || lane == g;
   }
   const unsigned kept_mask = __ballot_sync(0xffffffffu, kept);
+  __syncwarp();  // the group scans' reads of c come before the masking writes
   for (int e = lane; e < experts; e += kWarpSize)
     if (!((kept_mask >> (e / G)) & 1u)) c[e] = -INFINITY;
   __syncwarp();
