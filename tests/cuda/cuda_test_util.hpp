@@ -1,5 +1,7 @@
 // tests/cuda/cuda_test_util.hpp: helpers of the CUDA tests: random inputs, device round trips
-// and error measures. The tests are host C++ that reach the GPU through api.hpp only.
+// and error measures. The tests are host C++ that reach the GPU through api.hpp only; this file
+// does not include tests/test_util.hpp because that pulls in the CPU kernel tables (xsimd), which
+// the GPU suite neither needs nor links.
 #pragma once
 
 #include <doctest/doctest.h>
