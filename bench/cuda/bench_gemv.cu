@@ -153,7 +153,7 @@ void bench_gemv(int out, int in, const cuda::DeviceInfo& dev) {
           cuda::gemv_vec_kernel<W, X, kRows, kUnroll, kWarps, kSplit, kDecode>
               <<<(out + rows_per_block - 1) / rows_per_block, kWarps * kWarpSize>>>(
                   w[i % copies].data(), std::size_t(in), scale.data(), cb, x.data(), y.data(), out,
-                  in);
+                  in, cuda::GemvBatch{});
         }
       },
       g_reps);
@@ -167,7 +167,8 @@ void bench_gemv(int out, int in, const cuda::DeviceInfo& dev) {
     const int rows_per_block = kRows * (kWarps / kSplit);
     cuda::gemv_vec_kernel<W, X, kRows, kUnroll, kWarps, kSplit, kDecode>
         <<<(out + rows_per_block - 1) / rows_per_block, kWarps * kWarpSize>>>(
-            w[0].data(), std::size_t(in), scale.data(), cb, x.data(), y.data(), out, in);
+            w[0].data(), std::size_t(in), scale.data(), cb, x.data(), y.data(), out, in,
+            cuda::GemvBatch{});
     std::vector<float> a(out), b(out);
     y.download(a.data());
     y_lib.download(b.data());
@@ -198,6 +199,53 @@ void bench_shapes(const cuda::DeviceInfo& dev) {
   const int shapes[][2] = {{18432, 7168}, {7168, 18432}, {2048, 7168},  {7168, 2048},  {576, 7168},
                            {1536, 7168},  {24576, 1536}, {7168, 16384}, {129280, 7168}};
   for (const auto& s : shapes) bench_gemv<W, X, 0, 0, 0, 0, 0>(s[0], s[1], dev);
+}
+
+// The routed experts of one token in one launch: k of a pool of experts (distinct, a new random
+// choice each launch), each (out, in); x shared (gate/up) or one per expert (down).
+template <class W, class X>
+void bench_gather(int pool, int k, int out, int in, bool x_per_expert) {
+  constexpr bool kFp8 = std::is_same_v<W, f8_e4m3>;
+  const std::size_t per = std::size_t(out) * in;
+  const std::size_t rb = (out + 127) / 128, cb = (in + 127) / 128;
+  auto w = random_device<W>(per * pool, 99);
+  std::mt19937 rng(11);
+  std::vector<float> scale_h(rb * cb * pool);
+  for (auto& s : scale_h) s = std::uniform_real_distribution<float>(1e-4f, 1e-2f)(rng);
+  cuda::DeviceBuffer<float> scale(scale_h.size());
+  scale.upload(scale_h.data());
+  const std::size_t nx = x_per_expert ? std::size_t(k) * in : std::size_t(in);
+  std::vector<X> xh(nx);
+  for (auto& v : xh) v = from_float<X>(std::uniform_real_distribution<float>(-2.f, 2.f)(rng));
+  cuda::DeviceBuffer<X> x(nx);
+  x.upload(xh.data());
+  cuda::DeviceBuffer<float> y(std::size_t(k) * out);
+  constexpr int kSets = 64;
+  std::vector<std::int32_t> idx_h(std::size_t(kSets) * k);
+  std::vector<std::int32_t> perm(pool);
+  for (int t = 0; t < kSets; ++t) {
+    for (int e = 0; e < pool; ++e) perm[e] = e;
+    std::shuffle(perm.begin(), perm.end(), rng);
+    std::copy(perm.begin(), perm.begin() + k, idx_h.begin() + std::size_t(t) * k);
+  }
+  cuda::DeviceBuffer<std::int32_t> idx(idx_h.size());
+  idx.upload(idx_h.data());
+  const double ms = median_ms(
+      [&](int i) {
+        cuda::GemvBatch gb{idx.data() + std::size_t(i % kSets) * k, per, rb * cb,
+                           x_per_expert ? std::size_t(in) : 0};
+        cuda::launch_gemv(w.data(), std::size_t(in), scale.data(), x.data(), y.data(), out, in,
+                          nullptr, k, gb);
+      },
+      g_reps);
+  const double bytes = k * (double(per) * sizeof(W) + (kFp8 ? rb * cb * 4.0 : 0.0) + out * 4.0) +
+                       double(nx) * sizeof(X);
+  char name[64], shape[48];
+  std::snprintf(name, sizeof name, "gather %s w, %s x", kFp8 ? "fp8-block" : "bf16",
+                std::is_same_v<X, float> ? "f32" : "bf16");
+  std::snprintf(shape, sizeof shape, "%dx(%dx%d)", k, out, in);
+  g_diff = 0;
+  row(name, shape, "launcher", ms, bytes);
 }
 
 // Kernel configurations (rows per warp, unroll, warps, split, fp8 decode) at a large and a small
@@ -258,6 +306,11 @@ int main(int argc, char** argv) {
     bench_shapes<bf16, float>(dev);
     bench_shapes<f8_e4m3, bf16>(dev);
     bench_shapes<f8_e4m3, float>(dev);
+    // R1 MoE: 8 of 256 experts; a pool of 32 keeps the weights well beyond the L2.
+    bench_gather<f8_e4m3, bf16>(32, 8, 2048, 7168, false);
+    bench_gather<f8_e4m3, bf16>(32, 8, 7168, 2048, true);
+    bench_gather<bf16, bf16>(32, 8, 2048, 7168, false);
+    bench_gather<bf16, bf16>(32, 8, 7168, 2048, true);
   } catch (const Error& e) {
     std::fprintf(stderr, "bench_cuda_gemv: %s\n", e.what());
     return 1;

@@ -130,3 +130,68 @@ TEST_CASE("cuda gemv fp8: every e4m3 value (subnormals included) decodes exactly
     CHECK(y[b] == f8_e4m3::from_bits(std::uint8_t(b)).to_float());
   }
 }
+
+namespace {
+
+// Gathered GEMVs: `batch` of a pool of experts (repeats allowed), x shared or one per GEMV.
+template <class W>
+void run_gather(std::size_t out, std::size_t in, bool x_per, std::uint64_t seed) {
+  constexpr bool kFp8 = std::is_same_v<W, f8_e4m3>;
+  const std::size_t pool = 6, ldw = in, per = out * ldw;
+  const std::vector<std::int32_t> idx = {3, 0, 5, 3, 1};
+  const std::size_t batch = idx.size();
+  std::vector<W> w(pool * per);
+  std::mt19937_64 rng(seed);
+  if constexpr (kFp8) {
+    for (auto& v : w) {
+      std::uint8_t b;
+      do b = std::uint8_t(rng());
+      while ((b & 0x7f) == 0x7f);
+      v = f8_e4m3::from_bits(b);
+    }
+  } else {
+    w = test::rounded<bf16>(test::random_floats(pool * per, seed, -1.f, 1.f));
+  }
+  const std::size_t rb = (out + 127) / 128, cb = (in + 127) / 128;
+  const auto scale = test::random_floats(pool * rb * cb, seed + 1, 1e-5f, 3e-3f);
+  const std::size_t x_stride = x_per ? in : 0;
+  const auto x =
+      test::rounded<bf16>(test::random_floats(x_per ? batch * in : in, seed + 2, -2.f, 2.f));
+  std::vector<double> ref(batch * out), abs_sum(batch * out);
+  for (std::size_t b = 0; b < batch; ++b)
+    for (std::size_t o = 0; o < out; ++o)
+      for (std::size_t i = 0; i < in; ++i) {
+        const std::size_t e = std::size_t(idx[b]);
+        double wv = to_float(w[e * per + o * ldw + i]);
+        if constexpr (kFp8) wv *= scale[e * rb * cb + (o / 128) * cb + i / 128];
+        const double p = wv * to_float(x[b * x_stride + i]);
+        ref[b * out + o] += p;
+        abs_sum[b * out + o] += std::abs(p);
+      }
+  auto dw = test::to_device(w);
+  auto ds = test::to_device(scale);
+  auto dx = test::to_device(x);
+  auto di = test::to_device(idx);
+  auto dy = test::poisoned<float>(batch * out);
+  if constexpr (kFp8)
+    cuda::gemv_fp8_block_gather(dw.data(), ldw, per, ds.data(), rb * cb, di.data(), batch,
+                                dx.data(), x_stride, dy.data(), out, in);
+  else
+    cuda::gemv_bf16_gather(dw.data(), ldw, per, di.data(), batch, dx.data(), x_stride, dy.data(),
+                           out, in);
+  check_rows(test::to_host(dy), ref, abs_sum, std::string(kFp8 ? "fp8" : "bf16") + " gather");
+}
+
+}  // namespace
+
+TEST_CASE("cuda gemv gather: several experts of a pool in one launch") {
+  std::uint64_t seed = 500;
+  for (const Shape& s : {Shape{256, 7168, 7168}, Shape{130, 208, 208}, Shape{37, 131, 131}})
+    for (bool x_per : {false, true}) {
+      CAPTURE(s.out);
+      CAPTURE(s.in);
+      CAPTURE(x_per);
+      run_gather<bf16>(s.out, s.in, x_per, seed++);
+      run_gather<f8_e4m3>(s.out, s.in, x_per, seed++);
+    }
+}

@@ -176,6 +176,19 @@ void gemv_fp8_block(const f8_e4m3* wq, std::size_t ldw, const float* scale_inv, 
 void gemv_fp8_block(const f8_e4m3* wq, std::size_t ldw, const float* scale_inv, const bf16* x,
                     float* y, std::size_t out, std::size_t in, StreamHandle s = nullptr);
 
+// Gathered GEMVs in one launch, e.g. a token's routed experts: for b < batch, with e = idx[b]
+// (device int32 array), W_e = w + e * w_stride and (fp8) its scales at scale_inv + e *
+// scale_stride (elements; for contiguous experts out * ldw and ceil(out/128) * ceil(in/128)),
+//   y[b * out + o] = sum_i W_e[o, i] * x[b * x_stride + i]     (x_stride 0: one x for all)
+void gemv_bf16_gather(const bf16* w, std::size_t ldw, std::size_t w_stride, const std::int32_t* idx,
+                      std::size_t batch, const bf16* x, std::size_t x_stride, float* y,
+                      std::size_t out, std::size_t in, StreamHandle s = nullptr);
+void gemv_fp8_block_gather(const f8_e4m3* wq, std::size_t ldw, std::size_t w_stride,
+                           const float* scale_inv, std::size_t scale_stride,
+                           const std::int32_t* idx, std::size_t batch, const bf16* x,
+                           std::size_t x_stride, float* y, std::size_t out, std::size_t in,
+                           StreamHandle s = nullptr);
+
 // ---- fused elementwise and row ops ------------------------------------------------------------
 // Residual add + RMSNorm over `rows` rows of width `dim` (HF order, pitfall 1 of r1-architecture):
 //   h = residual + x (stored back into residual, rounded to T);

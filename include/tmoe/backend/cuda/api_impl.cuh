@@ -174,6 +174,32 @@ void gemv_impl(const char* op, const W* w, std::size_t ldw, const float* scale_i
   const cudaError_t e = launch_gemv(w, ldw, scale_inv, x, y, int(out), int(in), s);
   if (e != cudaSuccess) fail_call(op, "kernel launch", e);
 }
+
+template <class W, class X>
+void gemv_gather_impl(const char* op, const W* w, std::size_t ldw, std::size_t w_stride,
+                      const float* scale_inv, std::size_t scale_stride, const std::int32_t* idx,
+                      std::size_t batch, const X* x, std::size_t x_stride, float* y,
+                      std::size_t out, std::size_t in, StreamHandle s) {
+  check(ldw >= in, op, "ldw: expected >= in = ", in, ", got ", ldw);
+  check(w_stride >= out * ldw, op, "w_stride: expected >= out * ldw = ", out * ldw, ", got ",
+        w_stride);
+  check(x_stride == 0 || x_stride >= in, op, "x_stride: expected 0 or >= in = ", in, ", got ",
+        x_stride);
+  check(batch <= 65535, op, "batch: expected at most 65535, got ", batch);
+  check_size(op, "out", out);
+  check_size(op, "in", in);
+  if (out == 0 || batch == 0) return;
+  check(w && idx && x && y, op, "null pointer: w, idx, x and y must be device pointers");
+  if constexpr (std::is_same_v<W, f8_e4m3>) {
+    const std::size_t blocks =
+        ((out + kFp8Block - 1) / kFp8Block) * ((in + kFp8Block - 1) / kFp8Block);
+    check(scale_inv != nullptr, op, "scale_inv is null");
+    check(scale_stride >= blocks, op, "scale_stride: expected >= ", blocks, ", got ", scale_stride);
+  }
+  const cudaError_t e = launch_gemv(w, ldw, scale_inv, x, y, int(out), int(in), s, int(batch),
+                                    GemvBatch{idx, w_stride, scale_stride, x_stride});
+  if (e != cudaSuccess) fail_call(op, "kernel launch", e);
+}
 }  // namespace api_detail
 
 void gemv_bf16(const bf16* w, std::size_t ldw, const float* x, float* y, std::size_t out,
@@ -191,6 +217,21 @@ void gemv_fp8_block(const f8_e4m3* wq, std::size_t ldw, const float* scale_inv, 
 void gemv_fp8_block(const f8_e4m3* wq, std::size_t ldw, const float* scale_inv, const bf16* x,
                     float* y, std::size_t out, std::size_t in, StreamHandle s) {
   api_detail::gemv_impl("cuda::gemv_fp8_block", wq, ldw, scale_inv, x, y, out, in, s);
+}
+
+void gemv_bf16_gather(const bf16* w, std::size_t ldw, std::size_t w_stride, const std::int32_t* idx,
+                      std::size_t batch, const bf16* x, std::size_t x_stride, float* y,
+                      std::size_t out, std::size_t in, StreamHandle s) {
+  api_detail::gemv_gather_impl("cuda::gemv_bf16_gather", w, ldw, w_stride, nullptr, 0, idx, batch,
+                               x, x_stride, y, out, in, s);
+}
+void gemv_fp8_block_gather(const f8_e4m3* wq, std::size_t ldw, std::size_t w_stride,
+                           const float* scale_inv, std::size_t scale_stride,
+                           const std::int32_t* idx, std::size_t batch, const bf16* x,
+                           std::size_t x_stride, float* y, std::size_t out, std::size_t in,
+                           StreamHandle s) {
+  api_detail::gemv_gather_impl("cuda::gemv_fp8_block_gather", wq, ldw, w_stride, scale_inv,
+                               scale_stride, idx, batch, x, x_stride, y, out, in, s);
 }
 
 // ---- norms, RoPE, SwiGLU --------------------------------------------------------------------

@@ -158,6 +158,14 @@ __device__ TMOE_INLINE float dot_chunk(uint4 w, const float (&x)[16], f8_e4m3*) 
 
 }  // namespace gemv_detail
 
+// Several GEMVs in one launch (grid.y = batch), e.g. the routed experts of one token: GEMV b uses
+// W + idx[b] * w_stride, scale_inv + idx[b] * scale_stride, x + b * x_stride (0: one shared x)
+// and writes y + b * out. idx == nullptr: a single GEMV (batch 1).
+struct GemvBatch {
+  const std::int32_t* idx = nullptr;
+  std::size_t w_stride = 0, scale_stride = 0, x_stride = 0;
+};
+
 // Tuning of the vector kernel per weight type: rows per warp, 16-byte loads per row in flight
 // per lane, warps per block, fp8 decode. Chosen from bench_cuda_gemv --all-configs (docs/cuda.md).
 template <class W>
@@ -183,10 +191,17 @@ template <class W, class X, int kRows, int kUnroll, int kWarps, int kSplit,
 __global__ void __launch_bounds__(kWarps* kWarpSize)
     gemv_vec_kernel(const W* __restrict__ w, std::size_t ldw, const float* __restrict__ scale_inv,
                     std::size_t ld_scale, const X* __restrict__ x, float* __restrict__ y, int out,
-                    int in) {
+                    int in, GemvBatch batch) {
   using namespace gemv_detail;
   constexpr bool kFp8 = std::is_same_v<W, f8_e4m3>;
   constexpr int kVec = 16 / sizeof(W);  // weights per 16-byte chunk
+  if (batch.idx) {
+    const std::size_t e = std::size_t(batch.idx[blockIdx.y]);
+    w += e * batch.w_stride;
+    if constexpr (kFp8) scale_inv += e * batch.scale_stride;
+  }
+  x += blockIdx.y * batch.x_stride;
+  y += std::size_t(blockIdx.y) * out;
   constexpr int kGroups = kWarps / kSplit;
   constexpr int kStride = kWarpSize * kSplit;  // chunks between a lane's consecutive loads
   static_assert(kWarps % kSplit == 0, "kSplit must divide kWarps");
@@ -258,8 +273,15 @@ __global__ void __launch_bounds__(kWarps* kWarpSize)
 template <class W, class X>
 __global__ void gemv_rowwise_kernel(const W* __restrict__ w, std::size_t ldw,
                                     const float* __restrict__ scale_inv, std::size_t ld_scale,
-                                    const X* __restrict__ x, float* __restrict__ y, int out,
-                                    int in) {
+                                    const X* __restrict__ x, float* __restrict__ y, int out, int in,
+                                    GemvBatch batch) {
+  if (batch.idx) {
+    const std::size_t e = std::size_t(batch.idx[blockIdx.y]);
+    w += e * batch.w_stride;
+    if constexpr (std::is_same_v<W, f8_e4m3>) scale_inv += e * batch.scale_stride;
+  }
+  x += blockIdx.y * batch.x_stride;
+  y += std::size_t(blockIdx.y) * out;
   const int lane = threadIdx.x % kWarpSize;
   const int row = blockIdx.x * (blockDim.x / kWarpSize) + threadIdx.x / kWarpSize;
   if (row >= out) return;
@@ -275,37 +297,40 @@ __global__ void gemv_rowwise_kernel(const W* __restrict__ w, std::size_t ldw,
   if (lane == 0) y[row] = acc;
 }
 
-// Enqueues y = W x; returns the launch's error (cudaSuccess or a configuration error).
+// Enqueues y = W x (batch > 1: the GemvBatch GEMVs, grid.y = batch); returns the launch's error
+// (cudaSuccess or a configuration error).
 // Chooses the 16-byte kernel when the rows allow it, and splits rows across warps (kSplit) until
 // about 8192 warps are in flight (62 per SM on a 132-SM H100), as long as every warp keeps at
 // least one 16-byte chunk per lane.
 template <class W, class X, int kRows = GemvDefaults<W>::kRows,
           int kUnroll = GemvDefaults<W>::kUnroll, int kWarps = GemvDefaults<W>::kWarps>
 cudaError_t launch_gemv(const W* w, std::size_t ldw, const float* scale_inv, const X* x, float* y,
-                        int out, int in, cudaStream_t stream) {
+                        int out, int in, cudaStream_t stream, int batch = 1, GemvBatch gb = {}) {
   constexpr int kVec = 16 / sizeof(W);
   const std::size_t ld_scale = (std::size_t(in) + kFp8Block - 1) / kFp8Block;
-  if (out <= 0) return cudaSuccess;
+  if (out <= 0 || batch <= 0) return cudaSuccess;
   const bool vec = in % kVec == 0 && (ldw * sizeof(W)) % 16 == 0 &&
+                   (gb.w_stride * sizeof(W)) % 16 == 0 && (gb.x_stride * sizeof(X)) % 16 == 0 &&
                    reinterpret_cast<std::uintptr_t>(w) % 16 == 0 &&
                    reinterpret_cast<std::uintptr_t>(x) % 16 == 0;
   if (!vec) {
     constexpr int kRowWarps = 4;
     gemv_rowwise_kernel<W, X>
-        <<<(out + kRowWarps - 1) / kRowWarps, kRowWarps * kWarpSize, 0, stream>>>(
-            w, ldw, scale_inv, ld_scale, x, y, out, in);
+        <<<dim3((out + kRowWarps - 1) / kRowWarps, batch), kRowWarps * kWarpSize, 0, stream>>>(
+            w, ldw, scale_inv, ld_scale, x, y, out, in, gb);
     return cudaGetLastError();
   }
   constexpr int kTargetWarps = 8192;
   const int row_groups = (out + kRows - 1) / kRows, nchunk = in / kVec;
   int split = 1;
-  while (split < kWarps && row_groups * split < kTargetWarps && nchunk >= 2 * split * kWarpSize)
+  while (split < kWarps && row_groups * batch * split < kTargetWarps &&
+         nchunk >= 2 * split * kWarpSize)
     split *= 2;
   auto launch = [&]<int kSplit>() {
     const int rows_per_block = kRows * (kWarps / kSplit);
     gemv_vec_kernel<W, X, kRows, kUnroll, kWarps, kSplit>
-        <<<(out + rows_per_block - 1) / rows_per_block, kWarps * kWarpSize, 0, stream>>>(
-            w, ldw, scale_inv, ld_scale, x, y, out, in);
+        <<<dim3((out + rows_per_block - 1) / rows_per_block, batch), kWarps * kWarpSize, 0,
+           stream>>>(w, ldw, scale_inv, ld_scale, x, y, out, in, gb);
   };
   static_assert(kWarps == 8, "the split dispatch below lists kSplit = 1, 2, 4, 8");
   switch (split) {
