@@ -1,0 +1,240 @@
+// tmoe/backend/cuda/api.hpp: the host-visible face of tmoe's CUDA backend. Compiles with any C++20
+// compiler and needs no CUDA header: streams are the opaque `cudaStream_t` handle, buffers are raw
+// device pointers, and every function below is defined in tmoe/backend/cuda/api_impl.cuh, which
+// exactly one nvcc-compiled translation unit of the program includes.
+//
+// Conventions (as FlashInfer's launchers): a launcher takes device pointers, sizes and a stream,
+// enqueues its kernel and returns without synchronizing. Bad arguments and every failing CUDA call
+// throw tmoe::Error, one line naming the op and the call ("[cuda::gemv] cudaLaunchKernel: ...").
+// Layouts follow the CPU backend: row-major, weights (out, in) as PyTorch stores them (y = x W^T).
+// Errors from kernels themselves show up at the next synchronizing call, named by that call.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <utility>
+
+#include "tmoe/core/dtype.hpp"
+#include "tmoe/core/error.hpp"
+
+struct CUstream_st;  // the CUDA runtime's `typedef struct CUstream_st* cudaStream_t`
+struct CUevent_st;
+
+namespace tmoe::cuda {
+
+using StreamHandle = ::CUstream_st*;  // nullptr is the legacy default stream
+using EventHandle = ::CUevent_st*;
+
+// ---- devices and raw memory -------------------------------------------------------------------
+// Number of visible CUDA devices; 0 when there is no driver or no device (never throws).
+int device_count() noexcept;
+// Why device_count() is 0, as the runtime says it ("no CUDA-capable device is detected"); empty
+// when a device exists.
+const char* device_count_error() noexcept;
+// Name, multiprocessor count and memory of device `device` (throws when it does not exist).
+struct DeviceInfo {
+  char name[256];
+  int sm_count, major, minor;
+  std::size_t global_mem, l2_bytes;
+};
+DeviceInfo device_info(int device = 0);
+void set_device(int device);
+void synchronize_device();
+
+void* device_alloc(std::size_t bytes);  // cudaMalloc; bytes == 0 gives nullptr
+void device_free(void* p) noexcept;     // cudaFree; reports (does not throw) failures
+void* pinned_alloc(std::size_t bytes);  // cudaMallocHost (page-locked host memory)
+void pinned_free(void* p) noexcept;     // cudaFreeHost
+void copy_to_device(void* dst, const void* src, std::size_t bytes, StreamHandle s = nullptr);
+void copy_to_host(void* dst, const void* src, std::size_t bytes, StreamHandle s = nullptr);
+void copy_device(void* dst, const void* src, std::size_t bytes, StreamHandle s = nullptr);
+void fill_bytes(void* dst, int byte, std::size_t bytes,
+                StreamHandle s = nullptr);  // cudaMemsetAsync
+
+StreamHandle stream_create();  // non-blocking stream
+void stream_destroy(StreamHandle s) noexcept;
+void stream_synchronize(StreamHandle s);
+EventHandle event_create();
+void event_destroy(EventHandle e) noexcept;
+void event_record(EventHandle e, StreamHandle s);
+float event_elapsed_ms(EventHandle start, EventHandle stop);  // synchronizes on stop
+
+// ---- owners -----------------------------------------------------------------------------------
+namespace detail {
+// Move-only owner of n elements of T obtained from Alloc and returned with Free.
+template <class T, void* (*Alloc)(std::size_t), void (*Free)(void*) noexcept>
+class Buffer {
+ public:
+  Buffer() = default;
+  explicit Buffer(std::size_t n) : p_(static_cast<T*>(Alloc(n * sizeof(T)))), n_(n) {}
+  Buffer(Buffer&& o) noexcept : p_(std::exchange(o.p_, nullptr)), n_(std::exchange(o.n_, 0)) {}
+  Buffer& operator=(Buffer&& o) noexcept {
+    if (this != &o) {
+      Free(p_);
+      p_ = std::exchange(o.p_, nullptr);
+      n_ = std::exchange(o.n_, 0);
+    }
+    return *this;
+  }
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  ~Buffer() { Free(p_); }
+
+  T* data() const { return p_; }
+  std::size_t size() const { return n_; }
+  std::size_t bytes() const { return n_ * sizeof(T); }
+  bool empty() const { return n_ == 0; }
+
+ private:
+  T* p_ = nullptr;
+  std::size_t n_ = 0;
+};
+}  // namespace detail
+
+// Device memory (cudaMalloc). Element access only through copies or kernels.
+template <class T>
+class DeviceBuffer : public detail::Buffer<T, device_alloc, device_free> {
+  using Base = detail::Buffer<T, device_alloc, device_free>;
+
+ public:
+  using Base::Base;
+  // Copies n = size() elements from host memory `src` (pageable or pinned) on stream s.
+  void upload(const T* src, StreamHandle s = nullptr) const {
+    copy_to_device(this->data(), src, this->bytes(), s);
+  }
+  void download(T* dst, StreamHandle s = nullptr) const {
+    copy_to_host(dst, this->data(), this->bytes(), s);
+  }
+};
+
+// Page-locked host memory (cudaMallocHost): the staging area for asynchronous copies.
+template <class T>
+class PinnedBuffer : public detail::Buffer<T, pinned_alloc, pinned_free> {
+  using Base = detail::Buffer<T, pinned_alloc, pinned_free>;
+
+ public:
+  using Base::Base;
+  T& operator[](std::size_t i) const { return this->data()[i]; }
+  T* begin() const { return this->data(); }
+  T* end() const { return this->data() + this->size(); }
+};
+
+// An owned non-blocking stream.
+class Stream {
+ public:
+  Stream() : s_(stream_create()) {}
+  Stream(Stream&& o) noexcept : s_(std::exchange(o.s_, nullptr)) {}
+  Stream& operator=(Stream&& o) noexcept {
+    if (this != &o) {
+      stream_destroy(s_);
+      s_ = std::exchange(o.s_, nullptr);
+    }
+    return *this;
+  }
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+  ~Stream() { stream_destroy(s_); }
+  StreamHandle get() const { return s_; }
+  operator StreamHandle() const { return s_; }
+  void synchronize() const { stream_synchronize(s_); }
+
+ private:
+  StreamHandle s_;
+};
+
+// An owned event (timing enabled), for device-side timing.
+class Event {
+ public:
+  Event() : e_(event_create()) {}
+  Event(Event&& o) noexcept : e_(std::exchange(o.e_, nullptr)) {}
+  Event& operator=(Event&&) = delete;
+  Event(const Event&) = delete;
+  Event& operator=(const Event&) = delete;
+  ~Event() { event_destroy(e_); }
+  void record(StreamHandle s) const { event_record(e_, s); }
+  // Milliseconds from `start` to this event (waits for this event).
+  float since(const Event& start) const { return event_elapsed_ms(start.e_, e_); }
+
+ private:
+  EventHandle e_;
+};
+
+// ---- decode GEMV: y[o] = sum_i W[o, i] * x[i] (one token) -------------------------------------
+// W (out, in) row-major with leading dimension ldw >= in (elements); x (in); y (out) float.
+// Fast path: 16-byte aligned W rows (ldw * sizeof(element) % 16 == 0, aligned base); any other
+// shape takes a correct, slower element-wise path.
+void gemv_bf16(const bf16* w, std::size_t ldw, const float* x, float* y, std::size_t out,
+               std::size_t in, StreamHandle s = nullptr);
+void gemv_bf16(const bf16* w, std::size_t ldw, const bf16* x, float* y, std::size_t out,
+               std::size_t in, StreamHandle s = nullptr);
+
+// FP8 e4m3 weights with DeepSeek's 128x128 block scales:
+//   W[o, i] = float(wq[o, i]) * scale_inv[(o / 128) * ceil(in / 128) + i / 128]
+// scale_inv is float (ceil(out/128), ceil(in/128)) row-major; edge blocks may be partial.
+void gemv_fp8_block(const f8_e4m3* wq, std::size_t ldw, const float* scale_inv, const float* x,
+                    float* y, std::size_t out, std::size_t in, StreamHandle s = nullptr);
+void gemv_fp8_block(const f8_e4m3* wq, std::size_t ldw, const float* scale_inv, const bf16* x,
+                    float* y, std::size_t out, std::size_t in, StreamHandle s = nullptr);
+
+// Gathered GEMVs in one launch, e.g. a token's routed experts: for b < batch, with e = idx[b]
+// (device int32 array), W_e = w + e * w_stride and (fp8) its scales at scale_inv + e *
+// scale_stride (elements; for contiguous experts out * ldw and ceil(out/128) * ceil(in/128)),
+//   y[b * out + o] = sum_i W_e[o, i] * x[b * x_stride + i]     (x_stride 0: one x for all)
+void gemv_bf16_gather(const bf16* w, std::size_t ldw, std::size_t w_stride, const std::int32_t* idx,
+                      std::size_t batch, const bf16* x, std::size_t x_stride, float* y,
+                      std::size_t out, std::size_t in, StreamHandle s = nullptr);
+void gemv_fp8_block_gather(const f8_e4m3* wq, std::size_t ldw, std::size_t w_stride,
+                           const float* scale_inv, std::size_t scale_stride,
+                           const std::int32_t* idx, std::size_t batch, const bf16* x,
+                           std::size_t x_stride, float* y, std::size_t out, std::size_t in,
+                           StreamHandle s = nullptr);
+
+// ---- fused elementwise and row ops ------------------------------------------------------------
+// Residual add + RMSNorm over `rows` rows of width `dim` (HF order, pitfall 1 of r1-architecture):
+//   h = residual + x (stored back into residual, rounded to T);
+//   out = T( T(h * rsqrt(mean(h^2) + eps)) * weight )
+// With T = float no rounding happens. x may be nullptr (plain RMSNorm of residual).
+void add_rmsnorm(const float* x, float* residual, const float* weight, float* out, std::size_t rows,
+                 std::size_t dim, float eps, StreamHandle s = nullptr);
+void add_rmsnorm(const bf16* x, bf16* residual, const bf16* weight, bf16* out, std::size_t rows,
+                 std::size_t dim, float eps, StreamHandle s = nullptr);
+
+// Rotary embedding, in place, on dims [rope_begin, rope_begin + rope_dim) of every head:
+//   x is (tokens, heads, ...) with token stride ld_token and head stride ld_head (elements);
+//   angle_i = float(positions[t]) * inv_freq[i] (fp32), c = cos * attn_factor, s = sin *
+//   attn_factor interleaved (GPT-J, DeepSeek checkpoints): pairs (2i, 2i+1); half-split (NeoX,
+//   Qwen2/Llama HF):          pairs (i, i + rope_dim/2); (a, b) -> (a c - b s, a s + b c), computed
+//   in fp32 and rounded to T once.
+enum class RopeLayout : std::uint8_t { interleaved, half_split };
+void rope(float* x, std::size_t tokens, std::size_t heads, std::size_t ld_token,
+          std::size_t ld_head, std::size_t rope_begin, std::size_t rope_dim,
+          const std::int32_t* positions, const float* inv_freq, float attn_factor,
+          RopeLayout layout, StreamHandle s = nullptr);
+void rope(bf16* x, std::size_t tokens, std::size_t heads, std::size_t ld_token, std::size_t ld_head,
+          std::size_t rope_begin, std::size_t rope_dim, const std::int32_t* positions,
+          const float* inv_freq, float attn_factor, RopeLayout layout, StreamHandle s = nullptr);
+
+// SwiGLU gate: out[r, j] = T(T(silu(gate[r, j])) * up[r, j]) for r < rows, j < width (HF rounding:
+// silu rounded to T, then the product; pitfall 18). Row strides ld_* in elements.
+void swiglu(const float* gate, std::size_t ld_gate, const float* up, std::size_t ld_up, float* out,
+            std::size_t ld_out, std::size_t rows, std::size_t width, StreamHandle s = nullptr);
+void swiglu(const bf16* gate, std::size_t ld_gate, const bf16* up, std::size_t ld_up, bf16* out,
+            std::size_t ld_out, std::size_t rows, std::size_t width, StreamHandle s = nullptr);
+
+// ---- routers (one token per row of float logits (tokens, experts)) ----------------------------
+// DeepSeek-V3 "noaux_tc": s = sigmoid(logits); c = s + bias (selection only); group score = sum of
+// the 2 largest c of each of n_group equal groups; keep the topk_group best groups (others
+// excluded); pick the top_k largest c among the kept experts; w_k = s[idx_k], divided by
+// (sum_k w_k + 1e-20) when normalize, times scale. Writes idx (tokens, top_k) int32 and
+// weight (tokens, top_k) float, best first. experts <= 1024, n_group <= 32, top_k <= 32.
+void router_sigmoid_grouped_topk(const float* logits, const float* bias, std::int32_t* idx,
+                                 float* weight, std::size_t tokens, std::size_t experts,
+                                 std::size_t n_group, std::size_t topk_group, std::size_t top_k,
+                                 bool normalize, float scale, StreamHandle s = nullptr);
+// Softmax top-k (Mixtral / DeepSeek-V2 "greedy"): p = softmax(logits) in fp32; pick the top_k
+// largest p; w_k = p[idx_k], renormalized to sum 1 when normalize, times scale.
+void router_softmax_topk(const float* logits, std::int32_t* idx, float* weight, std::size_t tokens,
+                         std::size_t experts, std::size_t top_k, bool normalize, float scale,
+                         StreamHandle s = nullptr);
+
+}  // namespace tmoe::cuda

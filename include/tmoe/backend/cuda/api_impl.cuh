@@ -1,0 +1,362 @@
+// tmoe/backend/cuda/api_impl.cuh: the definitions of everything tmoe/backend/cuda/api.hpp
+// declares. Include it in exactly ONE nvcc-compiled translation unit of a program (its functions
+// are not inline); every other file, g++-compiled ones included, includes api.hpp alone.
+//
+// Each function checks its arguments (tmoe::check, "[cuda::<op>] ..."), enqueues through the
+// kernel headers' launch_* templates and turns any CUDA error into tmoe::Error naming the call.
+#pragma once
+#if !defined(__CUDACC__)
+#error \
+    "tmoe/backend/cuda/api_impl.cuh is for nvcc only; include tmoe/backend/cuda/api.hpp elsewhere"
+#endif
+
+#include <cuda_runtime.h>
+
+#include <cstdio>
+#include <cstring>
+#include <limits>
+
+#include "tmoe/backend/cuda/api.hpp"
+#include "tmoe/backend/cuda/check.cuh"
+#include "tmoe/backend/cuda/gemv.cuh"
+#include "tmoe/backend/cuda/norm.cuh"
+#include "tmoe/backend/cuda/rope.cuh"
+#include "tmoe/backend/cuda/router.cuh"
+#include "tmoe/backend/cuda/swiglu.cuh"
+
+namespace tmoe::cuda {
+
+// Helpers of this file (one translation unit: not inline).
+namespace api_detail {
+constexpr std::size_t kIntMax = std::size_t(std::numeric_limits<int>::max());
+// Frees cannot throw (destructors call them): report and go on.
+void report_free_error(const char* call, cudaError_t e) noexcept {
+  std::fprintf(stderr, "tmoe: [cuda] %s: %s (%s)\n", call, cudaGetErrorString(e),
+               cudaGetErrorName(e));
+}
+void check_size(std::string_view op, const char* what, std::size_t v) {
+  check(v <= kIntMax, op, what, ": expected at most ", kIntMax, ", got ", v);
+}
+}  // namespace api_detail
+
+// ---- devices and memory ---------------------------------------------------------------------
+namespace api_detail {
+cudaError_t g_device_count_error = cudaSuccess;  // why device_count() last gave 0
+}  // namespace api_detail
+int device_count() noexcept {
+  int n = 0;
+  api_detail::g_device_count_error = cudaGetDeviceCount(&n);
+  if (api_detail::g_device_count_error != cudaSuccess) {
+    cudaGetLastError();  // clear it: "no device" is an answer here, not a sticky failure
+    return 0;
+  }
+  return n;
+}
+const char* device_count_error() noexcept {
+  return api_detail::g_device_count_error == cudaSuccess
+             ? ""
+             : cudaGetErrorString(api_detail::g_device_count_error);
+}
+DeviceInfo device_info(int device) {
+  cudaDeviceProp p;
+  TMOE_CUDA_CHECK("cuda::device_info", cudaGetDeviceProperties(&p, device));
+  DeviceInfo d{};
+  std::snprintf(d.name, sizeof d.name, "%s", p.name);
+  d.sm_count = p.multiProcessorCount;
+  d.major = p.major;
+  d.minor = p.minor;
+  d.global_mem = p.totalGlobalMem;
+  d.l2_bytes = std::size_t(p.l2CacheSize);
+  return d;
+}
+void set_device(int device) {
+  TMOE_CUDA_CHECK("cuda::set_device", cudaSetDevice(device));
+}
+void synchronize_device() {
+  TMOE_CUDA_CHECK("cuda::synchronize_device", cudaDeviceSynchronize());
+}
+
+void* device_alloc(std::size_t bytes) {
+  if (bytes == 0) return nullptr;
+  void* p = nullptr;
+  const cudaError_t e = cudaMalloc(&p, bytes);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    fail("cuda::device_alloc", "cudaMalloc(", bytes, " bytes): ", cudaGetErrorString(e), " (",
+         cudaGetErrorName(e), ")");
+  }
+  return p;
+}
+void device_free(void* p) noexcept {
+  if (!p) return;
+  if (const cudaError_t e = cudaFree(p); e != cudaSuccess)
+    api_detail::report_free_error("cudaFree", e);
+}
+void* pinned_alloc(std::size_t bytes) {
+  if (bytes == 0) return nullptr;
+  void* p = nullptr;
+  const cudaError_t e = cudaMallocHost(&p, bytes);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    fail("cuda::pinned_alloc", "cudaMallocHost(", bytes, " bytes): ", cudaGetErrorString(e), " (",
+         cudaGetErrorName(e), ")");
+  }
+  return p;
+}
+void pinned_free(void* p) noexcept {
+  if (!p) return;
+  if (const cudaError_t e = cudaFreeHost(p); e != cudaSuccess)
+    api_detail::report_free_error("cudaFreeHost", e);
+}
+void copy_to_device(void* dst, const void* src, std::size_t bytes, StreamHandle s) {
+  TMOE_CUDA_CHECK("cuda::copy_to_device",
+                  cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, s));
+}
+// Device-to-host copies synchronize the stream: the caller reads dst right after (pinned dst
+// included, so the copy stays asynchronous with respect to other streams only).
+void copy_to_host(void* dst, const void* src, std::size_t bytes, StreamHandle s) {
+  TMOE_CUDA_CHECK("cuda::copy_to_host",
+                  cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, s));
+  TMOE_CUDA_CHECK("cuda::copy_to_host", cudaStreamSynchronize(s));
+}
+void copy_device(void* dst, const void* src, std::size_t bytes, StreamHandle s) {
+  TMOE_CUDA_CHECK("cuda::copy_device",
+                  cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, s));
+}
+void fill_bytes(void* dst, int byte, std::size_t bytes, StreamHandle s) {
+  TMOE_CUDA_CHECK("cuda::fill_bytes", cudaMemsetAsync(dst, byte, bytes, s));
+}
+
+StreamHandle stream_create() {
+  cudaStream_t s = nullptr;
+  TMOE_CUDA_CHECK("cuda::Stream", cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  return s;
+}
+void stream_destroy(StreamHandle s) noexcept {
+  if (!s) return;
+  if (const cudaError_t e = cudaStreamDestroy(s); e != cudaSuccess)
+    api_detail::report_free_error("cudaStreamDestroy", e);
+}
+void stream_synchronize(StreamHandle s) {
+  TMOE_CUDA_CHECK("cuda::Stream", cudaStreamSynchronize(s));
+}
+EventHandle event_create() {
+  cudaEvent_t e = nullptr;
+  TMOE_CUDA_CHECK("cuda::Event", cudaEventCreate(&e));
+  return e;
+}
+void event_destroy(EventHandle e) noexcept {
+  if (!e) return;
+  if (const cudaError_t r = cudaEventDestroy(e); r != cudaSuccess)
+    api_detail::report_free_error("cudaEventDestroy", r);
+}
+void event_record(EventHandle e, StreamHandle s) {
+  TMOE_CUDA_CHECK("cuda::Event", cudaEventRecord(e, s));
+}
+float event_elapsed_ms(EventHandle start, EventHandle stop) {
+  TMOE_CUDA_CHECK("cuda::Event", cudaEventSynchronize(stop));
+  float ms = 0.f;
+  TMOE_CUDA_CHECK("cuda::Event", cudaEventElapsedTime(&ms, start, stop));
+  return ms;
+}
+
+// ---- GEMV -----------------------------------------------------------------------------------
+namespace api_detail {
+template <class W, class X>
+void gemv_impl(const char* op, const W* w, std::size_t ldw, const float* scale_inv, const X* x,
+               float* y, std::size_t out, std::size_t in, StreamHandle s) {
+  check(ldw >= in, op, "ldw: expected >= in = ", in, ", got ", ldw);
+  check_size(op, "out", out);
+  check_size(op, "in", in);
+  if (out == 0) return;
+  check(w && x && y, op, "null pointer: w, x and y must be device pointers");
+  if constexpr (std::is_same_v<W, f8_e4m3>) check(scale_inv != nullptr, op, "scale_inv is null");
+  const cudaError_t e = launch_gemv(w, ldw, scale_inv, x, y, int(out), int(in), s);
+  if (e != cudaSuccess) fail_call(op, "kernel launch", e);
+}
+
+template <class W, class X>
+void gemv_gather_impl(const char* op, const W* w, std::size_t ldw, std::size_t w_stride,
+                      const float* scale_inv, std::size_t scale_stride, const std::int32_t* idx,
+                      std::size_t batch, const X* x, std::size_t x_stride, float* y,
+                      std::size_t out, std::size_t in, StreamHandle s) {
+  check(ldw >= in, op, "ldw: expected >= in = ", in, ", got ", ldw);
+  check(w_stride >= out * ldw, op, "w_stride: expected >= out * ldw = ", out * ldw, ", got ",
+        w_stride);
+  check(x_stride == 0 || x_stride >= in, op, "x_stride: expected 0 or >= in = ", in, ", got ",
+        x_stride);
+  check(batch <= 65535, op, "batch: expected at most 65535, got ", batch);
+  check_size(op, "out", out);
+  check_size(op, "in", in);
+  if (out == 0 || batch == 0) return;
+  check(w && idx && x && y, op, "null pointer: w, idx, x and y must be device pointers");
+  if constexpr (std::is_same_v<W, f8_e4m3>) {
+    const std::size_t blocks =
+        ((out + kFp8Block - 1) / kFp8Block) * ((in + kFp8Block - 1) / kFp8Block);
+    check(scale_inv != nullptr, op, "scale_inv is null");
+    check(scale_stride >= blocks, op, "scale_stride: expected >= ", blocks, ", got ", scale_stride);
+  }
+  const cudaError_t e = launch_gemv(w, ldw, scale_inv, x, y, int(out), int(in), s, int(batch),
+                                    GemvBatch{idx, w_stride, scale_stride, x_stride});
+  if (e != cudaSuccess) fail_call(op, "kernel launch", e);
+}
+}  // namespace api_detail
+
+void gemv_bf16(const bf16* w, std::size_t ldw, const float* x, float* y, std::size_t out,
+               std::size_t in, StreamHandle s) {
+  api_detail::gemv_impl("cuda::gemv_bf16", w, ldw, nullptr, x, y, out, in, s);
+}
+void gemv_bf16(const bf16* w, std::size_t ldw, const bf16* x, float* y, std::size_t out,
+               std::size_t in, StreamHandle s) {
+  api_detail::gemv_impl("cuda::gemv_bf16", w, ldw, nullptr, x, y, out, in, s);
+}
+void gemv_fp8_block(const f8_e4m3* wq, std::size_t ldw, const float* scale_inv, const float* x,
+                    float* y, std::size_t out, std::size_t in, StreamHandle s) {
+  api_detail::gemv_impl("cuda::gemv_fp8_block", wq, ldw, scale_inv, x, y, out, in, s);
+}
+void gemv_fp8_block(const f8_e4m3* wq, std::size_t ldw, const float* scale_inv, const bf16* x,
+                    float* y, std::size_t out, std::size_t in, StreamHandle s) {
+  api_detail::gemv_impl("cuda::gemv_fp8_block", wq, ldw, scale_inv, x, y, out, in, s);
+}
+
+void gemv_bf16_gather(const bf16* w, std::size_t ldw, std::size_t w_stride, const std::int32_t* idx,
+                      std::size_t batch, const bf16* x, std::size_t x_stride, float* y,
+                      std::size_t out, std::size_t in, StreamHandle s) {
+  api_detail::gemv_gather_impl("cuda::gemv_bf16_gather", w, ldw, w_stride, nullptr, 0, idx, batch,
+                               x, x_stride, y, out, in, s);
+}
+void gemv_fp8_block_gather(const f8_e4m3* wq, std::size_t ldw, std::size_t w_stride,
+                           const float* scale_inv, std::size_t scale_stride,
+                           const std::int32_t* idx, std::size_t batch, const bf16* x,
+                           std::size_t x_stride, float* y, std::size_t out, std::size_t in,
+                           StreamHandle s) {
+  api_detail::gemv_gather_impl("cuda::gemv_fp8_block_gather", wq, ldw, w_stride, scale_inv,
+                               scale_stride, idx, batch, x, x_stride, y, out, in, s);
+}
+
+// ---- norms, RoPE, SwiGLU --------------------------------------------------------------------
+namespace api_detail {
+template <class T>
+void add_rmsnorm_impl(const T* x, T* residual, const T* weight, T* out, std::size_t rows,
+                      std::size_t dim, float eps, StreamHandle s) {
+  constexpr const char* op = "cuda::add_rmsnorm";
+  check_size(op, "rows", rows);
+  check_size(op, "dim", dim);
+  check(eps >= 0.f, op, "eps: expected >= 0, got ", eps);
+  if (rows == 0 || dim == 0) return;
+  check(residual && weight && out, op, "null pointer: residual, weight and out are required");
+  const cudaError_t e = launch_add_rmsnorm(x, residual, weight, out, int(rows), int(dim), eps, s);
+  if (e != cudaSuccess) fail_call(op, "kernel launch", e);
+}
+
+template <class T>
+void rope_impl(T* x, std::size_t tokens, std::size_t heads, std::size_t ld_token,
+               std::size_t ld_head, std::size_t rope_begin, std::size_t rope_dim,
+               const std::int32_t* positions, const float* inv_freq, float attn_factor,
+               RopeLayout layout, StreamHandle s) {
+  constexpr const char* op = "cuda::rope";
+  check(rope_dim % 2 == 0, op, "rope_dim: expected even, got ", rope_dim);
+  check(rope_begin + rope_dim <= ld_head || heads == 1, op,
+        "rope range: expected rope_begin + rope_dim <= ld_head = ", ld_head, ", got ",
+        rope_begin + rope_dim);
+  check_size(op, "tokens", tokens);
+  check_size(op, "heads", heads);
+  check_size(op, "rope_dim", rope_dim);
+  if (tokens == 0 || heads == 0 || rope_dim == 0) return;
+  check(x && positions && inv_freq, op, "null pointer: x, positions and inv_freq are required");
+  const cudaError_t e =
+      launch_rope(x, int(tokens), int(heads), ld_token, ld_head, int(rope_begin), int(rope_dim),
+                  positions, inv_freq, attn_factor, layout == RopeLayout::interleaved, s);
+  if (e != cudaSuccess) fail_call(op, "kernel launch", e);
+}
+
+template <class T>
+void swiglu_impl(const T* gate, std::size_t ld_gate, const T* up, std::size_t ld_up, T* out,
+                 std::size_t ld_out, std::size_t rows, std::size_t width, StreamHandle s) {
+  constexpr const char* op = "cuda::swiglu";
+  check(ld_gate >= width && ld_up >= width && ld_out >= width, op,
+        "row strides: expected >= width = ", width, ", got ", ld_gate, ", ", ld_up, ", ", ld_out);
+  check_size(op, "rows", rows);
+  check_size(op, "width", width);
+  if (rows == 0 || width == 0) return;
+  check(gate && up && out, op, "null pointer: gate, up and out are required");
+  const cudaError_t e =
+      launch_swiglu(gate, ld_gate, up, ld_up, out, ld_out, int(rows), int(width), s);
+  if (e != cudaSuccess) fail_call(op, "kernel launch", e);
+}
+}  // namespace api_detail
+
+void add_rmsnorm(const float* x, float* residual, const float* weight, float* out, std::size_t rows,
+                 std::size_t dim, float eps, StreamHandle s) {
+  api_detail::add_rmsnorm_impl(x, residual, weight, out, rows, dim, eps, s);
+}
+void add_rmsnorm(const bf16* x, bf16* residual, const bf16* weight, bf16* out, std::size_t rows,
+                 std::size_t dim, float eps, StreamHandle s) {
+  api_detail::add_rmsnorm_impl(x, residual, weight, out, rows, dim, eps, s);
+}
+void rope(float* x, std::size_t tokens, std::size_t heads, std::size_t ld_token,
+          std::size_t ld_head, std::size_t rope_begin, std::size_t rope_dim,
+          const std::int32_t* positions, const float* inv_freq, float attn_factor,
+          RopeLayout layout, StreamHandle s) {
+  api_detail::rope_impl(x, tokens, heads, ld_token, ld_head, rope_begin, rope_dim, positions,
+                        inv_freq, attn_factor, layout, s);
+}
+void rope(bf16* x, std::size_t tokens, std::size_t heads, std::size_t ld_token, std::size_t ld_head,
+          std::size_t rope_begin, std::size_t rope_dim, const std::int32_t* positions,
+          const float* inv_freq, float attn_factor, RopeLayout layout, StreamHandle s) {
+  api_detail::rope_impl(x, tokens, heads, ld_token, ld_head, rope_begin, rope_dim, positions,
+                        inv_freq, attn_factor, layout, s);
+}
+void swiglu(const float* gate, std::size_t ld_gate, const float* up, std::size_t ld_up, float* out,
+            std::size_t ld_out, std::size_t rows, std::size_t width, StreamHandle s) {
+  api_detail::swiglu_impl(gate, ld_gate, up, ld_up, out, ld_out, rows, width, s);
+}
+void swiglu(const bf16* gate, std::size_t ld_gate, const bf16* up, std::size_t ld_up, bf16* out,
+            std::size_t ld_out, std::size_t rows, std::size_t width, StreamHandle s) {
+  api_detail::swiglu_impl(gate, ld_gate, up, ld_up, out, ld_out, rows, width, s);
+}
+
+// ---- routers --------------------------------------------------------------------------------
+void router_sigmoid_grouped_topk(const float* logits, const float* bias, std::int32_t* idx,
+                                 float* weight, std::size_t tokens, std::size_t experts,
+                                 std::size_t n_group, std::size_t topk_group, std::size_t top_k,
+                                 bool normalize, float scale, StreamHandle s) {
+  constexpr const char* op = "cuda::router_sigmoid_grouped_topk";
+  check(experts >= 1 && experts <= std::size_t(kRouterMaxExperts), op, "experts: expected 1..",
+        kRouterMaxExperts, ", got ", experts);
+  check(n_group >= 1 && n_group <= std::size_t(kWarpSize) && experts % n_group == 0, op,
+        "n_group: expected 1..32 dividing experts = ", experts, ", got ", n_group);
+  check(experts / n_group >= 2, op, "group size: expected >= 2 (score = top-2 sum), got ",
+        experts / n_group);
+  check(topk_group >= 1 && topk_group <= n_group, op, "topk_group: expected 1..", n_group, ", got ",
+        topk_group);
+  check(top_k >= 1 && top_k <= std::size_t(kRouterMaxTopK) &&
+            top_k <= topk_group * (experts / n_group),
+        op, "top_k: expected 1..min(32, experts in the kept groups = ",
+        topk_group * (experts / n_group), "), got ", top_k);
+  api_detail::check_size(op, "tokens", tokens);
+  if (tokens == 0) return;
+  check(logits && idx && weight, op, "null pointer: logits, idx and weight are required");
+  const cudaError_t e =
+      launch_router_sigmoid_grouped(logits, bias, idx, weight, int(tokens), int(experts),
+                                    int(n_group), int(topk_group), int(top_k), normalize, scale, s);
+  if (e != cudaSuccess) fail_call(op, "kernel launch", e);
+}
+
+void router_softmax_topk(const float* logits, std::int32_t* idx, float* weight, std::size_t tokens,
+                         std::size_t experts, std::size_t top_k, bool normalize, float scale,
+                         StreamHandle s) {
+  constexpr const char* op = "cuda::router_softmax_topk";
+  check(experts >= 1 && experts <= std::size_t(kRouterMaxExperts), op, "experts: expected 1..",
+        kRouterMaxExperts, ", got ", experts);
+  check(top_k >= 1 && top_k <= std::size_t(kRouterMaxTopK) && top_k <= experts, op,
+        "top_k: expected 1..min(32, experts), got ", top_k);
+  api_detail::check_size(op, "tokens", tokens);
+  if (tokens == 0) return;
+  check(logits && idx && weight, op, "null pointer: logits, idx and weight are required");
+  const cudaError_t e = launch_router_softmax(logits, idx, weight, int(tokens), int(experts),
+                                              int(top_k), normalize, scale, s);
+  if (e != cudaSuccess) fail_call(op, "kernel launch", e);
+}
+
+}  // namespace tmoe::cuda

@@ -1,0 +1,353 @@
+// tmoe/backend/cuda/gemv.cuh: decode GEMV kernels, y[o] = sum_i W[o, i] * x[i], at the HBM limit.
+//
+// One token's projection reads every weight byte once and does 2 FLOP per weight: it is bound by
+// device memory (about 0.5 FLOP/byte for bf16, 1 for fp8, against ~300 for the chip). So the
+// kernels only need to keep enough bytes in flight:
+//   - each lane loads 16 bytes of W per step (8 bf16 or 16 fp8) with ld.global.nc and the
+//     L1::no_allocate hint, so the streamed weights do not evict the activation from L1;
+//   - a warp owns kRows consecutive rows and issues kRows * kUnroll independent 16-byte loads
+//     before it uses the first one;
+//   - lanes stride over the row in 16-byte chunks (chunk c = lane + 32 j): a warp's load is 512
+//     contiguous bytes, fully coalesced; the row sum is a butterfly over the warp at the end;
+//   - with few rows (expert projections, 576-row kv_a) kSplit warps share a row group and split
+//     its chunks, adding their sums through shared memory, so about 8192 warps stay in flight.
+// FP8 (e4m3, DeepSeek 128x128 block scales): a lane's 16-byte chunk lies inside one 128-column
+// block (128 % 16 == 0), so it dots 16 weights with x in fp32 and multiplies that partial sum
+// by the block's scale_inv once: W x = sum_blocks scale_inv[b] * (Wq_b . x_b). The rows of a warp
+// share one row block whenever kRows divides 128, so one scale load serves all kRows rows.
+// Widening fp8 costs ALU work per weight that HBM does not wait for only if it is cheap: the
+// hardware e4m3x2 -> f16x2 conversion (F2FP) then f16 -> f32 measured fastest (docs/cuda.md);
+// two exact bit-manipulation decodes stay as alternatives (Fp8Decode).
+// Shapes that do not allow 16-byte rows take gemv_rowwise_kernel: one warp per row, element loads.
+#pragma once
+#if !defined(__CUDACC__)
+#error "tmoe/backend/cuda/gemv.cuh is for nvcc only; include tmoe/backend/cuda/api.hpp elsewhere"
+#endif
+
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <type_traits>
+
+#include "tmoe/backend/cuda/reduce.cuh"
+#include "tmoe/config.hpp"
+#include "tmoe/core/dtype.hpp"
+
+namespace tmoe::cuda {
+
+inline constexpr int kFp8Block = 128;  // DeepSeek weight_block_size
+
+namespace gemv_detail {
+
+// 16-byte streaming load of read-only data: no L1 allocation, 256-byte L2 prefetch.
+__device__ TMOE_INLINE uint4 load_stream16(const void* p) {
+  uint4 r;
+  asm("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
+      : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+      : "l"(p));
+  return r;
+}
+
+__device__ TMOE_INLINE float bf16_lo(std::uint32_t u) {
+  return __uint_as_float(u << 16);
+}
+__device__ TMOE_INLINE float bf16_hi(std::uint32_t u) {
+  return __uint_as_float(u & 0xffff0000u);
+}
+
+// Byte k (0..3) of u, an e4m3 pattern, as float: sign to bit 31 and the 7 exponent+mantissa bits
+// to bits 26..20 give the value times 2^-120 (exactly, fp8 subnormals included, as fp32
+// subnormals); the multiply by 2^120 is exact too. (The one NaN pattern decodes as 480.)
+template <int k>
+__device__ TMOE_INLINE float e4m3_to_float(std::uint32_t u) {
+  constexpr float kTwo120 = 1.329227995784916e36f;
+  const std::uint32_t b = (u >> (8 * k)) & 0xffu;
+  return __uint_as_float(((b & 0x80u) << 24) | ((b & 0x7fu) << 20)) * kTwo120;
+}
+
+// n consecutive activations starting at x + i, as float (n a multiple of 4 / 8).
+template <int n>
+__device__ TMOE_INLINE void load_x(const float* x, std::size_t i, float (&v)[n]) {
+  const float4* p = reinterpret_cast<const float4*>(x + i);
+#pragma unroll
+  for (int j = 0; j < n / 4; ++j) {
+    const float4 f = __ldg(p + j);
+    v[4 * j] = f.x, v[4 * j + 1] = f.y, v[4 * j + 2] = f.z, v[4 * j + 3] = f.w;
+  }
+}
+template <int n>
+__device__ TMOE_INLINE void load_x(const bf16* x, std::size_t i, float (&v)[n]) {
+  const uint4* p = reinterpret_cast<const uint4*>(x + i);
+#pragma unroll
+  for (int j = 0; j < n / 8; ++j) {
+    const uint4 u = __ldg(p + j);
+    const std::uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+    for (int q = 0; q < 4; ++q)
+      v[8 * j + 2 * q] = bf16_lo(w[q]), v[8 * j + 2 * q + 1] = bf16_hi(w[q]);
+  }
+}
+
+// Dot of one 16-byte weight chunk with its activations.
+__device__ TMOE_INLINE float dot_chunk(uint4 w, const float (&x)[8], bf16*) {
+  const std::uint32_t u[4] = {w.x, w.y, w.z, w.w};
+  float s0 = 0.f, s1 = 0.f;
+#pragma unroll
+  for (int q = 0; q < 4; ++q) {
+    s0 = fmaf(bf16_lo(u[q]), x[2 * q], s0);
+    s1 = fmaf(bf16_hi(u[q]), x[2 * q + 1], s1);
+  }
+  return s0 + s1;
+}
+// fp8 decodes (kFp8Decode), each exact for every finite e4m3 value, subnormals included:
+//   kDecodeF32Bits: the byte's bits moved into a float (value * 2^-120), then * 2^120;
+//                   ~6 integer/FP ops per weight.
+//   kDecodeF16Bits: two bytes at once moved into an f16x2 (value * 2^-8: the 2^8 goes into the
+//                   block scale), then f16 -> f32; ~3 ops per weight.
+//   kDecodeCvt:     the hardware e4m3x2 -> f16x2 conversion (sm_89+), then f16 -> f32.
+enum Fp8Decode : int { kDecodeF32Bits = 0, kDecodeF16Bits = 1, kDecodeCvt = 2 };
+// Factor the decoded dot must be multiplied by (folded into the block scale).
+template <int kDecode>
+inline constexpr float kFp8DecodeUnscale = kDecode == kDecodeF16Bits ? 256.f : 1.f;
+
+__device__ TMOE_INLINE float2 half2_bits_to_float2(std::uint32_t h) {
+  __half2_raw raw;
+  raw.x = static_cast<unsigned short>(h & 0xffffu);
+  raw.y = static_cast<unsigned short>(h >> 16);
+  return __half22float2(__half2(raw));
+}
+
+template <int kDecode>
+__device__ TMOE_INLINE float dot_chunk(uint4 w, const float (&x)[16], f8_e4m3*) {
+  const std::uint32_t u[4] = {w.x, w.y, w.z, w.w};
+  float s0 = 0.f, s1 = 0.f;
+#pragma unroll
+  for (int q = 0; q < 4; ++q) {
+    if constexpr (kDecode == kDecodeF32Bits) {
+      s0 = fmaf(e4m3_to_float<0>(u[q]), x[4 * q], s0);
+      s1 = fmaf(e4m3_to_float<1>(u[q]), x[4 * q + 1], s1);
+      s0 = fmaf(e4m3_to_float<2>(u[q]), x[4 * q + 2], s0);
+      s1 = fmaf(e4m3_to_float<3>(u[q]), x[4 * q + 3], s1);
+    } else if constexpr (kDecode == kDecodeF16Bits) {
+      // bytes 0, 2 -> f16 lanes (lo, hi); bytes 1, 3 likewise: sign to bit 15 of its lane,
+      // exponent+mantissa to bits 13..7 (an f16 2^8 smaller than the e4m3 value).
+      const std::uint32_t even = ((u[q] & 0x00800080u) << 8) | ((u[q] & 0x007f007fu) << 7);
+      const std::uint32_t odd = (u[q] & 0x80008000u) | ((u[q] >> 1) & 0x3f803f80u);
+      const float2 fe = half2_bits_to_float2(even), fo = half2_bits_to_float2(odd);
+      s0 = fmaf(fe.x, x[4 * q], s0);
+      s1 = fmaf(fo.x, x[4 * q + 1], s1);
+      s0 = fmaf(fe.y, x[4 * q + 2], s0);
+      s1 = fmaf(fo.y, x[4 * q + 3], s1);
+    } else {
+      const __half2_raw lo =
+          __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(u[q] & 0xffffu), __NV_E4M3);
+      const __half2_raw hi =
+          __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(u[q] >> 16), __NV_E4M3);
+      const float2 fl = __half22float2(__half2(lo)), fh = __half22float2(__half2(hi));
+      s0 = fmaf(fl.x, x[4 * q], s0);
+      s1 = fmaf(fl.y, x[4 * q + 1], s1);
+      s0 = fmaf(fh.x, x[4 * q + 2], s0);
+      s1 = fmaf(fh.y, x[4 * q + 3], s1);
+    }
+  }
+  return s0 + s1;
+}
+
+}  // namespace gemv_detail
+
+// Several GEMVs in one launch (grid.y = batch), e.g. the routed experts of one token: GEMV b uses
+// W + idx[b] * w_stride, scale_inv + idx[b] * scale_stride, x + b * x_stride (0: one shared x)
+// and writes y + b * out. idx == nullptr: a single GEMV (batch 1).
+struct GemvBatch {
+  const std::int32_t* idx = nullptr;
+  std::size_t w_stride = 0, scale_stride = 0, x_stride = 0;
+};
+
+// Tuning of the vector kernel per weight type: rows per warp, 16-byte loads per row in flight
+// per lane, warps per block, fp8 decode. Chosen from bench_cuda_gemv --all-configs (docs/cuda.md).
+template <class W>
+struct GemvDefaults {
+  static constexpr int kRows = 2, kUnroll = 2, kWarps = 8;
+  static constexpr int kFp8Decode = gemv_detail::kDecodeCvt;
+};
+template <>
+struct GemvDefaults<f8_e4m3> {
+  static constexpr int kRows = 2, kUnroll = 4, kWarps = 8;
+  static constexpr int kFp8Decode = gemv_detail::kDecodeCvt;
+};
+
+// W (out, in) with 16-byte aligned rows, in % (16 / sizeof(W)) == 0. scale_inv: fp8 only,
+// (ceil(out/128), ld_scale).
+// Block: kWarps warps = kWarps / kSplit row groups of kRows rows; the kSplit warps of a group
+// split the row's 16-byte chunks (warp s of the group takes chunks lane + 32 (s + kSplit j)) and
+// add their sums through shared memory. kSplit > 1 keeps enough loads in flight when there are
+// few rows (a 2048-row expert projection has 1024 row pairs: 8 warps per SM without a split).
+// Grid: ceil(out / (kRows * kWarps / kSplit)) blocks.
+template <class W, class X, int kRows, int kUnroll, int kWarps, int kSplit,
+          int kFp8Decode = GemvDefaults<W>::kFp8Decode>
+__global__ void __launch_bounds__(kWarps* kWarpSize)
+    gemv_vec_kernel(const W* __restrict__ w, std::size_t ldw, const float* __restrict__ scale_inv,
+                    std::size_t ld_scale, const X* __restrict__ x, float* __restrict__ y, int out,
+                    int in, GemvBatch batch) {
+  using namespace gemv_detail;
+  constexpr bool kFp8 = std::is_same_v<W, f8_e4m3>;
+  constexpr int kVec = 16 / sizeof(W);  // weights per 16-byte chunk
+  if (batch.idx) {
+    const std::size_t e = std::size_t(batch.idx[blockIdx.y]);
+    w += e * batch.w_stride;
+    if constexpr (kFp8) scale_inv += e * batch.scale_stride;
+  }
+  x += blockIdx.y * batch.x_stride;
+  y += std::size_t(blockIdx.y) * out;
+  constexpr int kGroups = kWarps / kSplit;
+  constexpr int kStride = kWarpSize * kSplit;  // chunks between a lane's consecutive loads
+  static_assert(kWarps % kSplit == 0, "kSplit must divide kWarps");
+  static_assert(!kFp8 || kFp8Block % kRows == 0, "a warp's rows must share one scale row block");
+  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+  const int slice = warp % kSplit, group = warp / kSplit;
+  const int row0 = (blockIdx.x * kGroups + group) * kRows;
+  const W* wr[kRows];
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) wr[r] = w + std::size_t(min(row0 + r, out - 1)) * ldw;
+  const float* srow =
+      kFp8 ? scale_inv + std::size_t(min(row0, out - 1) / kFp8Block) * ld_scale : nullptr;
+
+  float acc[kRows];
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) acc[r] = 0.f;
+
+  const int nchunk = row0 < out ? in / kVec : 0;
+  // kRows * kUnroll loads in flight per lane; the last round is predicated per chunk.
+  for (int c = lane + slice * kWarpSize; c < nchunk; c += kUnroll * kStride) {
+    uint4 wv[kUnroll][kRows];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u)
+#pragma unroll
+      for (int r = 0; r < kRows; ++r)
+        if (c + u * kStride < nchunk)
+          wv[u][r] = load_stream16(wr[r] + std::size_t(c + u * kStride) * kVec);
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int cu = c + u * kStride;
+      if (cu >= nchunk) break;
+      float xv[kVec];
+      load_x(x, std::size_t(cu) * kVec, xv);
+      if constexpr (kFp8) {
+        const float sc = __ldg(srow + cu * kVec / kFp8Block);
+#pragma unroll
+        for (int r = 0; r < kRows; ++r)
+          acc[r] = fmaf(dot_chunk<kFp8Decode>(wv[u][r], xv, static_cast<W*>(nullptr)), sc, acc[r]);
+      } else {
+#pragma unroll
+        for (int r = 0; r < kRows; ++r) acc[r] += dot_chunk(wv[u][r], xv, static_cast<W*>(nullptr));
+      }
+    }
+  }
+  constexpr float kUnscale = kFp8 ? kFp8DecodeUnscale<kFp8Decode> : 1.f;
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) acc[r] = warp_sum(acc[r]) * kUnscale;
+  if constexpr (kSplit == 1) {
+    if (lane == 0)
+#pragma unroll
+      for (int r = 0; r < kRows; ++r)
+        if (row0 + r < out) y[row0 + r] = acc[r];
+  } else {
+    __shared__ float part[kWarps][kRows];
+    if (lane == 0)
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) part[warp][r] = acc[r];
+    __syncthreads();
+    if (slice == 0 && lane < kRows && row0 + lane < out) {
+      float v = 0.f;
+#pragma unroll
+      for (int s = 0; s < kSplit; ++s) v += part[group * kSplit + s][lane];
+      y[row0 + lane] = v;
+    }
+  }
+}
+
+// Any shape and alignment: one warp per row, one element per lane per step.
+template <class W, class X>
+__global__ void gemv_rowwise_kernel(const W* __restrict__ w, std::size_t ldw,
+                                    const float* __restrict__ scale_inv, std::size_t ld_scale,
+                                    const X* __restrict__ x, float* __restrict__ y, int out, int in,
+                                    GemvBatch batch) {
+  if (batch.idx) {
+    const std::size_t e = std::size_t(batch.idx[blockIdx.y]);
+    w += e * batch.w_stride;
+    if constexpr (std::is_same_v<W, f8_e4m3>) scale_inv += e * batch.scale_stride;
+  }
+  x += blockIdx.y * batch.x_stride;
+  y += std::size_t(blockIdx.y) * out;
+  const int lane = threadIdx.x % kWarpSize;
+  const int row = blockIdx.x * (blockDim.x / kWarpSize) + threadIdx.x / kWarpSize;
+  if (row >= out) return;
+  const W* wr = w + std::size_t(row) * ldw;
+  float acc = 0.f;
+  for (int i = lane; i < in; i += kWarpSize) {
+    float wi = to_float(wr[i]);
+    if constexpr (std::is_same_v<W, f8_e4m3>)
+      wi *= scale_inv[std::size_t(row / kFp8Block) * ld_scale + i / kFp8Block];
+    acc = fmaf(wi, to_float(x[i]), acc);
+  }
+  acc = warp_sum(acc);
+  if (lane == 0) y[row] = acc;
+}
+
+// Enqueues y = W x (batch > 1: the GemvBatch GEMVs, grid.y = batch); returns the launch's error
+// (cudaSuccess or a configuration error).
+// Chooses the 16-byte kernel when the rows allow it, and splits rows across warps (kSplit) until
+// about 8192 warps are in flight (62 per SM on a 132-SM H100), as long as every warp keeps at
+// least one 16-byte chunk per lane.
+template <class W, class X, int kRows = GemvDefaults<W>::kRows,
+          int kUnroll = GemvDefaults<W>::kUnroll, int kWarps = GemvDefaults<W>::kWarps>
+cudaError_t launch_gemv(const W* w, std::size_t ldw, const float* scale_inv, const X* x, float* y,
+                        int out, int in, cudaStream_t stream, int batch = 1, GemvBatch gb = {}) {
+  constexpr int kVec = 16 / sizeof(W);
+  const std::size_t ld_scale = (std::size_t(in) + kFp8Block - 1) / kFp8Block;
+  if (out <= 0 || batch <= 0) return cudaSuccess;
+  const bool vec = in % kVec == 0 && (ldw * sizeof(W)) % 16 == 0 &&
+                   (gb.w_stride * sizeof(W)) % 16 == 0 && (gb.x_stride * sizeof(X)) % 16 == 0 &&
+                   reinterpret_cast<std::uintptr_t>(w) % 16 == 0 &&
+                   reinterpret_cast<std::uintptr_t>(x) % 16 == 0;
+  if (!vec) {
+    constexpr int kRowWarps = 4;
+    gemv_rowwise_kernel<W, X>
+        <<<dim3((out + kRowWarps - 1) / kRowWarps, batch), kRowWarps * kWarpSize, 0, stream>>>(
+            w, ldw, scale_inv, ld_scale, x, y, out, in, gb);
+    return cudaGetLastError();
+  }
+  constexpr int kTargetWarps = 8192;
+  const int row_groups = (out + kRows - 1) / kRows, nchunk = in / kVec;
+  int split = 1;
+  while (split < kWarps && row_groups * batch * split < kTargetWarps &&
+         nchunk >= 2 * split * kWarpSize)
+    split *= 2;
+  auto launch = [&]<int kSplit>() {
+    const int rows_per_block = kRows * (kWarps / kSplit);
+    gemv_vec_kernel<W, X, kRows, kUnroll, kWarps, kSplit>
+        <<<dim3((out + rows_per_block - 1) / rows_per_block, batch), kWarps * kWarpSize, 0,
+           stream>>>(w, ldw, scale_inv, ld_scale, x, y, out, in, gb);
+  };
+  static_assert(kWarps == 8, "the split dispatch below lists kSplit = 1, 2, 4, 8");
+  switch (split) {
+    case 1:
+      launch.template operator()<1>();
+      break;
+    case 2:
+      launch.template operator()<2>();
+      break;
+    case 4:
+      launch.template operator()<4>();
+      break;
+    default:
+      launch.template operator()<8>();
+      break;
+  }
+  return cudaGetLastError();
+}
+
+}  // namespace tmoe::cuda
