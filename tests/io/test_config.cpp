@@ -229,8 +229,8 @@ TEST_CASE("config: invalid configs name the field") {
     expect(j, {"eos_token_id", "-2"});
   }
   {
-    auto j = r1_config();
-    j["q_lora_rank"] = nullptr;
+    auto j = r1_config();  // absent (not null: null means a direct q_proj, as in HF)
+    j.erase("q_lora_rank");
     expect(j, {"q_lora_rank", "missing"});
   }
   {

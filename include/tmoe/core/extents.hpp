@@ -24,7 +24,8 @@ class Extents {
   static constexpr std::size_t kRankDynamic = ((Es == kDynamic ? 1 : 0) + ... + 0);
   static constexpr std::array<std::size_t, kRank> kStatic{Es...};
 
-  constexpr Extents() requires(kRankDynamic == 0) = default;
+  // Dynamic extents default to 0.
+  constexpr Extents() = default;
 
   // One value per dynamic extent, in order.
   template <class... Is>
