@@ -53,7 +53,13 @@ struct AttentionImpl {
           acc[r] = xsimd::fma(qv, B::load_unaligned(k + (j + r) * ldk + i), acc[r]);
       }
       alignas(64) float sums[L];
-      xsimd::haddp(acc).store_aligned(sums);
+      // xsimd 8.1's haddp gives wrong sums for 16-lane AVX-512 batches (seen on a Sapphire
+      // Rapids-class Xeon): reduce each accumulator on its own there.
+      if constexpr (L <= 8) {
+        xsimd::haddp(acc).store_aligned(sums);
+      } else {
+        for (std::size_t r = 0; r < L; ++r) sums[r] = reduce_add(acc[r]);
+      }
       for (std::size_t r = 0; r < L; ++r) {
         float v = sums[r];
         for (std::size_t i = dv; i < d; ++i) v += q[i] * k[(j + r) * ldk + i];
