@@ -137,11 +137,7 @@ class GqaAttention {
           D);
     check(y.rows() == T && y.cols() == cfg_.hidden, op, "y is (", y.rows(), ", ", y.cols(),
           "), expected (", T, ", ", cfg_.hidden, ")");
-    const std::size_t pos0 = cache.reserve(T, op);
-    if (pos0 + T > rope_->max_positions()) {
-      cache.truncate(pos0);
-      fail(op, "position ", pos0 + T - 1, " is beyond the rope table of ", rope_->max_positions());
-    }
+    const std::size_t pos0 = reserve_positions(cache, T, *rope_, op);
     if (q_buf_.rows() < T) {
       q_buf_ = Matrix<float>(T, H * D), k_buf_ = Matrix<float>(T, Hkv * D);
       v_buf_ = Matrix<float>(T, Hkv * D), ctx_ = Matrix<float>(T, H * D);

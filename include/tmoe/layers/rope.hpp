@@ -28,6 +28,7 @@
 #include <cmath>
 #include <cstddef>
 #include <numbers>
+#include <string_view>
 #include <vector>
 
 #include "tmoe/core/error.hpp"
@@ -193,5 +194,17 @@ class Rope {
   std::size_t max_pos_ = 0;
   std::vector<float> cos_, sin_;  // (max_positions, D/2)
 };
+
+// Reserves T positions in an attention cache (KvCache, MlaCache: reserve / truncate) and checks
+// that the rope table reaches them; on failure the cache is left as it was. Returns the first.
+template <class Cache>
+std::size_t reserve_positions(Cache& cache, std::size_t T, const Rope& rope, std::string_view op) {
+  const std::size_t pos0 = cache.reserve(T, op);
+  if (pos0 + T > rope.max_positions()) {
+    cache.truncate(pos0);
+    fail(op, "position ", pos0 + T - 1, " is beyond the rope table of ", rope.max_positions());
+  }
+  return pos0;
+}
 
 }  // namespace tmoe
