@@ -27,6 +27,7 @@
 #include "tmoe/layers/attention_mla.hpp"
 #include "tmoe/layers/embedding.hpp"
 #include "tmoe/layers/linear.hpp"
+#include "tmoe/layers/linear_quant.hpp"
 #include "tmoe/layers/mlp.hpp"
 #include "tmoe/layers/moe.hpp"
 #include "tmoe/layers/norms.hpp"

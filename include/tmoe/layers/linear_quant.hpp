@@ -1,0 +1,60 @@
+// tmoe/layers/linear_quant.hpp: the quantized block formats (quant/formats.hpp) as Linear and
+// Embedding formats: Linear<quant::Q4_0>, SwigluMlp<quant::Q8_0>, MoE<quant::Q4_K>,
+// Embedding<quant::Q6_K>, ... work exactly like their float twins.
+//
+//   weight_view = quant::QuantMatrixView<Q> (out, in): blocks along `in`, as GGUF stores them
+//   matmul      = cpu::matmul_quant<Q> (activations quantized per 32 for the integer formats)
+//   slice_rows  = rows [begin, begin + count) in place; for Fp8Block, whose 128x128 scale tiles
+//                 are indexed by row / 128, `begin` must be a multiple of 128 (MoE row blocks are)
+//   decode_row  = quant::dequantize_row (embedding lookup of one token)
+#pragma once
+
+#include <cstddef>
+
+#include "tmoe/backend/cpu/quant.hpp"
+#include "tmoe/layers/embedding.hpp"
+#include "tmoe/layers/linear.hpp"
+#include "tmoe/quant/formats.hpp"
+
+namespace tmoe {
+
+template <quant::QuantFormat Q>
+struct LinearTraits<Q> {
+  using weight_view = quant::QuantMatrixView<Q>;
+  static std::size_t out_features(const weight_view& w) { return w.rows; }
+  static std::size_t in_features(const weight_view& w) { return w.cols; }
+  static weight_view slice_rows(const weight_view& w, std::size_t begin, std::size_t count) {
+    check(begin + count <= w.rows, "linear", Q::kName, " row slice [", begin, ", ", begin + count,
+          ") outside the ", w.rows, " rows");
+    weight_view s = w;
+    s.rows = count;
+    s.blocks = w.blocks + begin * w.row_stride;
+    if constexpr (std::is_same_v<Q, quant::Int8Row>) {
+      s.scales = w.scales + begin;
+    } else if constexpr (std::is_same_v<Q, quant::Fp8Block>) {
+      check(begin % quant::Fp8Block::kScaleBlock == 0, "linear", "FP8_BLOCK row slice starts at ",
+            begin, ", not a multiple of 128");
+      s.scales = w.scales + (begin / quant::Fp8Block::kScaleBlock) * w.scale_stride;
+    }
+    return s;
+  }
+  static void matmul(ThreadPool& pool, const weight_view& w, MatrixView<const float> x,
+                     MatrixView<float> y, const float* bias, const cpu::KernelTable& k) {
+    cpu::matmul_quant<Q>(pool, w, x, y, k);
+    if (bias)
+      for (std::size_t t = 0; t < y.rows(); ++t)
+        for (std::size_t o = 0; o < y.cols(); ++o) y(t, o) += bias[o];
+  }
+};
+
+template <quant::QuantFormat Q>
+struct EmbeddingTraits<Q> {
+  using table_view = quant::QuantMatrixView<Q>;
+  static std::size_t rows(const table_view& t) { return t.rows; }
+  static std::size_t dim(const table_view& t) { return t.cols; }
+  static void decode_row(const table_view& t, std::size_t r, float* out) {
+    cpu::embedding_quant<Q>(t, r, out);
+  }
+};
+
+}  // namespace tmoe
