@@ -1,10 +1,23 @@
 #!/usr/bin/env bash
 # Builds tmoe's libFuzzer targets with clang (ASan + UBSan) and runs each for a bounded time.
 #   fuzz/run.sh [SECONDS]   (default 20 per target); build and corpora go to build-fuzz/.
-# Needs clang++ and the fuzzer runtime (Debian: clang, libclang-rt-14-dev) and libpcre2-dev.
+# Needs clang++ and the fuzzer runtime (Debian: clang, libclang-rt-14-dev) and libpcre2-dev; installs
+# them with apt when missing (unless CXX_FUZZ names another compiler).
 # Prints one summary line per target with the number of executions; exits non-zero on a crash.
 set -euo pipefail
 secs=${1:-20}
+pkgs=(clang libclang-rt-14-dev libpcre2-dev pkg-config)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})) && [ -z "${CXX_FUZZ:-}" ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "fuzz: installing ${missing[*]}" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
 root=$(cd "$(dirname "$0")/.." && pwd)
 out=$root/build-fuzz
 mkdir -p "$out"
