@@ -4,7 +4,7 @@
 // tokens each expert of each layer received.
 //
 //   custom_variant [-n NEW_TOKENS] [-t THREADS] [--small]
-// --small uses a toy size (what ctest runs); the default is hidden 1024, 8 layers, 32 experts.
+// --small uses a toy size (what ctest runs); the default is hidden 768, 6 layers, 16 experts top-2.
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -32,7 +32,7 @@ int main(int argc, char** argv) try {
   check(n_new >= 1 && threads >= 1, "custom_variant", "-n and -t must be >= 1");
   // hidden, layers, heads, experts, top-k, expert width, vocab
   const io::ModelConfig c = small ? custom::mla_mixtral_config(256, 2, 4, 8, 2, 128, 512)
-                                  : custom::mla_mixtral_config(1024, 8, 8, 32, 4, 512, 4096);
+                                  : custom::mla_mixtral_config(768, 6, 8, 16, 2, 512, 4096);
   auto weights = std::make_shared<models::MemoryWeights>(models::random_weights<float>(c, 7));
   const auto t0 = std::chrono::steady_clock::now();
   auto model = custom::build_mla_mixtral_q4(c, weights, 512);
