@@ -94,3 +94,15 @@ TEST_CASE("an unknown preset names the known ones") {
   CHECK_THROWS_WITH_AS(models::preset("deepseek-r2"), doctest::Contains("r1-distill-qwen-1.5b"),
                        Error);
 }
+
+TEST_CASE("the config writer gives one description for both config.json layouts of a fixture") {
+  // config_legacy.json (Hub layout: rope_scaling, torch_dtype) and config.json (transformers 5
+  // layout: rope_parameters, dtype) describe the same model; written back they must agree.
+  for (const char* folder : {"deepseek_v3", "deepseek_v3_fp8", "llama3"}) {
+    CAPTURE(folder);
+    const std::string dir = std::string(TMOE_TEST_DATA_DIR) + "/models/" + folder;
+    const auto modern = io::load_model_config(dir + "/config.json");
+    const auto legacy = io::load_model_config(dir + "/config_legacy.json");
+    CHECK(io::model_config_json(legacy) == io::model_config_json(modern));
+  }
+}
