@@ -15,7 +15,8 @@
 // kCtx positions); GB_per_s = bytes / median time; `bw_frac` = that rate over the read bandwidth
 // measured between the decode steps (a 512 MiB pool-threaded sum after every step, outside the
 // timing: on a shared machine the limit moves, so it is sampled beside each step), and
-// `bw_frac_vs_first` over BM_read_bandwidth (1 GiB, measured once at the start). Different
+// `bw_frac_vs_first` over BM_read_bandwidth (1 GiB, measured once at the start); `attn_ms` is the
+// median of norm + MLA alone, `attn_bw_frac` / `ffn_bw_frac` the two halves' fractions. Different
 // inputs route to different experts, so each iteration reads fresh experts.
 // Threads: TMOE_THREADS or all hardware threads.
 #include <benchmark/benchmark.h>
@@ -135,7 +136,8 @@ struct R1Layer {
   std::unique_ptr<SwigluMlp<Q>> dense;
   std::unique_ptr<MoE<Q>> moe;
   MlaCache cache;
-  double weight_bytes = 0;  // read per decoded token
+  double weight_bytes = 0;       // read per decoded token
+  double attn_weight_bytes = 0;  // of which the attention matrices
   std::uint64_t seed = 1;
 
   quant::QuantMatrixView<Q> mat(std::size_t rows, std::size_t cols, bool read = true) {
@@ -157,6 +159,7 @@ struct R1Layer {
     w.kv_a_norm = VectorView<const float>(ones.data(), kR);
     attn = std::make_unique<MlaAttention<Q, float>>(
         MlaConfig{kD, kH, kRq, kR, kDn, kDr, kDv, 1e-6f, 0.f}, w, rope, MlaForm::naive);
+    attn_weight_bytes = weight_bytes;
     if (with_moe) {
       RouterConfig r;
       r.method = RouterMethod::noaux_tc, r.n_experts = kE, r.top_k = kTopK, r.n_group = 8;
@@ -183,12 +186,14 @@ struct R1Layer {
 
   double cache_bytes() const { return double(cache.bytes_per_position()) * double(kCtx + 1); }
 
-  // One decoded token: h (1, d) updated in place.
-  void decode(MatrixView<float> h, MatrixView<float> x, MatrixView<float> r) {
+  // One decoded token: h (1, d) updated in place; *attn_s gets the seconds of norm + attention.
+  void decode(MatrixView<float> h, MatrixView<float> x, MatrixView<float> r, double* attn_s) {
     const RMSNorm<float> norm(VectorView<const float>(ones.data(), kD), 1e-6f);
+    const auto t0 = std::chrono::steady_clock::now();
     norm.forward(pool(), h, x);
     attn->forward(pool(), x, r, cache);
     cache.truncate(kCtx);
+    *attn_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     norm.add_forward(pool(), h, r, x);
     if (moe)
       moe->forward(pool(), x, r);
@@ -243,12 +248,14 @@ void BM_r1_layer_decode(benchmark::State& state) {
   Matrix<float> h(1, kD), x(1, kD), r(1, kD);
   std::size_t it = 0;
   double active = 0;
-  std::vector<double> t_decode, t_read;
+  std::vector<double> t_decode, t_read, t_attn;
+  double ta = 0;
   for (auto _ : state) {
     std::copy(hs[it % 16].data(), hs[it % 16].data() + kD, h.data());
     ++it;
     const auto t0 = std::chrono::steady_clock::now();
-    L.decode(h.view(), x.view(), r.view());
+    L.decode(h.view(), x.view(), r.view(), &ta);
+    t_attn.push_back(ta);
     benchmark::DoNotOptimize(h.data());
     t_decode.push_back(
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
@@ -263,6 +270,11 @@ void BM_r1_layer_decode(benchmark::State& state) {
   state.SetBytesProcessed(static_cast<int64_t>(bytes * n));
   state.counters["bytes"] = bytes;
   state.counters["median_ms"] = 1e3 * median(t_decode);
+  state.counters["attn_ms"] = 1e3 * median(t_attn);  // norm + MLA; the rest is the FFN
+  // The two halves against the same bandwidth: attention (its matrices + the cache), FFN.
+  const double attn_bytes = L.attn_weight_bytes + L.cache_bytes();
+  state.counters["attn_bw_frac"] = attn_bytes / median(t_attn) / bw;
+  state.counters["ffn_bw_frac"] = (bytes - attn_bytes) / (median(t_decode) - median(t_attn)) / bw;
   state.counters["GB_per_s"] = rate / 1e9;
   state.counters["read_GB_per_s"] = bw / 1e9;  // interleaved with the decode steps
   state.counters["bw_frac"] = rate / bw;
