@@ -1,13 +1,21 @@
-// tmoe init: a model folder with random weights of any shape: config.json (copied) and
-// model.safetensors in the dtype given (bf16 by default), deterministic per seed.
+// tmoe init: a model folder with random weights of any shape: config.json (copied from --config,
+// or written from a named --preset, models/presets.hpp) and model.safetensors in the dtype given
+// (bf16 by default), deterministic per seed. --config-only writes just config.json (the real
+// sizes do not fit in memory as random weights: R1 is 1.3 TB in bf16). A preset's FP8
+// quantization_config is dropped when random bf16/f16/f32 weights are written with it.
+#include <unistd.h>
+
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <string>
 
 #include "args.hpp"
 #include "commands.hpp"
 #include "tmoe/io/config.hpp"
+#include "tmoe/io/config_json.hpp"
 #include "tmoe/io/safetensors.hpp"
+#include "tmoe/models/presets.hpp"
 #include "tmoe/models/random_init.hpp"
 
 namespace tmoe::cli {
@@ -26,28 +34,51 @@ void write_random(const io::ModelConfig& c, std::uint64_t seed, const std::strin
 }  // namespace
 
 int cmd_init(const Argv& argv) {
-  Args args("init", argv, {"--config", "--output", "--seed", "--dtype"});
-  const std::string cfg_path = args.required("--config"), out = args.required("--output");
+  Args args("init", argv, {"--config", "--preset", "--output", "--seed", "--dtype"},
+            {"--config-only"});
+  check(args.has("--config") != args.has("--preset"), "init",
+        "give exactly one of --config and --preset");
+  const std::string out = args.required("--output");
   const std::string dtype = args.str("--dtype", "bf16");
   const auto seed = static_cast<std::uint64_t>(args.integer("--seed", 0));
-  const io::ModelConfig c = io::load_model_config(cfg_path);
+  const bool config_only = args.has("--config-only");
+  check(dtype == "bf16" || dtype == "f16" || dtype == "f32", "init", "unsupported --dtype '", dtype,
+        "' (bf16, f16, f32)");
+  const std::string cfg_path = args.str("--config");
+  io::ModelConfig c = args.has("--preset") ? models::preset(args.str("--preset")).config
+                                           : io::load_model_config(cfg_path);
   namespace fs = std::filesystem;
+  const fs::path cfg_out = fs::path(out) / "config.json";
+  const double bytes = double(models::count_params(c).total) * (dtype == "f32" ? 4.0 : 2.0);
+  const double ram = double(sysconf(_SC_PHYS_PAGES)) * double(sysconf(_SC_PAGESIZE));
+  check(config_only || 2.0 * bytes <= ram, "init", "random ", dtype, " weights of this model take ",
+        bytes / 1e9, " GB (twice that while writing), more than this machine's ", ram / 1e9,
+        " GB of memory; use --config-only");
   std::error_code ec;
   fs::create_directories(out, ec);
   check(!ec, "init", "cannot create folder '", out, "': ", ec.message());
-  fs::copy_file(
-      fs::is_directory(cfg_path) ? fs::path(cfg_path) / "config.json" : fs::path(cfg_path),
-      fs::path(out) / "config.json", fs::copy_options::overwrite_existing, ec);
-  check(!ec, "init", "cannot write ", (fs::path(out) / "config.json").string(), ": ", ec.message());
+  if (args.has("--preset")) {
+    if (!config_only) c.fp8 = false;  // the random weights are not FP8 blocks
+    std::ofstream f(cfg_out);
+    f << io::model_config_json(c).dump(2) << "\n";
+    check(f.good(), "init", "cannot write ", cfg_out.string());
+  } else {
+    fs::copy_file(
+        fs::is_directory(cfg_path) ? fs::path(cfg_path) / "config.json" : fs::path(cfg_path),
+        cfg_out, fs::copy_options::overwrite_existing, ec);
+    check(!ec, "init", "cannot write ", cfg_out.string(), ": ", ec.message());
+  }
+  if (config_only) {
+    std::fprintf(stderr, "[tmoe] wrote %s\n", cfg_out.string().c_str());
+    return 0;
+  }
   const std::string file = (fs::path(out) / "model.safetensors").string();
   if (dtype == "bf16")
     write_random<bf16>(c, seed, file);
   else if (dtype == "f16")
     write_random<f16>(c, seed, file);
-  else if (dtype == "f32")
-    write_random<float>(c, seed, file);
   else
-    fail("init", "unsupported --dtype '", dtype, "' (bf16, f16, f32)");
+    write_random<float>(c, seed, file);
   std::fprintf(stderr, "[tmoe] wrote %s with random %s weights (seed %llu)\n", out.c_str(),
                dtype.c_str(), static_cast<unsigned long long>(seed));
   return 0;

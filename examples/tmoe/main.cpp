@@ -23,8 +23,8 @@ commands:
   tokenize  --model PATH (--text TEXT | --file LIST.json)
   bench     --model PATH [-p N] [-n N] [-t THREADS] [-r REPS] [--json]
   quantize  --model PATH --type TYPE --output FILE.gguf
-  init      --config config.json --output FILE [--seed S]
-  info      print the CPU kernels chosen for this machine
+  init      (--config config.json | --preset NAME) --output DIR [--seed S] [--config-only]
+  info      [--preset NAME]  the CPU kernels chosen for this machine, or a preset's sizes
 
 PATH is a Hugging Face model folder (config.json, *.safetensors, tokenizer.json) or a .gguf file.
 Environment: TMOE_ISA=portable|avx2|avx512|avx512_vnni_bf16 forces a CPU kernel set.
