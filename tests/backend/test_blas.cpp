@@ -1,8 +1,8 @@
 // matmul of every ISA and weight type against the double-precision reference, on both kernels
 // (GEMV for T < kGemmMinRows, blocked GEMM above) and at shapes that leave tails everywhere: in
-// not a multiple of the SIMD width or of the GEMM depth block KC = 384, out not a multiple of the
+// not a multiple of the SIMD width or of the GEMM depth block KC = 256, out not a multiple of the
 // GEMV row group (4), the register tile's 2L rows of W (16 or 32) or the packed block of W (2048
-// rows), T not a multiple of the tile rows (6 or 12) or of the X block (180 or 360 rows). Bound
+// rows), T not a multiple of the tile rows (6 or 12) or of the X block (240 or 480 rows). Bound
 // per output: |y - ref| <= in * eps_f32 * sum_i |w_i x_i| (+|bias|): float32 accumulation in a
 // different order than the reference.
 #include <doctest/doctest.h>
@@ -53,9 +53,9 @@ TEST_CASE_TEMPLATE("matmul matches the reference on every ISA", WT, float, bf16,
 TEST_CASE_TEMPLATE("matmul crosses every GEMM block boundary", WT, float, bf16, f16) {
   ThreadPool pool(2);
   test::for_each_isa([&](const cpu::KernelTable& k) {
-    check_matmul<WT>(k, pool, 131, 1700, 13, true);  // 5 depth blocks, tails in every dim
-    check_matmul<WT>(k, pool, 70, 800, 130, false);  // 3 depth blocks, 130 rows of X
-    check_matmul<WT>(k, pool, 37, 390, 371, true);   // more rows of X than one X block
+    check_matmul<WT>(k, pool, 131, 1700, 13, true);  // 7 depth blocks, tails in every dim
+    check_matmul<WT>(k, pool, 70, 800, 130, false);  // 4 depth blocks, 130 rows of X
+    check_matmul<WT>(k, pool, 37, 390, 490, true);   // more rows of X than one X block
     check_matmul<WT>(k, pool, 257, 40, 5, true);     // GEMV with a row-group tail
     check_matmul<WT>(k, pool, 17000, 24, 6, false);  // chunks of > 2048 rows of W
   });

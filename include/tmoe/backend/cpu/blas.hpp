@@ -375,9 +375,9 @@ struct BlasImpl {
   //   X micro-panel: xp[k * MR + m] = X[t + m, k] (zeros past the last row).
   static constexpr std::size_t NR = 2 * L;
   static constexpr std::size_t MR = kAvx512 ? 12 : 6;
-  static constexpr std::size_t KC = 384;      // depth block: a W micro-panel (KC x NR) in L1
-  static constexpr std::size_t MC = 30 * MR;  // X block (MC x KC) in L2
-  static constexpr std::size_t NC = 2048;     // packed W block (NC x KC, 3 MiB) in L3
+  static constexpr std::size_t KC = 256;      // depth block: a W micro-panel (KC x NR) in L1
+  static constexpr std::size_t MC = 40 * MR;  // X block (MC x KC) in L2
+  static constexpr std::size_t NC = 2048;     // packed W block (NC x KC, 2 MiB) in L3
 
   // y[m*ldy + n] (+)= sum_k xp[k*MR + m] * wp[k*NR + n] for m < mr, n < nr.
   static void tile(const float* TMOE_RESTRICT xp, const float* TMOE_RESTRICT wp, std::size_t kc,

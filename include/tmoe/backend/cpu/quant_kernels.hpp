@@ -18,8 +18,11 @@
 //     rows_fp8_block_table is the same product with a 256-entry float table and gathers, kept to
 //     measure the two decodes against each other (bench_quant).
 // The portable TU runs scalar loops with the same arithmetic (integer block sums, float
-// accumulation). Matrix kernels tile output rows x tokens (16 x 32) and call the row dot product;
-// the weight tile stays in L1/L2 across the tokens of a prefill.
+// accumulation). rows<F> tiles output rows x tokens (16 x 32) and calls the row dot product.
+// gemm<F> (prefill, T >= kQuantGemmMinT): 16 rows x 256 columns of W at a time dequantized to
+// float (SIMD for Q8_0 / Q4_0, the format's dequantize_block otherwise), packed and multiplied by
+// the float GEMM's register tile (blas.hpp), so each weight is decoded once per call, not once
+// per token.
 #pragma once
 
 #include <algorithm>
@@ -28,6 +31,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "tmoe/backend/cpu/blas.hpp"
 #include "tmoe/backend/cpu/simd.hpp"
 #include "tmoe/quant/formats.hpp"
 
@@ -57,6 +61,15 @@ template <class F>
 using QuantRowsFn = void (*)(const quant::QuantMatrixView<F>& w, const QuantActs& a, float* y,
                              std::size_t ldy, std::size_t o_begin, std::size_t o_end);
 
+// The prefill GEMM (T >= kQuantGemmMinT): rows [o_begin, o_end) of w times T float activations
+// packed by BlasKernels::gemm_pack_x.
+template <class F>
+using QuantGemmFn = void (*)(const quant::QuantMatrixView<F>& w, const float* xp, std::size_t T,
+                             float* y, std::size_t ldy, std::size_t o_begin, std::size_t o_end);
+
+// From this many tokens on, matmul_quant runs the dequantizing GEMM instead of per-token dots.
+inline constexpr std::size_t kQuantGemmMinT = 16;
+
 struct QuantKernels {
   // Quantizes x[0 .. n) to ceil(n / 32) activation blocks (the last one zero padded).
   void (*quantize_act)(const float* x, std::size_t n, quant::BlockQ8Act* out);
@@ -68,6 +81,13 @@ struct QuantKernels {
   QuantRowsFn<quant::Int8Row> rows_int8_row;
   QuantRowsFn<quant::Fp8Block> rows_fp8_block;
   QuantRowsFn<quant::Fp8Block> rows_fp8_block_table;
+  QuantGemmFn<quant::Q8_0> gemm_q8_0;
+  QuantGemmFn<quant::Q4_0> gemm_q4_0;
+  QuantGemmFn<quant::Q4_K> gemm_q4_k;
+  QuantGemmFn<quant::Q6_K> gemm_q6_k;
+  QuantGemmFn<quant::NF4> gemm_nf4;
+  QuantGemmFn<quant::Int8Row> gemm_int8_row;
+  QuantGemmFn<quant::Fp8Block> gemm_fp8_block;
 };
 
 template <class Arch>
@@ -519,6 +539,102 @@ struct QuantImpl {
     return table.v;
   }
 
+  // ---- prefill GEMM: weights dequantized to float, the float GEMM's register tile -------------
+  // For T >= kQuantGemmMinT tokens (matmul_quant): a block of NR rows x KC columns of W is
+  // dequantized once into float (L1), transposed into the float GEMM's packed panels
+  // (BlasImpl::pack_w) and multiplied with every token through BlasImpl::tile, X packed once
+  // per call (BlasKernels::gemm_pack_x). Activations stay float (no Q8 rounding); the weights'
+  // decode costs O(out * in) per call instead of O(T * out * in).
+  using G = BlasImpl<Arch>;
+  static_assert(G::KC % 256 == 0, "the GEMM depth block must hold whole super-blocks");
+
+  // out[0 .. n) = dequantized columns [c0, c0 + n) of row o; c0 is a multiple of KC (so of the
+  // block size), n a multiple of the block size or the rest of the row.
+  template <class F>
+  static void dequant_segment(const quant::QuantMatrixView<F>& w, std::size_t o, std::size_t c0,
+                              std::size_t n, float* out) {
+    const auto* row = w.row(o);
+    if constexpr (std::is_same_v<F, quant::Int8Row>) {
+      const float s = w.scales[o];
+      for (std::size_t c = 0; c < n; ++c) out[c] = s * static_cast<float>(row[c0 + c]);
+    } else if constexpr (std::is_same_v<F, quant::Fp8Block>) {
+      const float* s = w.scales + (o / 128) * w.scale_stride;
+      for (std::size_t c = 0; c < n; ++c) out[c] = row[c0 + c].to_float() * s[(c0 + c) / 128];
+    } else {
+      const std::size_t b0 = c0 / F::kBlockSize, nb = (n + F::kBlockSize - 1) / F::kBlockSize;
+#if defined(TMOE_QUANT_AVX2)
+      if constexpr (std::is_same_v<F, quant::Q8_0>) {
+        for (std::size_t b = 0; b < nb; ++b, out += 32) {
+          const __m256 d = _mm256_set1_ps(half(row[b0 + b].d.bits));
+          for (int j = 0; j < 32; j += 8) {
+            const __m128i q = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(row[b0 + b].qs + j));
+            _mm256_storeu_ps(out + j,
+                             _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), d));
+          }
+        }
+        return;
+      } else if constexpr (std::is_same_v<F, quant::Q4_0>) {
+        const __m128i m4 = _mm_set1_epi8(15), k8 = _mm_set1_epi8(8);
+        for (std::size_t b = 0; b < nb; ++b, out += 32) {
+          const __m256 d = _mm256_set1_ps(half(row[b0 + b].d.bits));
+          const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row[b0 + b].qs));
+          const __m128i lo = _mm_sub_epi8(_mm_and_si128(raw, m4), k8);
+          const __m128i hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(raw, 4), m4), k8);
+          auto put = [&](__m128i q, float* p) {
+            _mm256_storeu_ps(p, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), d));
+            _mm256_storeu_ps(
+                p + 8,
+                _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q, 8))), d));
+          };
+          put(lo, out);
+          put(hi, out + 16);
+        }
+        return;
+      }
+#endif
+      for (std::size_t b = 0; b < nb; ++b)
+        quant::QuantTraits<F>::dequantize_block(row[b0 + b], out + b * F::kBlockSize);
+    }
+  }
+
+  // y[t * ldy + o] for o in [o_begin, o_end), t < T, from X packed by BlasKernels::gemm_pack_x.
+  template <class F>
+  static void gemm(const quant::QuantMatrixView<F>& w, const float* xp, std::size_t T, float* y,
+                   std::size_t ldy, std::size_t o_begin, std::size_t o_end) {
+    constexpr std::size_t KC = G::KC, NR = G::NR, MR = G::MR, MC = G::MC, NC = G::NC;
+    const std::size_t in = w.cols;
+    if (in == 0) {
+      for (std::size_t t = 0; t < T; ++t)
+        std::fill(y + t * ldy + o_begin, y + t * ldy + o_end, 0.f);
+      return;
+    }
+    thread_local detail::ScratchBuffer scratch_w, scratch_rows;
+    float* wp = scratch_w.get(NC * KC);       // packed W block (nc, kc)
+    float* rows = scratch_rows.get(NR * KC);  // NR dequantized rows (nr, kc)
+    const std::size_t n_blocks = (o_end - o_begin + NC - 1) / NC;
+    const std::size_t nc_step = ((o_end - o_begin + n_blocks - 1) / n_blocks + NR - 1) / NR * NR;
+    for (std::size_t jc = o_begin; jc < o_end; jc += nc_step) {
+      const std::size_t nc = std::min(nc_step, o_end - jc);
+      for (std::size_t p = 0, pc = 0; pc < in; ++p, pc += KC) {
+        const std::size_t kc = std::min(KC, in - pc);
+        for (std::size_t jr = 0; jr < nc; jr += NR) {
+          const std::size_t nr = std::min(NR, nc - jr);
+          for (std::size_t r = 0; r < nr; ++r)
+            dequant_segment(w, jc + jr + r, pc, kc, rows + r * kc);
+          G::pack_w(rows, kc, nr, kc, wp + jr * kc);
+        }
+        const float* xblock = xp + p * G::x_block_stride(T);
+        for (std::size_t ic = 0; ic < T; ic += MC) {
+          const std::size_t mc = std::min(MC, T - ic);
+          for (std::size_t jr = 0; jr < nc; jr += NR)
+            for (std::size_t ir = 0; ir < mc; ir += MR)
+              G::tile(xblock + (ic + ir) * kc, wp + jr * kc, kc, y + (ic + ir) * ldy + jc + jr, ldy,
+                      std::min(MR, mc - ir), std::min(NR, nc - jr), pc > 0);
+        }
+      }
+    }
+  }
+
   // ---- matrix driver: tiles of 16 output rows x 32 tokens -------------------------------------
   template <class F, bool kTable = false>
   static void rows(const quant::QuantMatrixView<F>& w, const QuantActs& a, float* y,
@@ -574,6 +690,13 @@ QuantKernels make_quant_kernels() {
   k.rows_int8_row = &I::template rows<quant::Int8Row>;
   k.rows_fp8_block = &I::template rows<quant::Fp8Block>;
   k.rows_fp8_block_table = &I::template rows<quant::Fp8Block, true>;
+  k.gemm_q8_0 = &I::template gemm<quant::Q8_0>;
+  k.gemm_q4_0 = &I::template gemm<quant::Q4_0>;
+  k.gemm_q4_k = &I::template gemm<quant::Q4_K>;
+  k.gemm_q6_k = &I::template gemm<quant::Q6_K>;
+  k.gemm_nf4 = &I::template gemm<quant::NF4>;
+  k.gemm_int8_row = &I::template gemm<quant::Int8Row>;
+  k.gemm_fp8_block = &I::template gemm<quant::Fp8Block>;
   return k;
 }
 
