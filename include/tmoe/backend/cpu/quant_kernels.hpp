@@ -8,6 +8,9 @@
 //     sum_i (q_i - 32) a_i = sum_i q_i a_i - 32 sum_i a_i; Q4_0 and Q8_0 use the sign trick
 //     |w| * (sign(w) a) to keep maddubs' unsigned operand non-negative. No int16 overflow: maddubs
 //     pairs stay below 2 * 63 * 127 (unsigned codes) or 2 * 128 * 127 (sign trick).
+//     The GEMV runs Q4_0 and Q8_0 four rows at a time (dot4: one activation load and one F16C
+//     conversion of the four weight scales per block; Q4_0 with its unsigned codes and 8 * sum(a)
+//     subtracted from the block's integer sum, no sign trick).
 //     Q4_K builds its 8 sub-block scales as one float vector per super-block (6-bit unpack by
 //     32-bit masks) and broadcasts each with a lane permute.
 //   NF4: float activations; codes decoded with two 8-entry permutes and a blend on bit 3.
@@ -337,6 +340,52 @@ struct QuantImpl {
 #endif
   }
 
+#if defined(TMOE_QUANT_AVX2)
+  // Four rows of Q4_0 / Q8_0 against one activation row: each activation block is loaded once
+  // for the four. Q4_0 uses the unsigned codes q (0..15) as maddubs' unsigned operand and
+  // subtracts 8 * sum(a) from lane 0 of the block's int32 sums (exact integers, as the sign
+  // trick); the scales d_w * d_a are formed for the four rows with one F16C conversion.
+  template <class Blk>
+  static void dot4(const Blk* w0, std::size_t ldb, const Act* a, std::size_t nb, float* out) {
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                     _mm256_setzero_ps()};
+    const __m256i m4 = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
+    const __m256i shift = _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4);
+    for (std::size_t b = 0; b < nb; ++b) {
+      const __m256i aq = load32(a[b].qs);
+      const __m128i dh =
+          _mm_setr_epi16(static_cast<short>(w0[b].d.bits), static_cast<short>(w0[ldb + b].d.bits),
+                         static_cast<short>(w0[2 * ldb + b].d.bits),
+                         static_cast<short>(w0[3 * ldb + b].d.bits), 0, 0, 0, 0);
+      const __m128 s4 = _mm_mul_ps(_mm_cvtph_ps(dh), _mm_set1_ps(a[b].d));
+      const __m256 s8 = _mm256_set_m128(s4, s4);
+      if constexpr (std::is_same_v<Blk, quant::BlockQ4_0>) {
+        const __m256i c8 =
+            _mm256_castsi128_si256(_mm_cvtsi32_si128(8 * (a[b].sum[0] + a[b].sum[1])));
+        for (int r = 0; r < 4; ++r) {
+          const __m256i raw = _mm256_broadcastsi128_si256(
+              _mm_loadu_si128(reinterpret_cast<const __m128i*>(w0[r * ldb + b].qs)));
+          const __m256i q = _mm256_and_si256(_mm256_srlv_epi32(raw, shift), m4);
+          const __m256i p =
+              _mm256_sub_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(q, aq), ones), c8);
+          acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p),
+                                   _mm256_permutevar8x32_ps(s8, _mm256_set1_epi32(r)), acc[r]);
+        }
+      } else {
+        for (int r = 0; r < 4; ++r) {
+          const __m256i wq = load32(w0[r * ldb + b].qs);
+          const __m256i p = dot_us(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(aq, wq));
+          acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p),
+                                   _mm256_permutevar8x32_ps(s8, _mm256_set1_epi32(r)), acc[r]);
+        }
+      }
+    }
+    // Four horizontal sums at once.
+    const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(acc[0], acc[1]), _mm256_hadd_ps(acc[2], acc[3]));
+    _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
+  }
+#endif
+
   // ---- Int8Row (one scale per row, applied by the caller) ------------------------------------
   static float dot_i8(const std::int8_t* w, const Act* a, std::size_t cols) {
     const std::size_t nb = cols / 32;
@@ -652,6 +701,13 @@ struct QuantImpl {
               dot_fp8_pair(w.row(o), w.row(o + 1), w.scales + (o / 128) * w.scale_stride,
                            w.scales + ((o + 1) / 128) * w.scale_stride, a.x + t * a.ldx, w.cols,
                            y[t * ldy + o], y[t * ldy + o + 1]);
+        if constexpr (std::is_same_v<F, quant::Q4_0> || std::is_same_v<F, quant::Q8_0>)
+          for (; o + 4 <= oe; o += 4)
+            for (std::size_t t = tb; t < te; ++t) {
+              float s[4];
+              dot4(w.row(o), w.row_stride, a.q + t * a.ldq, w.blocks_per_row(), s);
+              for (int r = 0; r < 4; ++r) y[t * ldy + o + r] = s[r];
+            }
 #endif
         for (; o < oe; ++o)
           for (std::size_t t = tb; t < te; ++t) y[t * ldy + o] = dot_row<F, kTable>(w, o, a, t);
