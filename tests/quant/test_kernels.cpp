@@ -162,7 +162,7 @@ TEST_CASE_TEMPLATE("quantized matmul matches the reference on every ISA (Int8Row
   });
 }
 
-TEST_CASE("edge values: max magnitudes, zeros, subnormal FP8") {
+TEST_CASE("edge values: max magnitudes, zeros, subnormal and NaN FP8") {
   ThreadPool pool(2);
   test::for_each_isa([&](const cpu::KernelTable& k) {
     const std::size_t in = 64;
@@ -195,6 +195,25 @@ TEST_CASE("edge values: max magnitudes, zeros, subnormal FP8") {
       cpu::matmul_quant<Fp8Block>(pool, w.view(), x.cview(), y.view(), k);
       CHECK(y(0, 0) == 0.f);
       CHECK(y(0, 1) == 0.f);
+    }
+    {  // FP8 NaN weights (0x7f, 0xff) give NaN outputs like the reference, in the GEMV (full and
+       // partial 128-column blocks, one row and row pairs) and in the prefill GEMM
+      for (std::size_t cols : {std::size_t{300}, std::size_t{256}})
+        for (std::size_t T : {std::size_t{1}, std::size_t{17}}) {
+          QuantMatrix<Fp8Block> w(3, cols);
+          for (std::size_t i = 0; i < 3 * cols; ++i) w.blocks()[i] = f8_e4m3::from_float(0.5f);
+          w.blocks()[0 * cols + 5] = f8_e4m3::from_bits(0x7f);          // full block, row pair
+          w.blocks()[2 * cols + cols - 30] = f8_e4m3::from_bits(0xff);  // last block, single row
+          std::fill_n(w.scales(), (cols + 127) / 128, 1.0f);
+          Matrix<float> xx(T, cols), yy(T, 3);
+          for (std::size_t i = 0; i < T * cols; ++i) xx.data()[i] = 1.0f;
+          cpu::matmul_quant<Fp8Block>(pool, w.view(), xx.cview(), yy.view(), k);
+          for (std::size_t t = 0; t < T; ++t) {
+            CHECK(std::isnan(yy(t, 0)));
+            CHECK(yy(t, 1) == doctest::Approx(0.5 * double(cols)));
+            CHECK(std::isnan(yy(t, 2)));
+          }
+        }
     }
   });
 }

@@ -17,7 +17,9 @@
 //   Fp8Block: float activations; e4m3 decoded as f16 (S.EEEE.MMM -> S.0EEEE.MMM0000000, exact
 //     for normals and subnormals, value / 256) and widened by F16C; the 2^8 is folded into the
 //     128-column block's scale; the GEMV runs two rows per pass so each x vector is loaded once
-//     for both. The e4m3 NaN pattern decodes to 480 (checkpoints hold no NaN).
+//     for both. The bit trick alone would decode the e4m3 NaN pattern (S.1111.111) as 480, so
+//     each 32-byte load also folds max(byte | 0x80) into a flag vector (two integer ops) and a
+//     row holding a NaN weight gives NaN, as in the reference.
 //     rows_fp8_block_table is the same product with a 256-entry float table and gathers, kept to
 //     measure the two decodes against each other (bench_quant).
 // The portable TU runs scalar loops with the same arithmetic (integer block sums, float
@@ -33,6 +35,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 
 #include "tmoe/backend/cpu/blas.hpp"
 #include "tmoe/backend/cpu/simd.hpp"
@@ -463,6 +466,8 @@ struct QuantImpl {
 #if defined(TMOE_QUANT_AVX2)
     __m256 acc = _mm256_setzero_ps();
     const __m128i keep = _mm_set1_epi16(static_cast<short>(0xbfff));
+    const __m128i top = _mm_set1_epi8(static_cast<char>(0x80));
+    __m128i nan = _mm_setzero_si128();  // bytewise max of (weight | 0x80): 0xff iff a NaN
 #endif
     for (std::size_t c0 = 0; c0 < cols; c0 += 128) {
       const std::size_t n = std::min<std::size_t>(128, cols - c0);
@@ -477,6 +482,7 @@ struct QuantImpl {
           v0 = _mm256_i32gather_ps(fp8_table(), _mm256_cvtepu8_epi32(raw), 4);
           v1 = _mm256_i32gather_ps(fp8_table(), _mm256_cvtepu8_epi32(_mm_srli_si128(raw, 8)), 4);
         } else {
+          nan = _mm_max_epu8(nan, _mm_or_si128(raw, top));
           v0 = _mm256_cvtph_ps(
               _mm_and_si128(_mm_srai_epi16(_mm_unpacklo_epi8(_mm_setzero_si128(), raw), 1), keep));
           v1 = _mm256_cvtph_ps(
@@ -490,6 +496,9 @@ struct QuantImpl {
         __m256 b2 = _mm256_setzero_ps(), b3 = _mm256_setzero_ps();
         for (; i < 128; i += 32) {
           const __m256i raw = load32(p + i);
+          nan = _mm_max_epu8(nan, _mm_or_si128(_mm_max_epu8(_mm256_castsi256_si128(raw),
+                                                            _mm256_extracti128_si256(raw, 1)),
+                                               top));
           const __m256i lo = _mm256_and_si256(
               _mm256_srai_epi16(_mm256_unpacklo_epi8(_mm256_setzero_si256(), raw), 1), keep2);
           const __m256i hi = _mm256_and_si256(
@@ -523,6 +532,8 @@ struct QuantImpl {
     }
 #if defined(TMOE_QUANT_AVX2)
     tail += hsum(acc);
+    if (!kTable && _mm_movemask_epi8(_mm_cmpeq_epi8(nan, _mm_set1_epi8(-1))))
+      return std::numeric_limits<float>::quiet_NaN();
 #endif
     return tail;
   }
@@ -532,11 +543,14 @@ struct QuantImpl {
   static void dot_fp8_pair(const f8_e4m3* w0, const f8_e4m3* w1, const float* s0, const float* s1,
                            const float* x, std::size_t cols, float& y0, float& y1) {
     const __m256i keep = _mm256_set1_epi16(static_cast<short>(0xbfff));
+    const __m256i top = _mm256_set1_epi8(static_cast<char>(0x80));
     const std::size_t nfull = cols / 128;
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    __m256i nan0 = _mm256_setzero_si256(), nan1 = _mm256_setzero_si256();  // as in dot_fp8
     // e4m3 -> f16 / 256 for 32 bytes; lanes as in dot_fp8 (0..7 | 16..23 and 8..15 | 24..31).
-    auto decode = [&](const std::uint8_t* p, __m256i& lo, __m256i& hi) {
+    auto decode = [&](const std::uint8_t* p, __m256i& lo, __m256i& hi, __m256i& nan) {
       const __m256i raw = load32(p);
+      nan = _mm256_max_epu8(nan, _mm256_or_si256(raw, top));
       lo = _mm256_and_si256(_mm256_srai_epi16(_mm256_unpacklo_epi8(_mm256_setzero_si256(), raw), 1),
                             keep);
       hi = _mm256_and_si256(_mm256_srai_epi16(_mm256_unpackhi_epi8(_mm256_setzero_si256(), raw), 1),
@@ -552,12 +566,12 @@ struct QuantImpl {
         const __m256 x0 = _mm256_loadu_ps(xi), x1 = _mm256_loadu_ps(xi + 8),
                      x2 = _mm256_loadu_ps(xi + 16), x3 = _mm256_loadu_ps(xi + 24);
         __m256i lo, hi;
-        decode(p0 + i, lo, hi);
+        decode(p0 + i, lo, hi, nan0);
         a0 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm256_castsi256_si128(lo)), x0, a0);
         a1 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm256_castsi256_si128(hi)), x1, a1);
         a0 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm256_extracti128_si256(lo, 1)), x2, a0);
         a1 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm256_extracti128_si256(hi, 1)), x3, a1);
-        decode(p1 + i, lo, hi);
+        decode(p1 + i, lo, hi, nan1);
         c0 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm256_castsi256_si128(lo)), x0, c0);
         c1 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm256_castsi256_si128(hi)), x1, c1);
         c0 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm256_extracti128_si256(lo, 1)), x2, c0);
@@ -566,8 +580,11 @@ struct QuantImpl {
       acc0 = _mm256_fmadd_ps(_mm256_add_ps(a0, a1), _mm256_set1_ps(s0[kb] * 256.f), acc0);
       acc1 = _mm256_fmadd_ps(_mm256_add_ps(c0, c1), _mm256_set1_ps(s1[kb] * 256.f), acc1);
     }
-    y0 = hsum(acc0);
-    y1 = hsum(acc1);
+    const __m256i ff = _mm256_set1_epi8(-1);
+    y0 = _mm256_movemask_epi8(_mm256_cmpeq_epi8(nan0, ff)) ? std::numeric_limits<float>::quiet_NaN()
+                                                           : hsum(acc0);
+    y1 = _mm256_movemask_epi8(_mm256_cmpeq_epi8(nan1, ff)) ? std::numeric_limits<float>::quiet_NaN()
+                                                           : hsum(acc1);
     if (cols % 128) {
       const std::size_t c = nfull * 128;
       y0 += dot_fp8<false>(w0 + c, s0 + nfull, x + c, cols - c);
