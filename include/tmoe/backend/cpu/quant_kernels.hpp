@@ -25,9 +25,9 @@
 // The portable TU runs scalar loops with the same arithmetic (integer block sums, float
 // accumulation). rows<F> tiles output rows x tokens (16 x 32) and calls the row dot product.
 // gemm<F> (prefill, T >= kQuantGemmMinT): 16 rows x 256 columns of W at a time dequantized to
-// float (SIMD for Q8_0 / Q4_0, the format's dequantize_block otherwise), packed and multiplied by
-// the float GEMM's register tile (blas.hpp), so each weight is decoded once per call, not once
-// per token.
+// float (SIMD for Q8_0 / Q4_0 / Q4_K / Q6_K / Fp8Block, dequantize_block otherwise), packed and
+// multiplied by the float GEMM's register tile (blas.hpp), so each weight is decoded once per call,
+// not once per token.
 #pragma once
 
 #include <algorithm>
@@ -625,7 +625,29 @@ struct QuantImpl {
       for (std::size_t c = 0; c < n; ++c) out[c] = s * static_cast<float>(row[c0 + c]);
     } else if constexpr (std::is_same_v<F, quant::Fp8Block>) {
       const float* s = w.scales + (o / 128) * w.scale_stride;
-      for (std::size_t c = 0; c < n; ++c) out[c] = row[c0 + c].to_float() * s[(c0 + c) / 128];
+      std::size_t c = 0;
+#if defined(TMOE_QUANT_AVX2)
+      // 16 at a time with the f16 bit trick (dot_fp8); c0 is a multiple of 256, so a group of 16
+      // never straddles a 128-column scale block. Groups holding a NaN pattern go the scalar way.
+      const __m128i keep = _mm_set1_epi16(static_cast<short>(0xbfff));
+      const __m128i top = _mm_set1_epi8(static_cast<char>(0x80)), ff = _mm_set1_epi8(-1);
+      for (; c + 16 <= n; c += 16) {
+        const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + c0 + c));
+        if (_mm_movemask_epi8(_mm_cmpeq_epi8(_mm_or_si128(raw, top), ff))) {
+          for (std::size_t j = c; j < c + 16; ++j)
+            out[j] = row[c0 + j].to_float() * s[(c0 + j) / 128];
+          continue;
+        }
+        const __m256 sc = _mm256_set1_ps(s[(c0 + c) / 128] * 256.f);
+        const __m128i lo =
+            _mm_and_si128(_mm_srai_epi16(_mm_unpacklo_epi8(_mm_setzero_si128(), raw), 1), keep);
+        const __m128i hi =
+            _mm_and_si128(_mm_srai_epi16(_mm_unpackhi_epi8(_mm_setzero_si128(), raw), 1), keep);
+        _mm256_storeu_ps(out + c, _mm256_mul_ps(_mm256_cvtph_ps(lo), sc));
+        _mm256_storeu_ps(out + c + 8, _mm256_mul_ps(_mm256_cvtph_ps(hi), sc));
+      }
+#endif
+      for (; c < n; ++c) out[c] = row[c0 + c].to_float() * s[(c0 + c) / 128];
     } else {
       const std::size_t b0 = c0 / F::kBlockSize, nb = (n + F::kBlockSize - 1) / F::kBlockSize;
 #if defined(TMOE_QUANT_AVX2)
@@ -654,6 +676,60 @@ struct QuantImpl {
           };
           put(lo, out);
           put(hi, out + 16);
+        }
+        return;
+      } else if constexpr (std::is_same_v<F, quant::Q4_K>) {
+        // Sub-block 2c: low nibbles of qs[32c .. 32c + 32), sub-block 2c + 1: high nibbles.
+        for (std::size_t b = 0; b < nb; ++b, out += 256) {
+          const quant::BlockQ4_K& x = row[b0 + b];
+          const float d = half(x.d.bits), dmin = half(x.dmin.bits);
+          for (int sb = 0; sb < 8; ++sb) {
+            int sc, m;
+            quant::q4k_scale_min(x.scales, sb, sc, m);
+            const __m256 vd = _mm256_set1_ps(d * static_cast<float>(sc)),
+                         vm = _mm256_set1_ps(dmin * static_cast<float>(m));
+            const std::uint8_t* q = x.qs + 32 * (sb / 2);
+            for (int j = 0; j < 32; j += 8) {
+              __m256i v =
+                  _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q + j)));
+              v = sb % 2 ? _mm256_srli_epi32(v, 4) : _mm256_and_si256(v, _mm256_set1_epi32(15));
+              _mm256_storeu_ps(out + 32 * sb + j, _mm256_fmsub_ps(_mm256_cvtepi32_ps(v), vd, vm));
+            }
+          }
+        }
+        return;
+      } else if constexpr (std::is_same_v<F, quant::Q6_K>) {
+        // Codes of 32 consecutive elements as in dot(BlockQ6_K): q[g] covers 128h + 32g .. + 32.
+        const __m256i m4 = _mm256_set1_epi8(15), m30 = _mm256_set1_epi8(0x30);
+        for (std::size_t b = 0; b < nb; ++b, out += 256) {
+          const quant::BlockQ6_K& x = row[b0 + b];
+          const float d = half(x.d.bits);
+          for (int h = 0; h < 2; ++h) {
+            const __m256i ql0 = load32(x.ql + 64 * h), ql1 = load32(x.ql + 64 * h + 32);
+            const __m256i qh = load32(x.qh + 32 * h);
+            alignas(32) std::uint8_t q[4][32];
+            _mm256_store_si256(reinterpret_cast<__m256i*>(q[0]),
+                               _mm256_or_si256(_mm256_and_si256(ql0, m4),
+                                               _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30)));
+            _mm256_store_si256(reinterpret_cast<__m256i*>(q[1]),
+                               _mm256_or_si256(_mm256_and_si256(ql1, m4),
+                                               _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30)));
+            _mm256_store_si256(reinterpret_cast<__m256i*>(q[2]),
+                               _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
+                                               _mm256_and_si256(qh, m30)));
+            _mm256_store_si256(reinterpret_cast<__m256i*>(q[3]),
+                               _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                                               _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30)));
+            for (int g = 0; g < 4; ++g)
+              for (int j = 0; j < 32; j += 8) {
+                const int e = 128 * h + 32 * g + j;
+                const __m256 sc = _mm256_set1_ps(d * static_cast<float>(x.scales[e / 16]));
+                const __m256i v = _mm256_sub_epi32(_mm256_cvtepu8_epi32(_mm_loadl_epi64(
+                                                       reinterpret_cast<const __m128i*>(q[g] + j))),
+                                                   _mm256_set1_epi32(32));
+                _mm256_storeu_ps(out + e, _mm256_mul_ps(_mm256_cvtepi32_ps(v), sc));
+              }
+          }
         }
         return;
       }
