@@ -3,7 +3,7 @@
 //   matmul_quant<F>(pool, W, X, Y):  Y[t, o] = sum_i X[t, i] * dequant(W)[o, i]
 //     W: QuantMatrixView<F> (out, in) for F in quant/formats.hpp (Q8_0, Q4_0, Q4_K, Q6_K, NF4,
 //        Int8Row, Fp8Block); X: (T, in) float; Y: (T, out) float. Mirrors cpu::matmul (ops.hpp):
-//        T < kQuantGemmMinT (16): per-token dot products in 16 x 32 tiles of rows x tokens (the
+//        T < kQuantGemmMinT (24): per-token dot products in 16 x 32 tiles of rows x tokens (the
 //        decode GEMV at T == 1); T >= kQuantGemmMinT: the prefill GEMM, weights dequantized
 //        once per call into the float GEMM's packed panels, X packed once and shared.
 //     Below kQuantGemmMinT the integer formats quantize X per 32 to BlockQ8Act first (a
