@@ -1,10 +1,10 @@
 // matmul of every ISA and weight type against the double-precision reference, on both kernels
 // (GEMV for T < kGemmMinRows, blocked GEMM above) and at shapes that leave tails everywhere: in
-// not a multiple of the SIMD width or of the GEMM depth block KC = 768, out not a multiple of the
-// GEMV row group (4), the register tile (4 or 6) or the packed block of W (1020 rows), T not a
-// multiple of the tile rows (3 or 4) or of the X block (96 or 128 rows). Bound per output: |y -
-// ref| <= in * eps_f32 * sum_i |w_i x_i| (+|bias|): float32 accumulation in a different order than
-// the reference.
+// not a multiple of the SIMD width or of the GEMM depth block KC = 256, out not a multiple of the
+// GEMV row group (4), the register tile's 2L rows of W (16 or 32) or the packed block of W (2048
+// rows), T not a multiple of the tile rows (6 or 12) or of the X block (240 or 480 rows). Bound
+// per output: |y - ref| <= in * eps_f32 * sum_i |w_i x_i| (+|bias|): float32 accumulation in a
+// different order than the reference.
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -45,7 +45,7 @@ TEST_CASE_TEMPLATE("matmul matches the reference on every ISA", WT, float, bf16,
   test::for_each_isa([&](const cpu::KernelTable& k) {
     for (std::size_t out : {1u, 5u, 33u, 64u})
       for (std::size_t in : {1u, 7u, 16u, 31u, 100u, 257u})
-        for (std::size_t T : {1u, 3u, 6u, 8u})
+        for (std::size_t T : {1u, 3u, 5u, 6u, 7u, 8u, 12u, 13u})
           check_matmul<WT>(k, pool, out, in, T, (out + in) % 2 == 0);
   });
 }
@@ -53,10 +53,11 @@ TEST_CASE_TEMPLATE("matmul matches the reference on every ISA", WT, float, bf16,
 TEST_CASE_TEMPLATE("matmul crosses every GEMM block boundary", WT, float, bf16, f16) {
   ThreadPool pool(2);
   test::for_each_isa([&](const cpu::KernelTable& k) {
-    check_matmul<WT>(k, pool, 131, 1700, 13, true);  // 3 depth blocks, tails in every dim
-    check_matmul<WT>(k, pool, 70, 800, 130, false);  // more rows of X than one X block
+    check_matmul<WT>(k, pool, 131, 1700, 13, true);  // 7 depth blocks, tails in every dim
+    check_matmul<WT>(k, pool, 70, 800, 130, false);  // 4 depth blocks, 130 rows of X
+    check_matmul<WT>(k, pool, 37, 390, 490, true);   // more rows of X than one X block
     check_matmul<WT>(k, pool, 257, 40, 5, true);     // GEMV with a row-group tail
-    check_matmul<WT>(k, pool, 8500, 24, 6, false);   // chunks of > 1020 rows of W
+    check_matmul<WT>(k, pool, 17000, 24, 6, false);  // chunks of > 2048 rows of W
   });
 }
 

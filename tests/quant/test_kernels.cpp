@@ -1,11 +1,13 @@
 // Quantized matmul kernels of every format and ISA against the scalar reference.
 // Bounds (per output y[t, o], eps = float epsilon):
-//   integer formats vs reference::matmul_quant_q8act (same Q8 activations, double sums):
+//   integer formats, T < kQuantGemmMinT, vs reference::matmul_quant_q8act (same Q8 activations,
+//   double sums):
 //     |y - r| <= (in / 16 + 24) * eps * M,  M = sum_i (|w_i| + |offset term_i|) * |xq_i|
 //   every format vs the exact product with float x, reference::matmul_quant:
 //     |y - r| <= sum_i |w_i| * e_i + (in / 16 + 24) * eps * M',  e_i = d_act(i) / 2 for the integer
 //     formats (activation rounding), 0 for NF4 / Fp8Block; M' = sum_i |w_i x_i| (+ M), times 2
-//     for NF4 / Fp8Block.
+//     for NF4 / Fp8Block and for the prefill GEMM (T >= kQuantGemmMinT, float activations, e_i =
+//     0).
 // Weights are random bytes (every code, scale and min, including Q8's -128 and Q6_K's scale
 // -128) with random finite f16 scales, so the kernels are tested independently of the quantizers.
 #include <doctest/doctest.h>
@@ -102,7 +104,7 @@ void check_format(const cpu::KernelTable& k, ThreadPool& pool, std::size_t out, 
     for (std::size_t i = 0; i < in; ++i) xq[i] = act[i / 32].d * act[i / 32].qs[i % 32];
     for (std::size_t o = 0; o < out; ++o) {
       const double slack = (double(in) / 16 + 24) * kEps;
-      if constexpr (kUsesQ8Act<F>) {
+      if (kUsesQ8Act<F> && T < cpu::kQuantGemmMinT) {
         const double m = term_magnitude(w.view(), o, xq.data());
         REQUIRE(std::abs(double(y(t, o)) - r8(t, o)) <= slack * m + 1e-30);
         dequantize_row(w.view(), o, row.data());
@@ -111,7 +113,7 @@ void check_format(const cpu::KernelTable& k, ThreadPool& pool, std::size_t out, 
           act_err += std::abs(double(row[i])) * act[i / 32].d * 0.5;
         REQUIRE(std::abs(double(y(t, o)) - exact(t, o)) <=
                 act_err * (1 + 1e-5) + slack * m + 1e-30);
-      } else {
+      } else {  // float activations (NF4, Fp8Block, and every format's prefill GEMM)
         const double m = term_magnitude(w.view(), o, &x(t, 0));
         REQUIRE(std::abs(double(y(t, o)) - exact(t, o)) <= 2 * slack * m + 1e-30);
       }
@@ -139,8 +141,13 @@ TEST_CASE_TEMPLATE("quantized matmul matches the reference on every ISA (block f
   test::for_each_isa([&](const cpu::KernelTable& k) {
     for (std::size_t out : {1u, 5u, 33u})
       for (std::size_t nb : {1u, 3u, 5u})
-        for (std::size_t T : {1u, 3u, 35u})
+        for (std::size_t T : {1u, 3u, 23u, 24u, 35u})
           check_format<F>(k, pool, out, nb * F::kBlockSize, T, out * 7 + nb * 13 + T);
+    // The prefill GEMM's edges: depth blocks of 256 columns with a tail, more rows of W than a
+    // 16-row panel with a tail, more tokens than the X block (240 rows on AVX2, 480 on AVX-512).
+    const std::size_t in = (600 + F::kBlockSize - 1) / F::kBlockSize * F::kBlockSize;
+    check_format<F>(k, pool, 37, in, 29, 5);
+    check_format<F>(k, pool, 18, F::kBlockSize, 490, 6);
   });
 }
 
@@ -150,11 +157,12 @@ TEST_CASE_TEMPLATE("quantized matmul matches the reference on every ISA (Int8Row
   test::for_each_isa([&](const cpu::KernelTable& k) {
     for (std::size_t out : {1u, 5u, 130u})
       for (std::size_t in : {1u, 7u, 32u, 100u, 129u, 300u})
-        for (std::size_t T : {1u, 3u}) check_format<F>(k, pool, out, in, T, out * 7 + in * 13 + T);
+        for (std::size_t T : {1u, 3u, 25u})
+          check_format<F>(k, pool, out, in, T, out * 7 + in * 13 + T);
   });
 }
 
-TEST_CASE("edge values: max magnitudes, zeros, subnormal FP8") {
+TEST_CASE("edge values: max magnitudes, zeros, subnormal and NaN FP8") {
   ThreadPool pool(2);
   test::for_each_isa([&](const cpu::KernelTable& k) {
     const std::size_t in = 64;
@@ -187,6 +195,25 @@ TEST_CASE("edge values: max magnitudes, zeros, subnormal FP8") {
       cpu::matmul_quant<Fp8Block>(pool, w.view(), x.cview(), y.view(), k);
       CHECK(y(0, 0) == 0.f);
       CHECK(y(0, 1) == 0.f);
+    }
+    {  // FP8 NaN weights (0x7f, 0xff) give NaN outputs like the reference, in the GEMV (full and
+       // partial 128-column blocks, one row and row pairs) and in the prefill GEMM
+      for (std::size_t cols : {std::size_t{300}, std::size_t{256}})
+        for (std::size_t T : {std::size_t{1}, std::size_t{25}}) {
+          QuantMatrix<Fp8Block> w(3, cols);
+          for (std::size_t i = 0; i < 3 * cols; ++i) w.blocks()[i] = f8_e4m3::from_float(0.5f);
+          w.blocks()[0 * cols + 5] = f8_e4m3::from_bits(0x7f);          // full block, row pair
+          w.blocks()[2 * cols + cols - 30] = f8_e4m3::from_bits(0xff);  // last block, single row
+          std::fill_n(w.scales(), (cols + 127) / 128, 1.0f);
+          Matrix<float> xx(T, cols), yy(T, 3);
+          for (std::size_t i = 0; i < T * cols; ++i) xx.data()[i] = 1.0f;
+          cpu::matmul_quant<Fp8Block>(pool, w.view(), xx.cview(), yy.view(), k);
+          for (std::size_t t = 0; t < T; ++t) {
+            CHECK(std::isnan(yy(t, 0)));
+            CHECK(yy(t, 1) == doctest::Approx(0.5 * double(cols)));
+            CHECK(std::isnan(yy(t, 2)));
+          }
+        }
     }
   });
 }

@@ -14,10 +14,12 @@
 //    + lo, exact to ~2^-24 relative), so the result keeps float32 accuracy while the weights are
 //    never widened.
 //  - T >= kGemmMinRows: the prefill GEMM. Cache-blocked (KC along `in`, NC rows of W, MC rows of
-//    X) with an MR x NR register tile of dot products along `in`: both X and W are contiguous
-//    along `in`, so W needs no transpose. A block of W (nc x kc) is converted to float once into
-//    a packed per-thread buffer (micro-panels, see pack()) and reused by every row of X; X is
-//    packed once per call (gemm_pack_x, shared by the threads; matmul_rows packs it itself).
+//    X) with an MR x 2L register tile of outer products (6 x 16 on AVX2): per step along `in`,
+//    two batches of a packed (transposed) W column and MR broadcasts of X, accumulators along
+//    `out`, so a tile row is stored as contiguous floats with no horizontal sums. A block of W
+//    (nc x kc) is converted to float and transposed once into a packed per-thread buffer
+//    (micro-panels, see pack_w()) and reused by every row of X; X is packed once per call
+//    (gemm_pack_x, shared by the threads; matmul_rows packs it itself).
 //    Eigen's GEMM was not used: it would be compiled into every per-ISA translation unit under
 //    the same symbol names (docs/performance.md).
 //
@@ -362,81 +364,113 @@ struct BlasImpl {
 #endif
 
   // ---- prefill GEMM ---------------------------------------------------------------------------
-  // Register tile: MR rows of X times NR rows of W, one accumulator batch per pair, summed along
-  // `in` (lane j of acc[m][n] holds the partial sum over k = j mod L). MR * NR accumulators + MR
-  // x batches + 1 w batch fit the register file (16 on SSE2/AVX2, 32 on AVX-512).
+  // Register tile: MR rows of X times NR = 2L rows of W (outputs y[t .. t+MR, o .. o+NR)), as
+  // MR x 2 accumulator batches along `out`: per depth step k, two batches of W (column k of NR
+  // rows) and MR broadcasts of X[t+m, k], 2 MR FMAs; no horizontal sums, each accumulator row is
+  // a contiguous run of y. 6 x 16 on AVX2 (12 accumulators + 2 w + 1 broadcast = 15 of 16
+  // registers), 12 x 32 on AVX-512 (24 + 3 of 32), 6 x 8 on SSE2.
   //
-  // Both operands are packed into micro-panels that the tile reads as one contiguous stream:
-  //   panel[kb][r][0..L) = row r, columns kb*L .. kb*L+L  (float; zeros past kc and past the
-  //   last row), so a k-step loads MR + NR consecutive batches and no tails reach the tile.
-  static constexpr std::size_t MR = kAvx512 ? 4 : 3;
-  static constexpr std::size_t NR = kAvx512 ? 6 : 4;
-  static constexpr std::size_t KC = 768;      // depth block (a multiple of every L)
-  static constexpr std::size_t MC = 32 * MR;  // X block MC x KC in L2
-  static constexpr std::size_t NC = 1020;     // packed W block NC x KC in L3 (3 MiB)
+  // Both operands are packed so that the tile reads two linear streams:
+  //   W micro-panel: wp[k * NR + r] = W[o + r, k] (transposed; zeros past the last row),
+  //   X micro-panel: xp[k * MR + m] = X[t + m, k] (zeros past the last row).
+  static constexpr std::size_t NR = 2 * L;
+  static constexpr std::size_t MR = kAvx512 ? 12 : 6;
+  static constexpr std::size_t KC = 256;      // depth block: a W micro-panel (KC x NR) in L1
+  static constexpr std::size_t MC = 40 * MR;  // X block (MC x KC) in L2
+  static constexpr std::size_t NC = 2048;     // packed W block (NC x KC, 2 MiB) in L3
 
-  // y[m*ldy + n] (+)= dot(x panel row m, w panel row n) over kb * L packed columns, m < mr,
-  // n < nr.
-  static void tile(const float* TMOE_RESTRICT xp, const float* TMOE_RESTRICT wp, std::size_t kb,
+  // y[m*ldy + n] (+)= sum_k xp[k*MR + m] * wp[k*NR + n] for m < mr, n < nr.
+  static void tile(const float* TMOE_RESTRICT xp, const float* TMOE_RESTRICT wp, std::size_t kc,
                    float* y, std::size_t ldy, std::size_t mr, std::size_t nr, bool accumulate) {
-    B acc[MR][NR];
-    for (std::size_t m = 0; m < MR; ++m)
-      for (std::size_t n = 0; n < NR; ++n) acc[m][n] = B(0.f);
-    for (std::size_t k = 0; k < kb; ++k, xp += MR * L, wp += NR * L) {
-      B xv[MR];
-      for (std::size_t m = 0; m < MR; ++m) xv[m] = B::load_aligned(xp + m * L);
-      for (std::size_t n = 0; n < NR; ++n) {
-        const B wv = B::load_aligned(wp + n * L);
-        for (std::size_t m = 0; m < MR; ++m) acc[m][n] = xsimd::fma(xv[m], wv, acc[m][n]);
+    B acc0[MR], acc1[MR];
+    for (std::size_t m = 0; m < MR; ++m) acc0[m] = acc1[m] = B(0.f);
+    for (std::size_t k = 0; k < kc; ++k, xp += MR, wp += NR) {
+      const B w0 = B::load_aligned(wp), w1 = B::load_aligned(wp + L);
+      for (std::size_t m = 0; m < MR; ++m) {
+        const B xv(xp[m]);
+        acc0[m] = xsimd::fma(xv, w0, acc0[m]);
+        acc1[m] = xsimd::fma(xv, w1, acc1[m]);
       }
     }
-#if defined(__AVX2__)
-    if constexpr (kAvx2 && L == 8 && NR == 4) {
-      if (nr == NR) {  // four horizontal sums at once: three hadds and one 128-bit add
-        for (std::size_t m = 0; m < mr; ++m) {
-          const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(acc[m][0], acc[m][1]),
-                                          _mm256_hadd_ps(acc[m][2], acc[m][3]));
-          __m128 s = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-          if (accumulate) s = _mm_add_ps(s, _mm_loadu_ps(y + m * ldy));
-          _mm_storeu_ps(y + m * ldy, s);
+    if (mr == MR && nr == NR) {
+      for (std::size_t m = 0; m < MR; ++m) {
+        float* d = y + m * ldy;
+        if (accumulate) {
+          acc0[m] += B::load_unaligned(d);
+          acc1[m] += B::load_unaligned(d + L);
         }
-        return;
+        acc0[m].store_unaligned(d);
+        acc1[m].store_unaligned(d + L);
       }
+      return;
     }
-#endif
-    for (std::size_t m = 0; m < mr; ++m)
-      for (std::size_t n = 0; n < nr; ++n) {
-        const float s = reduce_add(acc[m][n]);
-        float& d = y[m * ldy + n];
-        d = accumulate ? d + s : s;
-      }
+    alignas(64) float t[NR];
+    for (std::size_t m = 0; m < mr; ++m) {
+      acc0[m].store_aligned(t);
+      acc1[m].store_aligned(t + L);
+      float* d = y + m * ldy;
+      for (std::size_t n = 0; n < nr; ++n) d[n] = accumulate ? d[n] + t[n] : t[n];
+    }
   }
 
-  // Packs rows [0, rows) x columns [0, kc) of a (row stride ld) into panels of R rows (layout
-  // above), widening to float; rows past `rows` and columns past kc are zero.
-  template <std::size_t R, class T>
-  static void pack(const T* a, std::size_t ld, std::size_t rows, std::size_t kc, float* dst) {
-    const std::size_t kb = (kc + L - 1) / L;
-    for (std::size_t r0 = 0; r0 < rows; r0 += R, dst += kb * R * L)
-      for (std::size_t r = 0; r < R; ++r) {
-        float* d = dst + r * L;
-        if (r0 + r >= rows) {
-          for (std::size_t k = 0; k < kb; ++k) B(0.f).store_aligned(d + k * R * L);
-          continue;
-        }
-        const T* src = a + (r0 + r) * ld;
-        std::size_t k = 0;
-        for (; k + L <= kc; k += L) load_w(src + k).store_aligned(d + k * R);
-        if (k < kc) {
-          alignas(64) float t[L] = {};
-          for (std::size_t j = k; j < kc; ++j) t[j - k] = to_float(src[j]);
-          B::load_aligned(t).store_aligned(d + k * R);
-        }
-      }
+#if defined(__AVX2__)
+  // 8 weights from p as floats (AVX2 width, also inside the AVX-512 translation units).
+  static TMOE_INLINE __m256 load8(const float* p) {
+    return _mm256_loadu_ps(p);
+  }
+  static TMOE_INLINE __m256 load8(const bf16* p) {
+    const __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+  }
+  static TMOE_INLINE __m256 load8(const f16* p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  }
+  // In-register transpose of the 8 x 8 block r[0..8).
+  static TMOE_INLINE void transpose8(__m256 r[8]) {
+    const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    const __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xee);
+    const __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xee);
+    const __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xee);
+    const __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xee);
+    r[0] = _mm256_permute2f128_ps(s0, s4, 0x20);
+    r[1] = _mm256_permute2f128_ps(s1, s5, 0x20);
+    r[2] = _mm256_permute2f128_ps(s2, s6, 0x20);
+    r[3] = _mm256_permute2f128_ps(s3, s7, 0x20);
+    r[4] = _mm256_permute2f128_ps(s0, s4, 0x31);
+    r[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
+    r[6] = _mm256_permute2f128_ps(s2, s6, 0x31);
+    r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
+  }
+#endif
+
+  // Packs rows [0, rows) x columns [0, kc) of W (row stride ld) into transposed micro-panels of
+  // NR rows (layout above), widening to float; rows past `rows` are zero.
+  template <class T>
+  static void pack_w(const T* a, std::size_t ld, std::size_t rows, std::size_t kc, float* dst) {
+    for (std::size_t r0 = 0; r0 < rows; r0 += NR, dst += kc * NR) {
+      const std::size_t nr = std::min(NR, rows - r0);
+      std::size_t k = 0;
+#if defined(__AVX2__)
+      if (nr == NR)  // 8 x 8 blocks through registers
+        for (; k + 8 <= kc; k += 8)
+          for (std::size_t g = 0; g < NR; g += 8) {
+            __m256 r[8];
+            for (std::size_t j = 0; j < 8; ++j) r[j] = load8(a + (r0 + g + j) * ld + k);
+            transpose8(r);
+            for (std::size_t j = 0; j < 8; ++j) _mm256_store_ps(dst + (k + j) * NR + g, r[j]);
+          }
+#endif
+      for (; k < kc; ++k)
+        for (std::size_t r = 0; r < NR; ++r)
+          dst[k * NR + r] = r < nr ? to_float(a[(r0 + r) * ld + k]) : 0.f;
+    }
   }
 
   // Packed X: depth block p (KC columns), row panel r (MR rows) at
-  // p * x_block_stride(T) + r * MR * kb_p * L, kb_p = ceil(kc_p / L); rows past T are zero.
+  // p * x_block_stride(T) + r * MR * kc_p; rows past T are zero.
   static std::size_t x_block_stride(std::size_t T) {
     return (T + MR - 1) / MR * MR * KC;
   }
@@ -448,10 +482,17 @@ struct BlasImpl {
     const std::size_t panels = (T + MR - 1) / MR;
     const std::size_t r0 = part * panels / parts, r1 = (part + 1) * panels / parts;
     for (std::size_t p = 0, pc = 0; pc < in; ++p, pc += KC) {
-      const std::size_t kc = std::min(KC, in - pc), kb = (kc + L - 1) / L;
-      for (std::size_t r = r0; r < r1; ++r)
-        pack<MR>(x + r * MR * ldx + pc, ldx, std::min(MR, T - r * MR), kc,
-                 xp + p * x_block_stride(T) + r * MR * kb * L);
+      const std::size_t kc = std::min(KC, in - pc);
+      for (std::size_t r = r0; r < r1; ++r) {
+        float* dst = xp + p * x_block_stride(T) + r * MR * kc;
+        const std::size_t mr = std::min(MR, T - r * MR);
+        const float* src = x + r * MR * ldx + pc;
+        for (std::size_t m = 0; m < MR; ++m)
+          if (m < mr)
+            for (std::size_t k = 0; k < kc; ++k) dst[k * MR + m] = src[m * ldx + k];
+          else
+            for (std::size_t k = 0; k < kc; ++k) dst[k * MR + m] = 0.f;
+      }
     }
   }
 
@@ -468,18 +509,18 @@ struct BlasImpl {
     // Equal column blocks of at most NC rows (no small remainder block re-reading all of X).
     const std::size_t n_blocks = (o_end - o_begin + NC - 1) / NC;
     const std::size_t nc_step = ((o_end - o_begin + n_blocks - 1) / n_blocks + NR - 1) / NR * NR;
-    for (std::size_t p = 0, pc = 0; pc < in; ++p, pc += KC) {
-      const std::size_t kc = std::min(KC, in - pc), kb = (kc + L - 1) / L;
-      const float* xblock = xp + p * x_block_stride(T);
-      for (std::size_t jc = o_begin; jc < o_end; jc += nc_step) {
-        const std::size_t nc = std::min(nc_step, o_end - jc);
-        pack<NR>(w + jc * ldw + pc, ldw, nc, kc, wp);
+    for (std::size_t jc = o_begin; jc < o_end; jc += nc_step) {
+      const std::size_t nc = std::min(nc_step, o_end - jc);
+      for (std::size_t p = 0, pc = 0; pc < in; ++p, pc += KC) {
+        const std::size_t kc = std::min(KC, in - pc);
+        const float* xblock = xp + p * x_block_stride(T);
+        pack_w(w + jc * ldw + pc, ldw, nc, kc, wp);
         for (std::size_t ic = 0; ic < T; ic += MC) {  // X block (MC, kc) stays in L2
           const std::size_t mc = std::min(MC, T - ic);
-          for (std::size_t jr = 0; jr < nc; jr += NR)
+          for (std::size_t jr = 0; jr < nc; jr += NR)  // W micro-panel (kc, NR) stays in L1
             for (std::size_t ir = 0; ir < mc; ir += MR)
-              tile(xblock + (ic + ir) * kb * L, wp + jr * kb * L, kb, y + (ic + ir) * ldy + jc + jr,
-                   ldy, std::min(MR, mc - ir), std::min(NR, nc - jr), pc > 0);
+              tile(xblock + (ic + ir) * kc, wp + jr * kc, kc, y + (ic + ir) * ldy + jc + jr, ldy,
+                   std::min(MR, mc - ir), std::min(NR, nc - jr), pc > 0);
         }
       }
     }

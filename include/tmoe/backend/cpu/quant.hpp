@@ -3,10 +3,13 @@
 //   matmul_quant<F>(pool, W, X, Y):  Y[t, o] = sum_i X[t, i] * dequant(W)[o, i]
 //     W: QuantMatrixView<F> (out, in) for F in quant/formats.hpp (Q8_0, Q4_0, Q4_K, Q6_K, NF4,
 //        Int8Row, Fp8Block); X: (T, in) float; Y: (T, out) float. Mirrors cpu::matmul (ops.hpp):
-//        T == 1 is the decode GEMV, T > 1 the prefill GEMM (16 x 32 tiles of rows x tokens).
-//     Integer formats quantize X per 32 to BlockQ8Act first (a per-thread scratch buffer), so the
-//     result differs from the float product by at most sum_i |w_i| * d_act(i) / 2 (d_act: the
-//     activation block's scale, max|x| / 127 over its 32 elements), plus float rounding.
+//        T < kQuantGemmMinT (24): per-token dot products in 16 x 32 tiles of rows x tokens (the
+//        decode GEMV at T == 1); T >= kQuantGemmMinT: the prefill GEMM, weights dequantized
+//        once per call into the float GEMM's packed panels, X packed once and shared.
+//     Below kQuantGemmMinT the integer formats quantize X per 32 to BlockQ8Act first (a
+//     per-thread scratch buffer), so the result differs from the float product by at most
+//     sum_i |w_i| * d_act(i) / 2 (d_act: the activation block's scale, max|x| / 127 over its 32
+//     elements), plus float rounding. The GEMM keeps X in float: float rounding only.
 //     Output rows are split across the pool's threads. `k` selects the ISA; `fn` (optional)
 //     overrides the row kernel (bench_quant uses it to time rows_fp8_block_table).
 //   embedding_quant<F>(W, row, out): dequantizes one row (token embedding lookup).
@@ -25,6 +28,26 @@
 namespace tmoe::cpu {
 
 namespace detail {
+template <class F>
+QuantGemmFn<F> quant_gemm_fn(const KernelTable& k) {
+  if constexpr (std::is_same_v<F, quant::Q8_0>)
+    return k.quant.gemm_q8_0;
+  else if constexpr (std::is_same_v<F, quant::Q4_0>)
+    return k.quant.gemm_q4_0;
+  else if constexpr (std::is_same_v<F, quant::Q4_K>)
+    return k.quant.gemm_q4_k;
+  else if constexpr (std::is_same_v<F, quant::Q6_K>)
+    return k.quant.gemm_q6_k;
+  else if constexpr (std::is_same_v<F, quant::NF4>)
+    return k.quant.gemm_nf4;
+  else if constexpr (std::is_same_v<F, quant::Int8Row>)
+    return k.quant.gemm_int8_row;
+  else if constexpr (std::is_same_v<F, quant::Fp8Block>)
+    return k.quant.gemm_fp8_block;
+  else
+    static_assert(sizeof(F) == 0, "matmul_quant: unsupported format");
+}
+
 template <class F>
 QuantRowsFn<F> quant_rows_fn(const KernelTable& k) {
   if constexpr (std::is_same_v<F, quant::Q8_0>)
@@ -57,6 +80,24 @@ void matmul_quant(ThreadPool& pool, const quant::QuantMatrixView<F>& w, MatrixVi
   check(y.rows() == T && y.cols() == out, "matmul_quant", "y is (", y.rows(), ", ", y.cols(),
         "), expected (", T, ", ", out, ")");
   check(x.stride(1) == 1 && y.stride(1) == 1, "matmul_quant", "rows of x and y must be contiguous");
+  const auto ldy = static_cast<std::size_t>(y.stride(0));
+  if (!fn && T >= kQuantGemmMinT) {
+    // Prefill: X packed once (each thread a share of its rows), then the dequantizing GEMM
+    // over chunks of rows of W, as cpu::matmul (ops.hpp) does.
+    thread_local detail::ScratchBuffer x_packed;
+    float* xp = x_packed.get(k.blas.gemm_x_size(T, in));
+    const auto parts = static_cast<std::size_t>(pool.size());
+    const auto ldx = static_cast<std::size_t>(x.stride(0));
+    pool.run(parts, [&](std::size_t part, int) {
+      k.blas.gemm_pack_x(x.data(), ldx, T, in, xp, part, parts);
+    });
+    const auto gemm = detail::quant_gemm_fn<F>(k);
+    const std::size_t grain = 2 * kGemmRowGrain;
+    pool.parallel_for(
+        out, grain, [&](std::size_t b, std::size_t e, int) { gemm(w, xp, T, y.data(), ldy, b, e); },
+        std::clamp<std::size_t>(out / (grain * parts), 1, 4));
+    return;
+  }
   if (!fn) fn = detail::quant_rows_fn<F>(k);
   QuantActs a;
   a.x = x.data();
@@ -86,7 +127,6 @@ void matmul_quant(ThreadPool& pool, const quant::QuantMatrixView<F>& w, MatrixVi
     a.qd = qd;
     a.qdsum = qdsum;
   }
-  const auto ldy = static_cast<std::size_t>(y.stride(0));
   pool.parallel_for(
       out, 16, [&](std::size_t b, std::size_t e, int) { fn(w, a, y.data(), ldy, b, e); }, 4);
 }

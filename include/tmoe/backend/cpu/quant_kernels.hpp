@@ -8,18 +8,26 @@
 //     sum_i (q_i - 32) a_i = sum_i q_i a_i - 32 sum_i a_i; Q4_0 and Q8_0 use the sign trick
 //     |w| * (sign(w) a) to keep maddubs' unsigned operand non-negative. No int16 overflow: maddubs
 //     pairs stay below 2 * 63 * 127 (unsigned codes) or 2 * 128 * 127 (sign trick).
+//     The GEMV runs Q4_0 and Q8_0 four rows at a time (dot4: one activation load and one F16C
+//     conversion of the four weight scales per block; Q4_0 with its unsigned codes and 8 * sum(a)
+//     subtracted from the block's integer sum, no sign trick).
 //     Q4_K builds its 8 sub-block scales as one float vector per super-block (6-bit unpack by
 //     32-bit masks) and broadcasts each with a lane permute.
 //   NF4: float activations; codes decoded with two 8-entry permutes and a blend on bit 3.
 //   Fp8Block: float activations; e4m3 decoded as f16 (S.EEEE.MMM -> S.0EEEE.MMM0000000, exact
 //     for normals and subnormals, value / 256) and widened by F16C; the 2^8 is folded into the
 //     128-column block's scale; the GEMV runs two rows per pass so each x vector is loaded once
-//     for both. The e4m3 NaN pattern decodes to 480 (checkpoints hold no NaN).
+//     for both. The bit trick alone would decode the e4m3 NaN pattern (S.1111.111) as 480, so
+//     each 32-byte load also folds max(byte | 0x80) into a flag vector (two integer ops) and a
+//     row holding a NaN weight gives NaN, as in the reference.
 //     rows_fp8_block_table is the same product with a 256-entry float table and gathers, kept to
 //     measure the two decodes against each other (bench_quant).
 // The portable TU runs scalar loops with the same arithmetic (integer block sums, float
-// accumulation). Matrix kernels tile output rows x tokens (16 x 32) and call the row dot product;
-// the weight tile stays in L1/L2 across the tokens of a prefill.
+// accumulation). rows<F> tiles output rows x tokens (16 x 32) and calls the row dot product.
+// gemm<F> (prefill, T >= kQuantGemmMinT): 16 rows x 256 columns of W at a time dequantized to
+// float (SIMD for Q8_0 / Q4_0 / Q4_K / Q6_K / Fp8Block, dequantize_block otherwise), packed and
+// multiplied by the float GEMM's register tile (blas.hpp), so each weight is decoded once per call,
+// not once per token.
 #pragma once
 
 #include <algorithm>
@@ -27,7 +35,9 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 
+#include "tmoe/backend/cpu/blas.hpp"
 #include "tmoe/backend/cpu/simd.hpp"
 #include "tmoe/quant/formats.hpp"
 
@@ -57,6 +67,16 @@ template <class F>
 using QuantRowsFn = void (*)(const quant::QuantMatrixView<F>& w, const QuantActs& a, float* y,
                              std::size_t ldy, std::size_t o_begin, std::size_t o_end);
 
+// The prefill GEMM (T >= kQuantGemmMinT): rows [o_begin, o_end) of w times T float activations
+// packed by BlasKernels::gemm_pack_x.
+template <class F>
+using QuantGemmFn = void (*)(const quant::QuantMatrixView<F>& w, const float* xp, std::size_t T,
+                             float* y, std::size_t ldy, std::size_t o_begin, std::size_t o_end);
+
+// From this many tokens on, matmul_quant runs the dequantizing GEMM instead of per-token dots
+// (measured one core, 1024 x 7168: even at T = 16, Q4_K 15% slower there; 1.2-1.7x faster at 32).
+inline constexpr std::size_t kQuantGemmMinT = 24;
+
 struct QuantKernels {
   // Quantizes x[0 .. n) to ceil(n / 32) activation blocks (the last one zero padded).
   void (*quantize_act)(const float* x, std::size_t n, quant::BlockQ8Act* out);
@@ -68,6 +88,13 @@ struct QuantKernels {
   QuantRowsFn<quant::Int8Row> rows_int8_row;
   QuantRowsFn<quant::Fp8Block> rows_fp8_block;
   QuantRowsFn<quant::Fp8Block> rows_fp8_block_table;
+  QuantGemmFn<quant::Q8_0> gemm_q8_0;
+  QuantGemmFn<quant::Q4_0> gemm_q4_0;
+  QuantGemmFn<quant::Q4_K> gemm_q4_k;
+  QuantGemmFn<quant::Q6_K> gemm_q6_k;
+  QuantGemmFn<quant::NF4> gemm_nf4;
+  QuantGemmFn<quant::Int8Row> gemm_int8_row;
+  QuantGemmFn<quant::Fp8Block> gemm_fp8_block;
 };
 
 template <class Arch>
@@ -317,6 +344,52 @@ struct QuantImpl {
 #endif
   }
 
+#if defined(TMOE_QUANT_AVX2)
+  // Four rows of Q4_0 / Q8_0 against one activation row: each activation block is loaded once
+  // for the four. Q4_0 uses the unsigned codes q (0..15) as maddubs' unsigned operand and
+  // subtracts 8 * sum(a) from lane 0 of the block's int32 sums (exact integers, as the sign
+  // trick); the scales d_w * d_a are formed for the four rows with one F16C conversion.
+  template <class Blk>
+  static void dot4(const Blk* w0, std::size_t ldb, const Act* a, std::size_t nb, float* out) {
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                     _mm256_setzero_ps()};
+    const __m256i m4 = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
+    const __m256i shift = _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4);
+    for (std::size_t b = 0; b < nb; ++b) {
+      const __m256i aq = load32(a[b].qs);
+      const __m128i dh =
+          _mm_setr_epi16(static_cast<short>(w0[b].d.bits), static_cast<short>(w0[ldb + b].d.bits),
+                         static_cast<short>(w0[2 * ldb + b].d.bits),
+                         static_cast<short>(w0[3 * ldb + b].d.bits), 0, 0, 0, 0);
+      const __m128 s4 = _mm_mul_ps(_mm_cvtph_ps(dh), _mm_set1_ps(a[b].d));
+      const __m256 s8 = _mm256_set_m128(s4, s4);
+      if constexpr (std::is_same_v<Blk, quant::BlockQ4_0>) {
+        const __m256i c8 =
+            _mm256_castsi128_si256(_mm_cvtsi32_si128(8 * (a[b].sum[0] + a[b].sum[1])));
+        for (int r = 0; r < 4; ++r) {
+          const __m256i raw = _mm256_broadcastsi128_si256(
+              _mm_loadu_si128(reinterpret_cast<const __m128i*>(w0[r * ldb + b].qs)));
+          const __m256i q = _mm256_and_si256(_mm256_srlv_epi32(raw, shift), m4);
+          const __m256i p =
+              _mm256_sub_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(q, aq), ones), c8);
+          acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p),
+                                   _mm256_permutevar8x32_ps(s8, _mm256_set1_epi32(r)), acc[r]);
+        }
+      } else {
+        for (int r = 0; r < 4; ++r) {
+          const __m256i wq = load32(w0[r * ldb + b].qs);
+          const __m256i p = dot_us(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(aq, wq));
+          acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p),
+                                   _mm256_permutevar8x32_ps(s8, _mm256_set1_epi32(r)), acc[r]);
+        }
+      }
+    }
+    // Four horizontal sums at once.
+    const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(acc[0], acc[1]), _mm256_hadd_ps(acc[2], acc[3]));
+    _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
+  }
+#endif
+
   // ---- Int8Row (one scale per row, applied by the caller) ------------------------------------
   static float dot_i8(const std::int8_t* w, const Act* a, std::size_t cols) {
     const std::size_t nb = cols / 32;
@@ -394,6 +467,8 @@ struct QuantImpl {
 #if defined(TMOE_QUANT_AVX2)
     __m256 acc = _mm256_setzero_ps();
     const __m128i keep = _mm_set1_epi16(static_cast<short>(0xbfff));
+    const __m128i top = _mm_set1_epi8(static_cast<char>(0x80));
+    __m128i nan = _mm_setzero_si128();  // bytewise max of (weight | 0x80): 0xff iff a NaN
 #endif
     for (std::size_t c0 = 0; c0 < cols; c0 += 128) {
       const std::size_t n = std::min<std::size_t>(128, cols - c0);
@@ -408,6 +483,7 @@ struct QuantImpl {
           v0 = _mm256_i32gather_ps(fp8_table(), _mm256_cvtepu8_epi32(raw), 4);
           v1 = _mm256_i32gather_ps(fp8_table(), _mm256_cvtepu8_epi32(_mm_srli_si128(raw, 8)), 4);
         } else {
+          nan = _mm_max_epu8(nan, _mm_or_si128(raw, top));
           v0 = _mm256_cvtph_ps(
               _mm_and_si128(_mm_srai_epi16(_mm_unpacklo_epi8(_mm_setzero_si128(), raw), 1), keep));
           v1 = _mm256_cvtph_ps(
@@ -421,6 +497,9 @@ struct QuantImpl {
         __m256 b2 = _mm256_setzero_ps(), b3 = _mm256_setzero_ps();
         for (; i < 128; i += 32) {
           const __m256i raw = load32(p + i);
+          nan = _mm_max_epu8(nan, _mm_or_si128(_mm_max_epu8(_mm256_castsi256_si128(raw),
+                                                            _mm256_extracti128_si256(raw, 1)),
+                                               top));
           const __m256i lo = _mm256_and_si256(
               _mm256_srai_epi16(_mm256_unpacklo_epi8(_mm256_setzero_si256(), raw), 1), keep2);
           const __m256i hi = _mm256_and_si256(
@@ -454,6 +533,8 @@ struct QuantImpl {
     }
 #if defined(TMOE_QUANT_AVX2)
     tail += hsum(acc);
+    if (!kTable && _mm_movemask_epi8(_mm_cmpeq_epi8(nan, _mm_set1_epi8(-1))))
+      return std::numeric_limits<float>::quiet_NaN();
 #endif
     return tail;
   }
@@ -463,11 +544,14 @@ struct QuantImpl {
   static void dot_fp8_pair(const f8_e4m3* w0, const f8_e4m3* w1, const float* s0, const float* s1,
                            const float* x, std::size_t cols, float& y0, float& y1) {
     const __m256i keep = _mm256_set1_epi16(static_cast<short>(0xbfff));
+    const __m256i top = _mm256_set1_epi8(static_cast<char>(0x80));
     const std::size_t nfull = cols / 128;
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    __m256i nan0 = _mm256_setzero_si256(), nan1 = _mm256_setzero_si256();  // as in dot_fp8
     // e4m3 -> f16 / 256 for 32 bytes; lanes as in dot_fp8 (0..7 | 16..23 and 8..15 | 24..31).
-    auto decode = [&](const std::uint8_t* p, __m256i& lo, __m256i& hi) {
+    auto decode = [&](const std::uint8_t* p, __m256i& lo, __m256i& hi, __m256i& nan) {
       const __m256i raw = load32(p);
+      nan = _mm256_max_epu8(nan, _mm256_or_si256(raw, top));
       lo = _mm256_and_si256(_mm256_srai_epi16(_mm256_unpacklo_epi8(_mm256_setzero_si256(), raw), 1),
                             keep);
       hi = _mm256_and_si256(_mm256_srai_epi16(_mm256_unpackhi_epi8(_mm256_setzero_si256(), raw), 1),
@@ -483,12 +567,12 @@ struct QuantImpl {
         const __m256 x0 = _mm256_loadu_ps(xi), x1 = _mm256_loadu_ps(xi + 8),
                      x2 = _mm256_loadu_ps(xi + 16), x3 = _mm256_loadu_ps(xi + 24);
         __m256i lo, hi;
-        decode(p0 + i, lo, hi);
+        decode(p0 + i, lo, hi, nan0);
         a0 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm256_castsi256_si128(lo)), x0, a0);
         a1 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm256_castsi256_si128(hi)), x1, a1);
         a0 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm256_extracti128_si256(lo, 1)), x2, a0);
         a1 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm256_extracti128_si256(hi, 1)), x3, a1);
-        decode(p1 + i, lo, hi);
+        decode(p1 + i, lo, hi, nan1);
         c0 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm256_castsi256_si128(lo)), x0, c0);
         c1 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm256_castsi256_si128(hi)), x1, c1);
         c0 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm256_extracti128_si256(lo, 1)), x2, c0);
@@ -497,8 +581,11 @@ struct QuantImpl {
       acc0 = _mm256_fmadd_ps(_mm256_add_ps(a0, a1), _mm256_set1_ps(s0[kb] * 256.f), acc0);
       acc1 = _mm256_fmadd_ps(_mm256_add_ps(c0, c1), _mm256_set1_ps(s1[kb] * 256.f), acc1);
     }
-    y0 = hsum(acc0);
-    y1 = hsum(acc1);
+    const __m256i ff = _mm256_set1_epi8(-1);
+    y0 = _mm256_movemask_epi8(_mm256_cmpeq_epi8(nan0, ff)) ? std::numeric_limits<float>::quiet_NaN()
+                                                           : hsum(acc0);
+    y1 = _mm256_movemask_epi8(_mm256_cmpeq_epi8(nan1, ff)) ? std::numeric_limits<float>::quiet_NaN()
+                                                           : hsum(acc1);
     if (cols % 128) {
       const std::size_t c = nfull * 128;
       y0 += dot_fp8<false>(w0 + c, s0 + nfull, x + c, cols - c);
@@ -519,6 +606,178 @@ struct QuantImpl {
     return table.v;
   }
 
+  // ---- prefill GEMM: weights dequantized to float, the float GEMM's register tile -------------
+  // For T >= kQuantGemmMinT tokens (matmul_quant): a block of NR rows x KC columns of W is
+  // dequantized once into float (L1), transposed into the float GEMM's packed panels
+  // (BlasImpl::pack_w) and multiplied with every token through BlasImpl::tile, X packed once
+  // per call (BlasKernels::gemm_pack_x). Activations stay float (no Q8 rounding); the weights'
+  // decode costs O(out * in) per call instead of O(T * out * in).
+  using G = BlasImpl<Arch>;
+  static_assert(G::KC % 256 == 0, "the GEMM depth block must hold whole super-blocks");
+
+  // out[0 .. n) = dequantized columns [c0, c0 + n) of row o; c0 is a multiple of KC (so of the
+  // block size), n a multiple of the block size or the rest of the row.
+  template <class F>
+  static void dequant_segment(const quant::QuantMatrixView<F>& w, std::size_t o, std::size_t c0,
+                              std::size_t n, float* out) {
+    const auto* row = w.row(o);
+    if constexpr (std::is_same_v<F, quant::Int8Row>) {
+      const float s = w.scales[o];
+      for (std::size_t c = 0; c < n; ++c) out[c] = s * static_cast<float>(row[c0 + c]);
+    } else if constexpr (std::is_same_v<F, quant::Fp8Block>) {
+      const float* s = w.scales + (o / 128) * w.scale_stride;
+      std::size_t c = 0;
+#if defined(TMOE_QUANT_AVX2)
+      // 16 at a time with the f16 bit trick (dot_fp8); c0 is a multiple of 256, so a group of 16
+      // never straddles a 128-column scale block. Groups holding a NaN pattern go the scalar way.
+      const __m128i keep = _mm_set1_epi16(static_cast<short>(0xbfff));
+      const __m128i top = _mm_set1_epi8(static_cast<char>(0x80)), ff = _mm_set1_epi8(-1);
+      for (; c + 16 <= n; c += 16) {
+        const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + c0 + c));
+        if (_mm_movemask_epi8(_mm_cmpeq_epi8(_mm_or_si128(raw, top), ff))) {
+          for (std::size_t j = c; j < c + 16; ++j)
+            out[j] = row[c0 + j].to_float() * s[(c0 + j) / 128];
+          continue;
+        }
+        const __m256 sc = _mm256_set1_ps(s[(c0 + c) / 128] * 256.f);
+        const __m128i lo =
+            _mm_and_si128(_mm_srai_epi16(_mm_unpacklo_epi8(_mm_setzero_si128(), raw), 1), keep);
+        const __m128i hi =
+            _mm_and_si128(_mm_srai_epi16(_mm_unpackhi_epi8(_mm_setzero_si128(), raw), 1), keep);
+        _mm256_storeu_ps(out + c, _mm256_mul_ps(_mm256_cvtph_ps(lo), sc));
+        _mm256_storeu_ps(out + c + 8, _mm256_mul_ps(_mm256_cvtph_ps(hi), sc));
+      }
+#endif
+      for (; c < n; ++c) out[c] = row[c0 + c].to_float() * s[(c0 + c) / 128];
+    } else {
+      const std::size_t b0 = c0 / F::kBlockSize, nb = (n + F::kBlockSize - 1) / F::kBlockSize;
+#if defined(TMOE_QUANT_AVX2)
+      if constexpr (std::is_same_v<F, quant::Q8_0>) {
+        for (std::size_t b = 0; b < nb; ++b, out += 32) {
+          const __m256 d = _mm256_set1_ps(half(row[b0 + b].d.bits));
+          for (int j = 0; j < 32; j += 8) {
+            const __m128i q = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(row[b0 + b].qs + j));
+            _mm256_storeu_ps(out + j,
+                             _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), d));
+          }
+        }
+        return;
+      } else if constexpr (std::is_same_v<F, quant::Q4_0>) {
+        const __m128i m4 = _mm_set1_epi8(15), k8 = _mm_set1_epi8(8);
+        for (std::size_t b = 0; b < nb; ++b, out += 32) {
+          const __m256 d = _mm256_set1_ps(half(row[b0 + b].d.bits));
+          const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row[b0 + b].qs));
+          const __m128i lo = _mm_sub_epi8(_mm_and_si128(raw, m4), k8);
+          const __m128i hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(raw, 4), m4), k8);
+          auto put = [&](__m128i q, float* p) {
+            _mm256_storeu_ps(p, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), d));
+            _mm256_storeu_ps(
+                p + 8,
+                _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q, 8))), d));
+          };
+          put(lo, out);
+          put(hi, out + 16);
+        }
+        return;
+      } else if constexpr (std::is_same_v<F, quant::Q4_K>) {
+        // Sub-block 2c: low nibbles of qs[32c .. 32c + 32), sub-block 2c + 1: high nibbles.
+        for (std::size_t b = 0; b < nb; ++b, out += 256) {
+          const quant::BlockQ4_K& x = row[b0 + b];
+          const float d = half(x.d.bits), dmin = half(x.dmin.bits);
+          for (int sb = 0; sb < 8; ++sb) {
+            int sc, m;
+            quant::q4k_scale_min(x.scales, sb, sc, m);
+            const __m256 vd = _mm256_set1_ps(d * static_cast<float>(sc)),
+                         vm = _mm256_set1_ps(dmin * static_cast<float>(m));
+            const std::uint8_t* q = x.qs + 32 * (sb / 2);
+            for (int j = 0; j < 32; j += 8) {
+              __m256i v =
+                  _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q + j)));
+              v = sb % 2 ? _mm256_srli_epi32(v, 4) : _mm256_and_si256(v, _mm256_set1_epi32(15));
+              _mm256_storeu_ps(out + 32 * sb + j, _mm256_fmsub_ps(_mm256_cvtepi32_ps(v), vd, vm));
+            }
+          }
+        }
+        return;
+      } else if constexpr (std::is_same_v<F, quant::Q6_K>) {
+        // Codes of 32 consecutive elements as in dot(BlockQ6_K): q[g] covers 128h + 32g .. + 32.
+        const __m256i m4 = _mm256_set1_epi8(15), m30 = _mm256_set1_epi8(0x30);
+        for (std::size_t b = 0; b < nb; ++b, out += 256) {
+          const quant::BlockQ6_K& x = row[b0 + b];
+          const float d = half(x.d.bits);
+          for (int h = 0; h < 2; ++h) {
+            const __m256i ql0 = load32(x.ql + 64 * h), ql1 = load32(x.ql + 64 * h + 32);
+            const __m256i qh = load32(x.qh + 32 * h);
+            alignas(32) std::uint8_t q[4][32];
+            _mm256_store_si256(reinterpret_cast<__m256i*>(q[0]),
+                               _mm256_or_si256(_mm256_and_si256(ql0, m4),
+                                               _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30)));
+            _mm256_store_si256(reinterpret_cast<__m256i*>(q[1]),
+                               _mm256_or_si256(_mm256_and_si256(ql1, m4),
+                                               _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30)));
+            _mm256_store_si256(reinterpret_cast<__m256i*>(q[2]),
+                               _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
+                                               _mm256_and_si256(qh, m30)));
+            _mm256_store_si256(reinterpret_cast<__m256i*>(q[3]),
+                               _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                                               _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30)));
+            for (int g = 0; g < 4; ++g)
+              for (int j = 0; j < 32; j += 8) {
+                const int e = 128 * h + 32 * g + j;
+                const __m256 sc = _mm256_set1_ps(d * static_cast<float>(x.scales[e / 16]));
+                const __m256i v = _mm256_sub_epi32(_mm256_cvtepu8_epi32(_mm_loadl_epi64(
+                                                       reinterpret_cast<const __m128i*>(q[g] + j))),
+                                                   _mm256_set1_epi32(32));
+                _mm256_storeu_ps(out + e, _mm256_mul_ps(_mm256_cvtepi32_ps(v), sc));
+              }
+          }
+        }
+        return;
+      }
+#endif
+      for (std::size_t b = 0; b < nb; ++b)
+        quant::QuantTraits<F>::dequantize_block(row[b0 + b], out + b * F::kBlockSize);
+    }
+  }
+
+  // y[t * ldy + o] for o in [o_begin, o_end), t < T, from X packed by BlasKernels::gemm_pack_x.
+  template <class F>
+  static void gemm(const quant::QuantMatrixView<F>& w, const float* xp, std::size_t T, float* y,
+                   std::size_t ldy, std::size_t o_begin, std::size_t o_end) {
+    constexpr std::size_t KC = G::KC, NR = G::NR, MR = G::MR, MC = G::MC, NC = G::NC;
+    const std::size_t in = w.cols;
+    if (in == 0) {
+      for (std::size_t t = 0; t < T; ++t)
+        std::fill(y + t * ldy + o_begin, y + t * ldy + o_end, 0.f);
+      return;
+    }
+    thread_local detail::ScratchBuffer scratch_w, scratch_rows;
+    float* wp = scratch_w.get(NC * KC);       // packed W block (nc, kc)
+    float* rows = scratch_rows.get(NR * KC);  // NR dequantized rows (nr, kc)
+    const std::size_t n_blocks = (o_end - o_begin + NC - 1) / NC;
+    const std::size_t nc_step = ((o_end - o_begin + n_blocks - 1) / n_blocks + NR - 1) / NR * NR;
+    for (std::size_t jc = o_begin; jc < o_end; jc += nc_step) {
+      const std::size_t nc = std::min(nc_step, o_end - jc);
+      for (std::size_t p = 0, pc = 0; pc < in; ++p, pc += KC) {
+        const std::size_t kc = std::min(KC, in - pc);
+        for (std::size_t jr = 0; jr < nc; jr += NR) {
+          const std::size_t nr = std::min(NR, nc - jr);
+          for (std::size_t r = 0; r < nr; ++r)
+            dequant_segment(w, jc + jr + r, pc, kc, rows + r * kc);
+          G::pack_w(rows, kc, nr, kc, wp + jr * kc);
+        }
+        const float* xblock = xp + p * G::x_block_stride(T);
+        for (std::size_t ic = 0; ic < T; ic += MC) {
+          const std::size_t mc = std::min(MC, T - ic);
+          for (std::size_t jr = 0; jr < nc; jr += NR)
+            for (std::size_t ir = 0; ir < mc; ir += MR)
+              G::tile(xblock + (ic + ir) * kc, wp + jr * kc, kc, y + (ic + ir) * ldy + jc + jr, ldy,
+                      std::min(MR, mc - ir), std::min(NR, nc - jr), pc > 0);
+        }
+      }
+    }
+  }
+
   // ---- matrix driver: tiles of 16 output rows x 32 tokens -------------------------------------
   template <class F, bool kTable = false>
   static void rows(const quant::QuantMatrixView<F>& w, const QuantActs& a, float* y,
@@ -536,6 +795,13 @@ struct QuantImpl {
               dot_fp8_pair(w.row(o), w.row(o + 1), w.scales + (o / 128) * w.scale_stride,
                            w.scales + ((o + 1) / 128) * w.scale_stride, a.x + t * a.ldx, w.cols,
                            y[t * ldy + o], y[t * ldy + o + 1]);
+        if constexpr (std::is_same_v<F, quant::Q4_0> || std::is_same_v<F, quant::Q8_0>)
+          for (; o + 4 <= oe; o += 4)
+            for (std::size_t t = tb; t < te; ++t) {
+              float s[4];
+              dot4(w.row(o), w.row_stride, a.q + t * a.ldq, w.blocks_per_row(), s);
+              for (int r = 0; r < 4; ++r) y[t * ldy + o + r] = s[r];
+            }
 #endif
         for (; o < oe; ++o)
           for (std::size_t t = tb; t < te; ++t) y[t * ldy + o] = dot_row<F, kTable>(w, o, a, t);
@@ -574,6 +840,13 @@ QuantKernels make_quant_kernels() {
   k.rows_int8_row = &I::template rows<quant::Int8Row>;
   k.rows_fp8_block = &I::template rows<quant::Fp8Block>;
   k.rows_fp8_block_table = &I::template rows<quant::Fp8Block, true>;
+  k.gemm_q8_0 = &I::template gemm<quant::Q8_0>;
+  k.gemm_q4_0 = &I::template gemm<quant::Q4_0>;
+  k.gemm_q4_k = &I::template gemm<quant::Q4_K>;
+  k.gemm_q6_k = &I::template gemm<quant::Q6_K>;
+  k.gemm_nf4 = &I::template gemm<quant::NF4>;
+  k.gemm_int8_row = &I::template gemm<quant::Int8Row>;
+  k.gemm_fp8_block = &I::template gemm<quant::Fp8Block>;
   return k;
 }
 

@@ -1,0 +1,139 @@
+// Kernels on one core, timed in process CPU time (a pool of one thread runs inline, so the
+// process's CPU time is the kernel's): rates that stay meaningful on a machine shared with other
+// jobs, where wall-clock rates and the 2-thread limits move with the load. The FMA loop of
+// bench_limits runs here too, so GEMM FLOP/s read as a fraction of one core's FMA peak measured
+// in the same run. scripts/bench_cputime.sh runs it with repetitions and prints the best
+// repetition of each (the least disturbed), as fractions of the best FMA loop.
+//  - gemm_{f32,bf16}: cpu::matmul at 1024^3 and 8960 x 1536 x 128 (FLOP/s);
+//  - qgemm_<format>: cpu::matmul_quant prefill, 1024 x 7168 weights, T = 128 (FLOP/s);
+//  - qgemv_<format>: the decode GEMV over 1024 x 7168 weights (3.7-7.3 MB, from L3: the kernel's
+//    compute ceiling, bytes/s of quantized weights + scales per CPU-second; 1024 rows so that
+//    quantizing the activations once per call weighs as little as in a real GEMV).
+#include <benchmark/benchmark.h>
+
+#include <algorithm>
+#include <random>
+#include <string>
+
+#include "fma_loop.hpp"
+#include "tmoe/backend/cpu/ops.hpp"
+#include "tmoe/backend/cpu/quant.hpp"
+#include "tmoe/quant/quantize.hpp"
+
+using namespace tmoe;
+using namespace tmoe::quant;
+
+namespace {
+
+#if defined(TMOE_BENCH_HAVE_FMA_LOOP)
+void BM_fma_core(benchmark::State& state) {
+  if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) {
+    state.SkipWithError("needs AVX2 + FMA");
+    return;
+  }
+  constexpr std::size_t kIters = 1 << 20;
+  for (auto _ : state) {
+    std::size_t iters = kIters;
+    benchmark::DoNotOptimize(iters);  // a pure call with a constant argument would be hoisted
+    float r = tmoe_bench::fma_loop(iters);
+    benchmark::DoNotOptimize(r);
+  }
+  state.counters["FLOP/s"] = benchmark::Counter(
+      2.0 * 8 * 12 * kIters * static_cast<double>(state.iterations()), benchmark::Counter::kIsRate);
+}
+BENCHMARK(BM_fma_core)->MeasureProcessCPUTime()->Unit(benchmark::kMillisecond);
+#endif
+
+template <class WT>
+void BM_gemm(benchmark::State& state) {
+  const auto out = static_cast<std::size_t>(state.range(0));
+  const auto in = static_cast<std::size_t>(state.range(1));
+  const auto T = static_cast<std::size_t>(state.range(2));
+  ThreadPool pool(1);
+  Matrix<WT> w(out, in);              // (out, in)
+  Matrix<float> x(T, in), y(T, out);  // (T, in), (T, out)
+  for (std::size_t i = 0; i < out * in; ++i)
+    w.data()[i] = from_float<WT>(static_cast<float>(i % 97) * 0.01f - 0.5f);
+  for (std::size_t i = 0; i < T * in; ++i) x.data()[i] = static_cast<float>(i % 13) * 0.1f;
+  for (auto _ : state) {
+    cpu::matmul<WT>(pool, w.cview(), x.cview(), y.view());
+    benchmark::DoNotOptimize(y.data());
+  }
+  state.counters["FLOP/s"] = benchmark::Counter(
+      2.0 * double(out * in * T) * double(state.iterations()), benchmark::Counter::kIsRate);
+}
+BENCHMARK(BM_gemm<float>)
+    ->Name("gemm_f32")
+    ->Args({1024, 1024, 1024})
+    ->Args({8960, 1536, 128})
+    ->MeasureProcessCPUTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_gemm<bf16>)
+    ->Name("gemm_bf16")
+    ->Args({8960, 1536, 128})
+    ->MeasureProcessCPUTime()
+    ->Unit(benchmark::kMillisecond);
+
+// Random bytes with finite scales: the kernels' speed does not depend on the values.
+template <class F>
+QuantMatrix<F> random_matrix(std::size_t rows, std::size_t cols) {
+  QuantMatrix<F> m(rows, cols);
+  std::mt19937_64 rng(42);
+  const std::size_t n = rows * (cols / F::kBlockSize);
+  auto* bytes = reinterpret_cast<std::uint64_t*>(m.blocks());
+  for (std::size_t i = 0; i < n * sizeof(typename F::Block) / 8; ++i) bytes[i] = rng();
+  for (std::size_t i = 0; i < n; ++i) {
+    auto& b = m.blocks()[i];
+    if constexpr (std::is_same_v<F, Q8_0> || std::is_same_v<F, Q4_0> || std::is_same_v<F, Q6_K>)
+      b.d = f16::from_float(0.01f);
+    if constexpr (std::is_same_v<F, Q4_K>) b.d = b.dmin = f16::from_float(0.01f);
+    if constexpr (std::is_same_v<F, Fp8Block>)
+      if ((b.bits & 0x7f) == 0x7f) b.bits = 0x7e;
+  }
+  if constexpr (std::is_same_v<F, Fp8Block>)
+    std::fill_n(m.scales(), ((rows + 127) / 128) * ((cols + 127) / 128), 0.01f);
+  return m;
+}
+
+// Arg: T. T == 1: GEMV (bytes/s); T > 1: prefill (FLOP/s); 1024 rows either way.
+template <class F>
+void BM_quant(benchmark::State& state) {
+  const auto T = static_cast<std::size_t>(state.range(0));
+  const std::size_t out = 1024, in = 7168;
+  ThreadPool pool(1);
+  const auto w = random_matrix<F>(out, in);
+  Matrix<float> x(T, in), y(T, out);  // (T, in), (T, out)
+  std::mt19937 rng(1);
+  std::uniform_real_distribution<float> d(-1.f, 1.f);
+  for (std::size_t i = 0; i < T * in; ++i) x.data()[i] = d(rng);
+  for (auto _ : state) {
+    cpu::matmul_quant<F>(pool, w.view(), x.cview(), y.view());
+    benchmark::DoNotOptimize(y.data());
+  }
+  const double it = double(state.iterations());
+  if (T == 1)
+    state.SetBytesProcessed(static_cast<int64_t>(it * double(w.view().weight_bytes())));
+  else
+    state.counters["FLOP/s"] =
+        benchmark::Counter(2.0 * double(out * in * T) * it, benchmark::Counter::kIsRate);
+}
+#define TMOE_QUANT_CPUTIME(F, name)    \
+  BENCHMARK(BM_quant<F>)               \
+      ->Name("qgemv_" name)            \
+      ->Arg(1)                         \
+      ->MeasureProcessCPUTime()        \
+      ->Unit(benchmark::kMicrosecond); \
+  BENCHMARK(BM_quant<F>)               \
+      ->Name("qgemm_" name)            \
+      ->Arg(128)                       \
+      ->MeasureProcessCPUTime()        \
+      ->Unit(benchmark::kMillisecond)
+TMOE_QUANT_CPUTIME(Q8_0, "q8_0");
+TMOE_QUANT_CPUTIME(Q4_0, "q4_0");
+TMOE_QUANT_CPUTIME(Q4_K, "q4_k");
+TMOE_QUANT_CPUTIME(Q6_K, "q6_k");
+TMOE_QUANT_CPUTIME(Fp8Block, "fp8");
+
+}  // namespace
+
+BENCHMARK_MAIN();
