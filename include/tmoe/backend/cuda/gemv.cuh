@@ -102,6 +102,11 @@ __device__ TMOE_INLINE float dot_chunk(uint4 w, const float (&x)[8], bf16*) {
   }
   return s0 + s1;
 }
+__device__ TMOE_INLINE float dot_chunk(uint4 w, const float (&x)[4], float*) {
+  const float s0 = fmaf(__uint_as_float(w.x), x[0], __uint_as_float(w.y) * x[1]);
+  const float s1 = fmaf(__uint_as_float(w.z), x[2], __uint_as_float(w.w) * x[3]);
+  return s0 + s1;
+}
 // fp8 decodes (kFp8Decode), each exact for every finite e4m3 value, subnormals included:
 //   kDecodeF32Bits: the byte's bits moved into a float (value * 2^-120), then * 2^120;
 //                   ~6 integer/FP ops per weight.

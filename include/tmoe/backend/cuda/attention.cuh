@@ -1,0 +1,180 @@
+// tmoe/backend/cuda/attention.cuh: grouped-query attention over a float32 KV cache in device
+// memory, for decoding and (unfused, no tensor cores) prefill: flash decoding.
+//
+//   out[t, h] = sum_{j <= pos[t]} softmax_j(scale * q[t, h] . K[g, j]) V[g, j],  g = h / (H / Hkv)
+//
+// The cache is head-major, (Hkv, capacity, D) for K and for V, like the CPU KvCache. A token's
+// positions come from device memory (pos[t]), so a CUDA graph captured once serves every step.
+// Work split (grid = (n_split, Hkv * head_blocks, T)): a block takes one KV head, up to kMaxG of
+// the query heads that share it, and one of n_split equal slices of the keys 0..pos[t] (the slice
+// length is computed on the device from pos[t]). Each warp walks the slice's keys (key j =
+// slice start + warp + kWarps i): its lanes hold D/32 consecutive dims of q, k and v (16-byte
+// loads, 512 contiguous bytes per warp per key), a butterfly gives the dot, and the warp keeps an
+// online softmax (running max m, sum l, accumulator) per query head. The warps' states are merged
+// through shared memory. With n_split == 1 the block writes the normalized output; otherwise it
+// writes its slice's normalized partial o_s and log-sum-exp lse_s = m_s + log l_s, and
+// gqa_merge_kernel combines the slices: out = sum_s exp(lse_s - M) o_s / sum_s exp(lse_s - M),
+// M = max_s lse_s (empty slices have lse = -inf and weigh nothing). All arithmetic is fp32.
+#pragma once
+#if !defined(__CUDACC__)
+#error \
+    "tmoe/backend/cuda/attention.cuh is for nvcc only; include tmoe/backend/cuda/api.hpp elsewhere"
+#endif
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+
+#include "tmoe/backend/cuda/reduce.cuh"
+#include "tmoe/config.hpp"
+
+namespace tmoe::cuda {
+
+inline constexpr int kAttnMaxG = 8;      // query heads per block (more: several head blocks)
+inline constexpr int kAttnWarps = 4;     // warps per block
+inline constexpr int kAttnMaxSplit = 128;
+
+struct GqaAttnArgs {
+  const float* q;  // (T, ld_q): head h at q + t * ld_q + h * D
+  std::size_t ld_q;
+  const float* k;  // (Hkv, cap, D)
+  const float* v;
+  std::size_t cap;
+  const std::int32_t* pos;  // (T): token t sees keys 0..pos[t]
+  float* out;               // (T, ld_out): head h at out + t * ld_out + h * D
+  std::size_t ld_out;
+  float* part_o;    // (T, H, n_split, D), n_split > 1 only
+  float* part_lse;  // (T, H, n_split)
+  int H, Hkv, head_blocks, n_split;
+  float scale;
+};
+
+template <int kD>
+__global__ void __launch_bounds__(kAttnWarps* kWarpSize) gqa_attention_kernel(GqaAttnArgs a) {
+  constexpr int kL = kD / kWarpSize;  // dims per lane: 2, 4 or 8
+  static_assert(kL == 2 || kL == 4 || kL == 8, "head_dim must be 64, 128 or 256");
+  const int split = blockIdx.x, t = blockIdx.z;
+  const int g_kv = blockIdx.y / a.head_blocks, hb = blockIdx.y % a.head_blocks;
+  const int group = a.H / a.Hkv;
+  const int per_block = (group + a.head_blocks - 1) / a.head_blocks;
+  const int h0 = g_kv * group + hb * per_block;
+  const int nh = max(0, min(per_block, g_kv * group + group - h0));
+  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+
+  const int len = a.pos[t] + 1;
+  const int chunk = (len + a.n_split - 1) / a.n_split;
+  const int j0 = split * chunk, j1 = min(len, j0 + chunk);
+
+  float q[kAttnMaxG][kL], acc[kAttnMaxG][kL], m[kAttnMaxG], l[kAttnMaxG];
+#pragma unroll
+  for (int g = 0; g < kAttnMaxG; ++g) {
+    m[g] = -INFINITY, l[g] = 0.f;
+#pragma unroll
+    for (int e = 0; e < kL; ++e) acc[g][e] = 0.f, q[g][e] = 0.f;
+    if (g < nh) {
+      const float* qp = a.q + std::size_t(t) * a.ld_q + std::size_t(h0 + g) * kD + lane * kL;
+#pragma unroll
+      for (int e = 0; e < kL; ++e) q[g][e] = qp[e] * a.scale;
+    }
+  }
+  const float* kb = a.k + std::size_t(g_kv) * a.cap * kD + lane * kL;
+  const float* vb = a.v + std::size_t(g_kv) * a.cap * kD + lane * kL;
+  for (int j = j0 + warp; j < j1; j += kAttnWarps) {
+    float kv[kL], vv[kL];
+#pragma unroll
+    for (int e = 0; e < kL; e += 2) {
+      const float2 k2 = *reinterpret_cast<const float2*>(kb + std::size_t(j) * kD + e);
+      const float2 v2 = *reinterpret_cast<const float2*>(vb + std::size_t(j) * kD + e);
+      kv[e] = k2.x, kv[e + 1] = k2.y, vv[e] = v2.x, vv[e + 1] = v2.y;
+    }
+#pragma unroll
+    for (int g = 0; g < kAttnMaxG; ++g) {
+      if (g >= nh) break;
+      float s = 0.f;
+#pragma unroll
+      for (int e = 0; e < kL; ++e) s = fmaf(q[g][e], kv[e], s);
+      s = warp_sum(s);
+      const float mn = fmaxf(m[g], s);
+      const float corr = expf(m[g] - mn), p = expf(s - mn);
+      l[g] = fmaf(l[g], corr, p);
+#pragma unroll
+      for (int e = 0; e < kL; ++e) acc[g][e] = fmaf(acc[g][e], corr, p * vv[e]);
+      m[g] = mn;
+    }
+  }
+
+  // Merge the warps' states.
+  __shared__ float sm[kAttnWarps][kAttnMaxG], sl[kAttnWarps][kAttnMaxG];
+  __shared__ float so[kAttnWarps][kAttnMaxG][kD];
+#pragma unroll
+  for (int g = 0; g < kAttnMaxG; ++g) {
+    if (g >= nh) break;
+    if (lane == 0) sm[warp][g] = m[g], sl[warp][g] = l[g];
+#pragma unroll
+    for (int e = 0; e < kL; ++e) so[warp][g][lane * kL + e] = acc[g][e];
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < nh * kD; i += blockDim.x) {
+    const int g = i / kD, e = i % kD;
+    float M = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kAttnWarps; ++w) M = fmaxf(M, sm[w][g]);
+    float L = 0.f, O = 0.f;
+    if (M != -INFINITY) {
+#pragma unroll
+      for (int w = 0; w < kAttnWarps; ++w) {
+        const float f = expf(sm[w][g] - M);  // 0 for a warp that saw no key
+        L = fmaf(sl[w][g], f, L);
+        O = fmaf(so[w][g][e], f, O);
+      }
+    }
+    const int h = h0 + g;
+    if (a.n_split == 1) {
+      a.out[std::size_t(t) * a.ld_out + std::size_t(h) * kD + e] = O / L;  // len >= 1: L > 0
+    } else {
+      const std::size_t ps = (std::size_t(t) * a.H + h) * a.n_split + split;
+      a.part_o[ps * kD + e] = L > 0.f ? O / L : 0.f;
+      if (e == 0) a.part_lse[ps] = L > 0.f ? M + logf(L) : -INFINITY;
+    }
+  }
+}
+
+// out[t, h] = sum_s w_s o_s / sum_s w_s, w_s = exp(lse_s - max lse). Grid T * H, block D.
+__global__ void gqa_merge_kernel(GqaAttnArgs a, int D) {
+  const int th = blockIdx.x, t = th / a.H, h = th % a.H, e = threadIdx.x;
+  const float* lse = a.part_lse + std::size_t(th) * a.n_split;
+  float M = -INFINITY;
+  for (int s = 0; s < a.n_split; ++s) M = fmaxf(M, lse[s]);
+  float W = 0.f, O = 0.f;
+  for (int s = 0; s < a.n_split; ++s) {
+    const float w = expf(lse[s] - M);
+    W += w;
+    O = fmaf(w, a.part_o[(std::size_t(th) * a.n_split + s) * D + e], O);
+  }
+  a.out[std::size_t(t) * a.ld_out + std::size_t(h) * D + e] = O / W;
+}
+
+// Enqueues the attention of T tokens (n_split slices per head; 1 writes out directly).
+inline cudaError_t launch_gqa_attention(GqaAttnArgs a, int D, int T, cudaStream_t stream) {
+  if (T <= 0) return cudaSuccess;
+  const dim3 grid(a.n_split, a.Hkv * a.head_blocks, T);
+  constexpr int kThreads = kAttnWarps * kWarpSize;
+  switch (D) {
+    case 64:
+      gqa_attention_kernel<64><<<grid, kThreads, 0, stream>>>(a);
+      break;
+    case 128:
+      gqa_attention_kernel<128><<<grid, kThreads, 0, stream>>>(a);
+      break;
+    default:
+      gqa_attention_kernel<256><<<grid, kThreads, 0, stream>>>(a);
+      break;
+  }
+  if (a.n_split > 1) gqa_merge_kernel<<<T * a.H, D, 0, stream>>>(a, D);
+  return cudaGetLastError();
+}
+
+}  // namespace tmoe::cuda
