@@ -147,8 +147,10 @@ __global__ void gqa_merge_kernel(GqaAttnArgs a, int D) {
   const int th = blockIdx.x, t = th / a.H, h = th % a.H, e = threadIdx.x;
   const float* lse = a.part_lse + std::size_t(th) * a.n_split;
   float M = -INFINITY;
+#pragma unroll 8
   for (int s = 0; s < a.n_split; ++s) M = fmaxf(M, lse[s]);
   float W = 0.f, O = 0.f;
+#pragma unroll 8
   for (int s = 0; s < a.n_split; ++s) {
     const float w = expf(lse[s] - M);
     W += w;

@@ -149,8 +149,9 @@ class GqaModel final : public models::Model {
     staging_ = PinnedBuffer<std::int32_t>(2 * n);
     const int sms = device_info(opt.device).sm_count;
     decode_split_ = std::clamp<std::size_t>(2 * std::size_t(sms) / (Hkv_ * head_blocks()), 1, 64);
-    const std::size_t ws = std::max(gqa_attention_workspace(1, H_, D_, decode_split_),
-                                    gqa_attention_workspace(n, H_, D_, split_for(n)));
+    std::size_t ws = 0;
+    for (std::size_t t = 1; t <= n; ++t)
+      ws = std::max(ws, gqa_attention_workspace(t, H_, D_, split_for(t)));
     workspace_ = DeviceBuffer<float>(ws);
     stream_.synchronize();
   }
