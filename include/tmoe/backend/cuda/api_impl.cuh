@@ -410,8 +410,8 @@ void to_bf16(const float* x, bf16* y, std::size_t n, StreamHandle s) {
   if (n == 0) return;
   check(x && y, "cuda::to_bf16", "null pointer: x and y must be device pointers");
   const unsigned blocks = unsigned(std::min<std::size_t>((n + 255) / 256, 65535));
-  to_bf16_kernel<<<blocks, 256, 0, s>>>(x, y, n);
-  check_launch("cuda::to_bf16");
+  const cudaError_t e = launch(to_bf16_kernel, dim3(blocks), dim3(256), 0, s, x, y, n);
+  if (e != cudaSuccess) fail_call("cuda::to_bf16", "kernel launch", e);
 }
 
 // ---- decoder plumbing -----------------------------------------------------------------------
@@ -423,8 +423,9 @@ void embedding_impl(const T* table, std::size_t dim, const std::int32_t* tokens,
   check(n <= 65535 * 32768ull, op, "T: too many tokens, got ", n);
   if (n == 0 || dim == 0) return;
   check(table && tokens && out, op, "null pointer: table, tokens and out are required");
-  embedding_kernel<T><<<unsigned(n), 256, 0, s>>>(table, dim, tokens, out);
-  check_launch(op);
+  const cudaError_t e =
+      launch(embedding_kernel<T>, dim3(unsigned(n)), dim3(256), 0, s, table, dim, tokens, out);
+  if (e != cudaSuccess) fail_call(op, "kernel launch", e);
 }
 }  // namespace api_detail
 void embedding(const float* table, std::size_t dim, const std::int32_t* tokens, std::size_t T,
@@ -456,8 +457,9 @@ void gqa_qkv_store(float* qkv, std::size_t ld, const float* bias, float* k_cache
                  cap,      pos,        inv_freq, attn_factor, int(H),
                  int(Hkv), int(D),     int(rope_dim), layout == RopeLayout::interleaved};
   const int threads = int(std::min<std::size_t>(std::max<std::size_t>(rope_dim / 2, 32), 256));
-  qkv_store_kernel<<<dim3(unsigned(H + 2 * Hkv), unsigned(T)), threads, 0, s>>>(a);
-  check_launch(op);
+  const cudaError_t e =
+      launch(qkv_store_kernel, dim3(unsigned(H + 2 * Hkv), unsigned(T)), dim3(threads), 0, s, a);
+  if (e != cudaSuccess) fail_call(op, "kernel launch", e);
 }
 
 std::size_t gqa_attention_workspace(std::size_t T, std::size_t H, std::size_t D,
@@ -510,8 +512,9 @@ void argmax(const float* logits, std::size_t rows, std::size_t V, std::int32_t* 
   check(!advance || rows == 1, op, "advance needs rows == 1, got ", rows);
   if (rows == 0) return;
   check(logits && idx, op, "null pointer: logits and idx are required");
-  argmax_kernel<<<unsigned(rows), 1024, 0, s>>>(logits, V, idx, advance, history);
-  check_launch(op);
+  const cudaError_t e =
+      launch(argmax_kernel, dim3(unsigned(rows)), dim3(1024), 0, s, logits, V, idx, advance, history);
+  if (e != cudaSuccess) fail_call(op, "kernel launch", e);
 }
 
 // ---- routers --------------------------------------------------------------------------------

@@ -6,8 +6,8 @@
 // The cache is head-major, (Hkv, capacity, D) for K and for V, like the CPU KvCache. A token's
 // positions come from device memory (pos[t]), so a CUDA graph captured once serves every step.
 // Work split (grid = (n_split, Hkv * head_blocks, T)): a block takes one KV head, up to kMaxG of
-// the query heads that share it, and one of n_split equal slices of the keys 0..pos[t] (the slice
-// length is computed on the device from pos[t]). Each warp walks the slice's keys (key j =
+// the query heads that share it, and one of ns equal slices of the keys 0..pos[t], where ns =
+// min(n_split, ceil((pos[t] + 1) / kAttnMinKeys)) is computed on the device (blocks past ns exit). Each warp walks the slice's keys (key j =
 // slice start + warp + kWarps i): its lanes hold D/32 consecutive dims of q, k and v (16-byte
 // loads, 512 contiguous bytes per warp per key), a butterfly gives the dot, and the warp keeps an
 // online softmax (running max m, sum l, accumulator) per query head. The warps' states are merged
@@ -28,6 +28,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "tmoe/backend/cuda/launch.cuh"
 #include "tmoe/backend/cuda/reduce.cuh"
 #include "tmoe/config.hpp"
 
@@ -36,6 +37,13 @@ namespace tmoe::cuda {
 inline constexpr int kAttnMaxG = 8;      // query heads per block (more: several head blocks)
 inline constexpr int kAttnWarps = 4;     // warps per block
 inline constexpr int kAttnMaxSplit = 128;
+inline constexpr int kAttnMinKeys = 32;  // keys per slice at least (fewer slices when short)
+
+// Slices actually used for a token that sees len keys: up to n_split, at least kAttnMinKeys keys
+// each (a short context is not cut into near-empty slices that the merge would have to read).
+__device__ TMOE_INLINE int attn_slices(int len, int n_split) {
+  return max(1, min(n_split, (len + kAttnMinKeys - 1) / kAttnMinKeys));
+}
 
 struct GqaAttnArgs {
   const float* q;  // (T, ld_q): head h at q + t * ld_q + h * D
@@ -63,9 +71,13 @@ __global__ void __launch_bounds__(kAttnWarps* kWarpSize) gqa_attention_kernel(Gq
   const int h0 = g_kv * group + hb * per_block;
   const int nh = max(0, min(per_block, g_kv * group + group - h0));
   const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+  pdl_trigger();
+  pdl_wait();
 
   const int len = a.pos[t] + 1;
-  const int chunk = (len + a.n_split - 1) / a.n_split;
+  const int ns = attn_slices(len, a.n_split);
+  if (split >= ns) return;
+  const int chunk = (len + ns - 1) / ns;
   const int j0 = split * chunk, j1 = min(len, j0 + chunk);
 
   float q[kAttnMaxG][kL], acc[kAttnMaxG][kL], m[kAttnMaxG], l[kAttnMaxG];
@@ -144,14 +156,17 @@ __global__ void __launch_bounds__(kAttnWarps* kWarpSize) gqa_attention_kernel(Gq
 
 // out[t, h] = sum_s w_s o_s / sum_s w_s, w_s = exp(lse_s - max lse). Grid T * H, block D.
 __global__ void gqa_merge_kernel(GqaAttnArgs a, int D) {
+  pdl_trigger();
+  pdl_wait();
   const int th = blockIdx.x, t = th / a.H, h = th % a.H, e = threadIdx.x;
+  const int ns = attn_slices(a.pos[t] + 1, a.n_split);
   const float* lse = a.part_lse + std::size_t(th) * a.n_split;
   float M = -INFINITY;
 #pragma unroll 8
-  for (int s = 0; s < a.n_split; ++s) M = fmaxf(M, lse[s]);
+  for (int s = 0; s < ns; ++s) M = fmaxf(M, lse[s]);
   float W = 0.f, O = 0.f;
 #pragma unroll 8
-  for (int s = 0; s < a.n_split; ++s) {
+  for (int s = 0; s < ns; ++s) {
     const float w = expf(lse[s] - M);
     W += w;
     O = fmaf(w, a.part_o[(std::size_t(th) * a.n_split + s) * D + e], O);
@@ -163,20 +178,14 @@ __global__ void gqa_merge_kernel(GqaAttnArgs a, int D) {
 inline cudaError_t launch_gqa_attention(GqaAttnArgs a, int D, int T, cudaStream_t stream) {
   if (T <= 0) return cudaSuccess;
   const dim3 grid(a.n_split, a.Hkv * a.head_blocks, T);
-  constexpr int kThreads = kAttnWarps * kWarpSize;
-  switch (D) {
-    case 64:
-      gqa_attention_kernel<64><<<grid, kThreads, 0, stream>>>(a);
-      break;
-    case 128:
-      gqa_attention_kernel<128><<<grid, kThreads, 0, stream>>>(a);
-      break;
-    default:
-      gqa_attention_kernel<256><<<grid, kThreads, 0, stream>>>(a);
-      break;
-  }
-  if (a.n_split > 1) gqa_merge_kernel<<<T * a.H, D, 0, stream>>>(a, D);
-  return cudaGetLastError();
+  const dim3 block(kAttnWarps * kWarpSize);
+  cudaError_t e = launch(D == 64    ? gqa_attention_kernel<64>
+                         : D == 128 ? gqa_attention_kernel<128>
+                                    : gqa_attention_kernel<256>,
+                         grid, block, 0, stream, a);
+  if (e == cudaSuccess && a.n_split > 1)
+    e = launch(gqa_merge_kernel, dim3(T * a.H), dim3(D), 0, stream, a, D);
+  return e;
 }
 
 }  // namespace tmoe::cuda

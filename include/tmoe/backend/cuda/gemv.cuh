@@ -30,8 +30,11 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <type_traits>
 
+#include "tmoe/backend/cuda/launch.cuh"
 #include "tmoe/backend/cuda/reduce.cuh"
 #include "tmoe/config.hpp"
 #include "tmoe/core/dtype.hpp"
@@ -169,7 +172,22 @@ __device__ TMOE_INLINE float dot_chunk(uint4 w, const float (&x)[16], f8_e4m3*) 
 struct GemvBatch {
   const std::int32_t* idx = nullptr;
   std::size_t w_stride = 0, scale_stride = 0, x_stride = 0;
+  bool prefetch = false;  // see gemv_vec_kernel (set by launch_gemv)
 };
+
+namespace gemv_detail {
+__device__ TMOE_INLINE void prefetch_l2(const void* p) {
+  asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+}
+// TMOE_CUDA_GEMV_PREFETCH=0 turns the prefetch before the PDL wait off (for measurements).
+inline bool gemv_prefetch_enabled() {
+  static const bool on = [] {
+    const char* e = std::getenv("TMOE_CUDA_GEMV_PREFETCH");
+    return !(e && std::strcmp(e, "0") == 0);
+  }();
+  return on;
+}
+}  // namespace gemv_detail
 
 // Tuning of the vector kernel per weight type: rows per warp, 16-byte loads per row in flight
 // per lane, warps per block, fp8 decode. Chosen from bench_cuda_gemv --all-configs (docs/cuda.md).
@@ -200,13 +218,6 @@ __global__ void __launch_bounds__(kWarps* kWarpSize)
   using namespace gemv_detail;
   constexpr bool kFp8 = std::is_same_v<W, f8_e4m3>;
   constexpr int kVec = 16 / sizeof(W);  // weights per 16-byte chunk
-  if (batch.idx) {
-    const std::size_t e = std::size_t(batch.idx[blockIdx.y]);
-    w += e * batch.w_stride;
-    if constexpr (kFp8) scale_inv += e * batch.scale_stride;
-  }
-  x += blockIdx.y * batch.x_stride;
-  y += std::size_t(blockIdx.y) * out;
   constexpr int kGroups = kWarps / kSplit;
   constexpr int kStride = kWarpSize * kSplit;  // chunks between a lane's consecutive loads
   static_assert(kWarps % kSplit == 0, "kSplit must divide kWarps");
@@ -214,6 +225,28 @@ __global__ void __launch_bounds__(kWarps* kWarpSize)
   const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
   const int slice = warp % kSplit, group = warp / kSplit;
   const int row0 = (blockIdx.x * kGroups + group) * kRows;
+  pdl_trigger();
+  // Launched early under PDL, the block can pull its first weights into L2 while the kernel before
+  // it (whose output x is) finishes: weights never depend on earlier kernels (unless gathered by
+  // a device index).
+  if (batch.prefetch && !batch.idx && row0 < out) {
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u)
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) {
+        const int c = lane + slice * kWarpSize + u * kStride;
+        if (c < in / kVec)
+          prefetch_l2(w + std::size_t(min(row0 + r, out - 1)) * ldw + std::size_t(c) * kVec);
+      }
+  }
+  pdl_wait();
+  if (batch.idx) {
+    const std::size_t e = std::size_t(batch.idx[blockIdx.y]);
+    w += e * batch.w_stride;
+    if constexpr (kFp8) scale_inv += e * batch.scale_stride;
+  }
+  x += blockIdx.y * batch.x_stride;
+  y += std::size_t(blockIdx.y) * out;
   const W* wr[kRows];
 #pragma unroll
   for (int r = 0; r < kRows; ++r) wr[r] = w + std::size_t(min(row0 + r, out - 1)) * ldw;
@@ -280,6 +313,8 @@ __global__ void gemv_rowwise_kernel(const W* __restrict__ w, std::size_t ldw,
                                     const float* __restrict__ scale_inv, std::size_t ld_scale,
                                     const X* __restrict__ x, float* __restrict__ y, int out, int in,
                                     GemvBatch batch) {
+  pdl_trigger();
+  pdl_wait();
   if (batch.idx) {
     const std::size_t e = std::size_t(batch.idx[blockIdx.y]);
     w += e * batch.w_stride;
@@ -320,39 +355,40 @@ cudaError_t launch_gemv(const W* w, std::size_t ldw, const float* scale_inv, con
                    reinterpret_cast<std::uintptr_t>(x) % 16 == 0;
   if (!vec) {
     constexpr int kRowWarps = 4;
-    gemv_rowwise_kernel<W, X>
-        <<<dim3((out + kRowWarps - 1) / kRowWarps, batch), kRowWarps * kWarpSize, 0, stream>>>(
-            w, ldw, scale_inv, ld_scale, x, y, out, in, gb);
-    return cudaGetLastError();
+    return launch(gemv_rowwise_kernel<W, X>, dim3((out + kRowWarps - 1) / kRowWarps, batch),
+                  dim3(kRowWarps * kWarpSize), 0, stream, w, ldw, scale_inv, ld_scale, x, y, out,
+                  in, gb);
   }
+  gb.prefetch = gemv_detail::gemv_prefetch_enabled() && pdl_enabled();
   constexpr int kTargetWarps = 8192;
   const int row_groups = (out + kRows - 1) / kRows, nchunk = in / kVec;
   int split = 1;
   while (split < kWarps && row_groups * batch * split < kTargetWarps &&
          nchunk >= 2 * split * kWarpSize)
     split *= 2;
-  auto launch = [&]<int kSplit>() {
+  cudaError_t err = cudaSuccess;
+  auto go = [&]<int kSplit>() {
     const int rows_per_block = kRows * (kWarps / kSplit);
-    gemv_vec_kernel<W, X, kRows, kUnroll, kWarps, kSplit>
-        <<<dim3((out + rows_per_block - 1) / rows_per_block, batch), kWarps * kWarpSize, 0,
-           stream>>>(w, ldw, scale_inv, ld_scale, x, y, out, in, gb);
+    err = launch(gemv_vec_kernel<W, X, kRows, kUnroll, kWarps, kSplit>,
+                 dim3((out + rows_per_block - 1) / rows_per_block, batch), dim3(kWarps * kWarpSize),
+                 0, stream, w, ldw, scale_inv, ld_scale, x, y, out, in, gb);
   };
   static_assert(kWarps == 8, "the split dispatch below lists kSplit = 1, 2, 4, 8");
   switch (split) {
     case 1:
-      launch.template operator()<1>();
+      go.template operator()<1>();
       break;
     case 2:
-      launch.template operator()<2>();
+      go.template operator()<2>();
       break;
     case 4:
-      launch.template operator()<4>();
+      go.template operator()<4>();
       break;
     default:
-      launch.template operator()<8>();
+      go.template operator()<8>();
       break;
   }
-  return cudaGetLastError();
+  return err;
 }
 
 }  // namespace tmoe::cuda

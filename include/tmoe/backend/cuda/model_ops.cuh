@@ -15,6 +15,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "tmoe/backend/cuda/launch.cuh"
 #include "tmoe/backend/cuda/reduce.cuh"
 #include "tmoe/config.hpp"
 #include "tmoe/core/dtype.hpp"
@@ -25,6 +26,8 @@ namespace tmoe::cuda {
 template <class T>
 __global__ void embedding_kernel(const T* __restrict__ table, std::size_t dim,
                                  const std::int32_t* __restrict__ tokens, float* __restrict__ out) {
+  pdl_trigger();
+  pdl_wait();
   const T* row = table + std::size_t(tokens[blockIdx.x]) * dim;
   float* o = out + std::size_t(blockIdx.x) * dim;
   for (std::size_t i = threadIdx.x; i < dim; i += blockDim.x) o[i] = to_float(row[i]);
@@ -48,6 +51,8 @@ struct QkvStoreArgs {
 // rotated dims, plain copies). Bias first, then RoPE on q and k (fp32, like the CPU layer), then k
 // and v go to the cache at position pos[t].
 __global__ void qkv_store_kernel(QkvStoreArgs a) {
+  pdl_trigger();
+  pdl_wait();
   const int t = blockIdx.y, head = blockIdx.x;
   const int D = a.D;
   float* x = a.qkv + std::size_t(t) * a.ld + std::size_t(head) * D;
@@ -90,6 +95,8 @@ __global__ void qkv_store_kernel(QkvStoreArgs a) {
 __global__ void argmax_kernel(const float* __restrict__ logits, std::size_t V,
                               std::int32_t* __restrict__ idx, std::int32_t* advance,
                               std::int32_t* history) {
+  pdl_trigger();
+  pdl_wait();
   const float* row = logits + std::size_t(blockIdx.x) * V;
   float best = -INFINITY;
   int bi = 0x7fffffff;
@@ -121,6 +128,8 @@ __global__ void argmax_kernel(const float* __restrict__ logits, std::size_t V,
 }
 
 __global__ void to_bf16_kernel(const float* __restrict__ x, bf16* __restrict__ y, std::size_t n) {
+  pdl_trigger();
+  pdl_wait();
   for (std::size_t i = blockIdx.x * std::size_t(blockDim.x) + threadIdx.x; i < n;
        i += std::size_t(gridDim.x) * blockDim.x)
     y[i] = bf16::from_float(x[i]);

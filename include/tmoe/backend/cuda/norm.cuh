@@ -14,6 +14,7 @@
 
 #include <cstddef>
 
+#include "tmoe/backend/cuda/launch.cuh"
 #include "tmoe/backend/cuda/reduce.cuh"
 #include "tmoe/core/dtype.hpp"
 
@@ -23,6 +24,8 @@ template <class T>
 __global__ void add_rmsnorm_kernel(const T* __restrict__ x, T* __restrict__ residual,
                                    const T* __restrict__ weight, T* __restrict__ out, int dim,
                                    float eps) {
+  pdl_trigger();
+  pdl_wait();
   const std::size_t base = std::size_t(blockIdx.x) * dim;
   T* h = residual + base;
   float ss = 0.f;
@@ -44,8 +47,8 @@ cudaError_t launch_add_rmsnorm(const T* x, T* residual, const T* weight, T* out,
                                float eps, cudaStream_t stream) {
   if (rows <= 0 || dim <= 0) return cudaSuccess;
   const int threads = dim >= 4096 ? 512 : dim >= 1024 ? 256 : 128;
-  add_rmsnorm_kernel<T><<<rows, threads, 0, stream>>>(x, residual, weight, out, dim, eps);
-  return cudaGetLastError();
+  return launch(add_rmsnorm_kernel<T>, dim3(rows), dim3(threads), 0, stream, x, residual, weight,
+                out, dim, eps);
 }
 
 }  // namespace tmoe::cuda
