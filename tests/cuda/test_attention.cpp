@@ -217,6 +217,16 @@ TEST_CASE("embedding lookup and argmax") {
   cuda::argmax(d_logits.data(), rows, W, d_idx.data());
   const auto idx = to_host(d_idx);
   for (std::size_t r = 0; r < rows; ++r) CHECK(idx[r] == std::int32_t(at[r]));
+  // The two-phase (workspace) version, also on a row shorter than its 128 blocks.
+  cuda::DeviceBuffer<std::byte> ws(cuda::argmax_workspace(rows));
+  auto d_idx2 = poisoned<std::int32_t>(rows);
+  cuda::argmax(d_logits.data(), rows, W, d_idx2.data(), nullptr, nullptr, ws.data());
+  const auto idx2 = to_host(d_idx2);
+  for (std::size_t r = 0; r < rows; ++r) CHECK(idx2[r] == std::int32_t(at[r]));
+  const std::vector<float> tiny = {0.5f, 3.f, -1.f, 3.f, 2.f};
+  auto d_tiny = to_device(tiny);
+  cuda::argmax(d_tiny.data(), 1, tiny.size(), d_idx2.data(), nullptr, nullptr, ws.data());
+  CHECK(to_host(d_idx2)[0] == 1);
 
   // advance + history: the position moves on and the token is recorded at the new position.
   const std::vector<std::int32_t> p0 = {41};
@@ -227,6 +237,9 @@ TEST_CASE("embedding lookup and argmax") {
   CHECK(to_host(d_p)[0] == 42);
   CHECK(to_host(d_hist)[42] == 151935);
   CHECK(to_host(d_one)[0] == 151935);
+  cuda::argmax(d_logits.data() + 2 * W, 1, W, d_one.data(), d_p.data(), d_hist.data(), ws.data());
+  CHECK(to_host(d_p)[0] == 43);
+  CHECK(to_host(d_hist)[43] == 80000);
 }
 
 TEST_CASE("float GEMV and the cuBLAS prefill GEMMs") {

@@ -308,10 +308,12 @@ void gqa_attention(const float* q, std::size_t ld_q, const float* k_cache, const
 // idx[r] = argmax of row r of logits (rows, V) (first index of the largest value; 0 if a row is
 // all NaN). With advance != nullptr (rows == 1): p = *advance; *advance = p + 1; and, with
 // history != nullptr, history[p + 1] = idx[0]: a greedy decode graph feeds itself its next token
-// and position and records the token by position.
+// and position and records the token by position. With a workspace of argmax_workspace(rows)
+// bytes, 128 blocks per row share the scan (a 151936-wide row: ~4 us instead of ~70 us).
+std::size_t argmax_workspace(std::size_t rows);
 void argmax(const float* logits, std::size_t rows, std::size_t V, std::int32_t* idx,
             std::int32_t* advance = nullptr, std::int32_t* history = nullptr,
-            StreamHandle s = nullptr);
+            void* workspace = nullptr, StreamHandle s = nullptr);
 
 // ---- routers (one token per row of float logits (tokens, experts)) ----------------------------
 // DeepSeek-V3 "noaux_tc": s = sigmoid(logits); c = s + bias (selection only); group score = sum of

@@ -503,8 +503,11 @@ void gqa_attention(const float* q, std::size_t ld_q, const float* k_cache, const
   if (e != cudaSuccess) fail_call(op, "kernel launch", e);
 }
 
+std::size_t argmax_workspace(std::size_t rows) {
+  return rows * kArgmaxBlocks * (sizeof(float) + sizeof(int));
+}
 void argmax(const float* logits, std::size_t rows, std::size_t V, std::int32_t* idx,
-            std::int32_t* advance, std::int32_t* history, StreamHandle s) {
+            std::int32_t* advance, std::int32_t* history, void* workspace, StreamHandle s) {
   constexpr const char* op = "cuda::argmax";
   check(V >= 1 && V <= api_detail::kIntMax, op, "V: expected 1..", api_detail::kIntMax, ", got ",
         V);
@@ -512,8 +515,19 @@ void argmax(const float* logits, std::size_t rows, std::size_t V, std::int32_t* 
   check(!advance || rows == 1, op, "advance needs rows == 1, got ", rows);
   if (rows == 0) return;
   check(logits && idx, op, "null pointer: logits and idx are required");
-  const cudaError_t e =
-      launch(argmax_kernel, dim3(unsigned(rows)), dim3(1024), 0, s, logits, V, idx, advance, history);
+  cudaError_t e;
+  if (workspace) {
+    float* pv = static_cast<float*>(workspace);
+    int* pi = reinterpret_cast<int*>(pv + rows * kArgmaxBlocks);
+    e = launch(argmax_partial_kernel, dim3(kArgmaxBlocks, unsigned(rows)), dim3(256), 0, s, logits,
+               V, pv, pi);
+    if (e == cudaSuccess)
+      e = launch(argmax_final_kernel, dim3(unsigned(rows)), dim3(kArgmaxBlocks), 0, s, pv, pi, idx,
+                 advance, history);
+  } else {
+    e = launch(argmax_kernel, dim3(unsigned(rows)), dim3(1024), 0, s, logits, V, idx, advance,
+               history);
+  }
   if (e != cudaSuccess) fail_call(op, "kernel launch", e);
 }
 

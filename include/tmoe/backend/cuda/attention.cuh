@@ -37,7 +37,7 @@ namespace tmoe::cuda {
 inline constexpr int kAttnMaxG = 8;      // query heads per block (more: several head blocks)
 inline constexpr int kAttnWarps = 4;     // warps per block
 inline constexpr int kAttnMaxSplit = 128;
-inline constexpr int kAttnMinKeys = 32;  // keys per slice at least (fewer slices when short)
+inline constexpr int kAttnMinKeys = 16;  // keys per slice at least (fewer slices when short)
 
 // Slices actually used for a token that sees len keys: up to n_split, at least kAttnMinKeys keys
 // each (a short context is not cut into near-empty slices that the merge would have to read).
@@ -94,27 +94,37 @@ __global__ void __launch_bounds__(kAttnWarps* kWarpSize) gqa_attention_kernel(Gq
   }
   const float* kb = a.k + std::size_t(g_kv) * a.cap * kD + lane * kL;
   const float* vb = a.v + std::size_t(g_kv) * a.cap * kD + lane * kL;
-  for (int j = j0 + warp; j < j1; j += kAttnWarps) {
-    float kv[kL], vv[kL];
+  // Two keys per warp per round, both loaded before either is used (loads in flight).
+  for (int j = j0 + warp; j < j1; j += 2 * kAttnWarps) {
+    const bool two = j + kAttnWarps < j1;
+    float kv[2][kL], vv[2][kL];
 #pragma unroll
-    for (int e = 0; e < kL; e += 2) {
-      const float2 k2 = *reinterpret_cast<const float2*>(kb + std::size_t(j) * kD + e);
-      const float2 v2 = *reinterpret_cast<const float2*>(vb + std::size_t(j) * kD + e);
-      kv[e] = k2.x, kv[e + 1] = k2.y, vv[e] = v2.x, vv[e + 1] = v2.y;
+    for (int u = 0; u < 2; ++u) {
+      const std::size_t row = std::size_t(u == 0 || two ? j + u * kAttnWarps : j) * kD;
+#pragma unroll
+      for (int e = 0; e < kL; e += 2) {
+        const float2 k2 = *reinterpret_cast<const float2*>(kb + row + e);
+        const float2 v2 = *reinterpret_cast<const float2*>(vb + row + e);
+        kv[u][e] = k2.x, kv[u][e + 1] = k2.y, vv[u][e] = v2.x, vv[u][e + 1] = v2.y;
+      }
     }
 #pragma unroll
-    for (int g = 0; g < kAttnMaxG; ++g) {
-      if (g >= nh) break;
-      float s = 0.f;
+    for (int u = 0; u < 2; ++u) {
+      if (u == 1 && !two) break;
 #pragma unroll
-      for (int e = 0; e < kL; ++e) s = fmaf(q[g][e], kv[e], s);
-      s = warp_sum(s);
-      const float mn = fmaxf(m[g], s);
-      const float corr = expf(m[g] - mn), p = expf(s - mn);
-      l[g] = fmaf(l[g], corr, p);
+      for (int g = 0; g < kAttnMaxG; ++g) {
+        if (g >= nh) break;
+        float s = 0.f;
 #pragma unroll
-      for (int e = 0; e < kL; ++e) acc[g][e] = fmaf(acc[g][e], corr, p * vv[e]);
-      m[g] = mn;
+        for (int e = 0; e < kL; ++e) s = fmaf(q[g][e], kv[u][e], s);
+        s = warp_sum(s);
+        const float mn = fmaxf(m[g], s);
+        const float corr = expf(m[g] - mn), p = expf(s - mn);
+        l[g] = fmaf(l[g], corr, p);
+#pragma unroll
+        for (int e = 0; e < kL; ++e) acc[g][e] = fmaf(acc[g][e], corr, p * vv[u][e]);
+        m[g] = mn;
+      }
     }
   }
 

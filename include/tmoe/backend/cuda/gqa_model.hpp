@@ -146,6 +146,7 @@ class GqaModel final : public models::Model {
       xb_ = DeviceBuffer<bf16>(n * std::max({d_, H_ * D_, I_}));
     tok_ = DeviceBuffer<std::int32_t>(n), pos_ = DeviceBuffer<std::int32_t>(n);
     logits1_ = DeviceBuffer<float>(V_);
+    argmax_ws_ = DeviceBuffer<std::byte>(argmax_workspace(1));
     staging_ = PinnedBuffer<std::int32_t>(2 * n);
     const int sms = device_info(opt.device).sm_count;
     decode_split_ = std::clamp<std::size_t>(2 * std::size_t(sms) / (Hkv_ * head_blocks()), 1, 64);
@@ -202,7 +203,7 @@ class GqaModel final : public models::Model {
           " + ", prompt.size(), " + ", n - 1, " positions exceed the capacity of ", s.cap_);
     const float* first = run(s, prompt, 1);
     const std::size_t p0 = s.size_;  // position of the first generated token
-    argmax(first, 1, V_, tok_.data(), nullptr, nullptr, stream_);
+    argmax(first, 1, V_, tok_.data(), nullptr, nullptr, argmax_ws_.data(), stream_);
     copy_device(s.history_.data() + p0, tok_.data(), sizeof(std::int32_t), stream_);
     stream_.synchronize();  // the staging buffer may still feed run()'s last copy
     staging_[0] = static_cast<std::int32_t>(p0);
@@ -210,7 +211,8 @@ class GqaModel final : public models::Model {
     if (n > 1 && !s.greedy_) {
       graph_capture_begin(stream_);
       step(s, 1, 0, logits1_.data());
-      argmax(logits1_.data(), 1, V_, tok_.data(), pos_.data(), s.history_.data(), stream_);
+      argmax(logits1_.data(), 1, V_, tok_.data(), pos_.data(), s.history_.data(),
+             argmax_ws_.data(), stream_);
       s.greedy_ = Graph(graph_capture_end(stream_));
     }
     for (std::size_t i = 1; i < n; ++i) s.greedy_.launch(stream_);
@@ -396,6 +398,7 @@ class GqaModel final : public models::Model {
   DeviceBuffer<bf16> xb_;
   DeviceBuffer<std::int32_t> tok_, pos_;
   DeviceBuffer<float> logits1_;  // a graph step's logits (its address is captured)
+  DeviceBuffer<std::byte> argmax_ws_;
   mutable DeviceBuffer<float> logits_, logits_rows_;
   mutable PinnedBuffer<std::int32_t> staging_;
 };

@@ -127,6 +127,80 @@ __global__ void argmax_kernel(const float* __restrict__ logits, std::size_t V,
   }
 }
 
+// Two-phase argmax over a wide row (a 151936-token vocabulary is 600 KB: one block would be
+// latency-bound for ~70 us). Phase 1, grid (kArgmaxBlocks, rows): block b takes columns
+// [b * chunk, (b + 1) * chunk) and writes its (value, index) pair; phase 2, one block per row,
+// reduces the pairs and finishes like argmax_kernel. Ties keep the first index in both phases.
+inline constexpr int kArgmaxBlocks = 128;
+
+// Block-wide (value, index) maximum, first index on ties; valid in thread 0.
+__device__ TMOE_INLINE void block_argmax(float& best, int& bi) {
+  __shared__ float sv[kWarpSize];
+  __shared__ int si[kWarpSize];
+  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+  warp_argmax(best, bi);
+  __syncthreads();
+  if (lane == 0) sv[warp] = best, si[warp] = bi;
+  __syncthreads();
+  if (warp == 0) {
+    const int nw = blockDim.x / kWarpSize;
+    best = lane < nw ? sv[lane] : -INFINITY;
+    bi = lane < nw ? si[lane] : 0x7fffffff;
+    warp_argmax(best, bi);
+  }
+}
+
+__global__ void argmax_partial_kernel(const float* __restrict__ logits, std::size_t V,
+                                      float* __restrict__ pv, int* __restrict__ pi) {
+  pdl_trigger();
+  pdl_wait();
+  const float* row = logits + std::size_t(blockIdx.y) * V;
+  const std::size_t chunk = (V + kArgmaxBlocks - 1) / kArgmaxBlocks;
+  const std::size_t lo = blockIdx.x * chunk, hi = min(V, lo + chunk);
+  float best = -INFINITY;
+  int bi = 0x7fffffff;
+  constexpr int kU = 8;
+  for (std::size_t i0 = lo + threadIdx.x; i0 < hi; i0 += kU * blockDim.x) {
+    float v[kU];
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      const std::size_t i = i0 + u * blockDim.x;
+      v[u] = i < hi ? row[i] : -INFINITY;
+    }
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      const int i = int(i0 + u * blockDim.x);
+      if (v[u] > best || (v[u] == best && i < bi && i0 + u * blockDim.x < hi)) best = v[u], bi = i;
+    }
+  }
+  block_argmax(best, bi);
+  if (threadIdx.x == 0) {
+    const std::size_t k = std::size_t(blockIdx.y) * kArgmaxBlocks + blockIdx.x;
+    pv[k] = best, pi[k] = bi;
+  }
+}
+
+__global__ void argmax_final_kernel(const float* __restrict__ pv, const int* __restrict__ pi,
+                                    std::int32_t* __restrict__ idx, std::int32_t* advance,
+                                    std::int32_t* history) {
+  pdl_trigger();
+  pdl_wait();
+  const std::size_t k = std::size_t(blockIdx.x) * kArgmaxBlocks + threadIdx.x;
+  float best = threadIdx.x < kArgmaxBlocks ? pv[k] : -INFINITY;
+  int bi = threadIdx.x < kArgmaxBlocks ? pi[k] : 0x7fffffff;
+  if (best != best) best = -INFINITY, bi = 0x7fffffff;  // a NaN row slice
+  block_argmax(best, bi);
+  if (threadIdx.x == 0) {
+    const int tok = bi == 0x7fffffff ? 0 : bi;
+    idx[blockIdx.x] = tok;
+    if (advance) {
+      const int p = *advance + 1;
+      *advance = p;
+      if (history) history[p] = tok;
+    }
+  }
+}
+
 __global__ void to_bf16_kernel(const float* __restrict__ x, bf16* __restrict__ y, std::size_t n) {
   pdl_trigger();
   pdl_wait();
