@@ -79,7 +79,7 @@ void check_attention(const AttnCase& c, std::size_t n_split, std::uint64_t seed)
                       scale, d_out.data(), H * D, n_split, ws.data(), counters.data());
   const auto out = to_host(d_out);
   // The counters are back at zero (the next call, or graph replay, relies on it).
-  for (const auto c : to_host(counters)) REQUIRE(c == 0);
+  for (const auto cnt : to_host(counters)) REQUIRE(cnt == 0);
   const auto kc = to_host(d_k), vc = to_host(d_v);
   const auto qr = to_host(d_qkv);  // q roped in place
   double worst = 0, worst_cache = 0;
