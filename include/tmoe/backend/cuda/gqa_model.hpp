@@ -407,6 +407,8 @@ class GqaModel final : public models::Model {
 
 // Loads a Hugging Face folder (config.json + safetensors) onto the GPU.
 inline std::unique_ptr<GqaModel> load_model(const std::string& path, const ModelOptions& opt = {}) {
+  check(device_count() > opt.device, "cuda::GqaModel", "no CUDA device ", opt.device, " (",
+        device_count() == 0 ? device_count_error() : "out of range", ")");
   return std::make_unique<GqaModel>(io::load_model_config(path),
                                     std::make_shared<models::SafetensorsSource>(path), opt);
 }
