@@ -70,16 +70,12 @@ void check_attention(const AttnCase& c, std::size_t n_split, std::uint64_t seed)
   auto d_k = poisoned<float>(Hkv * cap * D), d_v = poisoned<float>(Hkv * cap * D);
   auto d_out = poisoned<float>(T * H * D);
   cuda::DeviceBuffer<float> ws(std::max<std::size_t>(1, cuda::gqa_attention_workspace(T, H, D, n_split)));
-  cuda::DeviceBuffer<std::int32_t> counters(T * H);
-  cuda::fill_bytes(counters.data(), 0, counters.bytes());
   cuda::gqa_qkv_store(d_qkv.data(), ld, d_bias.data(), d_k.data(), d_v.data(), cap, d_pos.data(),
                       T, H, Hkv, D, c.rope_dim, d_freq.data(), f.attention_factor,
                       cuda::RopeLayout::half_split);
   cuda::gqa_attention(d_qkv.data(), ld, d_k.data(), d_v.data(), cap, d_pos.data(), T, H, Hkv, D,
-                      scale, d_out.data(), H * D, n_split, ws.data(), counters.data());
+                      scale, d_out.data(), H * D, n_split, ws.data());
   const auto out = to_host(d_out);
-  // The counters are back at zero (the next call, or graph replay, relies on it).
-  for (const auto cnt : to_host(counters)) REQUIRE(cnt == 0);
   const auto kc = to_host(d_k), vc = to_host(d_v);
   const auto qr = to_host(d_qkv);  // q roped in place
   double worst = 0, worst_cache = 0;
@@ -145,8 +141,6 @@ TEST_CASE("decode attention reads the position from device memory") {
   const float scale = 1.0f / std::sqrt(float(D));
   const std::size_t split = 64;
   cuda::DeviceBuffer<float> ws(cuda::gqa_attention_workspace(1, H, D, split));
-  cuda::DeviceBuffer<std::int32_t> counters(H);
-  cuda::fill_bytes(counters.data(), 0, counters.bytes());
   cuda::DeviceBuffer<std::int32_t> d_p(1);
   auto d_out = poisoned<float>(H * D);
   const auto kc = to_host(d_k), vc = to_host(d_v);
@@ -155,7 +149,7 @@ TEST_CASE("decode attention reads the position from device memory") {
     const std::int32_t pi = std::int32_t(p);
     d_p.upload(&pi);
     cuda::gqa_attention(d_qkv.data() + p * ld, ld, d_k.data(), d_v.data(), cap, d_p.data(), 1, H,
-                        Hkv, D, scale, d_out.data(), H * D, split, ws.data(), counters.data());
+                        Hkv, D, scale, d_out.data(), H * D, split, ws.data());
     const auto out = to_host(d_out);
     Matrix<float> q(1, H * D), k(p + 1, Hkv * D), v(p + 1, Hkv * D), want(1, H * D);
     for (std::size_t i = 0; i < H * D; ++i) q(0, i) = roped[p * ld + i];
@@ -181,10 +175,10 @@ TEST_CASE("decode attention reads the position from device memory") {
 
 TEST_CASE("attention and epilogue reject bad arguments with one-line errors") {
   CHECK_THROWS_WITH_AS(cuda::gqa_attention(nullptr, 96, nullptr, nullptr, 8, nullptr, 1, 2, 1, 48,
-                                           1.f, nullptr, 96, 1, nullptr, nullptr),
+                                           1.f, nullptr, 96, 1, nullptr),
                        doctest::Contains("[cuda::gqa_attention] head_dim"), tmoe::Error);
   CHECK_THROWS_WITH_AS(cuda::gqa_attention(nullptr, 384, nullptr, nullptr, 8, nullptr, 1, 3, 2,
-                                           128, 1.f, nullptr, 384, 1, nullptr, nullptr),
+                                           128, 1.f, nullptr, 384, 1, nullptr),
                        doctest::Contains("multiple of Hkv"), tmoe::Error);
   CHECK_THROWS_WITH_AS(cuda::gqa_qkv_store(nullptr, 10, nullptr, nullptr, nullptr, 8, nullptr, 1,
                                            2, 1, 64, 64, nullptr, 1.f,

@@ -295,18 +295,15 @@ void gqa_qkv_store(float* qkv, std::size_t ld, const float* bias, float* k_cache
 // Causal GQA attention over the caches for T query tokens (flash decoding):
 //   out[t, h*D:(h+1)*D] = sum_{j <= pos[t]} softmax_j(scale * q[t, h] . K[g, j]) V[g, j],
 //   g = h / (H / Hkv); q (T, ld_q), out (T, ld_out) float; caches (Hkv, cap, D) float.
-// D in {64, 128, 256}. Each head's keys are cut into up to n_split slices (1..128; at least 16
-// keys each) reduced in parallel and merged by the last slice to finish; n_split > 1 needs a
-// workspace of gqa_attention_workspace(T, H, D, n_split) floats and T * H counters (int32) that
-// are zero before the first call (each call leaves them zero). pos is read on the device, so
-// the call can be captured in a graph.
+// D in {64, 128, 256}. Each head's keys are cut into n_split slices (1..128) reduced in
+// parallel and merged; n_split > 1 needs a workspace of gqa_attention_workspace(T, H, D,
+// n_split) floats. pos is read on the device, so the call can be captured in a graph.
 std::size_t gqa_attention_workspace(std::size_t T, std::size_t H, std::size_t D,
                                     std::size_t n_split);
 void gqa_attention(const float* q, std::size_t ld_q, const float* k_cache, const float* v_cache,
                    std::size_t cap, const std::int32_t* pos, std::size_t T, std::size_t H,
                    std::size_t Hkv, std::size_t D, float scale, float* out, std::size_t ld_out,
-                   std::size_t n_split, float* workspace, std::int32_t* counters,
-                   StreamHandle s = nullptr);
+                   std::size_t n_split, float* workspace, StreamHandle s = nullptr);
 
 // idx[r] = argmax of row r of logits (rows, V) (first index of the largest value; 0 if a row is
 // all NaN). With advance != nullptr (rows == 1): p = *advance; *advance = p + 1; and, with

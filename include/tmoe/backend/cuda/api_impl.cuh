@@ -469,8 +469,7 @@ std::size_t gqa_attention_workspace(std::size_t T, std::size_t H, std::size_t D,
 void gqa_attention(const float* q, std::size_t ld_q, const float* k_cache, const float* v_cache,
                    std::size_t cap, const std::int32_t* pos, std::size_t T, std::size_t H,
                    std::size_t Hkv, std::size_t D, float scale, float* out, std::size_t ld_out,
-                   std::size_t n_split, float* workspace, std::int32_t* counters,
-                   StreamHandle s) {
+                   std::size_t n_split, float* workspace, StreamHandle s) {
   constexpr const char* op = "cuda::gqa_attention";
   check(D == 64 || D == 128 || D == 256, op, "head_dim: expected 64, 128 or 256, got ", D);
   check(H >= 1 && Hkv >= 1 && H % Hkv == 0, op, "heads: expected H a multiple of Hkv >= 1, got H ",
@@ -483,7 +482,7 @@ void gqa_attention(const float* q, std::size_t ld_q, const float* k_cache, const
   if (T == 0) return;
   check(q && k_cache && v_cache && pos && out, op,
         "null pointer: q, caches, pos and out are required");
-  check(n_split == 1 || (workspace && counters), op, "n_split > 1 needs a workspace and counters");
+  check(n_split == 1 || workspace, op, "n_split > 1 needs a workspace");
   const std::size_t group = H / Hkv, head_blocks = (group + kAttnMaxG - 1) / kAttnMaxG;
   GqaAttnArgs a{q,
                 ld_q,
@@ -495,7 +494,6 @@ void gqa_attention(const float* q, std::size_t ld_q, const float* k_cache, const
                 ld_out,
                 workspace,
                 workspace ? workspace + T * H * n_split * D : nullptr,
-                counters,
                 int(H),
                 int(Hkv),
                 int(head_blocks),

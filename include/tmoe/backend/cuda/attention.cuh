@@ -12,10 +12,9 @@
 // loads, 512 contiguous bytes per warp per key), a butterfly gives the dot, and the warp keeps an
 // online softmax (running max m, sum l, accumulator) per query head. The warps' states are merged
 // through shared memory. With n_split == 1 the block writes the normalized output; otherwise it
-// writes its slice's normalized partial o_s and log-sum-exp lse_s = m_s + log l_s, and the last
-// block of the token's head block to finish (an atomic counter) combines the slices:
-// out = sum_s exp(lse_s - M) o_s / sum_s exp(lse_s - M), M = max_s lse_s (empty slices have
-// lse = -inf and weigh nothing). One launch, no separate merge kernel. All arithmetic is fp32.
+// writes its slice's normalized partial o_s and log-sum-exp lse_s = m_s + log l_s, and
+// gqa_merge_kernel combines the slices: out = sum_s exp(lse_s - M) o_s / sum_s exp(lse_s - M),
+// M = max_s lse_s (empty slices have lse = -inf and weigh nothing). All arithmetic is fp32.
 #pragma once
 #if !defined(__CUDACC__)
 #error \
@@ -57,7 +56,6 @@ struct GqaAttnArgs {
   std::size_t ld_out;
   float* part_o;    // (T, H, n_split, D), n_split > 1 only
   float* part_lse;  // (T, H, n_split)
-  int* counters;    // (T, Hkv * head_blocks), zero between calls
   int H, Hkv, head_blocks, n_split;
   float scale;
 };
@@ -164,32 +162,26 @@ __global__ void __launch_bounds__(kAttnWarps* kWarpSize) gqa_attention_kernel(Gq
       if (e == 0) a.part_lse[ps] = L > 0.f ? M + logf(L) : -INFINITY;
     }
   }
-  if (a.n_split == 1) return;
-  // The last of the ns blocks of this (token, head block) to finish merges the slices:
-  //   out = sum_s exp(lse_s - M) o_s / sum_s exp(lse_s - M), M = max_s lse_s,
-  // then puts the counter back to 0 for the next call (or graph replay).
-  __threadfence();
-  __syncthreads();
-  __shared__ bool last;
-  int* cnt = a.counters + std::size_t(t) * gridDim.y + blockIdx.y;
-  if (threadIdx.x == 0) last = atomicAdd(cnt, 1) == ns - 1;
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
-  for (int i = threadIdx.x; i < nh * kD; i += blockDim.x) {
-    const int g = i / kD, e = i % kD, h = h0 + g;
-    const std::size_t base = (std::size_t(t) * a.H + h) * a.n_split;
-    float M = -INFINITY;
-    for (int s = 0; s < ns; ++s) M = fmaxf(M, __ldcg(a.part_lse + base + s));
-    float W = 0.f, O = 0.f;
-    for (int s = 0; s < ns; ++s) {
-      const float w = expf(__ldcg(a.part_lse + base + s) - M);
-      W += w;
-      O = fmaf(w, __ldcg(a.part_o + (base + s) * kD + e), O);
-    }
-    a.out[std::size_t(t) * a.ld_out + std::size_t(h) * kD + e] = O / W;
+}
+
+// out[t, h] = sum_s w_s o_s / sum_s w_s, w_s = exp(lse_s - max lse). Grid T * H, block D.
+__global__ void gqa_merge_kernel(GqaAttnArgs a, int D) {
+  pdl_trigger();
+  pdl_wait();
+  const int th = blockIdx.x, t = th / a.H, h = th % a.H, e = threadIdx.x;
+  const int ns = attn_slices(a.pos[t] + 1, a.n_split);
+  const float* lse = a.part_lse + std::size_t(th) * a.n_split;
+  float M = -INFINITY;
+#pragma unroll 8
+  for (int s = 0; s < ns; ++s) M = fmaxf(M, lse[s]);
+  float W = 0.f, O = 0.f;
+#pragma unroll 8
+  for (int s = 0; s < ns; ++s) {
+    const float w = expf(lse[s] - M);
+    W += w;
+    O = fmaf(w, a.part_o[(std::size_t(th) * a.n_split + s) * D + e], O);
   }
-  if (threadIdx.x == 0) *cnt = 0;
+  a.out[std::size_t(t) * a.ld_out + std::size_t(h) * D + e] = O / W;
 }
 
 // Enqueues the attention of T tokens (n_split slices per head; 1 writes out directly).
@@ -201,6 +193,8 @@ inline cudaError_t launch_gqa_attention(GqaAttnArgs a, int D, int T, cudaStream_
                          : D == 128 ? gqa_attention_kernel<128>
                                     : gqa_attention_kernel<256>,
                          grid, block, 0, stream, a);
+  if (e == cudaSuccess && a.n_split > 1)
+    e = launch(gqa_merge_kernel, dim3(T * a.H), dim3(D), 0, stream, a, D);
   return e;
 }
 

@@ -154,8 +154,6 @@ class GqaModel final : public models::Model {
     for (std::size_t t = 1; t <= n; ++t)
       ws = std::max(ws, gqa_attention_workspace(t, H_, D_, split_for(t)));
     workspace_ = DeviceBuffer<float>(ws);
-    counters_ = DeviceBuffer<std::int32_t>(n * H_);
-    fill_bytes(counters_.data(), 0, counters_.bytes(), stream_);
     stream_.synchronize();
   }
 
@@ -325,7 +323,7 @@ class GqaModel final : public models::Model {
                     pos_.data(), T, H_, Hkv_, D_, D_, inv_freq_.data(), attn_factor_,
                     RopeLayout::half_split, stream_);
       gqa_attention(qkv_.data(), qkv_ld, kc, vc, cap, pos_.data(), T, H_, Hkv_, D_, scale_,
-                    attn_.data(), H_ * D_, split, workspace_.data(), counters_.data(), stream_);
+                    attn_.data(), H_ * D_, split, workspace_.data(), stream_);
       proj(y.o, attn_.data(), r_.data(), T);
       add_rmsnorm(r_.data(), h_.data(), y.norm2.data(), x_.data(), T, d_, eps_, stream_);
       proj(y.gu, x_.data(), gu_.data(), T);
@@ -398,7 +396,7 @@ class GqaModel final : public models::Model {
   DeviceBuffer<float> final_norm_;
   DeviceBuffer<float> h_, x_, r_, qkv_, attn_, gu_, act_, workspace_;
   DeviceBuffer<bf16> xb_;
-  DeviceBuffer<std::int32_t> tok_, pos_, counters_;
+  DeviceBuffer<std::int32_t> tok_, pos_;
   DeviceBuffer<float> logits1_;  // a graph step's logits (its address is captured)
   DeviceBuffer<std::byte> argmax_ws_;
   mutable DeviceBuffer<float> logits_, logits_rows_;
