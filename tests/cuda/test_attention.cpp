@@ -277,6 +277,42 @@ TEST_CASE("float GEMV and the cuBLAS prefill GEMMs") {
     INFO(s.out << "x" << s.in << " T " << s.T << ": worst error / bound " << worst);
     CHECK(worst <= 1.0);
   }
+  // The SwiGLU epilogue over interleaved gate/up rows. Bound: the GEMV bound of each of g and u
+  // carried through silu (|silu'| <= 1.1) and the product, doubled.
+  for (const Shape s : {Shape{8960, 1536, 1}, Shape{100, 64, 1}, Shape{3, 16, 1}}) {
+    const std::size_t width = s.out, in = s.in;
+    const auto w = random_floats(2 * width * in, width + 5);
+    const auto x = random_floats(in, in + 6);
+    const auto wb = test::rounded<bf16>(w);
+    const auto wbf = test::widened(wb);
+    auto d_w = to_device(w), d_x = to_device(x);
+    auto d_wb = to_device(wb);
+    auto d_y = poisoned<float>(width), d_yb = poisoned<float>(width);
+    cuda::gemv_swiglu_f32(d_w.data(), in, d_x.data(), d_y.data(), width, in);
+    cuda::gemv_swiglu_bf16(d_wb.data(), in, d_x.data(), d_yb.data(), width, in);
+    const auto y = to_host(d_y), yb = to_host(d_yb);
+    double worst = 0;
+    for (int which = 0; which < 2; ++which) {
+      const auto& ww = which == 0 ? w : wbf;
+      const auto& got = which == 0 ? y : yb;
+      for (std::size_t i = 0; i < width; ++i) {
+        double ag, au;
+        const double g = dot_abs(&ww[2 * i * in], x.data(), in, ag);
+        const double u = dot_abs(&ww[(2 * i + 1) * in], x.data(), in, au);
+        const double sg = g / (1 + std::exp(-g));
+        const double bound =
+            2 * (1.1e-5 * ag * std::abs(u) + std::abs(sg) * 1e-5 * au) + 1e-6 * std::abs(sg * u);
+        REQUIRE(std::isfinite(got[i]));
+        worst = std::max(worst, std::abs(got[i] - sg * u) / bound);
+      }
+    }
+    INFO("swiglu " << width << "x" << in << ": worst error / bound " << worst);
+    CHECK(worst <= 1.0);
+  }
+  CHECK_THROWS_WITH_AS(cuda::gemv_swiglu_bf16(reinterpret_cast<const bf16*>(16), 12,
+                                              reinterpret_cast<const float*>(16),
+                                              reinterpret_cast<float*>(16), 4, 12),
+                       doctest::Contains("needs 16-byte rows"), tmoe::Error);
   CHECK_THROWS_WITH_AS(cuda::gemm_f32(nullptr, 4, nullptr, 8, nullptr, 8, 2, 8, 8),
                        doctest::Contains("[cuda::gemm_f32] strides"), tmoe::Error);
 }

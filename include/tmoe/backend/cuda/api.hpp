@@ -206,6 +206,16 @@ void gemv_bf16(const bf16* w, std::size_t ldw, const bf16* x, float* y, std::siz
 void gemv_f32(const float* w, std::size_t ldw, const float* x, float* y, std::size_t out,
               std::size_t in, StreamHandle s = nullptr);
 
+// GEMV with the SwiGLU epilogue: W (2 * width, in) holds the gate and up rows of each unit
+// interleaved (row 2i = gate_i, row 2i + 1 = up_i), and
+//   y[i] = silu(gate_i . x) * (up_i . x),  i < width  (fp32, silu(g) = g / (1 + exp(-g))),
+// so a decode step's gate/up projection and its SwiGLU are one kernel. Needs the 16-byte path:
+// in % 8 == 0 (bf16) or % 4 == 0 (float), 16-byte aligned rows (ldw) and pointers.
+void gemv_swiglu_bf16(const bf16* w, std::size_t ldw, const float* x, float* y, std::size_t width,
+                      std::size_t in, StreamHandle s = nullptr);
+void gemv_swiglu_f32(const float* w, std::size_t ldw, const float* x, float* y, std::size_t width,
+                     std::size_t in, StreamHandle s = nullptr);
+
 // FP8 e4m3 weights with DeepSeek's 128x128 block scales:
 //   W[o, i] = float(wq[o, i]) * scale_inv[(o / 128) * ceil(in / 128) + i / 128]
 // scale_inv is float (ceil(out/128), ceil(in/128)) row-major; edge blocks may be partial.

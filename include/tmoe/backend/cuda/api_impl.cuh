@@ -241,6 +241,36 @@ void gemv_f32(const float* w, std::size_t ldw, const float* x, float* y, std::si
               std::size_t in, StreamHandle s) {
   api_detail::gemv_impl("cuda::gemv_f32", w, ldw, nullptr, x, y, out, in, s);
 }
+
+namespace api_detail {
+template <class W>
+void gemv_swiglu_impl(const char* op, const W* w, std::size_t ldw, const float* x, float* y,
+                      std::size_t width, std::size_t in, StreamHandle s) {
+  constexpr std::size_t kVec = 16 / sizeof(W);
+  check(ldw >= in, op, "ldw: expected >= in = ", in, ", got ", ldw);
+  check_size(op, "2 * width", 2 * width);
+  check_size(op, "in", in);
+  if (width == 0) return;
+  check(w && x && y, op, "null pointer: w, x and y must be device pointers");
+  check(in % kVec == 0 && (ldw * sizeof(W)) % 16 == 0 &&
+            reinterpret_cast<std::uintptr_t>(w) % 16 == 0 &&
+            reinterpret_cast<std::uintptr_t>(x) % 16 == 0,
+        op, "needs 16-byte rows: in and ldw multiples of ", kVec,
+        " and 16-byte aligned w and x, got in ", in, ", ldw ", ldw);
+  GemvBatch gb;
+  gb.swiglu = true;
+  const cudaError_t e = launch_gemv(w, ldw, nullptr, x, y, int(2 * width), int(in), s, 1, gb);
+  if (e != cudaSuccess) fail_call(op, "kernel launch", e);
+}
+}  // namespace api_detail
+void gemv_swiglu_bf16(const bf16* w, std::size_t ldw, const float* x, float* y, std::size_t width,
+                      std::size_t in, StreamHandle s) {
+  api_detail::gemv_swiglu_impl("cuda::gemv_swiglu_bf16", w, ldw, x, y, width, in, s);
+}
+void gemv_swiglu_f32(const float* w, std::size_t ldw, const float* x, float* y, std::size_t width,
+                     std::size_t in, StreamHandle s) {
+  api_detail::gemv_swiglu_impl("cuda::gemv_swiglu_f32", w, ldw, x, y, width, in, s);
+}
 void gemv_fp8_block(const f8_e4m3* wq, std::size_t ldw, const float* scale_inv, const float* x,
                     float* y, std::size_t out, std::size_t in, StreamHandle s) {
   api_detail::gemv_impl("cuda::gemv_fp8_block", wq, ldw, scale_inv, x, y, out, in, s);

@@ -173,6 +173,9 @@ struct GemvBatch {
   const std::int32_t* idx = nullptr;
   std::size_t w_stride = 0, scale_stride = 0, x_stride = 0;
   bool prefetch = false;  // see gemv_vec_kernel (set by launch_gemv)
+  // SwiGLU epilogue (vector kernel, kRows == 2, batch 1): rows 2i and 2i+1 of W are the gate and
+  // up rows of unit i; y[i] = silu(gate . x) * (up . x), in fp32 (y has out / 2 elements).
+  bool swiglu = false;
 };
 
 namespace gemv_detail {
@@ -287,22 +290,35 @@ __global__ void __launch_bounds__(kWarps* kWarpSize)
   constexpr float kUnscale = kFp8 ? kFp8DecodeUnscale<kFp8Decode> : 1.f;
 #pragma unroll
   for (int r = 0; r < kRows; ++r) acc[r] = warp_sum(acc[r]) * kUnscale;
+  // silu(g) * u as the separate SwiGLU kernel computes it in fp32.
+  auto silu_mul = [](float g, float u) { return g / (1.f + expf(-g)) * u; };
   if constexpr (kSplit == 1) {
-    if (lane == 0)
+    if (lane == 0) {
+      if (kRows == 2 && batch.swiglu) {
+        if (row0 < out) y[row0 / 2] = silu_mul(acc[0], acc[kRows - 1]);
+      } else {
 #pragma unroll
-      for (int r = 0; r < kRows; ++r)
-        if (row0 + r < out) y[row0 + r] = acc[r];
+        for (int r = 0; r < kRows; ++r)
+          if (row0 + r < out) y[row0 + r] = acc[r];
+      }
+    }
   } else {
     __shared__ float part[kWarps][kRows];
     if (lane == 0)
 #pragma unroll
       for (int r = 0; r < kRows; ++r) part[warp][r] = acc[r];
     __syncthreads();
-    if (slice == 0 && lane < kRows && row0 + lane < out) {
+    if (slice == 0) {
       float v = 0.f;
+      if (lane < kRows)
 #pragma unroll
-      for (int s = 0; s < kSplit; ++s) v += part[group * kSplit + s][lane];
-      y[row0 + lane] = v;
+        for (int s = 0; s < kSplit; ++s) v += part[group * kSplit + s][lane];
+      if (kRows == 2 && batch.swiglu) {
+        const float g = __shfl_sync(0xffffffffu, v, 0), u = __shfl_sync(0xffffffffu, v, 1);
+        if (lane == 0 && row0 < out) y[row0 / 2] = silu_mul(g, u);
+      } else if (lane < kRows && row0 + lane < out) {
+        y[row0 + lane] = v;
+      }
     }
   }
 }

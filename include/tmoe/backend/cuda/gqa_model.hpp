@@ -7,7 +7,8 @@
 //
 // Weights come from the same loaders as the CPU models (models::WeightSource, e.g. a safetensors
 // folder or models::random_weights) and are uploaded once: q/k/v as one fused (H + 2 Hkv) D x d
-// matrix, gate/up as one 2I x d matrix (so each is one GEMV per token), o_proj, down_proj, the
+// matrix, gate/up as one 2I x d matrix with the gate and up rows interleaved (so each is one GEMV
+// per token, and the gate/up GEMV computes SwiGLU in its epilogue), o_proj, down_proj, the
 // embedding and the LM head (shared with the embedding when tied). BF16 checkpoints stay bf16 on
 // the device; any other float dtype is converted to float32 (the fixtures are float32). Norm
 // weights and biases are float. Activations and the KV cache are float32, like the CPU model, so
@@ -16,8 +17,8 @@
 // One forward runs T tokens in chunks of at most ModelOptions::chunk positions:
 //   h = embed(tokens); per layer: x = rmsnorm(h) (fused with h += previous ffn output);
 //   qkv = x Wqkv^T; bias + RoPE + KV-cache store (one kernel); attention (flash decoding over the
-//   cache, positions read on the device); r = attn Wo^T; h += r, x = rmsnorm(h); gu = x Wgu^T;
-//   a = silu(g) * u; r = a Wdown^T; then h += r, final norm and LM head on the rows whose logits
+//   cache, positions read on the device); r = attn Wo^T; h += r, x = rmsnorm(h); a = silu(x Wg^T)
+//   * (x Wu^T) (one GEMV); r = a Wdown^T; then h += r, final norm and LM head on the rows whose logits
 //   are asked for. Projections of one token are GEMVs; of several tokens cuBLAS GEMMs (float
 //   weights: Sgemm in full fp32; bf16 weights: bf16 activations, fp32 accumulation) unless
 //   ModelOptions::prefill_gemm is false (then one GEMV per token).
@@ -30,6 +31,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <span>
 #include <string>
@@ -116,7 +118,7 @@ class GqaModel final : public models::Model {
                               {a + "v_proj.weight", Hkv_ * D_}},
                           d_);
       y.o = upload_rows(w, {{a + "o_proj.weight", d_}}, H_ * D_);
-      y.gu = upload_rows(w, {{p + "mlp.gate_proj.weight", I_}, {p + "mlp.up_proj.weight", I_}}, d_);
+      y.gu = upload_interleaved(w, p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight", I_, d_);
       y.down = upload_rows(w, {{p + "mlp.down_proj.weight", d_}}, I_);
       const bool need_bias = c.attention_bias;
       if (need_bias || w.has(a + "q_proj.bias")) {
@@ -260,6 +262,30 @@ class GqaModel final : public models::Model {
     return b;
   }
 
+  // Two (rows, cols) matrices A, B as one (2 rows, cols) device matrix with rows A0, B0, A1, B1..
+  // (gate/up: a warp's row pair is one SwiGLU unit, see gemv_swiglu_*).
+  Mat upload_interleaved(models::WeightLoader& w, const std::string& a, const std::string& b,
+                         std::size_t rows, std::size_t cols) {
+    const std::size_t e = bf16_ ? sizeof(bf16) : sizeof(float), rb = cols * e;
+    auto bytes = [&](const std::string& name) {
+      return bf16_ ? reinterpret_cast<const std::byte*>(w.matrix<bf16>(name, rows, cols).data())
+                   : reinterpret_cast<const std::byte*>(w.matrix<float>(name, rows, cols).data());
+    };
+    const std::byte* pa = bytes(a);
+    const std::byte* pb = bytes(b);
+    std::vector<std::byte> host(2 * rows * rb);
+    for (std::size_t r = 0; r < rows; ++r) {
+      std::memcpy(host.data() + 2 * r * rb, pa + r * rb, rb);
+      std::memcpy(host.data() + (2 * r + 1) * rb, pb + r * rb, rb);
+    }
+    Mat m;
+    m.rows = 2 * rows, m.cols = cols;
+    m.buf = DeviceBuffer<std::byte>(host.size());
+    copy_to_device(m.buf.data(), host.data(), host.size(), stream_);
+    stream_.synchronize();
+    return m;
+  }
+
   // Rows of several (rows_i, cols) matrices stacked into one device matrix.
   Mat upload_rows(models::WeightLoader& w,
                   std::vector<std::pair<std::string, std::size_t>> parts, std::size_t cols) {
@@ -277,6 +303,25 @@ class GqaModel final : public models::Model {
     }
     stream_.synchronize();
     return m;
+  }
+
+  // act_ (T, I) = silu(x_ Wg^T) * (x_ Wu^T) over the interleaved gate/up matrix: one fused
+  // GEMV per token when the rows allow it, else the projection then SwiGLU over (gate, up) pairs.
+  void gate_up(const Mat& m, std::size_t T) const {
+    const bool fused = d_ % (bf16_ ? 8 : 4) == 0;
+    if (fused && (T == 1 || !opt_.prefill_gemm)) {
+      for (std::size_t t = 0; t < T; ++t) {
+        if (bf16_)
+          gemv_swiglu_bf16(reinterpret_cast<const bf16*>(m.buf.data()), m.cols,
+                           x_.data() + t * d_, act_.data() + t * I_, I_, d_, stream_);
+        else
+          gemv_swiglu_f32(reinterpret_cast<const float*>(m.buf.data()), m.cols,
+                          x_.data() + t * d_, act_.data() + t * I_, I_, d_, stream_);
+      }
+      return;
+    }
+    proj(m, x_.data(), gu_.data(), T);
+    swiglu(gu_.data(), 2, gu_.data() + 1, 2, act_.data(), 1, T * I_, 1, stream_);
   }
 
   // y (T, m.rows) = x (T, m.cols) M^T.
@@ -326,8 +371,7 @@ class GqaModel final : public models::Model {
                     attn_.data(), H_ * D_, split, workspace_.data(), stream_);
       proj(y.o, attn_.data(), r_.data(), T);
       add_rmsnorm(r_.data(), h_.data(), y.norm2.data(), x_.data(), T, d_, eps_, stream_);
-      proj(y.gu, x_.data(), gu_.data(), T);
-      swiglu(gu_.data(), 2 * I_, gu_.data() + I_, 2 * I_, act_.data(), I_, T, I_, stream_);
+      gate_up(y.gu, T);
       proj(y.down, act_.data(), r_.data(), T);
     }
     const std::size_t n = T - r0;
