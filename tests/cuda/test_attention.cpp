@@ -170,6 +170,35 @@ TEST_CASE("decode attention reads the position from device memory") {
     }
     INFO("position " << p << ": err " << worst);
     CHECK(worst <= 1e-5);
+
+    // The fused decode kernel from the raw (unroped) projection row, with position p of the
+    // caches poisoned: it must store k and v there and give the same attention.
+    auto d_k2 = to_device(kc), d_v2 = to_device(vc);
+    for (std::size_t g = 0; g < Hkv; ++g) {
+      cuda::fill_bytes(d_k2.data() + (g * cap + p) * D, 0xff, D * sizeof(float));
+      cuda::fill_bytes(d_v2.data() + (g * cap + p) * D, 0xff, D * sizeof(float));
+    }
+    auto d_raw = to_device(std::vector<float>(qkv.begin() + p * ld, qkv.begin() + (p + 1) * ld));
+    auto d_out2 = poisoned<float>(H * D);
+    cuda::gqa_decode_attention(d_raw.data(), nullptr, d_k2.data(), d_v2.data(), cap, d_p.data(), H,
+                               Hkv, D, d_freq.data(), 1.f, scale, d_out2.data(), split, ws.data());
+    const auto out2 = to_host(d_out2);
+    const auto kc2 = to_host(d_k2), vc2 = to_host(d_v2);
+    double worst2 = 0, worst_cache = 0;
+    for (std::size_t i = 0; i < H * D; ++i) {
+      REQUIRE(std::isfinite(out2[i]));
+      worst2 = std::max(worst2, std::abs(double(out2[i]) - all(p, i)));
+    }
+    for (std::size_t g = 0; g < Hkv; ++g)
+      for (std::size_t i = 0; i < D; ++i) {
+        const std::size_t at = (g * cap + p) * D + i;
+        REQUIRE(std::isfinite(kc2[at]));
+        worst_cache = std::max(worst_cache, double(std::abs(kc2[at] - kc[at])));
+        worst_cache = std::max(worst_cache, double(std::abs(vc2[at] - vc[at])));
+      }
+    INFO("fused decode at position " << p << ": err " << worst2 << ", cache err " << worst_cache);
+    CHECK(worst2 <= 1e-5);
+    CHECK(worst_cache <= 1e-5);
   }
 }
 

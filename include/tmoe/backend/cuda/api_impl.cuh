@@ -536,6 +536,44 @@ void gqa_attention(const float* q, std::size_t ld_q, const float* k_cache, const
 std::size_t argmax_workspace(std::size_t rows) {
   return rows * kArgmaxBlocks * (sizeof(float) + sizeof(int));
 }
+void gqa_decode_attention(const float* qkv, const float* bias, float* k_cache, float* v_cache,
+                          std::size_t cap, const std::int32_t* pos, std::size_t H,
+                          std::size_t Hkv, std::size_t D, const float* inv_freq,
+                          float attn_factor, float scale, float* out, std::size_t n_split,
+                          float* workspace, StreamHandle s) {
+  constexpr const char* op = "cuda::gqa_decode_attention";
+  check(D == 64 || D == 128 || D == 256, op, "head_dim: expected 64, 128 or 256, got ", D);
+  check(H >= 1 && Hkv >= 1 && H % Hkv == 0, op, "heads: expected H a multiple of Hkv >= 1, got H ",
+        H, ", Hkv ", Hkv);
+  check(n_split >= 1 && n_split <= std::size_t(kAttnMaxSplit), op, "n_split: expected 1..",
+        kAttnMaxSplit, ", got ", n_split);
+  check(qkv && k_cache && v_cache && pos && inv_freq && out, op,
+        "null pointer: qkv, caches, pos, inv_freq and out are required");
+  check(n_split == 1 || workspace, op, "n_split > 1 needs a workspace");
+  const std::size_t group = H / Hkv, head_blocks = (group + kAttnMaxG - 1) / kAttnMaxG;
+  GqaAttnArgs a{qkv,
+                (H + 2 * Hkv) * D,
+                k_cache,
+                v_cache,
+                cap,
+                pos,
+                out,
+                H * D,
+                workspace,
+                workspace ? workspace + H * n_split * D : nullptr,
+                int(H),
+                int(Hkv),
+                int(head_blocks),
+                int(n_split),
+                scale};
+  a.fused = true;
+  a.bias = bias;
+  a.inv_freq = inv_freq;
+  a.attn_factor = attn_factor;
+  const cudaError_t e = launch_gqa_attention(a, int(D), 1, s);
+  if (e != cudaSuccess) fail_call(op, "kernel launch", e);
+}
+
 void argmax(const float* logits, std::size_t rows, std::size_t V, std::int32_t* idx,
             std::int32_t* advance, std::int32_t* history, void* workspace, StreamHandle s) {
   constexpr const char* op = "cuda::argmax";

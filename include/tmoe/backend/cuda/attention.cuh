@@ -58,7 +58,33 @@ struct GqaAttnArgs {
   float* part_lse;  // (T, H, n_split)
   int H, Hkv, head_blocks, n_split;
   float scale;
+  // Fused decode (T == 1): q points at the raw projection row [q | k | v] (ld_q unused); the
+  // kernel adds bias, applies half-split RoPE over all D dims at pos[0] (inv_freq, attn_factor)
+  // to q and to the new k, uses the new k and v for key pos[0] and stores them into the caches.
+  bool fused = false;
+  const float* bias = nullptr;
+  const float* inv_freq = nullptr;
+  float attn_factor = 1.f;
 };
+
+// Half-split RoPE of one head held kL dims per lane (dim d = lane * kL + e): the partner of d is
+// d +- D/2, i.e. the same e in lane ^ 16 (D/2 = 16 lanes * kL for every kD). Every lane calls it.
+template <int kL>
+__device__ TMOE_INLINE void rope_lanes(float (&x)[kL], int lane, int p, const float* inv_freq,
+                                       float attn_factor) {
+  float other[kL];
+#pragma unroll
+  for (int e = 0; e < kL; ++e) other[e] = __shfl_xor_sync(0xffffffffu, x[e], 16);
+  const bool hi = lane >= 16;
+#pragma unroll
+  for (int e = 0; e < kL; ++e) {
+    float s, c;
+    sincosf(float(p) * inv_freq[(lane & 15) * kL + e], &s, &c);
+    s *= attn_factor, c *= attn_factor;
+    // pair (a, b) = (x[i], x[i + D/2]) -> (a c - b s, a s + b c)
+    x[e] = hi ? other[e] * s + x[e] * c : x[e] * c - other[e] * s;
+  }
+}
 
 template <int kD>
 __global__ void __launch_bounds__(kAttnWarps* kWarpSize) gqa_attention_kernel(GqaAttnArgs a) {
@@ -87,13 +113,38 @@ __global__ void __launch_bounds__(kAttnWarps* kWarpSize) gqa_attention_kernel(Gq
 #pragma unroll
     for (int e = 0; e < kL; ++e) acc[g][e] = 0.f, q[g][e] = 0.f;
     if (g < nh) {
-      const float* qp = a.q + std::size_t(t) * a.ld_q + std::size_t(h0 + g) * kD + lane * kL;
+      const std::size_t off = std::size_t(h0 + g) * kD + lane * kL;
+      const float* qp = a.q + std::size_t(t) * a.ld_q + off;
 #pragma unroll
-      for (int e = 0; e < kL; ++e) q[g][e] = qp[e] * a.scale;
+      for (int e = 0; e < kL; ++e) q[g][e] = a.fused && a.bias ? qp[e] + a.bias[off + e] : qp[e];
+      if (a.fused) rope_lanes<kL>(q[g], lane, len - 1, a.inv_freq, a.attn_factor);
+#pragma unroll
+      for (int e = 0; e < kL; ++e) q[g][e] *= a.scale;
     }
   }
   const float* kb = a.k + std::size_t(g_kv) * a.cap * kD + lane * kL;
   const float* vb = a.v + std::size_t(g_kv) * a.cap * kD + lane * kL;
+  // Fused decode: the slice that holds the new key p computes k_p (bias + RoPE) and v_p (bias)
+  // from the projection itself, and head block 0's first warp stores them into the caches.
+  const int p = len - 1;
+  const bool has_p = a.fused && j1 == len;
+  float kp[kL], vp[kL];
+  if (has_p) {
+    const std::size_t ko = std::size_t(a.H + g_kv) * kD + lane * kL;
+    const std::size_t vo = std::size_t(a.H + a.Hkv + g_kv) * kD + lane * kL;
+#pragma unroll
+    for (int e = 0; e < kL; ++e) {
+      kp[e] = a.bias ? a.q[ko + e] + a.bias[ko + e] : a.q[ko + e];
+      vp[e] = a.bias ? a.q[vo + e] + a.bias[vo + e] : a.q[vo + e];
+    }
+    rope_lanes<kL>(kp, lane, p, a.inv_freq, a.attn_factor);
+    if (hb == 0 && warp == 0) {
+      float* kd = const_cast<float*>(kb) + std::size_t(p) * kD;
+      float* vd = const_cast<float*>(vb) + std::size_t(p) * kD;
+#pragma unroll
+      for (int e = 0; e < kL; ++e) kd[e] = kp[e], vd[e] = vp[e];
+    }
+  }
   // Two keys per warp per round, both loaded before either is used (loads in flight).
   for (int j = j0 + warp; j < j1; j += 2 * kAttnWarps) {
     const bool two = j + kAttnWarps < j1;
@@ -107,6 +158,9 @@ __global__ void __launch_bounds__(kAttnWarps* kWarpSize) gqa_attention_kernel(Gq
         const float2 v2 = *reinterpret_cast<const float2*>(vb + row + e);
         kv[u][e] = k2.x, kv[u][e + 1] = k2.y, vv[u][e] = v2.x, vv[u][e + 1] = v2.y;
       }
+      if (has_p && j + u * kAttnWarps == p)
+#pragma unroll
+        for (int e = 0; e < kL; ++e) kv[u][e] = kp[e], vv[u][e] = vp[e];
     }
 #pragma unroll
     for (int u = 0; u < 2; ++u) {

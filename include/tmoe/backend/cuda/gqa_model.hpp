@@ -364,11 +364,17 @@ class GqaModel final : public models::Model {
       proj(y.qkv, x_.data(), qkv_.data(), T);
       float* kc = s.k_.data() + l * per;
       float* vc = s.v_.data() + l * per;
-      gqa_qkv_store(qkv_.data(), qkv_ld, y.bias.empty() ? nullptr : y.bias.data(), kc, vc, cap,
-                    pos_.data(), T, H_, Hkv_, D_, D_, inv_freq_.data(), attn_factor_,
-                    RopeLayout::half_split, stream_);
-      gqa_attention(qkv_.data(), qkv_ld, kc, vc, cap, pos_.data(), T, H_, Hkv_, D_, scale_,
-                    attn_.data(), H_ * D_, split, workspace_.data(), stream_);
+      const float* bias = y.bias.empty() ? nullptr : y.bias.data();
+      if (T == 1) {  // epilogue and attention in one kernel
+        gqa_decode_attention(qkv_.data(), bias, kc, vc, cap, pos_.data(), H_, Hkv_, D_,
+                             inv_freq_.data(), attn_factor_, scale_, attn_.data(), split,
+                             workspace_.data(), stream_);
+      } else {
+        gqa_qkv_store(qkv_.data(), qkv_ld, bias, kc, vc, cap, pos_.data(), T, H_, Hkv_, D_, D_,
+                      inv_freq_.data(), attn_factor_, RopeLayout::half_split, stream_);
+        gqa_attention(qkv_.data(), qkv_ld, kc, vc, cap, pos_.data(), T, H_, Hkv_, D_, scale_,
+                      attn_.data(), H_ * D_, split, workspace_.data(), stream_);
+      }
       proj(y.o, attn_.data(), r_.data(), T);
       add_rmsnorm(r_.data(), h_.data(), y.norm2.data(), x_.data(), T, d_, eps_, stream_);
       gate_up(y.gu, T);
