@@ -68,21 +68,19 @@ struct GqaAttnArgs {
 };
 
 // Half-split RoPE of one head held kL dims per lane (dim d = lane * kL + e): the partner of d is
-// d +- D/2, i.e. the same e in lane ^ 16 (D/2 = 16 lanes * kL for every kD). Every lane calls it.
+// d +- D/2, i.e. the same e in lane ^ 16 (D/2 = 16 lanes * kL for every kD). cs holds (cos, sin)
+// times attn_factor of the D/2 angles (shared memory, computed once per block). Every lane calls it.
 template <int kL>
-__device__ TMOE_INLINE void rope_lanes(float (&x)[kL], int lane, int p, const float* inv_freq,
-                                       float attn_factor) {
+__device__ TMOE_INLINE void rope_lanes(float (&x)[kL], int lane, const float2* cs) {
   float other[kL];
 #pragma unroll
   for (int e = 0; e < kL; ++e) other[e] = __shfl_xor_sync(0xffffffffu, x[e], 16);
   const bool hi = lane >= 16;
 #pragma unroll
   for (int e = 0; e < kL; ++e) {
-    float s, c;
-    sincosf(float(p) * inv_freq[(lane & 15) * kL + e], &s, &c);
-    s *= attn_factor, c *= attn_factor;
+    const float2 r = cs[(lane & 15) * kL + e];
     // pair (a, b) = (x[i], x[i + D/2]) -> (a c - b s, a s + b c)
-    x[e] = hi ? other[e] * s + x[e] * c : x[e] * c - other[e] * s;
+    x[e] = hi ? other[e] * r.y + x[e] * r.x : x[e] * r.x - other[e] * r.y;
   }
 }
 
@@ -106,6 +104,15 @@ __global__ void __launch_bounds__(kAttnWarps* kWarpSize) gqa_attention_kernel(Gq
   const int chunk = (len + ns - 1) / ns;
   const int j0 = split * chunk, j1 = min(len, j0 + chunk);
 
+  __shared__ float2 cs[kD / 2];
+  if (a.fused) {
+    for (int i = threadIdx.x; i < kD / 2; i += blockDim.x) {
+      float s, c;
+      sincosf(float(len - 1) * a.inv_freq[i], &s, &c);
+      cs[i] = make_float2(c * a.attn_factor, s * a.attn_factor);
+    }
+    __syncthreads();
+  }
   float q[kAttnMaxG][kL], acc[kAttnMaxG][kL], m[kAttnMaxG], l[kAttnMaxG];
 #pragma unroll
   for (int g = 0; g < kAttnMaxG; ++g) {
@@ -117,7 +124,7 @@ __global__ void __launch_bounds__(kAttnWarps* kWarpSize) gqa_attention_kernel(Gq
       const float* qp = a.q + std::size_t(t) * a.ld_q + off;
 #pragma unroll
       for (int e = 0; e < kL; ++e) q[g][e] = a.fused && a.bias ? qp[e] + a.bias[off + e] : qp[e];
-      if (a.fused) rope_lanes<kL>(q[g], lane, len - 1, a.inv_freq, a.attn_factor);
+      if (a.fused) rope_lanes<kL>(q[g], lane, cs);
 #pragma unroll
       for (int e = 0; e < kL; ++e) q[g][e] *= a.scale;
     }
@@ -137,7 +144,7 @@ __global__ void __launch_bounds__(kAttnWarps* kWarpSize) gqa_attention_kernel(Gq
       kp[e] = a.bias ? a.q[ko + e] + a.bias[ko + e] : a.q[ko + e];
       vp[e] = a.bias ? a.q[vo + e] + a.bias[vo + e] : a.q[vo + e];
     }
-    rope_lanes<kL>(kp, lane, p, a.inv_freq, a.attn_factor);
+    rope_lanes<kL>(kp, lane, cs);
     if (hb == 0 && warp == 0) {
       float* kd = const_cast<float*>(kb) + std::size_t(p) * kD;
       float* vd = const_cast<float*>(vb) + std::size_t(p) * kD;
