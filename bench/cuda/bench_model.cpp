@@ -26,8 +26,7 @@ using namespace tmoe;
 namespace {
 
 double now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
 io::ModelConfig r1_distill_qwen_1p5b(std::size_t layers) {
@@ -164,11 +163,10 @@ int main(int argc, char** argv) {
       st = m.new_state(len);
       const double t = now();
       m.forward(pool, *st, std::span<const std::int32_t>(prompt.data(), len), lg.view());
-      rows.push_back({"prefill " + std::to_string(len) + " tokens (cuBLAS bf16 GEMM)",
-                      len / (now() - t)});
+      rows.push_back(
+          {"prefill " + std::to_string(len) + " tokens (cuBLAS bf16 GEMM)", len / (now() - t)});
     }
-    std::printf("\n| tmoe cuda::GqaModel, %zu layers | tok/s | ms/token | weight GB/s |\n",
-                layers);
+    std::printf("\n| tmoe cuda::GqaModel, %zu layers | tok/s | ms/token | weight GB/s |\n", layers);
     std::printf("| --- | --- | --- | --- |\n");
     for (const auto& r : rows)
       std::printf("| %s | %.1f | %.3f | %.0f |\n", r.what.c_str(), r.tok_s, 1e3 / r.tok_s,

@@ -31,8 +31,9 @@ inline std::unique_ptr<models::Model> load_cuda_model([[maybe_unused]] const std
   co.max_context = o.max_context;
   return cuda::load_model(path, co);
 #else
-  fail(op, "--device cuda: this tmoe was built without CUDA (configure with a CUDA toolkit and "
-           "TMOE_ENABLE_CUDA=ON)");
+  fail(op,
+       "--device cuda: this tmoe was built without CUDA (configure with a CUDA toolkit and "
+       "TMOE_ENABLE_CUDA=ON)");
 #endif
 }
 

@@ -69,9 +69,10 @@ void check_attention(const AttnCase& c, std::size_t n_split, std::uint64_t seed)
   auto d_freq = to_device(f.inv_freq);
   auto d_k = poisoned<float>(Hkv * cap * D), d_v = poisoned<float>(Hkv * cap * D);
   auto d_out = poisoned<float>(T * H * D);
-  cuda::DeviceBuffer<float> ws(std::max<std::size_t>(1, cuda::gqa_attention_workspace(T, H, D, n_split)));
-  cuda::gqa_qkv_store(d_qkv.data(), ld, d_bias.data(), d_k.data(), d_v.data(), cap, d_pos.data(),
-                      T, H, Hkv, D, c.rope_dim, d_freq.data(), f.attention_factor,
+  cuda::DeviceBuffer<float> ws(
+      std::max<std::size_t>(1, cuda::gqa_attention_workspace(T, H, D, n_split)));
+  cuda::gqa_qkv_store(d_qkv.data(), ld, d_bias.data(), d_k.data(), d_v.data(), cap, d_pos.data(), T,
+                      H, Hkv, D, c.rope_dim, d_freq.data(), f.attention_factor,
                       cuda::RopeLayout::half_split);
   cuda::gqa_attention(d_qkv.data(), ld, d_k.data(), d_v.data(), cap, d_pos.data(), T, H, Hkv, D,
                       scale, d_out.data(), H * D, n_split, ws.data());
@@ -114,8 +115,11 @@ double dot_abs(const float* w, const float* x, std::size_t n, double& sum_abs) {
 TEST_CASE("GQA q/k/v epilogue and flash-decoding attention match the reference") {
   // Qwen2-1.5B heads (12/2 of 128), the fixtures' 64-wide heads, a 16-head group (two head
   // blocks), MHA with 256-wide heads, partial rotary dims.
-  const AttnCase cases[] = {{12, 2, 128, 37, 128}, {4, 2, 64, 11, 64}, {16, 1, 64, 20, 64},
-                            {4, 4, 256, 9, 256},   {6, 3, 128, 70, 64}};
+  const AttnCase cases[] = {{12, 2, 128, 37, 128},
+                            {4, 2, 64, 11, 64},
+                            {16, 1, 64, 20, 64},
+                            {4, 4, 256, 9, 256},
+                            {6, 3, 128, 70, 64}};
   std::uint64_t seed = 100;
   for (const auto& c : cases)
     for (std::size_t split : {1, 3, 16, 128}) check_attention(c, split, seed++);
@@ -144,8 +148,8 @@ TEST_CASE("decode attention reads the position from device memory") {
   cuda::DeviceBuffer<std::int32_t> d_p(1);
   auto d_out = poisoned<float>(H * D);
   const auto kc = to_host(d_k), vc = to_host(d_v);
-  for (std::size_t p : {std::size_t(0), std::size_t(1), std::size_t(63), std::size_t(64),
-                        std::size_t(129), P}) {
+  for (std::size_t p :
+       {std::size_t(0), std::size_t(1), std::size_t(63), std::size_t(64), std::size_t(129), P}) {
     const std::int32_t pi = std::int32_t(p);
     d_p.upload(&pi);
     cuda::gqa_attention(d_qkv.data() + p * ld, ld, d_k.data(), d_v.data(), cap, d_p.data(), 1, H,
@@ -206,12 +210,11 @@ TEST_CASE("attention and epilogue reject bad arguments with one-line errors") {
   CHECK_THROWS_WITH_AS(cuda::gqa_attention(nullptr, 96, nullptr, nullptr, 8, nullptr, 1, 2, 1, 48,
                                            1.f, nullptr, 96, 1, nullptr),
                        doctest::Contains("[cuda::gqa_attention] head_dim"), tmoe::Error);
-  CHECK_THROWS_WITH_AS(cuda::gqa_attention(nullptr, 384, nullptr, nullptr, 8, nullptr, 1, 3, 2,
-                                           128, 1.f, nullptr, 384, 1, nullptr),
+  CHECK_THROWS_WITH_AS(cuda::gqa_attention(nullptr, 384, nullptr, nullptr, 8, nullptr, 1, 3, 2, 128,
+                                           1.f, nullptr, 384, 1, nullptr),
                        doctest::Contains("multiple of Hkv"), tmoe::Error);
-  CHECK_THROWS_WITH_AS(cuda::gqa_qkv_store(nullptr, 10, nullptr, nullptr, nullptr, 8, nullptr, 1,
-                                           2, 1, 64, 64, nullptr, 1.f,
-                                           cuda::RopeLayout::half_split),
+  CHECK_THROWS_WITH_AS(cuda::gqa_qkv_store(nullptr, 10, nullptr, nullptr, nullptr, 8, nullptr, 1, 2,
+                                           1, 64, 64, nullptr, 1.f, cuda::RopeLayout::half_split),
                        doctest::Contains("[cuda::gqa_qkv_store] ld"), tmoe::Error);
   CHECK_THROWS_WITH_AS(cuda::argmax(nullptr, 2, 10, nullptr, reinterpret_cast<std::int32_t*>(16)),
                        doctest::Contains("advance needs rows == 1"), tmoe::Error);

@@ -147,6 +147,12 @@ TEST_CASE("GPU greedy continuations match Hugging Face") {
     // A second greedy run on a fresh state reuses nothing stale.
     auto st3 = m->new_state(prompt.size() + want.size());
     CHECK(m->generate_greedy(*st3, prompt, want.size()) == want);
+    // The fused decode attention kernel gives the same continuation.
+    cuda::ModelOptions fo;
+    fo.fused_decode_attention = true;
+    auto mf = gpu_model(fixture(family), fo);
+    auto st4 = mf->new_state(prompt.size() + want.size());
+    CHECK(mf->generate_greedy(*st4, prompt, want.size()) == want);
   }
 }
 
@@ -196,7 +202,7 @@ TEST_CASE("GPU model errors are one clear line") {
   CHECK_THROWS_WITH_AS(m->forward(pool, *st, bad, lg.view()),
                        doctest::Contains("outside the vocabulary of 512"), tmoe::Error);
   const std::vector<std::int32_t> five = {1, 2, 3, 4, 5};
-  CHECK_THROWS_WITH_AS(m->forward(pool, *st, five, lg.view()),
-                       doctest::Contains("context full"), tmoe::Error);
+  CHECK_THROWS_WITH_AS(m->forward(pool, *st, five, lg.view()), doctest::Contains("context full"),
+                       tmoe::Error);
   CHECK_THROWS_WITH_AS(m->new_state(100000), doctest::Contains("context of 100000"), tmoe::Error);
 }

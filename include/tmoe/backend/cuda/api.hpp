@@ -322,10 +322,10 @@ void gqa_attention(const float* q, std::size_t ld_q, const float* k_cache, const
 // out (H*D) gets the attention of gqa_attention. Same result as gqa_qkv_store followed by
 // gqa_attention with T = 1 (the new key is used from registers, not re-read).
 void gqa_decode_attention(const float* qkv, const float* bias, float* k_cache, float* v_cache,
-                          std::size_t cap, const std::int32_t* pos, std::size_t H,
-                          std::size_t Hkv, std::size_t D, const float* inv_freq,
-                          float attn_factor, float scale, float* out, std::size_t n_split,
-                          float* workspace, StreamHandle s = nullptr);
+                          std::size_t cap, const std::int32_t* pos, std::size_t H, std::size_t Hkv,
+                          std::size_t D, const float* inv_freq, float attn_factor, float scale,
+                          float* out, std::size_t n_split, float* workspace,
+                          StreamHandle s = nullptr);
 
 // idx[r] = argmax of row r of logits (rows, V) (first index of the largest value; 0 if a row is
 // all NaN). With advance != nullptr (rows == 1): p = *advance; *advance = p + 1; and, with

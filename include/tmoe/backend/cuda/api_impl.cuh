@@ -430,10 +430,10 @@ void gemm_bf16(const bf16* w, std::size_t ldw, const bf16* x, std::size_t ldx, f
   if (T == 0 || out == 0) return;
   check(w && x && y, op, "null pointer: w, x and y must be device pointers");
   const float one = 1.f, zero = 0.f;
-  const cublasStatus_t st = cublasGemmEx(
-      api_detail::cublas(s), CUBLAS_OP_T, CUBLAS_OP_N, int(out), int(T), int(in), &one, w,
-      CUDA_R_16BF, int(ldw), x, CUDA_R_16BF, int(ldx), &zero, y, CUDA_R_32F, int(ldy),
-      CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+  const cublasStatus_t st =
+      cublasGemmEx(api_detail::cublas(s), CUBLAS_OP_T, CUBLAS_OP_N, int(out), int(T), int(in), &one,
+                   w, CUDA_R_16BF, int(ldw), x, CUDA_R_16BF, int(ldx), &zero, y, CUDA_R_32F,
+                   int(ldy), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
   if (st != CUBLAS_STATUS_SUCCESS) fail(op, "cublasGemmEx: ", cublasGetStatusString(st));
 }
 void to_bf16(const float* x, bf16* y, std::size_t n, StreamHandle s) {
@@ -483,9 +483,13 @@ void gqa_qkv_store(float* qkv, std::size_t ld, const float* bias, float* k_cache
   if (T == 0) return;
   check(qkv && k_cache && v_cache && pos && (inv_freq || rope_dim == 0), op,
         "null pointer: qkv, caches, pos and inv_freq are required");
-  QkvStoreArgs a{qkv,      ld,         bias,    k_cache,     v_cache,
-                 cap,      pos,        inv_freq, attn_factor, int(H),
-                 int(Hkv), int(D),     int(rope_dim), layout == RopeLayout::interleaved};
+  QkvStoreArgs a{qkv,           ld,
+                 bias,          k_cache,
+                 v_cache,       cap,
+                 pos,           inv_freq,
+                 attn_factor,   int(H),
+                 int(Hkv),      int(D),
+                 int(rope_dim), layout == RopeLayout::interleaved};
   const int threads = int(std::min<std::size_t>(std::max<std::size_t>(rope_dim / 2, 32), 256));
   const cudaError_t e =
       launch(qkv_store_kernel, dim3(unsigned(H + 2 * Hkv), unsigned(T)), dim3(threads), 0, s, a);
@@ -537,10 +541,9 @@ std::size_t argmax_workspace(std::size_t rows) {
   return rows * kArgmaxBlocks * (sizeof(float) + sizeof(int));
 }
 void gqa_decode_attention(const float* qkv, const float* bias, float* k_cache, float* v_cache,
-                          std::size_t cap, const std::int32_t* pos, std::size_t H,
-                          std::size_t Hkv, std::size_t D, const float* inv_freq,
-                          float attn_factor, float scale, float* out, std::size_t n_split,
-                          float* workspace, StreamHandle s) {
+                          std::size_t cap, const std::int32_t* pos, std::size_t H, std::size_t Hkv,
+                          std::size_t D, const float* inv_freq, float attn_factor, float scale,
+                          float* out, std::size_t n_split, float* workspace, StreamHandle s) {
   constexpr const char* op = "cuda::gqa_decode_attention";
   check(D == 64 || D == 128 || D == 256, op, "head_dim: expected 64, 128 or 256, got ", D);
   check(H >= 1 && Hkv >= 1 && H % Hkv == 0, op, "heads: expected H a multiple of Hkv >= 1, got H ",

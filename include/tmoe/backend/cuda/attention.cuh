@@ -7,14 +7,15 @@
 // positions come from device memory (pos[t]), so a CUDA graph captured once serves every step.
 // Work split (grid = (n_split, Hkv * head_blocks, T)): a block takes one KV head, up to kMaxG of
 // the query heads that share it, and one of ns equal slices of the keys 0..pos[t], where ns =
-// min(n_split, ceil((pos[t] + 1) / kAttnMinKeys)) is computed on the device (blocks past ns exit). Each warp walks the slice's keys (key j =
-// slice start + warp + kWarps i): its lanes hold D/32 consecutive dims of q, k and v (16-byte
-// loads, 512 contiguous bytes per warp per key), a butterfly gives the dot, and the warp keeps an
-// online softmax (running max m, sum l, accumulator) per query head. The warps' states are merged
-// through shared memory. With n_split == 1 the block writes the normalized output; otherwise it
-// writes its slice's normalized partial o_s and log-sum-exp lse_s = m_s + log l_s, and
-// gqa_merge_kernel combines the slices: out = sum_s exp(lse_s - M) o_s / sum_s exp(lse_s - M),
-// M = max_s lse_s (empty slices have lse = -inf and weigh nothing). All arithmetic is fp32.
+// min(n_split, ceil((pos[t] + 1) / kAttnMinKeys)) is computed on the device (blocks past ns exit).
+// Each warp walks the slice's keys (key j = slice start + warp + kWarps i): its lanes hold D/32
+// consecutive dims of q, k and v (16-byte loads, 512 contiguous bytes per warp per key), a
+// butterfly gives the dot, and the warp keeps an online softmax (running max m, sum l, accumulator)
+// per query head. The warps' states are merged through shared memory. With n_split == 1 the block
+// writes the normalized output; otherwise it writes its slice's normalized partial o_s and
+// log-sum-exp lse_s = m_s + log l_s, and gqa_merge_kernel combines the slices: out = sum_s
+// exp(lse_s - M) o_s / sum_s exp(lse_s - M), M = max_s lse_s (empty slices have lse = -inf and
+// weigh nothing). All arithmetic is fp32.
 #pragma once
 #if !defined(__CUDACC__)
 #error \
@@ -34,8 +35,8 @@
 
 namespace tmoe::cuda {
 
-inline constexpr int kAttnMaxG = 8;      // query heads per block (more: several head blocks)
-inline constexpr int kAttnWarps = 4;     // warps per block
+inline constexpr int kAttnMaxG = 8;   // query heads per block (more: several head blocks)
+inline constexpr int kAttnWarps = 4;  // warps per block
 inline constexpr int kAttnMaxSplit = 128;
 inline constexpr int kAttnMinKeys = 16;  // keys per slice at least (fewer slices when short)
 
@@ -69,7 +70,8 @@ struct GqaAttnArgs {
 
 // Half-split RoPE of one head held kL dims per lane (dim d = lane * kL + e): the partner of d is
 // d +- D/2, i.e. the same e in lane ^ 16 (D/2 = 16 lanes * kL for every kD). cs holds (cos, sin)
-// times attn_factor of the D/2 angles (shared memory, computed once per block). Every lane calls it.
+// times attn_factor of the D/2 angles (shared memory, computed once per block). Every lane calls
+// it.
 template <int kL>
 __device__ TMOE_INLINE void rope_lanes(float (&x)[kL], int lane, const float2* cs) {
   float other[kL];

@@ -18,8 +18,8 @@
 //   h = embed(tokens); per layer: x = rmsnorm(h) (fused with h += previous ffn output);
 //   qkv = x Wqkv^T; bias + RoPE + KV-cache store (one kernel); attention (flash decoding over the
 //   cache, positions read on the device); r = attn Wo^T; h += r, x = rmsnorm(h); a = silu(x Wg^T)
-//   * (x Wu^T) (one GEMV); r = a Wdown^T; then h += r, final norm and LM head on the rows whose logits
-//   are asked for. Projections of one token are GEMVs; of several tokens cuBLAS GEMMs (float
+//   * (x Wu^T) (one GEMV); r = a Wdown^T; then h += r, final norm and LM head on the rows whose
+//   logits are asked for. Projections of one token are GEMVs; of several tokens cuBLAS GEMMs (float
 //   weights: Sgemm in full fp32; bf16 weights: bf16 activations, fp32 accumulation) unless
 //   ModelOptions::prefill_gemm is false (then one GEMV per token).
 // A one-token step is captured once per state as a CUDA graph and replayed (the token and its
@@ -51,6 +51,9 @@ struct ModelOptions {
   std::size_t chunk = 256;         // positions per forward chunk (activation buffers)
   bool prefill_gemm = true;        // several tokens: cuBLAS GEMM (false: one GEMV per token)
   bool graphs = true;              // one-token steps through a captured CUDA graph
+  // One-token steps: q/k/v epilogue and attention in one kernel (gqa_decode_attention) instead of
+  // gqa_qkv_store + gqa_attention. Off: measured slower on the H100 (docs/cuda.md).
+  bool fused_decode_attention = false;
   int device = 0;
 };
 
@@ -70,7 +73,7 @@ class GqaModel final : public models::Model {
     friend class GqaModel;
     const GqaModel* owner_ = nullptr;
     std::size_t size_ = 0, cap_ = 0;
-    DeviceBuffer<float> k_, v_;  // (L, Hkv, cap, D) each
+    DeviceBuffer<float> k_, v_;           // (L, Hkv, cap, D) each
     DeviceBuffer<std::int32_t> history_;  // generate_greedy's tokens by position
     Graph step_, greedy_;
   };
@@ -90,8 +93,8 @@ class GqaModel final : public models::Model {
     for (std::size_t l = 0; l <= c.num_hidden_layers; ++l)
       check(c.norm_of_layer(l) == io::NormType::rmsnorm, op, src->where(),
             ": LayerNorm layers are not supported on CUDA (RMSNorm only)");
-    d_ = c.hidden_size, H_ = c.num_attention_heads, Hkv_ = c.num_key_value_heads,
-    D_ = c.head_dim, I_ = c.intermediate_size, V_ = c.vocab_size, L_ = c.num_hidden_layers;
+    d_ = c.hidden_size, H_ = c.num_attention_heads, Hkv_ = c.num_key_value_heads, D_ = c.head_dim,
+    I_ = c.intermediate_size, V_ = c.vocab_size, L_ = c.num_hidden_layers;
     check(H_ > 0 && Hkv_ > 0 && H_ % Hkv_ == 0, op, src->where(), ": num_attention_heads ", H_,
           " must be a positive multiple of num_key_value_heads ", Hkv_);
     check(D_ == 64 || D_ == 128 || D_ == 256, op, src->where(), ": head_dim ", D_,
@@ -114,8 +117,10 @@ class GqaModel final : public models::Model {
     for (std::size_t l = 0; l < L_; ++l) {
       Layer& y = layers_[l];
       const std::string p = models::detail::layer_prefix(l), a = p + "self_attn.";
-      y.qkv = upload_rows(w, {{a + "q_proj.weight", H_ * D_}, {a + "k_proj.weight", Hkv_ * D_},
-                              {a + "v_proj.weight", Hkv_ * D_}},
+      y.qkv = upload_rows(w,
+                          {{a + "q_proj.weight", H_ * D_},
+                           {a + "k_proj.weight", Hkv_ * D_},
+                           {a + "v_proj.weight", Hkv_ * D_}},
                           d_);
       y.o = upload_rows(w, {{a + "o_proj.weight", d_}}, H_ * D_);
       y.gu = upload_interleaved(w, p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight", I_, d_);
@@ -213,8 +218,8 @@ class GqaModel final : public models::Model {
     if (n > 1 && !s.greedy_) {
       graph_capture_begin(stream_);
       step(s, 1, 0, logits1_.data());
-      argmax(logits1_.data(), 1, V_, tok_.data(), pos_.data(), s.history_.data(),
-             argmax_ws_.data(), stream_);
+      argmax(logits1_.data(), 1, V_, tok_.data(), pos_.data(), s.history_.data(), argmax_ws_.data(),
+             stream_);
       s.greedy_ = Graph(graph_capture_end(stream_));
     }
     for (std::size_t i = 1; i < n; ++i) s.greedy_.launch(stream_);
@@ -252,7 +257,8 @@ class GqaModel final : public models::Model {
 
   std::size_t head_blocks() const { return (H_ / Hkv_ + 7) / 8; }
   std::size_t split_for(std::size_t T) const {
-    return T == 1 ? decode_split_ : std::clamp<std::size_t>(264 / (T * Hkv_ * head_blocks()), 1, 64);
+    return T == 1 ? decode_split_
+                  : std::clamp<std::size_t>(264 / (T * Hkv_ * head_blocks()), 1, 64);
   }
 
   DeviceBuffer<float> upload_floats(const float* p, std::size_t n) {
@@ -287,8 +293,8 @@ class GqaModel final : public models::Model {
   }
 
   // Rows of several (rows_i, cols) matrices stacked into one device matrix.
-  Mat upload_rows(models::WeightLoader& w,
-                  std::vector<std::pair<std::string, std::size_t>> parts, std::size_t cols) {
+  Mat upload_rows(models::WeightLoader& w, std::vector<std::pair<std::string, std::size_t>> parts,
+                  std::size_t cols) {
     Mat m;
     m.cols = cols;
     for (const auto& [name, rows] : parts) m.rows += rows;
@@ -312,11 +318,11 @@ class GqaModel final : public models::Model {
     if (fused && (T == 1 || !opt_.prefill_gemm)) {
       for (std::size_t t = 0; t < T; ++t) {
         if (bf16_)
-          gemv_swiglu_bf16(reinterpret_cast<const bf16*>(m.buf.data()), m.cols,
-                           x_.data() + t * d_, act_.data() + t * I_, I_, d_, stream_);
+          gemv_swiglu_bf16(reinterpret_cast<const bf16*>(m.buf.data()), m.cols, x_.data() + t * d_,
+                           act_.data() + t * I_, I_, d_, stream_);
         else
-          gemv_swiglu_f32(reinterpret_cast<const float*>(m.buf.data()), m.cols,
-                          x_.data() + t * d_, act_.data() + t * I_, I_, d_, stream_);
+          gemv_swiglu_f32(reinterpret_cast<const float*>(m.buf.data()), m.cols, x_.data() + t * d_,
+                          act_.data() + t * I_, I_, d_, stream_);
       }
       return;
     }
@@ -365,7 +371,7 @@ class GqaModel final : public models::Model {
       float* kc = s.k_.data() + l * per;
       float* vc = s.v_.data() + l * per;
       const float* bias = y.bias.empty() ? nullptr : y.bias.data();
-      if (T == 1) {  // epilogue and attention in one kernel
+      if (T == 1 && opt_.fused_decode_attention) {
         gqa_decode_attention(qkv_.data(), bias, kc, vc, cap, pos_.data(), H_, Hkv_, D_,
                              inv_freq_.data(), attn_factor_, scale_, attn_.data(), split,
                              workspace_.data(), stream_);

@@ -108,11 +108,20 @@ cudaError_t launch_add_rmsnorm(const T* x, T* residual, const T* weight, T* out,
     if (aligned && dim % 4 == 0 && dim <= 16384) {
       const int per = (dim / 4 + 255) / 256;
       const dim3 g(rows), b(256);
-      if (per <= 1) return launch(add_rmsnorm_regs_kernel<1>, g, b, 0, stream, x, residual, weight, out, dim, eps);
-      if (per <= 2) return launch(add_rmsnorm_regs_kernel<2>, g, b, 0, stream, x, residual, weight, out, dim, eps);
-      if (per <= 4) return launch(add_rmsnorm_regs_kernel<4>, g, b, 0, stream, x, residual, weight, out, dim, eps);
-      if (per <= 8) return launch(add_rmsnorm_regs_kernel<8>, g, b, 0, stream, x, residual, weight, out, dim, eps);
-      return launch(add_rmsnorm_regs_kernel<16>, g, b, 0, stream, x, residual, weight, out, dim, eps);
+      if (per <= 1)
+        return launch(add_rmsnorm_regs_kernel<1>, g, b, 0, stream, x, residual, weight, out, dim,
+                      eps);
+      if (per <= 2)
+        return launch(add_rmsnorm_regs_kernel<2>, g, b, 0, stream, x, residual, weight, out, dim,
+                      eps);
+      if (per <= 4)
+        return launch(add_rmsnorm_regs_kernel<4>, g, b, 0, stream, x, residual, weight, out, dim,
+                      eps);
+      if (per <= 8)
+        return launch(add_rmsnorm_regs_kernel<8>, g, b, 0, stream, x, residual, weight, out, dim,
+                      eps);
+      return launch(add_rmsnorm_regs_kernel<16>, g, b, 0, stream, x, residual, weight, out, dim,
+                    eps);
     }
   }
   const int threads = dim >= 4096 ? 512 : dim >= 1024 ? 256 : 128;
