@@ -25,7 +25,7 @@ inline bool want_cuda(const std::string& device, const char* op) {
 // The model folder at `path` on the GPU.
 inline std::unique_ptr<models::Model> load_cuda_model([[maybe_unused]] const std::string& path,
                                                       [[maybe_unused]] const models::LoadOptions& o,
-                                                      const char* op) {
+                                                      [[maybe_unused]] const char* op) {
 #if defined(TMOE_WITH_CUDA)
   cuda::ModelOptions co;
   co.max_context = o.max_context;
