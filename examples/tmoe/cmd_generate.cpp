@@ -9,6 +9,7 @@
 
 #include "args.hpp"
 #include "commands.hpp"
+#include "device.hpp"
 #include "model_path.hpp"
 #include "tmoe/io/chat_template.hpp"
 #include "tmoe/io/tokenizer.hpp"
@@ -45,11 +46,15 @@ void print_stats(const GenerateStats& st, const models::Model& m, int threads) {
 int cmd_generate(const Argv& argv) {
   Args args("generate", argv,
             {"--model", "--prompt", "-n", "--temp", "--top-k", "--top-p", "--min-p", "--seed", "-t",
-             "--ctx", "--repeat-penalty"},
+             "--ctx", "--repeat-penalty", "--device"},
             {"--chat"});
   const bool builtin = !args.has("--model");
   const std::string path = args.str("--model");
   if (!builtin) check_model_path(path, "generate");
+  const bool cuda = want_cuda(args.str("--device", "cpu"), "generate");
+  check(!(cuda && builtin), "generate",
+        "--device cuda needs --model (the built-in default model is a DeepSeek MoE, which runs on "
+        "the CPU only)");
   const long long n = args.integer("-n", 64), threads = args.integer("-t", 2);
   check(n >= 0 && n <= 1000000, "generate", "-n must be in [0, 1000000], got ", n);
   check(threads >= 1 && threads <= 1024, "generate", "-t must be in [1, 1024], got ", threads);
@@ -67,7 +72,7 @@ int cmd_generate(const Argv& argv) {
     chat = models::default_chat_template();
   } else {
     std::fprintf(stderr, "[tmoe] loading %s\n", path.c_str());
-    model = models::load_model(path, opt);
+    model = cuda ? load_cuda_model(path, opt, "generate") : models::load_model(path, opt);
     tok = io::Tokenizer::from_file(path);
     if (args.has("--chat")) chat = io::ChatTemplate::from_file(path);
   }

@@ -7,6 +7,7 @@
 
 #include "args.hpp"
 #include "commands.hpp"
+#include "device.hpp"
 #include "model_path.hpp"
 #include "tmoe/io/safetensors.hpp"
 #include "tmoe/models/model.hpp"
@@ -14,10 +15,11 @@
 namespace tmoe::cli {
 
 int cmd_logits(const Argv& argv) {
-  Args args("logits", argv, {"--model", "--input", "--output", "-t"});
+  Args args("logits", argv, {"--model", "--input", "--output", "-t", "--device"});
   const std::string path = args.required("--model"), in = args.required("--input"),
                     out = args.required("--output");
   check_model_path(path, "logits");
+  const bool cuda = want_cuda(args.str("--device", "cpu"), "logits");
   const io::SafetensorsModel input(in);
   check(input.contains("input_ids"), "logits", in, ": no tensor 'input_ids'");
   const auto ids = input.view<std::int64_t, DExtents<2>>("input_ids");
@@ -25,7 +27,7 @@ int cmd_logits(const Argv& argv) {
   check(B > 0 && T > 0, "logits", in, ": input_ids is empty [", B, ",", T, "]");
   models::LoadOptions opt;
   opt.max_context = T;
-  auto model = models::load_model(path, opt);
+  auto model = cuda ? load_cuda_model(path, opt, "logits") : models::load_model(path, opt);
   check(T <= model->max_context(), "logits", in, ": ", T, " tokens exceed the model's ",
         model->max_context(), " positions");
   const std::size_t V = model->vocab_size();

@@ -18,8 +18,9 @@ usage: tmoe <command> [options]
 
 commands:
   generate  --model PATH --prompt TEXT [-n N] [--temp T] [--top-k K] [--top-p P] [--seed S] [--chat]
-            stream generated text; without --model runs the built-in default model
-  logits    --model PATH --input IN.safetensors --output OUT.safetensors
+            [--device cpu|cuda]  stream generated text; without --model runs the built-in
+            default model
+  logits    --model PATH --input IN.safetensors --output OUT.safetensors [--device cpu|cuda]
   tokenize  --model PATH (--text TEXT | --file LIST.json)
   bench     --model PATH [-p N] [-n N] [-t THREADS] [-r REPS] [--json]
   quantize  --model PATH --type TYPE --output FILE.gguf
@@ -27,6 +28,7 @@ commands:
   info      [--preset NAME]  the CPU kernels chosen for this machine, or a preset's sizes
 
 PATH is a Hugging Face model folder (config.json, *.safetensors, tokenizer.json) or a .gguf file.
+--device cuda (tmoe built with CUDA): dense Qwen2 / Llama models on the GPU.
 Environment: TMOE_ISA=portable|avx2|avx512|avx512_vnni_bf16 forces a CPU kernel set.
 )";
 

@@ -19,11 +19,13 @@
 
 struct CUstream_st;  // the CUDA runtime's `typedef struct CUstream_st* cudaStream_t`
 struct CUevent_st;
+struct CUgraphExec_st;  // cudaGraphExec_t
 
 namespace tmoe::cuda {
 
 using StreamHandle = ::CUstream_st*;  // nullptr is the legacy default stream
 using EventHandle = ::CUevent_st*;
+using GraphHandle = ::CUgraphExec_st*;
 
 // ---- devices and raw memory -------------------------------------------------------------------
 // Number of visible CUDA devices; 0 when there is no driver or no device (never throws).
@@ -159,6 +161,39 @@ class Event {
   EventHandle e_;
 };
 
+// ---- CUDA graphs -------------------------------------------------------------------------------
+// Everything enqueued on s between graph_capture_begin and graph_capture_end is recorded, not run
+// (cudaStreamCaptureModeThreadLocal), and instantiated into an executable graph that
+// graph_launch replays on any stream. Kernel arguments are frozen at capture: per-step values
+// (token, position) must be read by the kernels from device memory.
+void graph_capture_begin(StreamHandle s);
+GraphHandle graph_capture_end(StreamHandle s);
+void graph_launch(GraphHandle g, StreamHandle s);
+void graph_destroy(GraphHandle g) noexcept;
+
+// An owned executable graph.
+class Graph {
+ public:
+  Graph() = default;
+  explicit Graph(GraphHandle g) : g_(g) {}
+  Graph(Graph&& o) noexcept : g_(std::exchange(o.g_, nullptr)) {}
+  Graph& operator=(Graph&& o) noexcept {
+    if (this != &o) {
+      graph_destroy(g_);
+      g_ = std::exchange(o.g_, nullptr);
+    }
+    return *this;
+  }
+  Graph(const Graph&) = delete;
+  Graph& operator=(const Graph&) = delete;
+  ~Graph() { graph_destroy(g_); }
+  explicit operator bool() const { return g_ != nullptr; }
+  void launch(StreamHandle s) const { graph_launch(g_, s); }
+
+ private:
+  GraphHandle g_ = nullptr;
+};
+
 // ---- decode GEMV: y[o] = sum_i W[o, i] * x[i] (one token) -------------------------------------
 // W (out, in) row-major with leading dimension ldw >= in (elements); x (in); y (out) float.
 // Fast path: 16-byte aligned W rows (ldw * sizeof(element) % 16 == 0, aligned base); any other
@@ -167,6 +202,19 @@ void gemv_bf16(const bf16* w, std::size_t ldw, const float* x, float* y, std::si
                std::size_t in, StreamHandle s = nullptr);
 void gemv_bf16(const bf16* w, std::size_t ldw, const bf16* x, float* y, std::size_t out,
                std::size_t in, StreamHandle s = nullptr);
+
+void gemv_f32(const float* w, std::size_t ldw, const float* x, float* y, std::size_t out,
+              std::size_t in, StreamHandle s = nullptr);
+
+// GEMV with the SwiGLU epilogue: W (2 * width, in) holds the gate and up rows of each unit
+// interleaved (row 2i = gate_i, row 2i + 1 = up_i), and
+//   y[i] = silu(gate_i . x) * (up_i . x),  i < width  (fp32, silu(g) = g / (1 + exp(-g))),
+// so a decode step's gate/up projection and its SwiGLU are one kernel. Needs the 16-byte path:
+// in % 8 == 0 (bf16) or % 4 == 0 (float), 16-byte aligned rows (ldw) and pointers.
+void gemv_swiglu_bf16(const bf16* w, std::size_t ldw, const float* x, float* y, std::size_t width,
+                      std::size_t in, StreamHandle s = nullptr);
+void gemv_swiglu_f32(const float* w, std::size_t ldw, const float* x, float* y, std::size_t width,
+                     std::size_t in, StreamHandle s = nullptr);
 
 // FP8 e4m3 weights with DeepSeek's 128x128 block scales:
 //   W[o, i] = float(wq[o, i]) * scale_inv[(o / 128) * ceil(in / 128) + i / 128]
@@ -220,6 +268,74 @@ void swiglu(const float* gate, std::size_t ld_gate, const float* up, std::size_t
             std::size_t ld_out, std::size_t rows, std::size_t width, StreamHandle s = nullptr);
 void swiglu(const bf16* gate, std::size_t ld_gate, const bf16* up, std::size_t ld_up, bf16* out,
             std::size_t ld_out, std::size_t rows, std::size_t width, StreamHandle s = nullptr);
+
+// ---- prefill GEMM (cuBLAS): y (T, out) = x (T, in) W^T, W (out, in) row-major -----------------
+// Row strides ldw >= in, ldx >= in, ldy >= out (elements). fp32 accumulation. The float version
+// is cublasSgemm in its default math mode (no TF32: full fp32 products); the bf16 version takes
+// bf16 activations (see to_bf16) and writes float. One cuBLAS handle per thread, created on first
+// use.
+void gemm_f32(const float* w, std::size_t ldw, const float* x, std::size_t ldx, float* y,
+              std::size_t ldy, std::size_t T, std::size_t out, std::size_t in,
+              StreamHandle s = nullptr);
+void gemm_bf16(const bf16* w, std::size_t ldw, const bf16* x, std::size_t ldx, float* y,
+               std::size_t ldy, std::size_t T, std::size_t out, std::size_t in,
+               StreamHandle s = nullptr);
+// y[i] = bf16(x[i]) (round to nearest even), i < n.
+void to_bf16(const float* x, bf16* y, std::size_t n, StreamHandle s = nullptr);
+
+// ---- decoder plumbing ---------------------------------------------------------------------------
+// out[t, :] = float(table[tokens[t], :]) for t < T; table (vocab, dim). Token ids are not checked
+// on the device (the caller checks them against vocab on the host).
+void embedding(const float* table, std::size_t dim, const std::int32_t* tokens, std::size_t T,
+               float* out, StreamHandle s = nullptr);
+void embedding(const bf16* table, std::size_t dim, const std::int32_t* tokens, std::size_t T,
+               float* out, StreamHandle s = nullptr);
+
+// The q/k/v epilogue of GQA attention for T tokens: qkv (T, ld) holds [q (H*D) | k (Hkv*D) |
+// v (Hkv*D)] per token (one fused projection). Adds bias ((H + 2 Hkv) * D floats, or nullptr),
+// applies RoPE (dims [0, rope_dim) of each q and k head; angle float(pos[t]) * inv_freq[i], cos
+// and sin times attn_factor; layout as rope()) to q in place and to k, and stores k and v into the
+// head-major caches (Hkv, cap, D) at position pos[t] (device int32, < cap: not checked on the
+// device).
+void gqa_qkv_store(float* qkv, std::size_t ld, const float* bias, float* k_cache, float* v_cache,
+                   std::size_t cap, const std::int32_t* pos, std::size_t T, std::size_t H,
+                   std::size_t Hkv, std::size_t D, std::size_t rope_dim, const float* inv_freq,
+                   float attn_factor, RopeLayout layout, StreamHandle s = nullptr);
+
+// Causal GQA attention over the caches for T query tokens (flash decoding):
+//   out[t, h*D:(h+1)*D] = sum_{j <= pos[t]} softmax_j(scale * q[t, h] . K[g, j]) V[g, j],
+//   g = h / (H / Hkv); q (T, ld_q), out (T, ld_out) float; caches (Hkv, cap, D) float.
+// D in {64, 128, 256}. Each head's keys are cut into n_split slices (1..128) reduced in
+// parallel and merged; n_split > 1 needs a workspace of gqa_attention_workspace(T, H, D,
+// n_split) floats. pos is read on the device, so the call can be captured in a graph.
+std::size_t gqa_attention_workspace(std::size_t T, std::size_t H, std::size_t D,
+                                    std::size_t n_split);
+void gqa_attention(const float* q, std::size_t ld_q, const float* k_cache, const float* v_cache,
+                   std::size_t cap, const std::int32_t* pos, std::size_t T, std::size_t H,
+                   std::size_t Hkv, std::size_t D, float scale, float* out, std::size_t ld_out,
+                   std::size_t n_split, float* workspace, StreamHandle s = nullptr);
+
+// One decode token, q/k/v epilogue and attention in one launch: qkv is the raw projection row
+// [q (H*D) | k (Hkv*D) | v (Hkv*D)] of the token at position pos[0]; bias ((H + 2 Hkv) D or
+// nullptr) is added, half-split RoPE over all D dims (inv_freq (D/2), cos/sin times
+// attn_factor) is applied to q and k, k and v are stored into the caches at pos[0], and
+// out (H*D) gets the attention of gqa_attention. Same result as gqa_qkv_store followed by
+// gqa_attention with T = 1 (the new key is used from registers, not re-read).
+void gqa_decode_attention(const float* qkv, const float* bias, float* k_cache, float* v_cache,
+                          std::size_t cap, const std::int32_t* pos, std::size_t H, std::size_t Hkv,
+                          std::size_t D, const float* inv_freq, float attn_factor, float scale,
+                          float* out, std::size_t n_split, float* workspace,
+                          StreamHandle s = nullptr);
+
+// idx[r] = argmax of row r of logits (rows, V) (first index of the largest value; 0 if a row is
+// all NaN). With advance != nullptr (rows == 1): p = *advance; *advance = p + 1; and, with
+// history != nullptr, history[p + 1] = idx[0]: a greedy decode graph feeds itself its next token
+// and position and records the token by position. With a workspace of argmax_workspace(rows)
+// bytes, 128 blocks per row share the scan (a 151936-wide row: ~4 us instead of ~70 us).
+std::size_t argmax_workspace(std::size_t rows);
+void argmax(const float* logits, std::size_t rows, std::size_t V, std::int32_t* idx,
+            std::int32_t* advance = nullptr, std::int32_t* history = nullptr,
+            void* workspace = nullptr, StreamHandle s = nullptr);
 
 // ---- routers (one token per row of float logits (tokens, experts)) ----------------------------
 // DeepSeek-V3 "noaux_tc": s = sigmoid(logits); c = s + bias (selection only); group score = sum of

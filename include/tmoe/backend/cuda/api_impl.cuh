@@ -10,6 +10,7 @@
     "tmoe/backend/cuda/api_impl.cuh is for nvcc only; include tmoe/backend/cuda/api.hpp elsewhere"
 #endif
 
+#include <cublas_v2.h>
 #include <cuda_runtime.h>
 
 #include <cstdio>
@@ -17,8 +18,10 @@
 #include <limits>
 
 #include "tmoe/backend/cuda/api.hpp"
+#include "tmoe/backend/cuda/attention.cuh"
 #include "tmoe/backend/cuda/check.cuh"
 #include "tmoe/backend/cuda/gemv.cuh"
+#include "tmoe/backend/cuda/model_ops.cuh"
 #include "tmoe/backend/cuda/norm.cuh"
 #include "tmoe/backend/cuda/rope.cuh"
 #include "tmoe/backend/cuda/router.cuh"
@@ -160,6 +163,30 @@ float event_elapsed_ms(EventHandle start, EventHandle stop) {
   return ms;
 }
 
+// ---- graphs ---------------------------------------------------------------------------------
+void graph_capture_begin(StreamHandle s) {
+  TMOE_CUDA_CHECK("cuda::graph_capture_begin",
+                  cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+}
+GraphHandle graph_capture_end(StreamHandle s) {
+  cudaGraph_t g = nullptr;
+  TMOE_CUDA_CHECK("cuda::graph_capture_end", cudaStreamEndCapture(s, &g));
+  cudaGraphExec_t exec = nullptr;
+  const cudaError_t e = cudaGraphInstantiate(&exec, g, 0);
+  cudaGraphDestroy(g);
+  if (e != cudaSuccess) fail_call("cuda::graph_capture_end", "cudaGraphInstantiate", e);
+  return exec;
+}
+void graph_launch(GraphHandle g, StreamHandle s) {
+  check(g != nullptr, "cuda::graph_launch", "empty graph");
+  TMOE_CUDA_CHECK("cuda::graph_launch", cudaGraphLaunch(g, s));
+}
+void graph_destroy(GraphHandle g) noexcept {
+  if (!g) return;
+  if (const cudaError_t e = cudaGraphExecDestroy(g); e != cudaSuccess)
+    api_detail::report_free_error("cudaGraphExecDestroy", e);
+}
+
 // ---- GEMV -----------------------------------------------------------------------------------
 namespace api_detail {
 template <class W, class X>
@@ -209,6 +236,40 @@ void gemv_bf16(const bf16* w, std::size_t ldw, const float* x, float* y, std::si
 void gemv_bf16(const bf16* w, std::size_t ldw, const bf16* x, float* y, std::size_t out,
                std::size_t in, StreamHandle s) {
   api_detail::gemv_impl("cuda::gemv_bf16", w, ldw, nullptr, x, y, out, in, s);
+}
+void gemv_f32(const float* w, std::size_t ldw, const float* x, float* y, std::size_t out,
+              std::size_t in, StreamHandle s) {
+  api_detail::gemv_impl("cuda::gemv_f32", w, ldw, nullptr, x, y, out, in, s);
+}
+
+namespace api_detail {
+template <class W>
+void gemv_swiglu_impl(const char* op, const W* w, std::size_t ldw, const float* x, float* y,
+                      std::size_t width, std::size_t in, StreamHandle s) {
+  constexpr std::size_t kVec = 16 / sizeof(W);
+  check(ldw >= in, op, "ldw: expected >= in = ", in, ", got ", ldw);
+  check_size(op, "2 * width", 2 * width);
+  check_size(op, "in", in);
+  if (width == 0) return;
+  check(w && x && y, op, "null pointer: w, x and y must be device pointers");
+  check(in % kVec == 0 && (ldw * sizeof(W)) % 16 == 0 &&
+            reinterpret_cast<std::uintptr_t>(w) % 16 == 0 &&
+            reinterpret_cast<std::uintptr_t>(x) % 16 == 0,
+        op, "needs 16-byte rows: in and ldw multiples of ", kVec,
+        " and 16-byte aligned w and x, got in ", in, ", ldw ", ldw);
+  GemvBatch gb;
+  gb.swiglu = true;
+  const cudaError_t e = launch_gemv(w, ldw, nullptr, x, y, int(2 * width), int(in), s, 1, gb);
+  if (e != cudaSuccess) fail_call(op, "kernel launch", e);
+}
+}  // namespace api_detail
+void gemv_swiglu_bf16(const bf16* w, std::size_t ldw, const float* x, float* y, std::size_t width,
+                      std::size_t in, StreamHandle s) {
+  api_detail::gemv_swiglu_impl("cuda::gemv_swiglu_bf16", w, ldw, x, y, width, in, s);
+}
+void gemv_swiglu_f32(const float* w, std::size_t ldw, const float* x, float* y, std::size_t width,
+                     std::size_t in, StreamHandle s) {
+  api_detail::gemv_swiglu_impl("cuda::gemv_swiglu_f32", w, ldw, x, y, width, in, s);
 }
 void gemv_fp8_block(const f8_e4m3* wq, std::size_t ldw, const float* scale_inv, const float* x,
                     float* y, std::size_t out, std::size_t in, StreamHandle s) {
@@ -314,6 +375,231 @@ void swiglu(const float* gate, std::size_t ld_gate, const float* up, std::size_t
 void swiglu(const bf16* gate, std::size_t ld_gate, const bf16* up, std::size_t ld_up, bf16* out,
             std::size_t ld_out, std::size_t rows, std::size_t width, StreamHandle s) {
   api_detail::swiglu_impl(gate, ld_gate, up, ld_up, out, ld_out, rows, width, s);
+}
+
+// ---- prefill GEMM ---------------------------------------------------------------------------
+namespace api_detail {
+struct CublasHandle {
+  cublasHandle_t h = nullptr;
+  CublasHandle() {
+    const cublasStatus_t st = cublasCreate(&h);
+    if (st != CUBLAS_STATUS_SUCCESS)
+      fail("cuda::gemm", "cublasCreate: ", cublasGetStatusString(st));
+  }
+  ~CublasHandle() {
+    if (h) cublasDestroy(h);
+  }
+};
+cublasHandle_t cublas(StreamHandle s) {
+  thread_local CublasHandle handle;
+  const cublasStatus_t st = cublasSetStream(handle.h, s);
+  if (st != CUBLAS_STATUS_SUCCESS)
+    fail("cuda::gemm", "cublasSetStream: ", cublasGetStatusString(st));
+  return handle.h;
+}
+void check_gemm(const char* op, std::size_t ldw, std::size_t ldx, std::size_t ldy, std::size_t T,
+                std::size_t out, std::size_t in) {
+  check(ldw >= in && ldx >= in && ldy >= out, op, "strides: expected ldw, ldx >= in = ", in,
+        " and ldy >= out = ", out, ", got ", ldw, ", ", ldx, ", ", ldy);
+  check_size(op, "T", T);
+  check_size(op, "out", out);
+  check_size(op, "in", in);
+  check_size(op, "ldw", ldw);
+  check_size(op, "ldx", ldx);
+  check_size(op, "ldy", ldy);
+}
+}  // namespace api_detail
+
+// Row-major y (T, out) = x (T, in) W^T is column-major y^T (out, T) = W (as (in, out)^T) x^T.
+void gemm_f32(const float* w, std::size_t ldw, const float* x, std::size_t ldx, float* y,
+              std::size_t ldy, std::size_t T, std::size_t out, std::size_t in, StreamHandle s) {
+  constexpr const char* op = "cuda::gemm_f32";
+  api_detail::check_gemm(op, ldw, ldx, ldy, T, out, in);
+  if (T == 0 || out == 0) return;
+  check(w && x && y, op, "null pointer: w, x and y must be device pointers");
+  const float one = 1.f, zero = 0.f;
+  const cublasStatus_t st =
+      cublasSgemm(api_detail::cublas(s), CUBLAS_OP_T, CUBLAS_OP_N, int(out), int(T), int(in), &one,
+                  w, int(ldw), x, int(ldx), &zero, y, int(ldy));
+  if (st != CUBLAS_STATUS_SUCCESS) fail(op, "cublasSgemm: ", cublasGetStatusString(st));
+}
+void gemm_bf16(const bf16* w, std::size_t ldw, const bf16* x, std::size_t ldx, float* y,
+               std::size_t ldy, std::size_t T, std::size_t out, std::size_t in, StreamHandle s) {
+  constexpr const char* op = "cuda::gemm_bf16";
+  api_detail::check_gemm(op, ldw, ldx, ldy, T, out, in);
+  if (T == 0 || out == 0) return;
+  check(w && x && y, op, "null pointer: w, x and y must be device pointers");
+  const float one = 1.f, zero = 0.f;
+  const cublasStatus_t st =
+      cublasGemmEx(api_detail::cublas(s), CUBLAS_OP_T, CUBLAS_OP_N, int(out), int(T), int(in), &one,
+                   w, CUDA_R_16BF, int(ldw), x, CUDA_R_16BF, int(ldx), &zero, y, CUDA_R_32F,
+                   int(ldy), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+  if (st != CUBLAS_STATUS_SUCCESS) fail(op, "cublasGemmEx: ", cublasGetStatusString(st));
+}
+void to_bf16(const float* x, bf16* y, std::size_t n, StreamHandle s) {
+  if (n == 0) return;
+  check(x && y, "cuda::to_bf16", "null pointer: x and y must be device pointers");
+  const unsigned blocks = unsigned(std::min<std::size_t>((n + 255) / 256, 65535));
+  const cudaError_t e = launch(to_bf16_kernel, dim3(blocks), dim3(256), 0, s, x, y, n);
+  if (e != cudaSuccess) fail_call("cuda::to_bf16", "kernel launch", e);
+}
+
+// ---- decoder plumbing -----------------------------------------------------------------------
+namespace api_detail {
+template <class T>
+void embedding_impl(const T* table, std::size_t dim, const std::int32_t* tokens, std::size_t n,
+                    float* out, StreamHandle s) {
+  constexpr const char* op = "cuda::embedding";
+  check(n <= 65535 * 32768ull, op, "T: too many tokens, got ", n);
+  if (n == 0 || dim == 0) return;
+  check(table && tokens && out, op, "null pointer: table, tokens and out are required");
+  const cudaError_t e =
+      launch(embedding_kernel<T>, dim3(unsigned(n)), dim3(256), 0, s, table, dim, tokens, out);
+  if (e != cudaSuccess) fail_call(op, "kernel launch", e);
+}
+}  // namespace api_detail
+void embedding(const float* table, std::size_t dim, const std::int32_t* tokens, std::size_t T,
+               float* out, StreamHandle s) {
+  api_detail::embedding_impl(table, dim, tokens, T, out, s);
+}
+void embedding(const bf16* table, std::size_t dim, const std::int32_t* tokens, std::size_t T,
+               float* out, StreamHandle s) {
+  api_detail::embedding_impl(table, dim, tokens, T, out, s);
+}
+
+void gqa_qkv_store(float* qkv, std::size_t ld, const float* bias, float* k_cache, float* v_cache,
+                   std::size_t cap, const std::int32_t* pos, std::size_t T, std::size_t H,
+                   std::size_t Hkv, std::size_t D, std::size_t rope_dim, const float* inv_freq,
+                   float attn_factor, RopeLayout layout, StreamHandle s) {
+  constexpr const char* op = "cuda::gqa_qkv_store";
+  check(H >= 1 && Hkv >= 1 && H % Hkv == 0, op, "heads: expected H a multiple of Hkv >= 1, got H ",
+        H, ", Hkv ", Hkv);
+  check(D >= 2 && D <= 1024 && rope_dim % 2 == 0 && rope_dim <= D, op,
+        "head_dim 2..1024 and an even rope_dim <= head_dim expected, got ", D, " and ", rope_dim);
+  check(ld >= (H + 2 * Hkv) * D, op, "ld: expected >= (H + 2 Hkv) D = ", (H + 2 * Hkv) * D,
+        ", got ", ld);
+  check(T <= 65535 && H + 2 * Hkv <= 65535, op, "T and heads: at most 65535, got ", T, ", ",
+        H + 2 * Hkv);
+  if (T == 0) return;
+  check(qkv && k_cache && v_cache && pos && (inv_freq || rope_dim == 0), op,
+        "null pointer: qkv, caches, pos and inv_freq are required");
+  QkvStoreArgs a{qkv,           ld,
+                 bias,          k_cache,
+                 v_cache,       cap,
+                 pos,           inv_freq,
+                 attn_factor,   int(H),
+                 int(Hkv),      int(D),
+                 int(rope_dim), layout == RopeLayout::interleaved};
+  const int threads = int(std::min<std::size_t>(std::max<std::size_t>(rope_dim / 2, 32), 256));
+  const cudaError_t e =
+      launch(qkv_store_kernel, dim3(unsigned(H + 2 * Hkv), unsigned(T)), dim3(threads), 0, s, a);
+  if (e != cudaSuccess) fail_call(op, "kernel launch", e);
+}
+
+std::size_t gqa_attention_workspace(std::size_t T, std::size_t H, std::size_t D,
+                                    std::size_t n_split) {
+  return n_split <= 1 ? 0 : T * H * n_split * (D + 1);
+}
+void gqa_attention(const float* q, std::size_t ld_q, const float* k_cache, const float* v_cache,
+                   std::size_t cap, const std::int32_t* pos, std::size_t T, std::size_t H,
+                   std::size_t Hkv, std::size_t D, float scale, float* out, std::size_t ld_out,
+                   std::size_t n_split, float* workspace, StreamHandle s) {
+  constexpr const char* op = "cuda::gqa_attention";
+  check(D == 64 || D == 128 || D == 256, op, "head_dim: expected 64, 128 or 256, got ", D);
+  check(H >= 1 && Hkv >= 1 && H % Hkv == 0, op, "heads: expected H a multiple of Hkv >= 1, got H ",
+        H, ", Hkv ", Hkv);
+  check(n_split >= 1 && n_split <= std::size_t(kAttnMaxSplit), op, "n_split: expected 1..",
+        kAttnMaxSplit, ", got ", n_split);
+  check(ld_q >= H * D && ld_out >= H * D, op, "ld_q and ld_out: expected >= H D = ", H * D,
+        ", got ", ld_q, ", ", ld_out);
+  check(T <= 65535, op, "T: at most 65535 tokens per call, got ", T);
+  if (T == 0) return;
+  check(q && k_cache && v_cache && pos && out, op,
+        "null pointer: q, caches, pos and out are required");
+  check(n_split == 1 || workspace, op, "n_split > 1 needs a workspace");
+  const std::size_t group = H / Hkv, head_blocks = (group + kAttnMaxG - 1) / kAttnMaxG;
+  GqaAttnArgs a{q,
+                ld_q,
+                k_cache,
+                v_cache,
+                cap,
+                pos,
+                out,
+                ld_out,
+                workspace,
+                workspace ? workspace + T * H * n_split * D : nullptr,
+                int(H),
+                int(Hkv),
+                int(head_blocks),
+                int(n_split),
+                scale};
+  const cudaError_t e = launch_gqa_attention(a, int(D), int(T), s);
+  if (e != cudaSuccess) fail_call(op, "kernel launch", e);
+}
+
+std::size_t argmax_workspace(std::size_t rows) {
+  return rows * kArgmaxBlocks * (sizeof(float) + sizeof(int));
+}
+void gqa_decode_attention(const float* qkv, const float* bias, float* k_cache, float* v_cache,
+                          std::size_t cap, const std::int32_t* pos, std::size_t H, std::size_t Hkv,
+                          std::size_t D, const float* inv_freq, float attn_factor, float scale,
+                          float* out, std::size_t n_split, float* workspace, StreamHandle s) {
+  constexpr const char* op = "cuda::gqa_decode_attention";
+  check(D == 64 || D == 128 || D == 256, op, "head_dim: expected 64, 128 or 256, got ", D);
+  check(H >= 1 && Hkv >= 1 && H % Hkv == 0, op, "heads: expected H a multiple of Hkv >= 1, got H ",
+        H, ", Hkv ", Hkv);
+  check(n_split >= 1 && n_split <= std::size_t(kAttnMaxSplit), op, "n_split: expected 1..",
+        kAttnMaxSplit, ", got ", n_split);
+  check(qkv && k_cache && v_cache && pos && inv_freq && out, op,
+        "null pointer: qkv, caches, pos, inv_freq and out are required");
+  check(n_split == 1 || workspace, op, "n_split > 1 needs a workspace");
+  const std::size_t group = H / Hkv, head_blocks = (group + kAttnMaxG - 1) / kAttnMaxG;
+  GqaAttnArgs a{qkv,
+                (H + 2 * Hkv) * D,
+                k_cache,
+                v_cache,
+                cap,
+                pos,
+                out,
+                H * D,
+                workspace,
+                workspace ? workspace + H * n_split * D : nullptr,
+                int(H),
+                int(Hkv),
+                int(head_blocks),
+                int(n_split),
+                scale};
+  a.fused = true;
+  a.bias = bias;
+  a.inv_freq = inv_freq;
+  a.attn_factor = attn_factor;
+  const cudaError_t e = launch_gqa_attention(a, int(D), 1, s);
+  if (e != cudaSuccess) fail_call(op, "kernel launch", e);
+}
+
+void argmax(const float* logits, std::size_t rows, std::size_t V, std::int32_t* idx,
+            std::int32_t* advance, std::int32_t* history, void* workspace, StreamHandle s) {
+  constexpr const char* op = "cuda::argmax";
+  check(V >= 1 && V <= api_detail::kIntMax, op, "V: expected 1..", api_detail::kIntMax, ", got ",
+        V);
+  check(rows <= 65535, op, "rows: at most 65535, got ", rows);
+  check(!advance || rows == 1, op, "advance needs rows == 1, got ", rows);
+  if (rows == 0) return;
+  check(logits && idx, op, "null pointer: logits and idx are required");
+  cudaError_t e;
+  if (workspace) {
+    float* pv = static_cast<float*>(workspace);
+    int* pi = reinterpret_cast<int*>(pv + rows * kArgmaxBlocks);
+    e = launch(argmax_partial_kernel, dim3(kArgmaxBlocks, unsigned(rows)), dim3(256), 0, s, logits,
+               V, pv, pi);
+    if (e == cudaSuccess)
+      e = launch(argmax_final_kernel, dim3(unsigned(rows)), dim3(kArgmaxBlocks), 0, s, pv, pi, idx,
+                 advance, history);
+  } else {
+    e = launch(argmax_kernel, dim3(unsigned(rows)), dim3(1024), 0, s, logits, V, idx, advance,
+               history);
+  }
+  if (e != cudaSuccess) fail_call(op, "kernel launch", e);
 }
 
 // ---- routers --------------------------------------------------------------------------------

@@ -30,8 +30,11 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <type_traits>
 
+#include "tmoe/backend/cuda/launch.cuh"
 #include "tmoe/backend/cuda/reduce.cuh"
 #include "tmoe/config.hpp"
 #include "tmoe/core/dtype.hpp"
@@ -102,6 +105,11 @@ __device__ TMOE_INLINE float dot_chunk(uint4 w, const float (&x)[8], bf16*) {
   }
   return s0 + s1;
 }
+__device__ TMOE_INLINE float dot_chunk(uint4 w, const float (&x)[4], float*) {
+  const float s0 = fmaf(__uint_as_float(w.x), x[0], __uint_as_float(w.y) * x[1]);
+  const float s1 = fmaf(__uint_as_float(w.z), x[2], __uint_as_float(w.w) * x[3]);
+  return s0 + s1;
+}
 // fp8 decodes (kFp8Decode), each exact for every finite e4m3 value, subnormals included:
 //   kDecodeF32Bits: the byte's bits moved into a float (value * 2^-120), then * 2^120;
 //                   ~6 integer/FP ops per weight.
@@ -164,7 +172,26 @@ __device__ TMOE_INLINE float dot_chunk(uint4 w, const float (&x)[16], f8_e4m3*) 
 struct GemvBatch {
   const std::int32_t* idx = nullptr;
   std::size_t w_stride = 0, scale_stride = 0, x_stride = 0;
+  bool prefetch = false;  // see gemv_vec_kernel (set by launch_gemv)
+  // SwiGLU epilogue (vector kernel, kRows == 2, batch 1): rows 2i and 2i+1 of W are the gate and
+  // up rows of unit i; y[i] = silu(gate . x) * (up . x), in fp32 (y has out / 2 elements).
+  bool swiglu = false;
 };
+
+namespace gemv_detail {
+__device__ TMOE_INLINE void prefetch_l2(const void* p) {
+  asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+}
+// TMOE_CUDA_GEMV_PREFETCH=1 turns the L2 prefetch before the PDL wait on. Off by default: on the
+// H100 it cost 3.5% of whole-model decode speed (574 vs 595 tok/s, docs/cuda.md).
+inline bool gemv_prefetch_enabled() {
+  static const bool on = [] {
+    const char* e = std::getenv("TMOE_CUDA_GEMV_PREFETCH");
+    return e && std::strcmp(e, "1") == 0;
+  }();
+  return on;
+}
+}  // namespace gemv_detail
 
 // Tuning of the vector kernel per weight type: rows per warp, 16-byte loads per row in flight
 // per lane, warps per block, fp8 decode. Chosen from bench_cuda_gemv --all-configs (docs/cuda.md).
@@ -195,13 +222,6 @@ __global__ void __launch_bounds__(kWarps* kWarpSize)
   using namespace gemv_detail;
   constexpr bool kFp8 = std::is_same_v<W, f8_e4m3>;
   constexpr int kVec = 16 / sizeof(W);  // weights per 16-byte chunk
-  if (batch.idx) {
-    const std::size_t e = std::size_t(batch.idx[blockIdx.y]);
-    w += e * batch.w_stride;
-    if constexpr (kFp8) scale_inv += e * batch.scale_stride;
-  }
-  x += blockIdx.y * batch.x_stride;
-  y += std::size_t(blockIdx.y) * out;
   constexpr int kGroups = kWarps / kSplit;
   constexpr int kStride = kWarpSize * kSplit;  // chunks between a lane's consecutive loads
   static_assert(kWarps % kSplit == 0, "kSplit must divide kWarps");
@@ -209,6 +229,28 @@ __global__ void __launch_bounds__(kWarps* kWarpSize)
   const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
   const int slice = warp % kSplit, group = warp / kSplit;
   const int row0 = (blockIdx.x * kGroups + group) * kRows;
+  pdl_trigger();
+  // Launched early under PDL, the block can pull its first weights into L2 while the kernel before
+  // it (whose output x is) finishes: weights never depend on earlier kernels (unless gathered by
+  // a device index). Opt-in (TMOE_CUDA_GEMV_PREFETCH=1): it measured slower.
+  if (batch.prefetch && !batch.idx && row0 < out) {
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u)
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) {
+        const int c = lane + slice * kWarpSize + u * kStride;
+        if (c < in / kVec)
+          prefetch_l2(w + std::size_t(min(row0 + r, out - 1)) * ldw + std::size_t(c) * kVec);
+      }
+  }
+  pdl_wait();
+  if (batch.idx) {
+    const std::size_t e = std::size_t(batch.idx[blockIdx.y]);
+    w += e * batch.w_stride;
+    if constexpr (kFp8) scale_inv += e * batch.scale_stride;
+  }
+  x += blockIdx.y * batch.x_stride;
+  y += std::size_t(blockIdx.y) * out;
   const W* wr[kRows];
 #pragma unroll
   for (int r = 0; r < kRows; ++r) wr[r] = w + std::size_t(min(row0 + r, out - 1)) * ldw;
@@ -249,22 +291,35 @@ __global__ void __launch_bounds__(kWarps* kWarpSize)
   constexpr float kUnscale = kFp8 ? kFp8DecodeUnscale<kFp8Decode> : 1.f;
 #pragma unroll
   for (int r = 0; r < kRows; ++r) acc[r] = warp_sum(acc[r]) * kUnscale;
+  // silu(g) * u as the separate SwiGLU kernel computes it in fp32.
+  auto silu_mul = [](float g, float u) { return g / (1.f + expf(-g)) * u; };
   if constexpr (kSplit == 1) {
-    if (lane == 0)
+    if (lane == 0) {
+      if (kRows == 2 && batch.swiglu) {
+        if (row0 < out) y[row0 / 2] = silu_mul(acc[0], acc[kRows - 1]);
+      } else {
 #pragma unroll
-      for (int r = 0; r < kRows; ++r)
-        if (row0 + r < out) y[row0 + r] = acc[r];
+        for (int r = 0; r < kRows; ++r)
+          if (row0 + r < out) y[row0 + r] = acc[r];
+      }
+    }
   } else {
     __shared__ float part[kWarps][kRows];
     if (lane == 0)
 #pragma unroll
       for (int r = 0; r < kRows; ++r) part[warp][r] = acc[r];
     __syncthreads();
-    if (slice == 0 && lane < kRows && row0 + lane < out) {
+    if (slice == 0) {
       float v = 0.f;
+      if (lane < kRows)
 #pragma unroll
-      for (int s = 0; s < kSplit; ++s) v += part[group * kSplit + s][lane];
-      y[row0 + lane] = v;
+        for (int s = 0; s < kSplit; ++s) v += part[group * kSplit + s][lane];
+      if (kRows == 2 && batch.swiglu) {
+        const float g = __shfl_sync(0xffffffffu, v, 0), u = __shfl_sync(0xffffffffu, v, 1);
+        if (lane == 0 && row0 < out) y[row0 / 2] = silu_mul(g, u);
+      } else if (lane < kRows && row0 + lane < out) {
+        y[row0 + lane] = v;
+      }
     }
   }
 }
@@ -275,6 +330,8 @@ __global__ void gemv_rowwise_kernel(const W* __restrict__ w, std::size_t ldw,
                                     const float* __restrict__ scale_inv, std::size_t ld_scale,
                                     const X* __restrict__ x, float* __restrict__ y, int out, int in,
                                     GemvBatch batch) {
+  pdl_trigger();
+  pdl_wait();
   if (batch.idx) {
     const std::size_t e = std::size_t(batch.idx[blockIdx.y]);
     w += e * batch.w_stride;
@@ -315,39 +372,40 @@ cudaError_t launch_gemv(const W* w, std::size_t ldw, const float* scale_inv, con
                    reinterpret_cast<std::uintptr_t>(x) % 16 == 0;
   if (!vec) {
     constexpr int kRowWarps = 4;
-    gemv_rowwise_kernel<W, X>
-        <<<dim3((out + kRowWarps - 1) / kRowWarps, batch), kRowWarps * kWarpSize, 0, stream>>>(
-            w, ldw, scale_inv, ld_scale, x, y, out, in, gb);
-    return cudaGetLastError();
+    return launch(gemv_rowwise_kernel<W, X>, dim3((out + kRowWarps - 1) / kRowWarps, batch),
+                  dim3(kRowWarps * kWarpSize), 0, stream, w, ldw, scale_inv, ld_scale, x, y, out,
+                  in, gb);
   }
+  gb.prefetch = gemv_detail::gemv_prefetch_enabled() && pdl_enabled();
   constexpr int kTargetWarps = 8192;
   const int row_groups = (out + kRows - 1) / kRows, nchunk = in / kVec;
   int split = 1;
   while (split < kWarps && row_groups * batch * split < kTargetWarps &&
          nchunk >= 2 * split * kWarpSize)
     split *= 2;
-  auto launch = [&]<int kSplit>() {
+  cudaError_t err = cudaSuccess;
+  auto go = [&]<int kSplit>() {
     const int rows_per_block = kRows * (kWarps / kSplit);
-    gemv_vec_kernel<W, X, kRows, kUnroll, kWarps, kSplit>
-        <<<dim3((out + rows_per_block - 1) / rows_per_block, batch), kWarps * kWarpSize, 0,
-           stream>>>(w, ldw, scale_inv, ld_scale, x, y, out, in, gb);
+    err = launch(gemv_vec_kernel<W, X, kRows, kUnroll, kWarps, kSplit>,
+                 dim3((out + rows_per_block - 1) / rows_per_block, batch), dim3(kWarps * kWarpSize),
+                 0, stream, w, ldw, scale_inv, ld_scale, x, y, out, in, gb);
   };
   static_assert(kWarps == 8, "the split dispatch below lists kSplit = 1, 2, 4, 8");
   switch (split) {
     case 1:
-      launch.template operator()<1>();
+      go.template operator()<1>();
       break;
     case 2:
-      launch.template operator()<2>();
+      go.template operator()<2>();
       break;
     case 4:
-      launch.template operator()<4>();
+      go.template operator()<4>();
       break;
     default:
-      launch.template operator()<8>();
+      go.template operator()<8>();
       break;
   }
-  return cudaGetLastError();
+  return err;
 }
 
 }  // namespace tmoe::cuda

@@ -19,6 +19,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "tmoe/backend/cuda/launch.cuh"
 #include "tmoe/config.hpp"
 #include "tmoe/core/dtype.hpp"
 
@@ -29,6 +30,8 @@ __global__ void rope_kernel(T* __restrict__ x, int tokens, int heads, std::size_
                             std::size_t ld_head, int rope_begin, int half,
                             const std::int32_t* __restrict__ positions,
                             const float* __restrict__ inv_freq, float attn_factor) {
+  pdl_trigger();
+  pdl_wait();
   const std::size_t n = std::size_t(tokens) * heads * half;
   for (std::size_t k = blockIdx.x * std::size_t(blockDim.x) + threadIdx.x; k < n;
        k += std::size_t(gridDim.x) * blockDim.x) {

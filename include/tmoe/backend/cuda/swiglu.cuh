@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cstddef>
 
+#include "tmoe/backend/cuda/launch.cuh"
 #include "tmoe/core/dtype.hpp"
 
 namespace tmoe::cuda {
@@ -22,6 +23,8 @@ template <class T>
 __global__ void swiglu_kernel(const T* __restrict__ gate, std::size_t ld_gate,
                               const T* __restrict__ up, std::size_t ld_up, T* __restrict__ out,
                               std::size_t ld_out, int rows, int width) {
+  pdl_trigger();
+  pdl_wait();
   const std::size_t n = std::size_t(rows) * width;
   for (std::size_t k = blockIdx.x * std::size_t(blockDim.x) + threadIdx.x; k < n;
        k += std::size_t(gridDim.x) * blockDim.x) {
@@ -39,9 +42,8 @@ cudaError_t launch_swiglu(const T* gate, std::size_t ld_gate, const T* up, std::
   if (n == 0) return cudaSuccess;
   constexpr int kThreads = 256;
   const unsigned blocks = unsigned(std::min<std::size_t>((n + kThreads - 1) / kThreads, 4096));
-  swiglu_kernel<T>
-      <<<blocks, kThreads, 0, stream>>>(gate, ld_gate, up, ld_up, out, ld_out, rows, width);
-  return cudaGetLastError();
+  return launch(swiglu_kernel<T>, dim3(blocks), dim3(kThreads), 0, stream, gate, ld_gate, up, ld_up,
+                out, ld_out, rows, width);
 }
 
 }  // namespace tmoe::cuda

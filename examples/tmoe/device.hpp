@@ -1,0 +1,40 @@
+// examples/tmoe/device.hpp: `--device cpu|cuda` for the commands that run a model. With CUDA
+// (tmoe built with TMOE_ENABLE_CUDA and a CUDA toolkit: TMOE_WITH_CUDA), `cuda` loads the model
+// onto the GPU as cuda::GqaModel (dense Qwen2 / Llama); without it, `--device cuda` fails with one
+// line saying so.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "tmoe/core/error.hpp"
+#include "tmoe/models/model.hpp"
+#if defined(TMOE_WITH_CUDA)
+#include "tmoe/backend/cuda/gqa_model.hpp"
+#endif
+
+namespace tmoe::cli {
+
+// "cpu" (the default) or "cuda"; anything else is an error naming the value.
+inline bool want_cuda(const std::string& device, const char* op) {
+  check(device == "cpu" || device == "cuda", op, "--device must be cpu or cuda, got '", device,
+        "'");
+  return device == "cuda";
+}
+
+// The model folder at `path` on the GPU.
+inline std::unique_ptr<models::Model> load_cuda_model([[maybe_unused]] const std::string& path,
+                                                      [[maybe_unused]] const models::LoadOptions& o,
+                                                      [[maybe_unused]] const char* op) {
+#if defined(TMOE_WITH_CUDA)
+  cuda::ModelOptions co;
+  co.max_context = o.max_context;
+  return cuda::load_model(path, co);
+#else
+  fail(op,
+       "--device cuda: this tmoe was built without CUDA (configure with a CUDA toolkit and "
+       "TMOE_ENABLE_CUDA=ON)");
+#endif
+}
+
+}  // namespace tmoe::cli
