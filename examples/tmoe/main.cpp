@@ -21,7 +21,10 @@ commands:
             stream generated text; without --model runs the built-in default model
   logits    --model PATH --input IN.safetensors --output OUT.safetensors
   tokenize  --model PATH (--text TEXT | --file LIST.json)
-  bench     --model PATH [-p N] [-n N] [-t THREADS] [-r REPS] [--json]
+  bench     --model PATH [-p N] [-n N] [-t THREADS] [-r REPS] [--json] [--bw-mib M] [--seed S]
+            prefill (pp, default 512) and decode (tg, default 128) tokens/s: median, min, max over
+            REPS (default 5) fresh runs after a warm-up, beside the THREADS-thread (default 2)
+            read bandwidth (sum over M MiB, default 1024); without --model benches the default model
   quantize  --model PATH --type TYPE --output FILE.gguf
   init      --config config.json --output FILE [--seed S]
   info      print the CPU kernels chosen for this machine
@@ -39,7 +42,7 @@ struct Command {
 constexpr Command kCommands[] = {
     {"info", &tmoe::cli::cmd_info},         {"tokenize", &tmoe::cli::cmd_tokenize},
     {"generate", &tmoe::cli::cmd_generate}, {"logits", &tmoe::cli::cmd_logits},
-    {"init", &tmoe::cli::cmd_init},
+    {"init", &tmoe::cli::cmd_init},         {"bench", &tmoe::cli::cmd_bench},
 };
 
 }  // namespace
