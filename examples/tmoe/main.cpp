@@ -25,7 +25,9 @@ commands:
             prefill (pp, default 512) and decode (tg, default 128) tokens/s: median, min, max over
             REPS (default 5) fresh runs after a warm-up, beside the THREADS-thread (default 2)
             read bandwidth (sum over M MiB, default 1024); without --model benches the default model
-  quantize  --model PATH --type TYPE --output FILE.gguf
+  quantize  --model PATH --type TYPE --output (FILE.gguf | DIR) [--tokenizer FILE|none]
+            FILE.gguf (llama.cpp loads it): TYPE f32 f16 bf16 q8_0 q4_0 q4_k q6_k;
+            DIR (Hugging Face folder): TYPE f32 f16 bf16 fp8 (R1's F8_E4M3 + 128x128 scale_inv)
   init      --config config.json --output FILE [--seed S]
   info      print the CPU kernels chosen for this machine
 
@@ -43,6 +45,7 @@ constexpr Command kCommands[] = {
     {"info", &tmoe::cli::cmd_info},         {"tokenize", &tmoe::cli::cmd_tokenize},
     {"generate", &tmoe::cli::cmd_generate}, {"logits", &tmoe::cli::cmd_logits},
     {"init", &tmoe::cli::cmd_init},         {"bench", &tmoe::cli::cmd_bench},
+    {"quantize", &tmoe::cli::cmd_quantize},
 };
 
 }  // namespace
