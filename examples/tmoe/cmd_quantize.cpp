@@ -100,9 +100,11 @@ bool is_weight_dtype(DType d) {
   return d == DType::f32 || d == DType::f16 || d == DType::bf16 || d == DType::f8_e4m3;
 }
 
-// R1 stores these as F8_E4M3 blocks: the 2-D projection weights of the decoder layers.
+// R1 stores these as F8_E4M3 blocks: the 2-D weights of the decoder layers (attention, dense MLP,
+// experts) except the routers (mlp.gate / block_sparse_moe.gate).
 bool is_fp8_projection(const std::string& name, const models::RawTensor& t) {
-  return name.starts_with("model.layers.") && name.ends_with("_proj.weight") && t.shape.size() == 2;
+  return name.starts_with("model.layers.") && name.ends_with(".weight") &&
+         !name.ends_with(".gate.weight") && t.shape.size() == 2;
 }
 
 template <class T>
