@@ -1,6 +1,7 @@
 // The machine's limits that the kernel benchmarks are read against:
 //  - read bandwidth: a sum over a 1 GiB float array (far larger than any cache), the array split
-//    into one contiguous part per thread of tmoe's ThreadPool, 1 and 2 threads (bytes/s);
+//    into one contiguous part per thread of tmoe's ThreadPool, 1 and 2 threads (bytes/s); the
+//    probe lives in tmoe/runtime/read_bandwidth.hpp, shared with `tmoe bench`;
 //  - FMA peak: a register-resident loop of independent 256-bit FMAs (AVX2 + FMA, 12 chains to
 //    cover latency x pipes), 1 and 2 threads (FLOP/s, one FMA = 2 FLOP per lane).
 // Rates are per wall-clock second; the "CPU" column is the whole process's CPU time, so that
@@ -16,6 +17,7 @@
 #include "tmoe/backend/cpu/kernel_table.hpp"
 #include "tmoe/core/tensor.hpp"
 #include "tmoe/core/thread_pool.hpp"
+#include "tmoe/runtime/read_bandwidth.hpp"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -23,27 +25,16 @@
 
 namespace {
 
-constexpr std::size_t kBandwidthBytes = std::size_t{1} << 30;
-
 void BM_read_bandwidth(benchmark::State& state) {
   const int threads = static_cast<int>(state.range(0));
-  const std::size_t n = kBandwidthBytes / sizeof(float);
-  tmoe::Vector<float> a(n);  // (n)
   tmoe::ThreadPool pool(threads);
-  pool.parallel_for(n, 1 << 20, [&](std::size_t b, std::size_t e, int) {
-    for (std::size_t i = b; i < e; ++i) a.data()[i] = 1.0f;
-  });
-  const auto& k = tmoe::cpu::kernels();
-  std::vector<float> part(static_cast<std::size_t>(threads) * 16);
+  tmoe::ReadBandwidthProbe probe(pool);
   for (auto _ : state) {
-    pool.run(static_cast<std::size_t>(threads), [&](std::size_t task, int) {
-      const std::size_t per = n / static_cast<std::size_t>(threads);
-      part[task * 16] = k.reduce.sum(a.data() + task * per, per);
-    });
-    benchmark::DoNotOptimize(part.data());
+    probe.sum_once();
+    benchmark::DoNotOptimize(probe.sink().data());
   }
-  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * n * sizeof(float)));
-  state.SetLabel(std::string(tmoe::cpu::isa_name(k.isa)));
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * probe.bytes()));
+  state.SetLabel(std::string(tmoe::cpu::isa_name(tmoe::cpu::kernels().isa)));
 }
 BENCHMARK(BM_read_bandwidth)
     ->Arg(1)

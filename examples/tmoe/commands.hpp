@@ -15,5 +15,7 @@ int cmd_tokenize(const Argv& args);
 int cmd_generate(const Argv& args);
 int cmd_logits(const Argv& args);
 int cmd_init(const Argv& args);
+int cmd_bench(const Argv& args);
+int cmd_quantize(const Argv& args);
 
 }  // namespace tmoe::cli

@@ -22,8 +22,13 @@ commands:
             default model
   logits    --model PATH --input IN.safetensors --output OUT.safetensors [--device cpu|cuda]
   tokenize  --model PATH (--text TEXT | --file LIST.json)
-  bench     --model PATH [-p N] [-n N] [-t THREADS] [-r REPS] [--json]
-  quantize  --model PATH --type TYPE --output FILE.gguf
+  bench     --model PATH [-p N] [-n N] [-t THREADS] [-r REPS] [--json] [--bw-mib M] [--seed S]
+            prefill (pp, default 512) and decode (tg, default 128) tokens/s: median, min, max over
+            REPS (default 5) fresh runs after a warm-up, beside the THREADS-thread (default 2)
+            read bandwidth (sum over M MiB, default 1024); without --model benches the default model
+  quantize  --model PATH --type TYPE --output (FILE.gguf | DIR) [--tokenizer FILE|none]
+            FILE.gguf (llama.cpp loads it): TYPE f32 f16 bf16 q8_0 q4_0 q4_k q6_k;
+            DIR (Hugging Face folder): TYPE f32 f16 bf16 fp8 (R1's F8_E4M3 + 128x128 scale_inv)
   init      (--config config.json | --preset NAME) --output DIR [--seed S] [--config-only]
   info      [--preset NAME]  the CPU kernels chosen for this machine, or a preset's sizes
 
@@ -41,7 +46,8 @@ struct Command {
 constexpr Command kCommands[] = {
     {"info", &tmoe::cli::cmd_info},         {"tokenize", &tmoe::cli::cmd_tokenize},
     {"generate", &tmoe::cli::cmd_generate}, {"logits", &tmoe::cli::cmd_logits},
-    {"init", &tmoe::cli::cmd_init},
+    {"init", &tmoe::cli::cmd_init},         {"bench", &tmoe::cli::cmd_bench},
+    {"quantize", &tmoe::cli::cmd_quantize},
 };
 
 }  // namespace

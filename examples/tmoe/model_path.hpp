@@ -8,7 +8,8 @@
 
 namespace tmoe::cli {
 
-// A Hugging Face folder (config.json + safetensors) or a .gguf file; throws naming the path.
+// A Hugging Face folder (config.json + safetensors) or a .gguf file (its header is checked when
+// it is opened); throws naming the path.
 inline void check_model_path(const std::string& path, const char* op) {
   std::error_code ec;
   check(std::filesystem::exists(path, ec), op, "model path '", path, "' does not exist");
@@ -17,8 +18,7 @@ inline void check_model_path(const std::string& path, const char* op) {
           "model folder '", path, "' has no config.json");
     return;
   }
-  check(!path.ends_with(".gguf"), op, path,
-        ": running GGUF files is not supported yet (use a Hugging Face folder)");
+  if (path.ends_with(".gguf")) return;
   fail(op, "model path '", path, "' is neither a model folder nor a .gguf file");
 }
 

@@ -40,6 +40,7 @@
 #include "tmoe/models/presets.hpp"
 #include "tmoe/models/random_init.hpp"
 #include "tmoe/models/weights.hpp"
+#include "tmoe/runtime/read_bandwidth.hpp"
 #include "tmoe/runtime/sampler.hpp"
 #include "tmoe/runtime/session.hpp"
 #include "tmoe/quant/formats.hpp"

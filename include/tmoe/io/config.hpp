@@ -57,6 +57,7 @@ struct RopeConfig {
   std::optional<double> attention_factor;                // yarn: explicit cos/sin scale
   double low_freq_factor = 1.0, high_freq_factor = 4.0;  // llama3
   bool interleave = false;  // rotate (x0,x1),(x2,x3).. pairs (DeepSeek checkpoints) vs half-split
+  std::vector<float> freq_factors;  // GGUF rope_freqs.weight (divides each frequency); else empty
 };
 
 struct ModelConfig {
@@ -325,11 +326,11 @@ inline ModelConfig parse_model_config(const nlohmann::json& j,
   const bool deepseek = c.family == Family::deepseek_v3 || c.family == Family::deepseek_v2;
   if (deepseek) {
     // null means a direct q_proj (V2-Lite style, also valid for deepseek_v3 configs).
-    c.q_lora_rank = (j.contains("q_lora_rank") && j["q_lora_rank"].is_null())
-                        ? 0
-                        : r.size("q_lora_rank", c.family == Family::deepseek_v2
-                                                    ? 0
-                                                    : std::optional<std::size_t>());
+    c.q_lora_rank =
+        (j.contains("q_lora_rank") && j["q_lora_rank"].is_null())
+            ? 0
+            : r.size("q_lora_rank",
+                     c.family == Family::deepseek_v2 ? 0 : std::optional<std::size_t>());
     c.kv_lora_rank = r.size("kv_lora_rank");
     c.qk_nope_head_dim = r.size("qk_nope_head_dim");
     c.qk_rope_head_dim = r.size("qk_rope_head_dim");

@@ -23,7 +23,9 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <map>
+#include <memory>
 #include <optional>
 #include <span>
 #include <string>
@@ -485,18 +487,23 @@ class GgufWriter {
   // ne in ggml order (ne[0] fastest); bytes must be the exact size.
   void add_tensor(std::string name, GgmlType type, std::vector<std::uint64_t> ne,
                   std::span<const std::byte> bytes) {
-    const auto tr = ggml_type_traits(type);
-    check(tr.has_value(), "gguf_writer", "tensor '", name, "': unsupported type");
-    check(!ne.empty() && ne.size() <= 4 && ne[0] % tr->block == 0, "gguf_writer", "tensor '", name,
-          "': bad shape for ", tr->name);
-    std::uint64_t n = 1;
-    for (auto d : ne) n *= d;
-    check(n / tr->block * tr->bytes == bytes.size(), "gguf_writer", "tensor '", name,
-          "': expected ", n / tr->block * tr->bytes, " bytes, got ", bytes.size());
-    tensors_.push_back({std::move(name), type, std::move(ne), {bytes.begin(), bytes.end()}});
+    const auto n = declare(name, type, ne);
+    check(n == bytes.size(), "gguf_writer", "tensor '", name, "': expected ", n, " bytes, got ",
+          bytes.size());
+    auto data = std::make_shared<std::vector<std::byte>>(bytes.begin(), bytes.end());
+    tensors_.push_back({std::move(name), type, std::move(ne), n, [data] { return *data; }});
   }
+  // A streamed tensor: `make` produces its bytes while write() runs, one tensor in memory at a
+  // time (export of models larger than memory). The size is checked when it is produced.
+  void add_tensor(std::string name, GgmlType type, std::vector<std::uint64_t> ne,
+                  std::function<std::vector<std::byte>()> make) {
+    const auto n = declare(name, type, ne);
+    tensors_.push_back({std::move(name), type, std::move(ne), n, std::move(make)});
+  }
+  std::size_t tensor_count() const { return tensors_.size(); }
 
-  std::vector<std::byte> serialize() const {
+  // Header, metadata and tensor infos, padded to the alignment (the data area follows).
+  std::vector<std::byte> header() const {
     std::vector<std::byte> out;
     auto raw = [&](const void* p, std::size_t n) {
       const auto* b = static_cast<const std::byte*>(p);
@@ -517,31 +524,56 @@ class GgufWriter {
       u32(static_cast<std::uint32_t>(v.type));
       value(out, v);
     }
-    std::uint64_t off = 0;
-    std::vector<std::uint64_t> offs;
-    for (const auto& t : tensors_) {
+    const auto offs = offsets();
+    for (std::size_t k = 0; k < tensors_.size(); ++k) {
+      const auto& t = tensors_[k];
       str(t.name);
       u32(static_cast<std::uint32_t>(t.ne.size()));
       for (auto d : t.ne) u64(d);
       u32(static_cast<std::uint32_t>(t.type));
-      u64(off);
-      offs.push_back(off);
-      off = (off + t.bytes.size() + alignment_ - 1) / alignment_ * alignment_;
+      u64(offs[k]);
     }
     out.resize((out.size() + alignment_ - 1) / alignment_ * alignment_);
+    return out;
+  }
+
+  std::vector<std::byte> serialize() const {
+    std::vector<std::byte> out = header();
     const std::size_t base = out.size();
+    const auto offs = offsets();
     for (std::size_t k = 0; k < tensors_.size(); ++k) {
+      const auto bytes = produce(k);
       out.resize(base + offs[k]);
-      raw(tensors_[k].bytes.data(), tensors_[k].bytes.size());
+      out.insert(out.end(), bytes.begin(), bytes.end());
     }
     return out;
   }
+  // Writes the file, streaming tensor data; a failure removes the partial file.
   void write(const std::string& path) const {
-    const auto bytes = serialize();
     std::FILE* f = std::fopen(path.c_str(), "wb");
     check(f != nullptr, "gguf_writer", path, ": cannot open for writing");
-    const bool ok = std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size();
-    check(std::fclose(f) == 0 && ok, "gguf_writer", path, ": write failed");
+    bool ok = true;
+    try {
+      const auto head = header();
+      ok = std::fwrite(head.data(), 1, head.size(), f) == head.size();
+      std::uint64_t pos = 0;
+      const auto offs = offsets();
+      const std::vector<std::byte> zeros(alignment_);
+      for (std::size_t k = 0; k < tensors_.size() && ok; ++k) {
+        const std::size_t pad = static_cast<std::size_t>(offs[k] - pos);
+        ok = pad == 0 || std::fwrite(zeros.data(), 1, pad, f) == pad;
+        const auto bytes = produce(k);
+        ok = ok && std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size();
+        pos = offs[k] + bytes.size();
+      }
+    } catch (...) {
+      std::fclose(f);
+      std::remove(path.c_str());
+      throw;
+    }
+    ok = std::fclose(f) == 0 && ok;
+    if (!ok) std::remove(path.c_str());
+    check(ok, "gguf_writer", path, ": write failed");
   }
 
  private:
@@ -599,11 +631,39 @@ class GgufWriter {
         break;
     }
   }
+  std::uint64_t declare(const std::string& name, GgmlType type,
+                        const std::vector<std::uint64_t>& ne) const {
+    const auto tr = ggml_type_traits(type);
+    check(tr.has_value(), "gguf_writer", "tensor '", name, "': unsupported type");
+    check(!ne.empty() && ne.size() <= 4 && ne[0] % tr->block == 0, "gguf_writer", "tensor '", name,
+          "': bad shape for ", tr->name);
+    for (const auto& t : tensors_)
+      check(t.name != name, "gguf_writer", "tensor '", name, "' added twice");
+    std::uint64_t n = 1;
+    for (auto d : ne) n *= d;
+    return n / tr->block * tr->bytes;
+  }
+  std::vector<std::uint64_t> offsets() const {
+    std::vector<std::uint64_t> offs;
+    std::uint64_t off = 0;
+    for (const auto& t : tensors_) {
+      offs.push_back(off);
+      off = (off + t.nbytes + alignment_ - 1) / alignment_ * alignment_;
+    }
+    return offs;
+  }
+  std::vector<std::byte> produce(std::size_t k) const {
+    auto bytes = tensors_[k].make();
+    check(bytes.size() == tensors_[k].nbytes, "gguf_writer", "tensor '", tensors_[k].name,
+          "': expected ", tensors_[k].nbytes, " bytes, got ", bytes.size());
+    return bytes;
+  }
   struct T {
     std::string name;
     GgmlType type;
     std::vector<std::uint64_t> ne;
-    std::vector<std::byte> bytes;
+    std::uint64_t nbytes = 0;
+    std::function<std::vector<std::byte>()> make;
   };
   std::uint64_t alignment_;
   std::vector<std::pair<std::string, GgufValue>> kv_;

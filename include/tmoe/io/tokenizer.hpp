@@ -701,7 +701,7 @@ class StreamDecoder {
   std::string pending_;
 };
 
-inline Tokenizer Tokenizer::from_json(std::string_view text, const std::string& source) {
+inline TokenizerSpec tokenizer_spec_from_json(std::string_view text, const std::string& source) {
   constexpr std::string_view op = "tokenizer";
   nlohmann::json j;
   try {
@@ -806,15 +806,24 @@ inline Tokenizer Tokenizer::from_json(std::string_view text, const std::string& 
   } catch (const nlohmann::json::exception& e) {
     fail(op, source, ": malformed tokenizer.json: ", e.what());
   }
-  return Tokenizer(spec);
+  return spec;
 }
 
-inline Tokenizer Tokenizer::from_file(const std::string& path) {
+// The spec of tokenizer.json in a file or a model folder (GGUF export writes it out).
+inline TokenizerSpec tokenizer_spec_from_file(const std::string& path) {
   std::string file = path;
   std::error_code ec;
   if (std::filesystem::is_directory(path, ec))
     file = (std::filesystem::path(path) / "tokenizer.json").string();
-  return from_json(read_text_file(file), file);
+  return tokenizer_spec_from_json(read_text_file(file), file);
+}
+
+inline Tokenizer Tokenizer::from_json(std::string_view text, const std::string& source) {
+  return Tokenizer(tokenizer_spec_from_json(text, source));
+}
+
+inline Tokenizer Tokenizer::from_file(const std::string& path) {
+  return Tokenizer(tokenizer_spec_from_file(path));
 }
 
 }  // namespace tmoe::io

@@ -50,6 +50,8 @@ struct RopeConfig {
   float mscale = 0.f, mscale_all_dim = 0.f;  // yarn; 0 = not set in config.json
   bool truncate = true;                      // yarn: floor/ceil low/high (HF default)
   float low_freq_factor = 1.f, high_freq_factor = 4.f;  // llama3
+  // plain: per-frequency divisors (GGUF rope_freqs.weight, D/2 values): f_i = theta^(-2i/D) / ff_i
+  std::vector<float> freq_factors;
 };
 
 struct RopeFrequencies {
@@ -101,6 +103,14 @@ inline RopeFrequencies rope_frequencies(const RopeConfig& cfg) {
     if (cfg.mscale_all_dim != 0.f) {
       const float m = yarn_get_mscale(cfg.factor, cfg.mscale_all_dim);
       f.softmax_scale_factor = m * m;
+    }
+  } else if (cfg.type == RopeType::plain && !cfg.freq_factors.empty()) {
+    check(cfg.freq_factors.size() == half, "rope", "expected ", half, " frequency factors, got ",
+          cfg.freq_factors.size());
+    for (std::size_t i = 0; i < half; ++i) {
+      check(cfg.freq_factors[i] > 0.f, "rope", "frequency factor ", i, " must be positive, got ",
+            cfg.freq_factors[i]);
+      f.inv_freq[i] = f.inv_freq[i] / cfg.freq_factors[i];
     }
   } else if (cfg.type == RopeType::llama3) {
     const float low_wl = float(cfg.original_max_position) / cfg.low_freq_factor;

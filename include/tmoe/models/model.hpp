@@ -29,6 +29,7 @@
 
 #include "tmoe/io/config.hpp"
 #include "tmoe/models/decoder.hpp"
+#include "tmoe/models/gguf_source.hpp"
 #include "tmoe/models/weights.hpp"
 
 namespace tmoe::models {
@@ -81,10 +82,14 @@ inline RopeConfig rope_config(const io::ModelConfig& c, std::size_t dim, bool in
   r.dim = dim;
   r.layout = interleaved ? RopeLayout::interleaved : RopeLayout::half_split;
   r.theta = static_cast<float>(c.rope.theta);
+  check(c.rope.freq_factors.empty() || c.rope.type == io::RopeType::default_ ||
+            c.rope.type == io::RopeType::none,
+        "model", "rope frequency factors only combine with plain rope");
   switch (c.rope.type) {
     case io::RopeType::none:
     case io::RopeType::default_:
       r.type = RopeType::plain;
+      r.freq_factors = c.rope.freq_factors;
       break;
     case io::RopeType::yarn:
       r.type = RopeType::yarn;
@@ -283,7 +288,9 @@ std::unique_ptr<Model> build_gqa(const io::ModelConfig& c, std::unique_ptr<Weigh
   const std::size_t d = c.hidden_size, H = c.num_attention_heads, Hkv = c.num_key_value_heads,
                     D = c.head_dim;
   std::vector<std::unique_ptr<Rope>> ropes;
-  ropes.push_back(std::make_unique<Rope>(rope_config(c, D, false), ctx));
+  // Hugging Face GQA checkpoints rotate half-split pairs; llama-arch GGUF files hold q/k rows
+  // permuted to adjacent pairs (rope.interleave set by the GGUF config reader).
+  ropes.push_back(std::make_unique<Rope>(rope_config(c, D, c.rope.interleave), ctx));
   GqaConfig gc;
   gc.hidden = d, gc.n_heads = H, gc.n_kv_heads = Hkv, gc.head_dim = D;
   std::size_t bytes = d * sizeof(F);
@@ -371,6 +378,8 @@ inline std::unique_ptr<Model> build_model(const io::ModelConfig& c,
                   c.max_position_embeddings ? c.max_position_embeddings : opt.max_context));
   // The weight format follows the checkpoint's first attention output projection.
   const RawTensor& probe = w->raw("model.layers.0.self_attn.o_proj.weight");
+  if (probe.quant)  // quantized blocks (GGUF): dequantized to float at load
+    return detail::build_family<float>(c, std::move(w), ctx, opt);
   switch (probe.dtype) {
     case DType::f32:
       return detail::build_family<float>(c, std::move(w), ctx, opt);
@@ -386,8 +395,18 @@ inline std::unique_ptr<Model> build_model(const io::ModelConfig& c,
   }
 }
 
-// Loads a Hugging Face model folder (config.json + safetensors).
+// True for a path naming a GGUF file (by its .gguf extension).
+inline bool is_gguf_path(const std::string& path) {
+  return path.size() > 5 && path.compare(path.size() - 5, 5, ".gguf") == 0;
+}
+
+// Loads a Hugging Face model folder (config.json + safetensors) or a .gguf file (config from its
+// metadata, see gguf_source.hpp).
 inline std::unique_ptr<Model> load_model(const std::string& path, const LoadOptions& opt = {}) {
+  if (is_gguf_path(path)) {
+    auto src = std::make_shared<GgufSource>(path);
+    return build_model(src->config(), src, opt);
+  }
   const io::ModelConfig cfg = io::load_model_config(path);
   return build_model(cfg, std::make_shared<SafetensorsSource>(path), opt);
 }

@@ -12,6 +12,7 @@
 #include <cstring>
 #include <map>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -21,14 +22,19 @@
 #include "tmoe/core/error.hpp"
 #include "tmoe/core/tensor.hpp"
 #include "tmoe/io/safetensors.hpp"
+#include "tmoe/quant/formats.hpp"
 
 namespace tmoe::models {
 
+// A stored tensor: dtype + shape (PyTorch order) + bytes. Quantized block data (GGUF Q8_0, Q4_0,
+// Q4_K, Q6_K) sets `quant` (dtype is then u8): rows of shape.back() values packed in blocks along
+// the row, exactly as quant/formats.hpp lays them out.
 struct RawTensor {
   DType dtype = DType::f32;
   std::vector<std::size_t> shape;
   const std::byte* data = nullptr;
   std::size_t nbytes = 0;
+  std::optional<quant::QuantType> quant;
 };
 
 class WeightSource {
@@ -46,7 +52,7 @@ class SafetensorsSource final : public WeightSource {
   explicit SafetensorsSource(const std::string& path) : path_(path), st_(path) {
     for (const auto& name : st_.names()) {
       const io::TensorInfo& t = st_.info(name);
-      raw_.emplace(name, RawTensor{t.dtype, t.shape, t.data, t.nbytes()});
+      raw_.emplace(name, RawTensor{t.dtype, t.shape, t.data, t.nbytes(), std::nullopt});
     }
   }
   const RawTensor* find(std::string_view name) const override {
@@ -70,7 +76,7 @@ class MemoryWeights final : public WeightSource {
   void add(std::string name, std::vector<std::size_t> shape, std::vector<T> values) {
     auto buf = std::make_unique<std::vector<std::byte>>(values.size() * sizeof(T));
     std::memcpy(buf->data(), values.data(), buf->size());
-    raw_[name] = RawTensor{dtype_of_v<T>, std::move(shape), buf->data(), buf->size()};
+    raw_[name] = RawTensor{dtype_of_v<T>, std::move(shape), buf->data(), buf->size(), std::nullopt};
     bufs_.push_back(std::move(buf));
   }
   const RawTensor* find(std::string_view name) const override {
@@ -132,6 +138,15 @@ class WeightLoader {
   // Bytes the loader holds in converted copies (0 when every weight is used in place).
   std::size_t converted_bytes() const { return converted_bytes_; }
 
+  // The values of tensor `name` widened to float32 (FP8 blocks scaled by <name>_scale_inv), in a
+  // fresh vector the loader does not keep (export, re-quantization).
+  std::vector<float> read_floats(const std::string& name) const {
+    const RawTensor& t = raw(name);
+    std::vector<float> out;
+    to_floats(name, t, out);
+    return out;
+  }
+
  private:
   void check_shape(const std::string& name, const RawTensor& t,
                    std::vector<std::size_t> want) const {
@@ -171,8 +186,38 @@ class WeightLoader {
     }
   }
 
-  template <class T>
-  std::vector<T>& convert(const std::string& name, const RawTensor& t) {
+  // Widens t to float32 into out (see read_floats).
+  template <class Q>
+  static void dequantize_into(const RawTensor& t, std::vector<float>& out) {
+    const std::size_t cols = t.shape.back(), rows = out.size() / cols;
+    const quant::QuantMatrixView<Q> v{reinterpret_cast<const typename Q::Block*>(t.data),
+                                      rows,
+                                      cols,
+                                      cols / Q::kBlockSize,
+                                      nullptr,
+                                      0};
+    for (std::size_t r = 0; r < rows; ++r) quant::dequantize_row(v, r, out.data() + r * cols);
+  }
+
+  void to_floats(const std::string& name, const RawTensor& t, std::vector<float>& out) const {
+    if (t.quant) {
+      std::size_t n = 1;
+      for (auto d : t.shape) n *= d;
+      out.resize(n);
+      switch (*t.quant) {
+        case quant::QuantType::q8_0:
+          return dequantize_into<quant::Q8_0>(t, out);
+        case quant::QuantType::q4_0:
+          return dequantize_into<quant::Q4_0>(t, out);
+        case quant::QuantType::q4_k:
+          return dequantize_into<quant::Q4_K>(t, out);
+        case quant::QuantType::q6_k:
+          return dequantize_into<quant::Q6_K>(t, out);
+        default:
+          fail("weights", src_->where(), ": tensor '", name,
+               "': quantized type not readable here (Q8_0, Q4_0, Q4_K, Q6_K)");
+      }
+    }
     const bool fp = t.dtype == DType::f32 || t.dtype == DType::bf16 || t.dtype == DType::f16 ||
                     t.dtype == DType::f8_e4m3 || t.dtype == DType::f8_e5m2 || t.dtype == DType::f64;
     if (!fp)
@@ -180,7 +225,7 @@ class WeightLoader {
            ", expected a floating-point type");
     std::size_t n = 1;
     for (auto d : t.shape) n *= d;
-    auto buf = std::make_unique<std::vector<T>>(n);
+    out.resize(n);
     // FP8 blocks (DeepSeek-V3/R1): W[i, j] = q[i, j] * scale_inv[i / 128, j / 128].
     const RawTensor* scale = nullptr;
     if (t.dtype == DType::f8_e4m3 && t.shape.size() == 2) {
@@ -199,9 +244,17 @@ class WeightLoader {
     for (std::size_t i = 0; i < n; ++i) {
       float v = element(t, i);
       if (scale) v *= element(*scale, (i / cols / 128) * bc + (i % cols) / 128);
-      (*buf)[i] = from_float<T>(v);
+      out[i] = v;
     }
-    converted_bytes_ += n * sizeof(T);
+  }
+
+  template <class T>
+  std::vector<T>& convert(const std::string& name, const RawTensor& t) {
+    std::vector<float> f;
+    to_floats(name, t, f);
+    auto buf = std::make_unique<std::vector<T>>(f.size());
+    for (std::size_t i = 0; i < f.size(); ++i) (*buf)[i] = from_float<T>(f[i]);
+    converted_bytes_ += f.size() * sizeof(T);
     owned_.push_back(
         std::shared_ptr<void>(buf.get(), [](void* p) { delete static_cast<std::vector<T>*>(p); }));
     return *buf.release();
