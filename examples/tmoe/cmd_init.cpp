@@ -1,9 +1,9 @@
 // tmoe init: a model folder with random weights of any shape: config.json (copied from --config,
 // or written from a named --preset, models/presets.hpp) and model.safetensors in the dtype given
 // (bf16 by default), deterministic per seed. --config-only writes just config.json (the real
-// sizes do not fit in memory as random weights: R1 is 1.3 TB in bf16). A preset's FP8
+// sizes may not fit on disk: R1 is 1.3 TB in bf16; weights are streamed one tensor at a time, so
+// memory is never the limit). A preset's FP8
 // quantization_config is dropped when random bf16/f16/f32 weights are written with it.
-#include <unistd.h>
 
 #include <cstdio>
 #include <filesystem>
@@ -21,15 +21,19 @@
 namespace tmoe::cli {
 
 namespace {
+// Streams the random weights into `file` one tensor at a time (memory: the largest tensor), with
+// the values models::random_weights<T> gives.
 template <class T>
 void write_random(const io::ModelConfig& c, std::uint64_t seed, const std::string& file) {
-  const models::MemoryWeights w = models::random_weights<T>(c, seed);
-  io::SafetensorsWriter out;
-  for (const auto& name : w.names()) {
-    const models::RawTensor* t = w.find(name);
-    out.add(name, t->dtype, t->shape, std::span<const std::byte>(t->data, t->nbytes));
-  }
-  out.write(file);
+  const auto specs = models::tensor_specs(c);
+  std::vector<io::TensorDecl> decls;
+  for (const auto& t : specs)
+    decls.push_back(
+        {t.name, t.role == models::TensorRole::matrix ? dtype_of_v<T> : DType::f32, t.shape});
+  io::write_safetensors_streamed(file, decls, [&](std::size_t i, std::span<std::byte> out) {
+    models::random_tensor<T>(specs[i], i, seed, 1.0f, reinterpret_cast<T*>(out.data()),
+                             reinterpret_cast<float*>(out.data()));
+  });
 }
 }  // namespace
 
@@ -50,10 +54,15 @@ int cmd_init(const Argv& argv) {
   namespace fs = std::filesystem;
   const fs::path cfg_out = fs::path(out) / "config.json";
   const double bytes = double(models::count_params(c).total) * (dtype == "f32" ? 4.0 : 2.0);
-  const double ram = double(sysconf(_SC_PHYS_PAGES)) * double(sysconf(_SC_PAGESIZE));
-  check(config_only || 2.0 * bytes <= ram, "init", "random ", dtype, " weights of this model take ",
-        bytes / 1e9, " GB (twice that while writing), more than this machine's ", ram / 1e9,
-        " GB of memory; use --config-only");
+  // Weights are streamed to disk one tensor at a time, so the limit is the free disk space.
+  fs::path probe = fs::absolute(fs::path(out));
+  while (!probe.empty() && !fs::exists(probe) && probe != probe.parent_path())
+    probe = probe.parent_path();
+  std::error_code sec;
+  const double avail = double(fs::space(probe, sec).available);
+  check(config_only || sec || bytes <= avail, "init", "random ", dtype,
+        " weights of this model take ", bytes / 1e9, " GB, more than the ", avail / 1e9,
+        " GB free at '", probe.string(), "'; use --config-only");
   std::error_code ec;
   fs::create_directories(out, ec);
   check(!ec, "init", "cannot create folder '", out, "': ", ec.message());

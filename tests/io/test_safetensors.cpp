@@ -78,6 +78,46 @@ TEST_CASE("safetensors: writer round trip and typed views") {
   check_error([&] { (void)m.fp8_weight("a"); }, {"'a'", "expected dtype F8_E4M3"});
 }
 
+TEST_CASE("safetensors: the streamed writer writes what it declares, one tensor at a time") {
+  TempDir dir;
+  const auto path = dir.file("s.safetensors");
+  const std::vector<io::TensorDecl> decls = {
+      {"a", DType::f32, {3, 5}}, {"b", DType::bf16, {7}}, {"e", DType::f16, {0, 4}}};
+  std::vector<std::size_t> sizes;
+  io::write_safetensors_streamed(path, decls, [&](std::size_t i, std::span<std::byte> out) {
+    sizes.push_back(out.size());
+    if (i == 0)
+      for (std::size_t k = 0; k < 15; ++k) {
+        const float v = float(k);
+        std::memcpy(out.data() + 4 * k, &v, 4);
+      }
+    if (i == 1)
+      for (std::size_t k = 0; k < 7; ++k) {
+        const auto v = bf16::from_float(float(k) / 2).bits;
+        std::memcpy(out.data() + 2 * k, &v, 2);
+      }
+  });
+  CHECK(sizes == std::vector<std::size_t>{60, 14, 0});
+  io::SafetensorsModel m(path);
+  CHECK(m.size() == 3);
+  CHECK(m.view<float, DExtents<2>>("a")(2, 4) == 14.f);
+  CHECK(m.view<bf16, DExtents<1>>("b")(5).to_float() == 2.5f);
+  CHECK(m.view<f16, DExtents<2>>("e").size() == 0);
+  check_error(
+      [&] {
+        io::write_safetensors_streamed(path, {{"x", DType::f32, {1}}, {"x", DType::f32, {1}}},
+                                       [](std::size_t, std::span<std::byte>) {});
+      },
+      {"'x'", "duplicate"});
+  check_error(
+      [&] {
+        io::write_safetensors_streamed(dir.file("no/such/dir/f.safetensors"),
+                                       {{"x", DType::f32, {1}}},
+                                       [](std::size_t, std::span<std::byte>) {});
+      },
+      {"cannot open for writing"});
+}
+
 TEST_CASE("safetensors: sharded folder with index, and folder without index") {
   TempDir dir;
   io::SafetensorsWriter w1, w2;

@@ -452,4 +452,52 @@ class SafetensorsWriter {
   std::map<std::string, std::string> metadata_;
 };
 
+// A tensor write_safetensors_streamed will write: its name, dtype and shape.
+struct TensorDecl {
+  std::string name;
+  DType dtype = DType::f32;
+  std::vector<std::size_t> shape;
+  std::size_t nbytes() const {
+    std::size_t n = dtype_size(dtype);
+    for (auto d : shape) n *= d;
+    return n;
+  }
+};
+
+// Writes a safetensors file one tensor at a time, for files larger than memory: the header from
+// `decls` (in their order, offsets consecutive), then for each tensor i, fill(i, bytes) writes its
+// nbytes() bytes into a buffer that is appended to the file. Memory use is the largest tensor.
+template <class Fill>
+void write_safetensors_streamed(const std::string& path, const std::vector<TensorDecl>& decls,
+                                Fill&& fill) {
+  const char* op = "safetensors_writer";
+  nlohmann::ordered_json h = nlohmann::ordered_json::object();
+  std::size_t off = 0, largest = 0;
+  for (const auto& d : decls) {
+    check(d.name != "__metadata__" && !h.contains(d.name), op, "tensor '", d.name,
+          "': duplicate or reserved name");
+    h[d.name] = {{"dtype", std::string(dtype_name(d.dtype))},
+                 {"shape", d.shape},
+                 {"data_offsets", {off, off + d.nbytes()}}};
+    off += d.nbytes();
+    largest = std::max(largest, d.nbytes());
+  }
+  std::string hs = h.dump();
+  while (hs.size() % 8) hs += ' ';
+  std::unique_ptr<std::FILE, int (*)(std::FILE*)> f(std::fopen(path.c_str(), "wb"), &std::fclose);
+  check(f != nullptr, op, path, ": cannot open for writing");
+  std::byte len[8];
+  for (int i = 0; i < 8; ++i) len[i] = static_cast<std::byte>((hs.size() >> (8 * i)) & 0xff);
+  bool ok = std::fwrite(len, 1, 8, f.get()) == 8 &&
+            std::fwrite(hs.data(), 1, hs.size(), f.get()) == hs.size();
+  std::vector<std::byte> buf(largest);
+  for (std::size_t i = 0; i < decls.size() && ok; ++i) {
+    const std::size_t n = decls[i].nbytes();
+    fill(i, std::span<std::byte>(buf.data(), n));
+    ok = std::fwrite(buf.data(), 1, n, f.get()) == n;
+  }
+  ok = std::fclose(f.release()) == 0 && ok;
+  check(ok, op, path, ": write failed");
+}
+
 }  // namespace tmoe::io

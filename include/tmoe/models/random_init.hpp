@@ -125,9 +125,28 @@ class SplitMix64 {
   std::uint64_t x_;
 };
 
+// Tensor `index` of tensor_specs(c) with the random values random_weights gives it: matrices as T
+// (float, bf16 or f16) into `out` (n elements), vectors as float into `out_f`. Each tensor draws
+// from its own stream (seed mixed with its index), so adding a tensor to the inventory does not
+// change the others, and a tensor can be made alone (tmoe init writes large models one tensor at a
+// time).
+template <class T>
+void random_tensor(const TensorSpec& t, std::size_t index, std::uint64_t seed, float gain, T* out,
+                   float* out_f) {
+  SplitMix64 rng(seed * 0x2545f4914f6cdd1dull + index);
+  std::size_t n = 1;
+  for (auto x : t.shape) n *= x;
+  if (t.role == TensorRole::matrix) {
+    const float a = gain * std::sqrt(3.0f / static_cast<float>(t.shape[1]));
+    for (std::size_t i = 0; i < n; ++i) out[i] = from_float<T>(rng.uniform(-a, a));
+  } else {
+    for (std::size_t i = 0; i < n; ++i)
+      out_f[i] = t.role == TensorRole::norm ? rng.uniform(0.8f, 1.2f) : rng.uniform(0.f, 0.1f);
+  }
+}
+
 // Random weights for every tensor of `c`; matrices stored as T (float, bf16 or f16), vectors as
-// float. Each tensor draws from its own stream (seed mixed with its index), so adding a tensor to
-// the inventory does not change the others.
+// float (values as random_tensor).
 template <class T>
 MemoryWeights random_weights(const io::ModelConfig& c, std::uint64_t seed, float gain = 1.0f,
                              std::string where = "random weights") {
@@ -135,18 +154,15 @@ MemoryWeights random_weights(const io::ModelConfig& c, std::uint64_t seed, float
   const auto specs = tensor_specs(c);
   for (std::size_t i = 0; i < specs.size(); ++i) {
     const TensorSpec& t = specs[i];
-    SplitMix64 rng(seed * 0x2545f4914f6cdd1dull + i);
     std::size_t n = 1;
     for (auto x : t.shape) n *= x;
     if (t.role == TensorRole::matrix) {
-      const float a = gain * std::sqrt(3.0f / static_cast<float>(t.shape[1]));
       std::vector<T> v(n);
-      for (auto& x : v) x = from_float<T>(rng.uniform(-a, a));
+      random_tensor<T>(t, i, seed, gain, v.data(), nullptr);
       w.add<T>(t.name, t.shape, std::move(v));
     } else {
       std::vector<float> v(n);
-      for (auto& x : v)
-        x = t.role == TensorRole::norm ? rng.uniform(0.8f, 1.2f) : rng.uniform(0.f, 0.1f);
+      random_tensor<T>(t, i, seed, gain, nullptr, v.data());
       w.add<float>(t.name, t.shape, std::move(v));
     }
   }
