@@ -67,9 +67,10 @@ int cmd_generate(const Argv& argv) {
     chat = models::default_chat_template();
   } else {
     std::fprintf(stderr, "[tmoe] loading %s\n", path.c_str());
+    opt.progress = load_progress_bar();
     model = models::load_model(path, opt);
-    tok = io::Tokenizer::from_file(path);
-    if (args.has("--chat")) chat = io::ChatTemplate::from_file(path);
+    tok = model_tokenizer(path);
+    if (args.has("--chat")) chat = model_chat_template(path);
   }
   const std::string prompt = args.str("--prompt", builtin ? "Hello, tmoe!" : "");
   check(!prompt.empty(), "generate", "missing --prompt");

@@ -25,6 +25,7 @@ int cmd_logits(const Argv& argv) {
   check(B > 0 && T > 0, "logits", in, ": input_ids is empty [", B, ",", T, "]");
   models::LoadOptions opt;
   opt.max_context = T;
+  opt.progress = load_progress_bar();
   auto model = models::load_model(path, opt);
   check(T <= model->max_context(), "logits", in, ": ", T, " tokens exceed the model's ",
         model->max_context(), " positions");
