@@ -45,7 +45,7 @@ void print_stats(const GenerateStats& st, const models::Model& m, int threads) {
 int cmd_generate(const Argv& argv) {
   Args args("generate", argv,
             {"--model", "--prompt", "-n", "--temp", "--top-k", "--top-p", "--min-p", "--seed", "-t",
-             "--ctx", "--repeat-penalty"},
+             "--ctx", "--repeat-penalty", "--weights"},
             {"--chat"});
   const bool builtin = !args.has("--model");
   const std::string path = args.str("--model");
@@ -68,6 +68,7 @@ int cmd_generate(const Argv& argv) {
   } else {
     std::fprintf(stderr, "[tmoe] loading %s\n", path.c_str());
     opt.progress = load_progress_bar();
+    opt.quantize = weights_option(args, "generate");
     model = models::load_model(path, opt);
     tok = model_tokenizer(path);
     if (args.has("--chat")) chat = model_chat_template(path);

@@ -14,7 +14,7 @@
 namespace tmoe::cli {
 
 int cmd_logits(const Argv& argv) {
-  Args args("logits", argv, {"--model", "--input", "--output", "-t"});
+  Args args("logits", argv, {"--model", "--input", "--output", "-t", "--weights"});
   const std::string path = args.required("--model"), in = args.required("--input"),
                     out = args.required("--output");
   check_model_path(path, "logits");
@@ -26,6 +26,7 @@ int cmd_logits(const Argv& argv) {
   models::LoadOptions opt;
   opt.max_context = T;
   opt.progress = load_progress_bar();
+  opt.quantize = weights_option(args, "logits");
   auto model = models::load_model(path, opt);
   check(T <= model->max_context(), "logits", in, ": ", T, " tokens exceed the model's ",
         model->max_context(), " positions");

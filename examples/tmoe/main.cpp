@@ -20,11 +20,12 @@ commands:
   generate  --model PATH --prompt TEXT [-n N] [--temp T] [--top-k K] [--top-p P] [--seed S] [--chat]
             stream generated text; without --model runs the built-in default model
   logits    --model PATH --input IN.safetensors --output OUT.safetensors
+            (generate, logits: --weights q8_0|q4_0|q4_k|q6_k quantizes the matrices at load)
   tokenize  --model PATH (--text TEXT | --file LIST.json)
   bench     --model PATH [-p N] [-n N] [-t THREADS] [-r REPS] [--json]
   quantize  --model PATH --type TYPE --output FILE.gguf
   init      --config config.json --output FILE [--seed S]
-  info      print the CPU kernels chosen for this machine
+  info      [--model PATH]  print the CPU kernels chosen for this machine (and the model)
 
 PATH is a Hugging Face model folder (config.json, *.safetensors, tokenizer.json) or a .gguf file.
 Environment: TMOE_ISA=portable|avx2|avx512|avx512_vnni_bf16 forces a CPU kernel set.

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <functional>
+#include <optional>
 #include <string>
 #include <utility>
 
@@ -51,6 +52,18 @@ inline io::ChatTemplate model_chat_template(const std::string& path) {
                            {"tokenizer.ggml.eos_token_id", "eos_token"}})
     if (auto id = g.get_uint_opt(key); id && *id < toks.size()) j[name] = toks[*id].s;
   return io::ChatTemplate::from_config(j, path);
+}
+
+// --weights q8_0|q4_0|q4_k|q6_k: quantize the matrices at load (unset: as stored).
+template <class A>
+std::optional<quant::QuantType> weights_option(const A& args, const char* op) {
+  if (!args.has("--weights")) return std::nullopt;
+  const std::string w = args.str("--weights");
+  if (w == "q8_0") return quant::QuantType::q8_0;
+  if (w == "q4_0") return quant::QuantType::q4_0;
+  if (w == "q4_k") return quant::QuantType::q4_k;
+  if (w == "q6_k") return quant::QuantType::q6_k;
+  fail(op, "--weights '", w, "' is not one of q8_0, q4_0, q4_k, q6_k");
 }
 
 // A load progress bar on stderr, drawn only when stderr is a terminal (nothing in pipes or

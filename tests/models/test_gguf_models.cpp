@@ -390,3 +390,23 @@ TEST_CASE("damaged GGUF models fail with one clear error") {
                          doctest::Contains("general.architecture 'mamba' is not supported"), Error);
   }
 }
+
+TEST_CASE("quantizing a safetensors checkpoint at load equals running its Q8_0 GGUF export") {
+  for (const char* family : {"qwen2", "deepseek_v3_fp8"}) {
+    SUBCASE(family) {
+      models::LoadOptions opt;
+      opt.quantize = quant::QuantType::q8_0;
+      auto q = models::load_model(fixture(family), opt);
+      CHECK(q->weight_format().find("Q8_0 x ") != std::string::npos);
+      const auto got = run(*q, family), ref = reference(family);
+      const double within = rows_within(got, ref, q->vocab_size(), 0.04);
+      INFO(family << ": rows within 0.04: " << within);
+      CHECK(within >= (q->config().is_moe() ? 0.75 : 1.0));
+      if (std::string(family) == "qwen2") {
+        // Same quantizer on the same floats, same kernels: bit-identical to the GGUF path.
+        auto g = models::load_model(export_fixture(family, io::GgmlType::q8_0));
+        CHECK(max_err(got, run(*g, family)).first == 0.0);
+      }
+    }
+  }
+}

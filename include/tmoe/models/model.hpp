@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -31,6 +32,7 @@
 #include "tmoe/io/config.hpp"
 #include "tmoe/models/decoder.hpp"
 #include "tmoe/models/gguf_source.hpp"
+#include "tmoe/models/quantized_source.hpp"
 #include "tmoe/models/weights.hpp"
 
 namespace tmoe::models {
@@ -41,6 +43,9 @@ struct LoadOptions {
   // Called with (layers built, total layers) after each decoder layer and once at the end
   // (total, total); e.g. a progress bar while weights are converted and paged in.
   std::function<void(std::size_t, std::size_t)> progress;
+  // Quantize float / bf16 / FP8 matrices at load (models/quantized_source.hpp); the model then
+  // runs as AnyFormat. Unset: matrices run in their stored format.
+  std::optional<quant::QuantType> quantize;
 };
 
 class Model {
@@ -438,6 +443,7 @@ extern template std::unique_ptr<Model> build_family<AnyFormat>(const io::ModelCo
 inline std::unique_ptr<Model> build_model(const io::ModelConfig& c,
                                           std::shared_ptr<const WeightSource> src,
                                           const LoadOptions& opt = {}) {
+  if (opt.quantize) src = std::make_shared<QuantizedSource>(std::move(src), *opt.quantize);
   auto w = std::make_unique<WeightLoader>(src);
   const std::size_t ctx = std::max<std::size_t>(
       1, std::min(opt.max_context,
