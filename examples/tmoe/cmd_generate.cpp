@@ -46,7 +46,7 @@ void print_stats(const GenerateStats& st, const models::Model& m, int threads) {
 int cmd_generate(const Argv& argv) {
   Args args("generate", argv,
             {"--model", "--prompt", "-n", "--temp", "--top-k", "--top-p", "--min-p", "--seed", "-t",
-             "--ctx", "--repeat-penalty", "--device"},
+             "--ctx", "--repeat-penalty", "--device", "--weights"},
             {"--chat"});
   const bool builtin = !args.has("--model");
   const std::string path = args.str("--model");
@@ -72,9 +72,12 @@ int cmd_generate(const Argv& argv) {
     chat = models::default_chat_template();
   } else {
     std::fprintf(stderr, "[tmoe] loading %s\n", path.c_str());
+    opt.progress = load_progress_bar();
+    opt.quantize = weights_option(args, "generate");
+    check(!(cuda && opt.quantize), "generate", "--weights is not supported with --device cuda");
     model = cuda ? load_cuda_model(path, opt, "generate") : models::load_model(path, opt);
-    tok = io::Tokenizer::from_file(path);
-    if (args.has("--chat")) chat = io::ChatTemplate::from_file(path);
+    tok = model_tokenizer(path);
+    if (args.has("--chat")) chat = model_chat_template(path);
   }
   const std::string prompt = args.str("--prompt", builtin ? "Hello, tmoe!" : "");
   check(!prompt.empty(), "generate", "missing --prompt");

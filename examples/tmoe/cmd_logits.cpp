@@ -15,7 +15,7 @@
 namespace tmoe::cli {
 
 int cmd_logits(const Argv& argv) {
-  Args args("logits", argv, {"--model", "--input", "--output", "-t", "--device"});
+  Args args("logits", argv, {"--model", "--input", "--output", "-t", "--device", "--weights"});
   const std::string path = args.required("--model"), in = args.required("--input"),
                     out = args.required("--output");
   check_model_path(path, "logits");
@@ -27,6 +27,9 @@ int cmd_logits(const Argv& argv) {
   check(B > 0 && T > 0, "logits", in, ": input_ids is empty [", B, ",", T, "]");
   models::LoadOptions opt;
   opt.max_context = T;
+  opt.progress = load_progress_bar();
+  opt.quantize = weights_option(args, "logits");
+  check(!(cuda && opt.quantize), "logits", "--weights is not supported with --device cuda");
   auto model = cuda ? load_cuda_model(path, opt, "logits") : models::load_model(path, opt);
   check(T <= model->max_context(), "logits", in, ": ", T, " tokens exceed the model's ",
         model->max_context(), " positions");

@@ -21,6 +21,7 @@ commands:
             [--device cpu|cuda]  stream generated text; without --model runs the built-in
             default model
   logits    --model PATH --input IN.safetensors --output OUT.safetensors [--device cpu|cuda]
+            (generate, logits: --weights q8_0|q4_0|q4_k|q6_k quantizes the matrices at load)
   tokenize  --model PATH (--text TEXT | --file LIST.json)
   bench     --model PATH [-p N] [-n N] [-t THREADS] [-r REPS] [--json] [--bw-mib M] [--seed S]
             prefill (pp, default 512) and decode (tg, default 128) tokens/s: median, min, max over
@@ -30,7 +31,8 @@ commands:
             FILE.gguf (llama.cpp loads it): TYPE f32 f16 bf16 q8_0 q4_0 q4_k q6_k;
             DIR (Hugging Face folder): TYPE f32 f16 bf16 fp8 (R1's F8_E4M3 + 128x128 scale_inv)
   init      (--config config.json | --preset NAME) --output DIR [--seed S] [--config-only]
-  info      [--preset NAME]  the CPU kernels chosen for this machine, or a preset's sizes
+  info      [--preset NAME | --model PATH]  the CPU kernels chosen for this machine, and a
+            preset's sizes or a model's formats and decode bytes
 
 PATH is a Hugging Face model folder (config.json, *.safetensors, tokenizer.json) or a .gguf file.
 --device cuda (tmoe built with CUDA): dense Qwen2 / Llama models on the GPU.

@@ -12,4 +12,7 @@ template std::unique_ptr<Model> build_family<bf16>(const io::ModelConfig&,
 template std::unique_ptr<Model> build_family<f16>(const io::ModelConfig&,
                                                   std::unique_ptr<WeightLoader>, std::size_t,
                                                   const LoadOptions&);
+template std::unique_ptr<Model> build_family<AnyFormat>(const io::ModelConfig&,
+                                                        std::unique_ptr<WeightLoader>, std::size_t,
+                                                        const LoadOptions&);
 }  // namespace tmoe::models::detail

@@ -6,12 +6,18 @@
 //     (measured 3.3e-6 / 13.9 for mixtral): the file rotates adjacent pairs of permuted q/k rows,
 //     which changes the order of the q.k sums, and Llama 3's rope factors come from
 //     rope_freqs.weight instead of the closed form. The greedy continuation equals greedy.json.
-//   Q8_0 export: max |logit - HF reference| <= 0.03 * max |ref| (measured: see the INFO lines;
-//     Q8_0's per-block error is <= amax / 254 per weight).
+//   Q8_0 export (run in place as AnyFormat): per position, max |logit - HF reference| <=
+//     0.04 * max |ref| for every position of the dense models and >= 75% of the positions of the
+//     MoE models: a perturbed hidden state can flip a near-tied expert choice and make a whole
+//     row jump (measured: all 22 rows within for every fixture except mixtral, 21 of 22; max
+//     |err| / max |ref|: qwen2 0.018, llama3 0.030, deepseek_v3 0.026, mixtral 0.19).
+//   Mixed Q4_0 / Q6_K / Q8_0 / BF16 / F16 export: the same with 0.1 (qwen2 all rows, deepseek_v3
+//     18 of 22), MLA absorbed and naive.
 #include <doctest/doctest.h>
 
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -95,6 +101,20 @@ std::pair<double, double> max_err(const std::vector<float>& a, const std::vector
   return {e, s};
 }
 
+// Fraction of the logit rows (one per position) whose max |a - b| is <= tol * max |b|.
+double rows_within(const std::vector<float>& a, const std::vector<float>& b, std::size_t V,
+                   double tol) {
+  const double s = max_err(a, b).second;
+  std::size_t ok = 0, n = a.size() / V;
+  for (std::size_t r = 0; r < n; ++r) {
+    double e = 0;
+    for (std::size_t v = 0; v < V; ++v)
+      e = std::max(e, std::abs(double(a[r * V + v]) - double(b[r * V + v])));
+    ok += e <= tol * s;
+  }
+  return double(ok) / double(n);
+}
+
 std::vector<std::int32_t> greedy(const models::Model& m, const std::vector<std::int32_t>& prompt,
                                  std::size_t n) {
   ThreadPool pool(2);
@@ -154,9 +174,64 @@ TEST_CASE("a Q8_0 GGUF export stays close to the reference logits") {
       if (g.find("llama.expert_count") || g.find("deepseek2.expert_count"))
         CHECK(g.tensor("blk.1.ffn_gate_inp.weight").type == io::GgmlType::f32);
       auto gg = models::load_model(path);
-      const auto [e, s] = max_err(run(*gg, family), reference(family));
-      INFO(family << ": Q8_0 max |err| " << e << ", max |ref| " << s);
-      CHECK(e <= 0.03 * s);
+      // Used in place as AnyFormat: Q8_0 matrices, F32 router (and DeepSeek's rebuilt kv_b).
+      CHECK(gg->weight_format().starts_with("mixed ("));
+      CHECK(gg->weight_format().find("Q8_0 x ") != std::string::npos);
+      const auto got = run(*gg, family), ref = reference(family);
+      const auto [e, s] = max_err(got, ref);
+      const double within = rows_within(got, ref, gg->vocab_size(), 0.04);
+      INFO(family << ": Q8_0 max |err| " << e << ", max |ref| " << s
+                  << ", rows within 0.04: " << within);
+      // A perturbed hidden state can flip a near-tied expert choice: MoE rows may jump.
+      CHECK(within >= (gg->config().is_moe() ? 0.75 : 1.0));
+      // decode_weight_bytes counts the stored bytes: Q8_0 is 34 bytes per 32 weights.
+      auto f32 = models::load_model(export_fixture(family, io::GgmlType::f32));
+      INFO("decode bytes: q8_0 " << gg->decode_weight_bytes() << ", f32 "
+                                 << f32->decode_weight_bytes());
+      CHECK(gg->decode_weight_bytes() < f32->decode_weight_bytes() / 2);
+    }
+  }
+}
+
+TEST_CASE("a GGUF with mixed matrix formats runs as AnyFormat in both MLA forms") {
+  for (const char* family : {"qwen2", "deepseek_v3"}) {
+    SUBCASE(family) {
+      const auto cfg = io::load_model_config(fixture(family));
+      models::SafetensorsSource src(fixture(family));
+      models::GgufExportOptions opt;
+      opt.type = io::GgmlType::q8_0;
+      // A Q4_K_M-like mix: attention Q4_0 / Q6_K, MLP BF16 / F16, the rest Q8_0.
+      opt.type_for = [](const std::string& n, const std::vector<std::uint64_t>& ne,
+                        io::GgmlType t) {
+        if (t == io::GgmlType::f32) return t;
+        if (n.find("attn_q") != std::string::npos || n.find("attn_k_b") != std::string::npos)
+          return io::GgmlType::q4_0;
+        if (n.find("attn_output") != std::string::npos && ne[0] % 256 == 0)
+          return io::GgmlType::q6_k;
+        if (n.find("ffn_up") != std::string::npos) return io::GgmlType::bf16;
+        if (n.find("ffn_gate.") != std::string::npos) return io::GgmlType::f16;
+        return t;
+      };
+      const std::string path = tmp().file(std::string(family) + "_mixed.gguf");
+      const auto rep = models::export_gguf(cfg, src, nullptr, opt, path);
+      CHECK(rep.type_counts.count("Q4_0") == 1);
+      CHECK(rep.type_counts.count("BF16") == 1);
+      for (MlaForm form : {MlaForm::absorbed, MlaForm::naive}) {
+        models::LoadOptions lo;
+        lo.mla_form = form;
+        auto gg = models::load_model(path, lo);
+        const std::string wf = gg->weight_format();
+        INFO(wf);
+        CHECK(wf.find("Q4_0 x ") != std::string::npos);
+        CHECK(wf.find("BF16 x ") != std::string::npos);
+        const auto got = run(*gg, family), ref = reference(family);
+        const auto [e, s] = max_err(got, ref);
+        const double within = rows_within(got, ref, gg->vocab_size(), 0.1);
+        INFO(family << ": mixed max |err| " << e << ", max |ref| " << s
+                    << ", rows within 0.1: " << within);
+        CHECK(within >= (gg->config().is_moe() ? 0.75 : 1.0));
+        if (std::string(family) == "qwen2") break;
+      }
     }
   }
 }
@@ -314,5 +389,45 @@ TEST_CASE("damaged GGUF models fail with one clear error") {
     });
     CHECK_THROWS_WITH_AS(models::load_model(p),
                          doctest::Contains("general.architecture 'mamba' is not supported"), Error);
+  }
+}
+
+TEST_CASE("quantizing a safetensors checkpoint at load equals running its Q8_0 GGUF export") {
+  for (const char* family : {"qwen2", "deepseek_v3_fp8"}) {
+    SUBCASE(family) {
+      models::LoadOptions opt;
+      opt.quantize = quant::QuantType::q8_0;
+      auto q = models::load_model(fixture(family), opt);
+      CHECK(q->weight_format().find("Q8_0 x ") != std::string::npos);
+      const auto got = run(*q, family), ref = reference(family);
+      const double within = rows_within(got, ref, q->vocab_size(), 0.04);
+      INFO(family << ": rows within 0.04: " << within);
+      CHECK(within >= (q->config().is_moe() ? 0.75 : 1.0));
+      if (std::string(family) == "qwen2") {
+        // Same quantizer on the same floats, same kernels: bit-identical to the GGUF path.
+        auto g = models::load_model(export_fixture(family, io::GgmlType::q8_0));
+        CHECK(max_err(got, run(*g, family)).first == 0.0);
+      }
+    }
+  }
+}
+
+TEST_CASE("a GGUF file re-exported from GgufSource is the same model") {
+  for (const char* family : {"llama3", "mixtral", "deepseek_v3"}) {
+    SUBCASE(family) {
+      const std::string first = export_fixture(family, io::GgmlType::f32);
+      auto src = std::make_shared<models::GgufSource>(first);
+      const std::string second = tmp().file(std::string(family) + "_again.gguf");
+      models::export_gguf(src->config(), *src, nullptr, {io::GgmlType::f32, "", {}, {}}, second);
+      // Same tensors, same bytes (q/k stay permuted, rope_freqs and kv_b halves carried over).
+      io::GgufFile a(first), b(second);
+      REQUIRE(a.tensors().size() == b.tensors().size());
+      for (const auto& t : a.tensors()) {
+        const auto& u = b.tensor(t.name);
+        CHECK(u.ne == t.ne);
+        REQUIRE(u.nbytes == t.nbytes);
+        CHECK(std::memcmp(u.data, t.data, t.nbytes) == 0);
+      }
+    }
   }
 }

@@ -157,6 +157,8 @@ class MlaAttention {
     if (form == MlaForm::absorbed) {
       if constexpr (std::is_same_v<typename LinearTraits<F>::weight_view, MatrixView<const F>>)
         kv_b_w_ = w.kv_b;
+      else if constexpr (kDenseRows)
+        LinearTraits<F>::with_dense_rows(w.kv_b, [](auto) {});  // fails unless rows are dense
       else
         fail(op, "the absorbed form needs a float, bf16 or f16 kv_b_proj");
     }
@@ -236,22 +238,32 @@ class MlaAttention {
       });
     } else {
       if constexpr (std::is_same_v<typename LinearTraits<F>::weight_view, MatrixView<const F>>)
-        absorbed_attention(pool, q, c, ctx, cache, pos0, k);
+        absorbed_attention(kv_b_w_, pool, q, c, ctx, cache, pos0, k);
+      else if constexpr (kDenseRows)
+        LinearTraits<F>::with_dense_rows(kv_b_.weight(), [&](auto kvb) {
+          absorbed_attention(kvb, pool, q, c, ctx, cache, pos0, k);
+        });
     }
     o_.forward(pool, ctx, y, k);
   }
 
  private:
-  void absorbed_attention(ThreadPool& pool, MatrixView<float> q, MatrixView<float> c,
-                          MatrixView<float> ctx, MlaCache& cache, std::size_t pos0,
-                          const cpu::KernelTable& k) const
-      requires(std::is_same_v<typename LinearTraits<F>::weight_view, MatrixView<const F>>) {
+  // A run-time-typed format (AnyFormat) hands out kv_b rows as MatrixView<const E> this way.
+  static constexpr bool kDenseRows = requires(const typename LinearTraits<F>::weight_view& w) {
+    LinearTraits<F>::with_dense_rows(w, [](auto) {});
+  };
+
+  // kv_b_w: kv_b_proj (H * (Dn + Dv), R) as rows of float, bf16 or f16.
+  template <class E>
+  void absorbed_attention(MatrixView<const E> kv_b_w, ThreadPool& pool, MatrixView<float> q,
+                          MatrixView<float> c, MatrixView<float> ctx, MlaCache& cache,
+                          std::size_t pos0, const cpu::KernelTable& k) const {
     const char* op = "mla_attention";
     const std::size_t T = q.rows(), H = cfg_.n_heads, Dn = cfg_.qk_nope_head_dim,
                       Dr = cfg_.qk_rope_head_dim, Dv = cfg_.v_head_dim, R = cfg_.kv_lora_rank;
     for (std::size_t t = 0; t < T; ++t) std::copy(c.row(t), c.row(t) + R, cache.latent(pos0 + t));
-    const auto axpy = cpu::axpy_fn<F>(k.vec);
-    const auto dot = cpu::dot_fn<F>(k.vec);
+    const auto axpy = cpu::axpy_fn<E>(k.vec);
+    const auto dot = cpu::dot_fn<E>(k.vec);
     dispatch<kLatentRanks>(op, "kv_lora_rank", R, [&](auto r) {
       dispatch<kRopeDims>(op, "qk_rope_head_dim", Dr, [&](auto dr) {
         constexpr std::size_t kR = decltype(r)::value, kDr = decltype(dr)::value;
@@ -266,7 +278,7 @@ class MlaAttention {
                 // q_lat[c] = sum_d q_nope[d] W_UK[h, d, c]: Dn rows of kv_b, scaled and summed.
                 std::fill(q_lat, q_lat + kR, 0.f);
                 for (std::size_t dd = 0; dd < Dn; ++dd)
-                  axpy(qh[dd], kv_b_w_.row(h * (Dn + Dv) + dd), q_lat, kR);
+                  axpy(qh[dd], kv_b_w.row(h * (Dn + Dv) + dd), q_lat, kR);
                 const cpu::AttnKeys keys{cache.latent(0), kR, cache.k_pe(0), kDr,
                                          cache.latent(0), kR};
                 cpu::flash_attend_row<kR, kDr, kR>(k.attn, q_lat, qh + Dn, keys, 0, pos0 + t + 1,
@@ -274,7 +286,7 @@ class MlaAttention {
                 // o[d] = W_UV[h, d, :] . ctx
                 float* o = ctx.row(t) + h * Dv;
                 for (std::size_t dd = 0; dd < Dv; ++dd)
-                  o[dd] = dot(kv_b_w_.row(h * (Dn + Dv) + Dn + dd), lat_ctx, kR);
+                  o[dd] = dot(kv_b_w.row(h * (Dn + Dv) + Dn + dd), lat_ctx, kR);
               }
             },
             4);

@@ -261,11 +261,18 @@ inline GgufExportReport export_gguf(const io::ModelConfig& c, const WeightSource
   using G = io::GgmlType;
   using detail::ExportTensor;
   const std::string arch = gguf_architecture(c);
-  const bool deepseek = arch == "deepseek2", is_llama = arch == "llama";
+  const bool deepseek = arch == "deepseek2";
+  // llama.cpp rotates adjacent pairs for llama (q/k rows of a half-split checkpoint are permuted)
+  // and half-split pairs for qwen2; a source already in adjacent-pair layout (a GGUF file read back
+  // by GgufSource: rope.interleave) is written as it is.
+  const bool permute_qk = arch == "llama" && !c.rope.interleave;
+
   // A non-owning handle: the loader reads, never keeps (read_floats).
   auto loader = std::make_shared<WeightLoader>(
       std::shared_ptr<const WeightSource>(std::shared_ptr<const WeightSource>{}, &src));
   const std::string where = src.where();
+  check(arch != "qwen2" || !c.rope.interleave, "gguf_export", where,
+        ": qwen2 with adjacent-pair rope rows has no llama.cpp equivalent");
   check(c.hidden_size > 0 && c.num_hidden_layers > 0 && c.vocab_size > 0, "gguf_export", where,
         ": config needs hidden_size, num_hidden_layers and vocab_size");
   check(c.norm_of_layer(0) == io::NormType::rmsnorm &&
@@ -408,7 +415,7 @@ inline GgufExportReport export_gguf(const io::ModelConfig& c, const WeightSource
       auto qk = [&](std::string gname, std::string hf, std::size_t heads, std::size_t cols) {
         plan.push_back({gname + ".weight", {cols, heads * D}, false, 1, [=](std::size_t) {
                           auto x = mat(hf + ".weight", heads * D, cols);
-                          if (is_llama)
+                          if (permute_qk)
                             for (std::size_t h = 0; h < heads; ++h)
                               detail::rope_rows_to_pairs(x, cols, h * D, D / 2);
                           return x;
@@ -416,7 +423,7 @@ inline GgufExportReport export_gguf(const io::ModelConfig& c, const WeightSource
         if (loader->has(hf + ".bias"))
           plan.push_back({gname + ".bias", {heads * D}, true, 1, [=](std::size_t) {
                             auto x = vec(hf + ".bias", heads * D);
-                            if (is_llama)
+                            if (permute_qk)
                               for (std::size_t h = 0; h < heads; ++h)
                                 detail::rope_rows_to_pairs(x, 1, h * D, D / 2);
                             return x;
@@ -445,8 +452,11 @@ inline GgufExportReport export_gguf(const io::ModelConfig& c, const WeightSource
         add_experts(b + "ffn_down_exps.weight", m + "experts.", ".w2.weight", E, d, I);
       }
     }
-    if (c.rope.type == io::RopeType::llama3) {
-      const auto f = detail::llama3_rope_factors(c, D);
+    if (c.rope.type == io::RopeType::llama3 || !c.rope.freq_factors.empty()) {
+      const auto f =
+          c.rope.freq_factors.empty() ? detail::llama3_rope_factors(c, D) : c.rope.freq_factors;
+      check(arch == "llama" && f.size() == D / 2, "gguf_export", where,
+            ": rope frequency factors need the llama architecture and head_dim / 2 values");
       plan.push_back({"rope_freqs.weight", {D / 2}, true, 1, [f](std::size_t) { return f; }});
     }
   }

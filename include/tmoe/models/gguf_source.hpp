@@ -12,8 +12,9 @@
 // those dtypes, Q8_0 / Q4_0 / Q4_K / Q6_K as RawTensor::quant blocks (WeightLoader dequantizes
 // them when a model asks for a float format). One exception: DeepSeek's kv_b_proj. Current GGUF
 // files split it per head into attn_k_b (W_UK transposed) and attn_v_b; the source rebuilds
-// kv_b_proj.weight (H * (nope + v), kv_lora_rank) as an F32 copy it owns (dequantized when the
-// halves are quantized), because MLA's absorbed decode reads W_UK / W_UV rows directly.
+// kv_b_proj.weight (H * (nope + v), kv_lora_rank) as a copy it owns, in the halves' dtype when
+// they are F32 / BF16 / F16 (exact) and as BF16 when they are block formats (dequantized, then
+// rounded to bf16), because MLA's absorbed decode reads W_UK / W_UV rows directly.
 // Legacy files with attn_kv_b are used in place.
 //
 // Config (io::ModelConfig through parse_model_config, so every check of config.json applies):
@@ -276,13 +277,25 @@ class GgufSource final : public WeightSource {
           kv[(h * (Dn + Dv) + n) * R + r] = fk[(h * R + r) * Dn + n];
       std::memcpy(&kv[(h * (Dn + Dv) + Dn) * R], &fv[h * Dv * R], Dv * R * sizeof(float));
     }
-    owned_.push_back(buf);
-    rebuilt_bytes_ += buf->size() * sizeof(float);
-    RawTensor r{DType::f32,
-                {H * (Dn + Dv), R},
-                reinterpret_cast<const std::byte*>(buf->data()),
-                buf->size() * sizeof(float),
-                std::nullopt};
+    // Stored as the halves' dtype when they are F32 / BF16 / F16 (exact); block formats become
+    // BF16 (rounding the dequantized values by <= 2^-9 relative, far below the block error) so
+    // the absorbed decode, which reads all of kv_b per token, reads 2 bytes per weight.
+    const DType out = k.type == io::GgmlType::f32 && v.type == io::GgmlType::f32   ? DType::f32
+                      : k.type == io::GgmlType::f16 && v.type == io::GgmlType::f16 ? DType::f16
+                                                                                   : DType::bf16;
+    auto bytes = std::make_shared<std::vector<std::byte>>(kv.size() * dtype_size(out));
+    for (std::size_t i = 0; i < kv.size(); ++i) {
+      if (out == DType::f32) {
+        std::memcpy(bytes->data() + 4 * i, &kv[i], 4);
+      } else {
+        const std::uint16_t b =
+            out == DType::f16 ? f16::from_float(kv[i]).bits : bf16::from_float(kv[i]).bits;
+        std::memcpy(bytes->data() + 2 * i, &b, 2);
+      }
+    }
+    owned_.push_back(bytes);
+    rebuilt_bytes_ += bytes->size();
+    RawTensor r{out, {H * (Dn + Dv), R}, bytes->data(), bytes->size(), std::nullopt};
     return &cache_.emplace(hf, std::move(r)).first->second;
   }
 
@@ -294,7 +307,7 @@ class GgufSource final : public WeightSource {
   io::GgufFile g_;
   std::map<std::string, const io::GgufTensor*, std::less<>> by_name_;
   mutable std::map<std::string, RawTensor, std::less<>> cache_;
-  mutable std::vector<std::shared_ptr<std::vector<float>>> owned_;
+  mutable std::vector<std::shared_ptr<std::vector<std::byte>>> owned_;
   mutable std::size_t rebuilt_bytes_ = 0;
 };
 

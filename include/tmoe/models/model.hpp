@@ -22,7 +22,9 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -30,6 +32,7 @@
 #include "tmoe/io/config.hpp"
 #include "tmoe/models/decoder.hpp"
 #include "tmoe/models/gguf_source.hpp"
+#include "tmoe/models/quantized_source.hpp"
 #include "tmoe/models/weights.hpp"
 
 namespace tmoe::models {
@@ -37,6 +40,12 @@ namespace tmoe::models {
 struct LoadOptions {
   std::size_t max_context = 4096;  // rope table and cache size limit (<= max_position_embeddings)
   MlaForm mla_form = MlaForm::absorbed;
+  // Called with (layers built, total layers) after each decoder layer and once at the end
+  // (total, total); e.g. a progress bar while weights are converted and paged in.
+  std::function<void(std::size_t, std::size_t)> progress;
+  // Quantize float / bf16 / FP8 matrices at load (models/quantized_source.hpp); the model then
+  // runs as AnyFormat. Unset: matrices run in their stored format.
+  std::optional<quant::QuantType> quantize;
 };
 
 class Model {
@@ -73,8 +82,47 @@ constexpr const char* format_name() {
     return "float";
   else if constexpr (std::is_same_v<F, bf16>)
     return "bf16";
+  else if constexpr (std::is_same_v<F, AnyFormat>)
+    return "mixed";
   else
     return "f16";
+}
+
+// "mixed (Q4_K x 120, Q6_K x 24, F32 x 10)" from the kinds the loader handed out.
+inline std::string mixed_format_name(const WeightLoader& w) {
+  std::string s = "mixed (";
+  bool first = true;
+  for (const auto& [k, n] : w.kinds()) {
+    s += (first ? "" : ", ") + k + " x " + std::to_string(n);
+    first = false;
+  }
+  return s + ")";
+}
+
+// A matrix as format F's weight view: MatrixView<const F> (converted when stored otherwise), or
+// for AnyFormat the stored format in place (`dense`: rows must be float / bf16 / f16).
+template <class F>
+typename LinearTraits<F>::weight_view weight(WeightLoader& w, const std::string& name,
+                                             std::size_t rows, std::size_t cols,
+                                             bool dense = false) {
+  if constexpr (std::is_same_v<F, AnyFormat>)
+    return w.any_matrix(name, rows, cols, dense);
+  else
+    return w.matrix<F>(name, rows, cols);
+}
+
+// Bytes a weight view spans.
+template <class V>
+std::size_t view_bytes(const V& v) {
+  if constexpr (std::is_same_v<V, AnyMatrixView>)
+    return v.bytes();
+  else
+    return v.rows() * v.cols() * sizeof(typename V::value_type);
+}
+template <class F>
+std::size_t mlp_bytes(const SwigluMlp<F>& m) {
+  return view_bytes(m.gate().weight()) + view_bytes(m.up().weight()) +
+         view_bytes(m.down().weight());
 }
 
 inline RopeConfig rope_config(const io::ModelConfig& c, std::size_t dim, bool interleaved) {
@@ -163,9 +211,9 @@ template <class F>
 SwigluMlp<F> make_mlp(WeightLoader& w, const std::string& p, std::size_t d, std::size_t inter,
                       const char* gate = "gate_proj", const char* up = "up_proj",
                       const char* down = "down_proj") {
-  return SwigluMlp<F>(w.matrix<F>(p + gate + ".weight", inter, d),
-                      w.matrix<F>(p + up + ".weight", inter, d),
-                      w.matrix<F>(p + down + ".weight", d, inter));
+  return SwigluMlp<F>(weight<F>(w, p + gate + ".weight", inter, d),
+                      weight<F>(w, p + up + ".weight", inter, d),
+                      weight<F>(w, p + down + ".weight", d, inter));
 }
 
 template <class Dec, class F>
@@ -174,6 +222,7 @@ class ModelImpl final : public Model {
   ModelImpl(io::ModelConfig cfg, std::size_t ctx, std::unique_ptr<WeightLoader> w,
             std::vector<std::unique_ptr<Rope>> ropes, std::unique_ptr<Dec> dec, std::size_t bytes)
       : Model(std::move(cfg), ctx),
+        format_(std::is_same_v<F, AnyFormat> ? mixed_format_name(*w) : format_name<F>()),
         w_(std::move(w)),
         ropes_(std::move(ropes)),
         dec_(std::move(dec)),
@@ -191,9 +240,10 @@ class ModelImpl final : public Model {
   }
   std::vector<LayerExpertStats> expert_stats() const override { return dec_->expert_stats(); }
   std::size_t decode_weight_bytes() const override { return bytes_; }
-  std::string weight_format() const override { return format_name<F>(); }
+  std::string weight_format() const override { return format_; }
 
  private:
+  std::string format_;
   std::unique_ptr<WeightLoader> w_;  // owns converted weights; the source owns the mapping
   std::vector<std::unique_ptr<Rope>> ropes_;
   std::unique_ptr<Dec> dec_;
@@ -209,7 +259,7 @@ Linear<F> lm_head(WeightLoader& w, const io::ModelConfig& c) {
   const std::string name = (c.tie_word_embeddings || !w.has("lm_head.weight"))
                                ? "model.embed_tokens.weight"
                                : "lm_head.weight";
-  return Linear<F>(w.matrix<F>(name, c.vocab_size, c.hidden_size));
+  return Linear<F>(weight<F>(w, name, c.vocab_size, c.hidden_size));
 }
 
 // DeepSeek-V2/V3/R1.
@@ -228,53 +278,64 @@ std::unique_ptr<Model> build_deepseek(const io::ModelConfig& c, std::unique_ptr<
   mc.qk_nope_head_dim = Dn, mc.qk_rope_head_dim = Dr, mc.v_head_dim = Dv;
   mc.rms_norm_eps = static_cast<float>(c.norm_eps);
   const RouterConfig rc = c.is_moe() ? router_config(c) : RouterConfig{};
-  std::size_t bytes = d * sizeof(F);  // embedding row
+  std::size_t bytes = 0;
   std::vector<Layer> layers;
   for (std::size_t l = 0; l < c.num_hidden_layers; ++l) {
     const std::string p = layer_prefix(l), a = p + "self_attn.";
     MlaWeights<F, float> mw;
     if (c.q_lora_rank > 0) {
-      mw.q_a = w.matrix<F>(a + "q_a_proj.weight", c.q_lora_rank, d);
+      mw.q_a = weight<F>(w, a + "q_a_proj.weight", c.q_lora_rank, d);
       mw.q_a_norm = w.vector<float>(a + "q_a_layernorm.weight", c.q_lora_rank);
-      mw.q_b = w.matrix<F>(a + "q_b_proj.weight", H * (Dn + Dr), c.q_lora_rank);
-      bytes += (c.q_lora_rank * d + H * (Dn + Dr) * c.q_lora_rank) * sizeof(F);
+      mw.q_b = weight<F>(w, a + "q_b_proj.weight", H * (Dn + Dr), c.q_lora_rank);
+      bytes += view_bytes(mw.q_a) + view_bytes(mw.q_b);
     } else {
-      mw.q = w.matrix<F>(a + "q_proj.weight", H * (Dn + Dr), d);
-      bytes += H * (Dn + Dr) * d * sizeof(F);
+      mw.q = weight<F>(w, a + "q_proj.weight", H * (Dn + Dr), d);
+      bytes += view_bytes(mw.q);
     }
-    mw.kv_a = w.matrix<F>(a + "kv_a_proj_with_mqa.weight", c.kv_lora_rank + Dr, d);
+    mw.kv_a = weight<F>(w, a + "kv_a_proj_with_mqa.weight", c.kv_lora_rank + Dr, d);
     mw.kv_a_norm = w.vector<float>(a + "kv_a_layernorm.weight", c.kv_lora_rank);
-    mw.kv_b = w.matrix<F>(a + "kv_b_proj.weight", H * (Dn + Dv), c.kv_lora_rank);
-    mw.o = w.matrix<F>(a + "o_proj.weight", d, H * Dv);
-    bytes += ((c.kv_lora_rank + Dr) * d + H * (Dn + Dv) * c.kv_lora_rank + d * H * Dv) * sizeof(F);
+    // The absorbed decode reads kv_b rows directly: dense rows (a block format is dequantized).
+    mw.kv_b = weight<F>(w, a + "kv_b_proj.weight", H * (Dn + Dv), c.kv_lora_rank,
+                        opt.mla_form == MlaForm::absorbed);
+    mw.o = weight<F>(w, a + "o_proj.weight", d, H * Dv);
+    bytes += view_bytes(mw.kv_a) + view_bytes(mw.kv_b) + view_bytes(mw.o);
     Attn attn(mc, mw, *ropes[0], opt.mla_form);
     const std::string m = p + "mlp.";
     auto ffn = [&]() {
       if (!c.is_moe_layer(l)) {
-        bytes += 3 * d * c.intermediate_size * sizeof(F);
-        return DenseOrMoe<F>(make_mlp<F>(w, m, d, c.intermediate_size));
+        auto mlp = make_mlp<F>(w, m, d, c.intermediate_size);
+        bytes += mlp_bytes(mlp);
+        return DenseOrMoe<F>(std::move(mlp));
       }
       const std::size_t I = c.moe_intermediate_size;
-      Router<F> router(rc, w.matrix<F>(m + "gate.weight", c.n_routed_experts, d),
+      const auto gate = weight<F>(w, m + "gate.weight", c.n_routed_experts, d);
+      Router<F> router(rc, gate,
                        w.floats(m + "gate.e_score_correction_bias", c.n_routed_experts,
                                 rc.method != RouterMethod::noaux_tc));
       std::vector<SwigluMlp<F>> experts, shared;
-      for (std::size_t e = 0; e < c.n_routed_experts; ++e)
+      std::size_t expert_bytes = 0;
+      for (std::size_t e = 0; e < c.n_routed_experts; ++e) {
         experts.push_back(make_mlp<F>(w, m + "experts." + std::to_string(e) + ".", d, I));
-      if (c.n_shared_experts > 0)
+        expert_bytes += mlp_bytes(experts.back());
+      }
+      if (c.n_shared_experts > 0) {
         shared.push_back(make_mlp<F>(w, m + "shared_experts.", d, I * c.n_shared_experts));
-      bytes += (c.n_routed_experts * d + 3 * d * I * (c.num_experts_per_tok + c.n_shared_experts)) *
-               sizeof(F);
+        bytes += mlp_bytes(shared.back());
+      }
+      bytes += view_bytes(gate) + expert_bytes / c.n_routed_experts * c.num_experts_per_tok;
       return DenseOrMoe<F>(MoE<F>(std::move(router), std::move(experts), std::move(shared)));
     }();
     layers.push_back(Layer{make_norm(w, c, l, p + "input_layernorm"), std::move(attn),
                            make_norm(w, c, l, p + "post_attention_layernorm"), std::move(ffn)});
+    if (opt.progress) opt.progress(l + 1, c.num_hidden_layers);
   }
-  bytes += c.vocab_size * d * sizeof(F);
+  const auto embed = weight<F>(w, "model.embed_tokens.weight", c.vocab_size, d);
+  auto head = lm_head<F>(w, c);
+  bytes += view_bytes(embed) / c.vocab_size + view_bytes(head.weight());
   auto dec = std::make_unique<Decoder<Layer, F>>(
-      Embedding<F>(w.matrix<F>("model.embed_tokens.weight", c.vocab_size, d)), std::move(layers),
+      Embedding<F>(embed), std::move(layers),
       Norm<float>::rms(w.vector<float>("model.norm.weight", d), static_cast<float>(c.norm_eps)),
-      lm_head<F>(w, c));
+      std::move(head));
   return std::make_unique<ModelImpl<Decoder<Layer, F>, F>>(c, ctx, std::move(wp), std::move(ropes),
                                                            std::move(dec), bytes);
 }
@@ -282,7 +343,7 @@ std::unique_ptr<Model> build_deepseek(const io::ModelConfig& c, std::unique_ptr<
 // Qwen2, Llama, Mixtral and tmoe's seed variant (GQA attention).
 template <class F, class Ffn>
 std::unique_ptr<Model> build_gqa(const io::ModelConfig& c, std::unique_ptr<WeightLoader> wp,
-                                 std::size_t ctx) {
+                                 std::size_t ctx, const LoadOptions& opt) {
   WeightLoader& w = *wp;
   using Layer = DecoderLayer<GqaAttention<F>, Ffn, Norm<float>>;
   const std::size_t d = c.hidden_size, H = c.num_attention_heads, Hkv = c.num_key_value_heads,
@@ -293,46 +354,53 @@ std::unique_ptr<Model> build_gqa(const io::ModelConfig& c, std::unique_ptr<Weigh
   ropes.push_back(std::make_unique<Rope>(rope_config(c, D, c.rope.interleave), ctx));
   GqaConfig gc;
   gc.hidden = d, gc.n_heads = H, gc.n_kv_heads = Hkv, gc.head_dim = D;
-  std::size_t bytes = d * sizeof(F);
+  std::size_t bytes = 0;
   std::vector<Layer> layers;
   for (std::size_t l = 0; l < c.num_hidden_layers; ++l) {
     const std::string p = layer_prefix(l), a = p + "self_attn.";
     GqaWeights<F> gw;
-    gw.q = w.matrix<F>(a + "q_proj.weight", H * D, d);
-    gw.k = w.matrix<F>(a + "k_proj.weight", Hkv * D, d);
-    gw.v = w.matrix<F>(a + "v_proj.weight", Hkv * D, d);
-    gw.o = w.matrix<F>(a + "o_proj.weight", d, H * D);
+    gw.q = weight<F>(w, a + "q_proj.weight", H * D, d);
+    gw.k = weight<F>(w, a + "k_proj.weight", Hkv * D, d);
+    gw.v = weight<F>(w, a + "v_proj.weight", Hkv * D, d);
+    gw.o = weight<F>(w, a + "o_proj.weight", d, H * D);
     const bool opt_bias = !c.attention_bias;
     gw.q_bias = w.floats(a + "q_proj.bias", H * D, opt_bias);
     gw.k_bias = w.floats(a + "k_proj.bias", Hkv * D, opt_bias);
     gw.v_bias = w.floats(a + "v_proj.bias", Hkv * D, opt_bias);
-    bytes += 2 * (H * D * d + Hkv * D * d) * sizeof(F);
+    bytes += view_bytes(gw.q) + view_bytes(gw.k) + view_bytes(gw.v) + view_bytes(gw.o);
     auto ffn = [&]() {
       if constexpr (std::is_same_v<Ffn, SwigluMlp<F>>) {
-        bytes += 3 * d * c.intermediate_size * sizeof(F);
-        return make_mlp<F>(w, p + "mlp.", d, c.intermediate_size);
+        auto mlp = make_mlp<F>(w, p + "mlp.", d, c.intermediate_size);
+        bytes += mlp_bytes(mlp);
+        return mlp;
       } else {
         const std::string m = p + "block_sparse_moe.";
         const std::size_t I = c.intermediate_size;
-        Router<F> router(router_config(c), w.matrix<F>(m + "gate.weight", c.n_routed_experts, d));
+        const auto gate = weight<F>(w, m + "gate.weight", c.n_routed_experts, d);
+        Router<F> router(router_config(c), gate);
         std::vector<SwigluMlp<F>> experts;
-        for (std::size_t e = 0; e < c.n_routed_experts; ++e)
+        std::size_t expert_bytes = 0;
+        for (std::size_t e = 0; e < c.n_routed_experts; ++e) {
           experts.push_back(
               make_mlp<F>(w, m + "experts." + std::to_string(e) + ".", d, I, "w1", "w3", "w2"));
-        bytes += (c.n_routed_experts * d + 3 * d * I * c.num_experts_per_tok) * sizeof(F);
+          expert_bytes += mlp_bytes(experts.back());
+        }
+        bytes += view_bytes(gate) + expert_bytes / c.n_routed_experts * c.num_experts_per_tok;
         return MoE<F>(std::move(router), std::move(experts));
       }
     }();
     layers.push_back(Layer{make_norm(w, c, l, p + "input_layernorm"),
                            GqaAttention<F>(gc, gw, *ropes[0]),
                            make_norm(w, c, l, p + "post_attention_layernorm"), std::move(ffn)});
+    if (opt.progress) opt.progress(l + 1, c.num_hidden_layers);
   }
-  bytes += c.vocab_size * d * sizeof(F);
   auto final_norm = make_norm(w, c, c.num_hidden_layers, "model.norm");
+  const auto embed = weight<F>(w, "model.embed_tokens.weight", c.vocab_size, d);
+  auto head = lm_head<F>(w, c);
+  bytes += view_bytes(embed) / c.vocab_size + view_bytes(head.weight());
   using Dec = Decoder<Layer, F>;
   auto dec =
-      std::make_unique<Dec>(Embedding<F>(w.matrix<F>("model.embed_tokens.weight", c.vocab_size, d)),
-                            std::move(layers), final_norm, lm_head<F>(w, c));
+      std::make_unique<Dec>(Embedding<F>(embed), std::move(layers), final_norm, std::move(head));
   return std::make_unique<ModelImpl<Dec, F>>(c, ctx, std::move(wp), std::move(ropes),
                                              std::move(dec), bytes);
 }
@@ -345,11 +413,11 @@ std::unique_ptr<Model> build_family(const io::ModelConfig& c, std::unique_ptr<We
     case io::Family::deepseek_v2:
       return build_deepseek<F>(c, std::move(w), ctx, opt);
     case io::Family::mixtral:
-      return build_gqa<F, MoE<F>>(c, std::move(w), ctx);
+      return build_gqa<F, MoE<F>>(c, std::move(w), ctx, opt);
     case io::Family::qwen2:
     case io::Family::llama:
-      if (c.is_moe()) return build_gqa<F, MoE<F>>(c, std::move(w), ctx);
-      return build_gqa<F, SwigluMlp<F>>(c, std::move(w), ctx);
+      if (c.is_moe()) return build_gqa<F, MoE<F>>(c, std::move(w), ctx, opt);
+      return build_gqa<F, SwigluMlp<F>>(c, std::move(w), ctx, opt);
   }
   fail("model", "unknown family");
 }
@@ -364,6 +432,9 @@ extern template std::unique_ptr<Model> build_family<bf16>(const io::ModelConfig&
 extern template std::unique_ptr<Model> build_family<f16>(const io::ModelConfig&,
                                                          std::unique_ptr<WeightLoader>, std::size_t,
                                                          const LoadOptions&);
+extern template std::unique_ptr<Model> build_family<AnyFormat>(const io::ModelConfig&,
+                                                               std::unique_ptr<WeightLoader>,
+                                                               std::size_t, const LoadOptions&);
 #endif
 
 }  // namespace detail
@@ -372,14 +443,15 @@ extern template std::unique_ptr<Model> build_family<f16>(const io::ModelConfig&,
 inline std::unique_ptr<Model> build_model(const io::ModelConfig& c,
                                           std::shared_ptr<const WeightSource> src,
                                           const LoadOptions& opt = {}) {
+  if (opt.quantize) src = std::make_shared<QuantizedSource>(std::move(src), *opt.quantize);
   auto w = std::make_unique<WeightLoader>(src);
   const std::size_t ctx = std::max<std::size_t>(
       1, std::min(opt.max_context,
                   c.max_position_embeddings ? c.max_position_embeddings : opt.max_context));
   // The weight format follows the checkpoint's first attention output projection.
   const RawTensor& probe = w->raw("model.layers.0.self_attn.o_proj.weight");
-  if (probe.quant)  // quantized blocks (GGUF): dequantized to float at load
-    return detail::build_family<float>(c, std::move(w), ctx, opt);
+  if (probe.quant)  // GGUF block formats, possibly mixed: each matrix used in place
+    return detail::build_family<AnyFormat>(c, std::move(w), ctx, opt);
   switch (probe.dtype) {
     case DType::f32:
       return detail::build_family<float>(c, std::move(w), ctx, opt);

@@ -22,6 +22,7 @@
 #include "tmoe/core/error.hpp"
 #include "tmoe/core/tensor.hpp"
 #include "tmoe/io/safetensors.hpp"
+#include "tmoe/layers/linear_any.hpp"
 #include "tmoe/quant/formats.hpp"
 
 namespace tmoe::models {
@@ -129,6 +130,42 @@ class WeightLoader {
     auto& buf = convert<T>(name, t);
     return VectorView<const T>(buf.data(), n);
   }
+  // (rows, cols) in the stored format, zero-copy (AnyFormat): F32 / BF16 / F16 and the GGUF block
+  // formats as they are; F8_E4M3 (+ scale_inv) and other dtypes converted once to float. `dense`
+  // asks for F32 / BF16 / F16 rows (MLA's absorbed kv_b): block formats are then dequantized to a
+  // float copy the loader owns (counted in converted_bytes).
+  AnyMatrixView any_matrix(const std::string& name, std::size_t rows, std::size_t cols,
+                           bool dense = false) {
+    const RawTensor& t = raw(name);
+    check_shape(name, t, {rows, cols});
+    auto note = [&](AnyMatrixView v) {
+      kinds_[std::string(any_kind_name(v.kind))]++;
+      return v;
+    };
+    if (t.quant && !dense) {
+      switch (*t.quant) {
+        case quant::QuantType::q8_0:
+          return note(AnyMatrixView::of(AnyKind::q8_0, t.data, rows, cols));
+        case quant::QuantType::q4_0:
+          return note(AnyMatrixView::of(AnyKind::q4_0, t.data, rows, cols));
+        case quant::QuantType::q4_k:
+          return note(AnyMatrixView::of(AnyKind::q4_k, t.data, rows, cols));
+        case quant::QuantType::q6_k:
+          return note(AnyMatrixView::of(AnyKind::q6_k, t.data, rows, cols));
+        default:
+          break;
+      }
+    }
+    if (!t.quant) {
+      if (t.dtype == DType::f32) return note(AnyMatrixView::of(AnyKind::f32, t.data, rows, cols));
+      if (t.dtype == DType::bf16) return note(AnyMatrixView::of(AnyKind::bf16, t.data, rows, cols));
+      if (t.dtype == DType::f16) return note(AnyMatrixView::of(AnyKind::f16, t.data, rows, cols));
+    }
+    return note(AnyMatrixView::of(AnyKind::f32, convert<float>(name, t).data(), rows, cols));
+  }
+  // How many matrices any_matrix handed out per kind ("Q4_K" -> 120).
+  const std::map<std::string, std::size_t>& kinds() const { return kinds_; }
+
   // (n) floats, or nullptr when the tensor is absent and optional.
   const float* floats(const std::string& name, std::size_t n, bool optional = false) {
     if (optional && !has(name)) return nullptr;
@@ -263,6 +300,7 @@ class WeightLoader {
   std::shared_ptr<const WeightSource> src_;
   std::vector<std::shared_ptr<void>> owned_;
   std::size_t converted_bytes_ = 0;
+  std::map<std::string, std::size_t> kinds_;
 };
 
 }  // namespace tmoe::models
