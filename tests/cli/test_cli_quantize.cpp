@@ -123,9 +123,9 @@ TEST_CASE("tmoe quantize --type q8_0 to GGUF, then tmoe bench runs the file") {
 TEST_CASE("tmoe quantize refuses what it cannot write") {
   const std::string m = " quantize --model " + kData + "/models/qwen2";
   const fs::path dir = scratch("refused");
-  for (const std::string opts : {" --type fp8 --output " + (dir / "x.gguf").string(),
-                                 " --type q4_0 --output " + dir.string(),
-                                 " --type q3_k --output " + (dir / "x.gguf").string()}) {
+  for (const std::string& opts : {" --type fp8 --output " + (dir / "x.gguf").string(),
+                                  " --type q4_0 --output " + dir.string(),
+                                  " --type q3_k --output " + (dir / "x.gguf").string()}) {
     CAPTURE(opts);
     const Result r = run(kTmoe + m + opts + " 2>&1 >/dev/null");
     CHECK(r.status != 0);

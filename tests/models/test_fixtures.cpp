@@ -162,7 +162,7 @@ TEST_CASE("bad model folders fail with one clear error") {
 // float). Against the float path over the same rounded weights the bf16 kernels (float32
 // accumulation, exact bf16 -> float widening) must agree within 1e-4 * max |logit|; against HF's
 // float32 reference the rounding of the weights themselves (2^-9 relative each) is allowed
-// 5e-2 * max |ref|.
+// 2e-2 * max |ref| (measured 0.4-0.7%).
 TEST_CASE("bf16 weights: the bf16 path equals the float path over the same rounded weights") {
   for (const char* family : {"qwen2", "llama3", "mixtral", "deepseek_v3"}) {
     SUBCASE(family) {
@@ -171,6 +171,7 @@ TEST_CASE("bf16 weights: the bf16 path equals the float path over the same round
       auto wb = std::make_shared<models::MemoryWeights>(std::string("bf16 ") + family);
       auto wf = std::make_shared<models::MemoryWeights>(std::string("rounded ") + family);
       for (const auto& name : src.checkpoint().names()) {
+        if (!name.starts_with("model.") && !name.starts_with("lm_head.")) continue;
         const models::RawTensor* t = src.find(name);
         REQUIRE(t->dtype == DType::f32);
         std::vector<float> v(t->nbytes / 4);
@@ -199,9 +200,10 @@ TEST_CASE("bf16 weights: the bf16 path equals the float path over the same round
           err_ref = std::max(err_ref, std::abs(double(lb(t, v)) - double(want(0, t, v))));
           scale_ref = std::max(scale_ref, std::abs(double(want(0, t, v))));
         }
-      INFO(family << ": bf16 vs float " << err / scale << ", bf16 vs HF " << err_ref / scale_ref);
+      INFO(std::string(family) << ": bf16 vs float " << err / scale << ", bf16 vs HF "
+                               << err_ref / scale_ref);
       CHECK(err <= 1e-4 * scale);
-      CHECK(err_ref <= 5e-2 * scale_ref);
+      CHECK(err_ref <= 2e-2 * scale_ref);
     }
   }
 }
