@@ -9,24 +9,12 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "cli/cli_run.hpp"
+
 namespace {
 
-struct Result {
-  int status = -1;
-  std::string out;
-};
-
-// Runs `command` through the shell; stdout is captured, stderr goes to `err_file` when given.
-Result run(const std::string& command) {
-  Result r;
-  FILE* f = popen(command.c_str(), "r");
-  REQUIRE(f != nullptr);
-  char buf[4096];
-  std::size_t got = 0;
-  while ((got = std::fread(buf, 1, sizeof buf, f)) > 0) r.out.append(buf, got);
-  r.status = pclose(f);
-  return r;
-}
+using Result = tmoe::test::CommandResult;
+const auto run = tmoe::test::run_command;
 
 std::string last_line(std::string s) {
   while (!s.empty() && s.back() == '\n') s.pop_back();

@@ -16,25 +16,14 @@
 
 #include "tmoe/models/weights.hpp"
 
+#include "cli/cli_run.hpp"
+
 namespace {
 
 namespace fs = std::filesystem;
 
-struct Result {
-  int status = -1;
-  std::string out;
-};
-
-Result run(const std::string& command) {
-  Result r;
-  FILE* f = popen(command.c_str(), "r");
-  REQUIRE(f != nullptr);
-  char buf[4096];
-  std::size_t got = 0;
-  while ((got = std::fread(buf, 1, sizeof buf, f)) > 0) r.out.append(buf, got);
-  r.status = pclose(f);
-  return r;
-}
+using Result = tmoe::test::CommandResult;
+const auto run = tmoe::test::run_command;
 
 const std::string kTmoe = TMOE_CLI_PATH;
 const std::string kData = TMOE_TEST_DATA_DIR;
