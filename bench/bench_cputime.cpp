@@ -16,6 +16,7 @@
 #include <string>
 
 #include "fma_loop.hpp"
+#include "random_quant.hpp"
 #include "tmoe/backend/cpu/ops.hpp"
 #include "tmoe/backend/cpu/quant.hpp"
 #include "tmoe/quant/quantize.hpp"
@@ -74,26 +75,7 @@ BENCHMARK(BM_gemm<bf16>)
     ->MeasureProcessCPUTime()
     ->Unit(benchmark::kMillisecond);
 
-// Random bytes with finite scales: the kernels' speed does not depend on the values.
-template <class F>
-QuantMatrix<F> random_matrix(std::size_t rows, std::size_t cols) {
-  QuantMatrix<F> m(rows, cols);
-  std::mt19937_64 rng(42);
-  const std::size_t n = rows * (cols / F::kBlockSize);
-  auto* bytes = reinterpret_cast<std::uint64_t*>(m.blocks());
-  for (std::size_t i = 0; i < n * sizeof(typename F::Block) / 8; ++i) bytes[i] = rng();
-  for (std::size_t i = 0; i < n; ++i) {
-    auto& b = m.blocks()[i];
-    if constexpr (std::is_same_v<F, Q8_0> || std::is_same_v<F, Q4_0> || std::is_same_v<F, Q6_K>)
-      b.d = f16::from_float(0.01f);
-    if constexpr (std::is_same_v<F, Q4_K>) b.d = b.dmin = f16::from_float(0.01f);
-    if constexpr (std::is_same_v<F, Fp8Block>)
-      if ((b.bits & 0x7f) == 0x7f) b.bits = 0x7e;
-  }
-  if constexpr (std::is_same_v<F, Fp8Block>)
-    std::fill_n(m.scales(), ((rows + 127) / 128) * ((cols + 127) / 128), 0.01f);
-  return m;
-}
+using tmoe_bench::random_quant_matrix;
 
 // Arg: T. T == 1: GEMV (bytes/s); T > 1: prefill (FLOP/s); 1024 rows either way.
 template <class F>
@@ -101,7 +83,7 @@ void BM_quant(benchmark::State& state) {
   const auto T = static_cast<std::size_t>(state.range(0));
   const std::size_t out = 1024, in = 7168;
   ThreadPool pool(1);
-  const auto w = random_matrix<F>(out, in);
+  const auto w = random_quant_matrix<F>(out, in);
   Matrix<float> x(T, in), y(T, out);  // (T, in), (T, out)
   std::mt19937 rng(1);
   std::uniform_real_distribution<float> d(-1.f, 1.f);

@@ -14,6 +14,7 @@
 #include <random>
 #include <vector>
 
+#include "random_quant.hpp"
 #include "tmoe/backend/cpu/quant.hpp"
 #include "tmoe/quant/quantize.hpp"
 
@@ -58,28 +59,7 @@ double read_bandwidth() {
   return best;
 }
 
-// Random bytes with finite scales: the kernels' speed does not depend on the values.
-template <class F>
-QuantMatrix<F> random_matrix(std::size_t rows, std::size_t cols) {
-  QuantMatrix<F> m(rows, cols);
-  std::mt19937_64 rng(42);
-  const std::size_t n = rows * (cols / F::kBlockSize);
-  auto* bytes = reinterpret_cast<std::uint64_t*>(m.blocks());
-  for (std::size_t i = 0; i < n * sizeof(typename F::Block) / 8; ++i) bytes[i] = rng();
-  for (std::size_t i = 0; i < n; ++i) {
-    auto& b = m.blocks()[i];
-    if constexpr (std::is_same_v<F, Q8_0> || std::is_same_v<F, Q4_0> || std::is_same_v<F, Q6_K>)
-      b.d = f16::from_float(0.01f);
-    if constexpr (std::is_same_v<F, Q4_K>) b.d = b.dmin = f16::from_float(0.01f);
-    if constexpr (std::is_same_v<F, NF4>) b.absmax = 0.5f;
-    if constexpr (std::is_same_v<F, Fp8Block>)
-      if ((b.bits & 0x7f) == 0x7f) b.bits = 0x7e;
-  }
-  if constexpr (std::is_same_v<F, Int8Row>) std::fill_n(m.scales(), rows, 0.01f);
-  if constexpr (std::is_same_v<F, Fp8Block>)
-    std::fill_n(m.scales(), ((rows + 127) / 128) * ((cols + 127) / 128), 0.01f);
-  return m;
-}
+using tmoe_bench::random_quant_matrix;
 
 void BM_read_bandwidth(benchmark::State& state) {
   const auto& a = bandwidth_array();
@@ -89,7 +69,7 @@ void BM_read_bandwidth(benchmark::State& state) {
 
 template <class F, bool kTable = false>
 void BM_gemv(benchmark::State& state) {
-  const auto w = random_matrix<F>(kOut, kIn);
+  const auto w = random_quant_matrix<F>(kOut, kIn);
   const double bw = read_bandwidth();
   std::size_t T = static_cast<std::size_t>(state.range(0));
   // T == 1: the decode GEMV over all 18432 rows; T == 0: 32 rows that stay in L2 (the kernel's
