@@ -160,6 +160,17 @@ struct BlasImpl {
   // ---- decode GEMV ----------------------------------------------------------------------------
   static constexpr std::size_t kGemvRows = 4;
 
+  // Software prefetch of the next group of R rows (they follow this group in memory when ldw ==
+  // n), at the rate this group is read: [p, p + bytes) for this step's share. A decode matrix row
+  // is a few KB, too short a stream for the hardware prefetcher to ramp up on
+  // (docs/performance.md).
+  template <std::size_t Bytes>
+  static TMOE_INLINE void prefetch_span(const void* p) {
+    const char* c = static_cast<const char*>(p);
+    for (std::size_t o = 0; o < Bytes; o += 64) __builtin_prefetch(c + o, 0, 3);
+    if constexpr (Bytes % 64 != 0) __builtin_prefetch(c + Bytes - 1, 0, 3);
+  }
+
   // out[r] = dot(w + r*ldw, x) for r < R, over n elements; x loads shared by the R rows.
   template <std::size_t R, class WT>
   static TMOE_INLINE void dot_rows(const WT* w, std::size_t ldw, const float* x, std::size_t n,
@@ -167,7 +178,9 @@ struct BlasImpl {
     B a[R], b[R];
     for (std::size_t r = 0; r < R; ++r) a[r] = b[r] = B(0.f);
     std::size_t i = 0;
+    const WT* next = w + R * ldw;
     for (; i + 2 * L <= n; i += 2 * L) {
+      if constexpr (R > 1) prefetch_span<R * 2 * L * sizeof(WT)>(next + R * i);
       const B x0 = B::load_unaligned(x + i), x1 = B::load_unaligned(x + i + L);
       for (std::size_t r = 0; r < R; ++r) {
         a[r] = xsimd::fma(load_w(w + r * ldw + i), x0, a[r]);
@@ -299,7 +312,9 @@ struct BlasImpl {
                                     float* out) {
     B a[R], b[R];
     for (std::size_t r = 0; r < R; ++r) a[r] = b[r] = B(0.f);
+    const bf16* next = w + R * ldw;
     for (std::size_t i = 0; i < nb; i += 2 * L) {
+      if constexpr (R > 1) prefetch_span<R * 2 * L * sizeof(bf16)>(next + R * i);
       const B xe = B::load_unaligned(xd + i), xo = B::load_unaligned(xd + i + L);
       for (std::size_t r = 0; r < R; ++r) {
         B we, wo;
