@@ -359,8 +359,8 @@ void mla_attention(const float* qa, const float* cache, const std::int32_t* pos,
 void mla_absorb_out(const bf16* kv_b, const float* ctx, float* o, std::size_t ld_o, std::size_t T,
                     std::size_t H, std::size_t Dn, std::size_t Dv, std::size_t R,
                     StreamHandle s = nullptr);
-void mla_absorb_out(const float* kv_b, const float* ctx, float* o, std::size_t ld_o,
-                    std::size_t T, std::size_t H, std::size_t Dn, std::size_t Dv, std::size_t R,
+void mla_absorb_out(const float* kv_b, const float* ctx, float* o, std::size_t ld_o, std::size_t T,
+                    std::size_t H, std::size_t Dn, std::size_t Dv, std::size_t R,
                     StreamHandle s = nullptr);
 
 // idx[r] = argmax of row r of logits (rows, V) (first index of the largest value; 0 if a row is

@@ -546,8 +546,8 @@ void check_mla_dims(std::string_view op, std::size_t R, std::size_t Dr) {
 }
 template <class W>
 void mla_absorb_q_impl(const W* kv_b, const float* q, std::size_t ld_q, float* qa, std::size_t T,
-                       std::size_t H, std::size_t Dn, std::size_t Dr, std::size_t Dv,
-                       std::size_t R, StreamHandle s) {
+                       std::size_t H, std::size_t Dn, std::size_t Dr, std::size_t Dv, std::size_t R,
+                       StreamHandle s) {
   constexpr const char* op = "cuda::mla_absorb_q";
   check_mla_dims(op, R, Dr);
   check(Dn >= 1 && Dv >= 1 && Dn + Dr <= std::size_t(kMlaMaxK), op,
@@ -558,14 +558,14 @@ void mla_absorb_q_impl(const W* kv_b, const float* q, std::size_t ld_q, float* q
         T);
   if (T == 0) return;
   check(kv_b && q && qa, op, "null pointer: kv_b, q and qa are required");
-  const cudaError_t e = launch(mla_absorb_q_kernel<W>, dim3(unsigned(H), unsigned(T)), dim3(256),
-                               0, s, kv_b, q, ld_q, qa, int(Dn), int(Dr), int(Dv), int(R));
+  const cudaError_t e = launch(mla_absorb_q_kernel<W>, dim3(unsigned(H), unsigned(T)), dim3(256), 0,
+                               s, kv_b, q, ld_q, qa, int(Dn), int(Dr), int(Dv), int(R));
   if (e != cudaSuccess) fail_call(op, "kernel launch", e);
 }
 template <class W>
-void mla_absorb_out_impl(const W* kv_b, const float* ctx, float* o, std::size_t ld_o,
-                         std::size_t T, std::size_t H, std::size_t Dn, std::size_t Dv,
-                         std::size_t R, StreamHandle s) {
+void mla_absorb_out_impl(const W* kv_b, const float* ctx, float* o, std::size_t ld_o, std::size_t T,
+                         std::size_t H, std::size_t Dn, std::size_t Dv, std::size_t R,
+                         StreamHandle s) {
   constexpr const char* op = "cuda::mla_absorb_out";
   check(R >= 1 && Dn >= 1 && Dv >= 1 && H >= 1, op, "dims: expected H, Dn, Dv, R >= 1");
   check(ld_o >= H * Dv, op, "ld_o: expected >= H Dv = ", H * Dv, ", got ", ld_o);
@@ -574,8 +574,8 @@ void mla_absorb_out_impl(const W* kv_b, const float* ctx, float* o, std::size_t 
   check(kv_b && ctx && o, op, "null pointer: kv_b, ctx and o are required");
   const unsigned rows_per_block = 256 / kWarpSize;
   const dim3 grid(unsigned((H * Dv + rows_per_block - 1) / rows_per_block), unsigned(T));
-  const cudaError_t e = launch(mla_absorb_out_kernel<W>, grid, dim3(256), 0, s, kv_b, ctx, o,
-                               ld_o, int(H), int(Dn), int(Dv), int(R));
+  const cudaError_t e = launch(mla_absorb_out_kernel<W>, grid, dim3(256), 0, s, kv_b, ctx, o, ld_o,
+                               int(H), int(Dn), int(Dv), int(R));
   if (e != cudaSuccess) fail_call(op, "kernel launch", e);
 }
 }  // namespace api_detail
@@ -610,9 +610,8 @@ void mla_absorb_out(const bf16* kv_b, const float* ctx, float* o, std::size_t ld
                     std::size_t H, std::size_t Dn, std::size_t Dv, std::size_t R, StreamHandle s) {
   api_detail::mla_absorb_out_impl(kv_b, ctx, o, ld_o, T, H, Dn, Dv, R, s);
 }
-void mla_absorb_out(const float* kv_b, const float* ctx, float* o, std::size_t ld_o,
-                    std::size_t T, std::size_t H, std::size_t Dn, std::size_t Dv, std::size_t R,
-                    StreamHandle s) {
+void mla_absorb_out(const float* kv_b, const float* ctx, float* o, std::size_t ld_o, std::size_t T,
+                    std::size_t H, std::size_t Dn, std::size_t Dv, std::size_t R, StreamHandle s) {
   api_detail::mla_absorb_out_impl(kv_b, ctx, o, ld_o, T, H, Dn, Dv, R, s);
 }
 std::size_t mla_attention_workspace(std::size_t T, std::size_t H, std::size_t R,
@@ -637,17 +636,10 @@ void mla_attention(const float* qa, const float* cache, const std::int32_t* pos,
   if (T == 0) return;
   check(qa && cache && pos && ctx, op, "null pointer: qa, cache, pos and ctx are required");
   check(n_split == 1 || workspace, op, "n_split > 1 needs a workspace");
-  MlaAttnArgs a{qa,
-                cache,
-                pos,
-                ctx,
-                workspace,
-                workspace ? workspace + T * H * n_split * R : nullptr,
-                int(H),
-                int(R),
-                int(Dr),
-                int(n_split),
-                scale};
+  MlaAttnArgs a{qa,           cache,     pos,
+                ctx,          workspace, workspace ? workspace + T * H * n_split * R : nullptr,
+                int(H),       int(R),    int(Dr),
+                int(n_split), scale};
   const cudaError_t e = launch_mla_attention(a, int(T), s);
   if (e != cudaSuccess) fail_call(op, "kernel launch", e);
 }

@@ -47,12 +47,12 @@
 
 namespace tmoe::cuda {
 
-inline constexpr int kMlaG = 16;        // heads per block
-inline constexpr int kMlaTile = 32;     // keys per shared-memory tile
+inline constexpr int kMlaG = 16;         // heads per block
+inline constexpr int kMlaTile = 32;      // keys per shared-memory tile
 inline constexpr int kMlaThreads = 256;  // 8 warps
 inline constexpr int kMlaWarps = kMlaThreads / kWarpSize;
 inline constexpr int kMlaMaxSplit = 256;
-inline constexpr int kMlaMinKeys = 64;   // keys per slice at least
+inline constexpr int kMlaMinKeys = 64;            // keys per slice at least
 inline constexpr int kMlaMaxR = 2 * kMlaThreads;  // latent dims: two per thread
 inline constexpr int kMlaMaxK = 1024;             // R + Dr
 
@@ -164,7 +164,9 @@ __device__ TMOE_INLINE void cp_async16(void* smem, const void* gmem, bool valid)
   const int n = valid ? 16 : 0;  // 0: zero-fill
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(n));
 }
-__device__ TMOE_INLINE void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ TMOE_INLINE void cp_async_commit() {
+  asm volatile("cp.async.commit_group;\n" ::);
+}
 template <int kN>
 __device__ TMOE_INLINE void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(kN));
@@ -182,13 +184,13 @@ __global__ void __launch_bounds__(kMlaThreads, 1) mla_attention_kernel(MlaAttnAr
   const int h0 = hb * kMlaG, nh = min(kMlaG, a.H - h0);
   const int tid = threadIdx.x, lane = tid % kWarpSize, warp = tid / kWarpSize;
   extern __shared__ __align__(16) float mla_smem[];
-  float* sq = mla_smem;                             // (G, K) scaled q
-  float* tile = sq + kMlaG * K;                     // 2 x (kMlaTile, pitch)
-  float* red = tile + 2 * kMlaTile * pitch;         // (warps, G, kMlaTile) partial scores
-  float* sp = red + kMlaWarps * kMlaG * kMlaTile;   // (kMlaTile, G) probabilities
-  float* scorr = sp + kMlaTile * kMlaG;             // (G) correction of this tile
-  float* sm = scorr + kMlaG;                        // (G) running max
-  float* sl = sm + kMlaG;                           // (G) running sum
+  float* sq = mla_smem;                            // (G, K) scaled q
+  float* tile = sq + kMlaG * K;                    // 2 x (kMlaTile, pitch)
+  float* red = tile + 2 * kMlaTile * pitch;        // (warps, G, kMlaTile) partial scores
+  float* sp = red + kMlaWarps * kMlaG * kMlaTile;  // (kMlaTile, G) probabilities
+  float* scorr = sp + kMlaTile * kMlaG;            // (G) correction of this tile
+  float* sm = scorr + kMlaG;                       // (G) running max
+  float* sl = sm + kMlaG;                          // (G) running sum
   pdl_trigger();
   pdl_wait();
 
@@ -213,8 +215,7 @@ __global__ void __launch_bounds__(kMlaThreads, 1) mla_attention_kernel(MlaAttnAr
   if (ntiles > 0) load_tile(0, 0);
 
   const float* qsrc = a.qa + (std::size_t(t) * a.H + h0) * K;
-  for (int i = tid; i < kMlaG * K; i += kMlaThreads)
-    sq[i] = i < nh * K ? qsrc[i] * a.scale : 0.f;
+  for (int i = tid; i < kMlaG * K; i += kMlaThreads) sq[i] = i < nh * K ? qsrc[i] * a.scale : 0.f;
   if (tid < kMlaG) sm[tid] = -INFINITY, sl[tid] = 0.f;
   __syncthreads();
 
