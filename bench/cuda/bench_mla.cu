@@ -10,7 +10,7 @@
 // smaller; inputs are random (never zeros). Also prints the fp32 FMA floor of the attention
 // (2 K + 2 R flops per head and key at the measured FMA rate of a register-only kernel).
 //
-//   bench_cuda_mla [--reps N]
+//   bench_cuda_mla [--reps N] [--heads H] [--ctx N]   (H: 128 or 16; N: 4096 .. 65536)
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
@@ -25,6 +25,7 @@ using namespace tmoe;
 namespace {
 
 int g_reps = 30;
+int g_heads = 0, g_ctx = 0;  // 0: all
 constexpr int kBatch = 10;
 
 template <class F>
@@ -80,7 +81,12 @@ void fill_random(cuda::DeviceBuffer<T>& d, std::uint64_t seed, float lo, float h
 
 int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i)
-    if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) g_reps = std::atoi(argv[++i]);
+    if (!std::strcmp(argv[i], "--reps") && i + 1 < argc)
+      g_reps = std::atoi(argv[++i]);
+    else if (!std::strcmp(argv[i], "--heads") && i + 1 < argc)
+      g_heads = std::atoi(argv[++i]);
+    else if (!std::strcmp(argv[i], "--ctx") && i + 1 < argc)
+      g_ctx = std::atoi(argv[++i]);
   if (cuda::device_count() == 0) {
     std::printf("bench_cuda_mla: skipped: no CUDA device\n");
     return 77;
@@ -117,7 +123,9 @@ int main(int argc, char** argv) {
   std::printf("%-8s %5s %7s %4s %10s %9s %7s %7s %10s %12s %9s\n", "what", "H", "context", "ns",
               "us", "GB/s", "/read", "/copy", "FMA-floor", "core us", "core/read");
   for (const std::size_t H : {std::size_t(128), std::size_t(16)}) {
+    if (g_heads && std::size_t(g_heads) != H) continue;
     for (const int ctx_len : {4096, 8192, 32768, 65536}) {
+      if (g_ctx && g_ctx != ctx_len) continue;
       const std::size_t cache_bytes = std::size_t(ctx_len) * K * sizeof(float);
       const int copies = int(std::max<std::size_t>(1, (200u << 20) / cache_bytes + 1));
       std::vector<cuda::DeviceBuffer<float>> caches;
@@ -136,9 +144,12 @@ int main(int argc, char** argv) {
       const float scale = 0.1352f;
       // Slices: enough blocks for two per SM over the head blocks.
       const std::size_t head_blocks = (H + cuda::kMlaG - 1) / cuda::kMlaG;
+      // Slices: one block per SM (one wave; the kernel's shared memory allows one per SM), two
+      // waves, and four.
+      const std::size_t wave = std::max<std::size_t>(1, dev.sm_count / head_blocks);
       for (const std::size_t ns :
-           {std::min<std::size_t>(256, (2 * dev.sm_count + head_blocks - 1) / head_blocks),
-            std::min<std::size_t>(256, (4 * dev.sm_count + head_blocks - 1) / head_blocks)}) {
+           {std::min<std::size_t>(256, wave), std::min<std::size_t>(256, 2 * wave),
+            std::min<std::size_t>(256, 4 * wave)}) {
         cuda::DeviceBuffer<float> ws(cuda::mla_attention_workspace(1, H, R, ns));
         const double ms = median_ms(
             [&](int i) {

@@ -329,25 +329,35 @@ __global__ void __launch_bounds__(kMlaThreads, 1) mla_attention_kernel(MlaAttnAr
   }
 }
 
-// ctx[t, h] = sum_s w_s o_s / sum_s w_s, w_s = exp(lse_s - max lse). Grid (T H), block 256.
-__global__ void mla_merge_kernel(MlaAttnArgs a) {
+// ctx[t, h] = sum_s w_s o_s / sum_s w_s, w_s = exp(lse_s - max lse). Grid (T H, ceil(R / 64)),
+// block 64: the slice weights once into shared memory, then one latent dim per thread.
+inline constexpr int kMlaMergeDims = 64;
+__global__ void __launch_bounds__(kMlaMergeDims) mla_merge_kernel(MlaAttnArgs a) {
   pdl_trigger();
   pdl_wait();
   const int th = blockIdx.x, t = th / a.H;
   const int ns = mla_slices(a.pos[t] + 1, a.n_split);
   if (ns == 1) return;  // the attention kernel wrote ctx
   const float* lse = a.part_lse + std::size_t(th) * a.n_split;
+  __shared__ float w[kMlaMaxSplit];
   float M = -INFINITY;
   for (int s = 0; s < ns; ++s) M = fmaxf(M, lse[s]);
-  for (int e = threadIdx.x; e < a.R; e += blockDim.x) {
-    float W = 0.f, O = 0.f;
-    for (int s = 0; s < ns; ++s) {
-      const float w = expf(lse[s] - M);
-      W += w;
-      O = fmaf(w, a.part_o[(std::size_t(th) * a.n_split + s) * a.R + e], O);
-    }
-    a.ctx[std::size_t(th) * a.R + e] = O / W;
-  }
+  float part = 0.f;
+  for (int s = threadIdx.x; s < ns; s += blockDim.x) part += (w[s] = expf(lse[s] - M));
+  part = warp_sum(part);
+  __shared__ float parts[kMlaMergeDims / kWarpSize];
+  if (threadIdx.x % kWarpSize == 0) parts[threadIdx.x / kWarpSize] = part;
+  __syncthreads();
+  float W = 0.f;
+#pragma unroll
+  for (int i = 0; i < kMlaMergeDims / kWarpSize; ++i) W += parts[i];
+  const int e = blockIdx.y * kMlaMergeDims + threadIdx.x;
+  if (e >= a.R) return;
+  const float* po = a.part_o + std::size_t(th) * a.n_split * a.R + e;
+  float O = 0.f;
+#pragma unroll 8
+  for (int s = 0; s < ns; ++s) O = fmaf(w[s], po[std::size_t(s) * a.R], O);
+  a.ctx[std::size_t(th) * a.R + e] = O / W;
 }
 
 inline cudaError_t launch_mla_attention(MlaAttnArgs a, int T, cudaStream_t stream) {
@@ -359,7 +369,8 @@ inline cudaError_t launch_mla_attention(MlaAttnArgs a, int T, cudaStream_t strea
   const dim3 grid((a.H + kMlaG - 1) / kMlaG, a.n_split, T);
   e = launch(mla_attention_kernel, grid, dim3(kMlaThreads), smem, stream, a);
   if (e == cudaSuccess && a.n_split > 1)
-    e = launch(mla_merge_kernel, dim3(T * a.H), dim3(256), 0, stream, a);
+    e = launch(mla_merge_kernel, dim3(T * a.H, (a.R + kMlaMergeDims - 1) / kMlaMergeDims),
+               dim3(kMlaMergeDims), 0, stream, a);
   return e;
 }
 
