@@ -3,15 +3,15 @@
 //    mla_attention (several n_split) and mla_absorb_out at positions 0 .. 4095 and head counts
 //    128 (R1's dims: Dn 128, Dr 64, Dv 128, R 512), 20 (two head blocks, the second partial), 3,
 //    against the absorbed form evaluated in double on the same stored values (equal to the naive
-//    form in real arithmetic). Bounds: ctx within 2e-5 absolute (latent values in [-1, 1]: ctx is
+//    form in real arithmetic). Bounds: ctx within 1e-5 absolute (latent values in [-1, 1]: ctx is
 //    an average of them), o within 1e-6 * max_i sum_c |W_UV[h, i, c]| (one W_UV row times ctx).
 //  - The whole layer, one token at a time: q-LoRA (or a single q_proj), kv_a, mla_kv_store,
 //    interleaved YaRN RoPE, the three MLA ops and o_proj, with the GPU's float GEMVs, against
 //    reference::mla_attention (the naive HF form over the whole sequence, double softmax) at the
 //    deepseek_v3 fixture's dims (H 3, Dn 64, Dr 32, Dv 64, R 128, q_lora 96, hidden 128, YaRN
-//    factor 4, mscale 1 / 1). Bound: every output within 1e-5 * max |ref| of the sequence (10x tighter
-//    than the CPU fixture tests' bound for logits). Measured on the H100: ctx <= 1.9e-6, o <= 9e-8,
-//    layer <= 3e-7 * max |ref|.
+//    factor 4, mscale 1 / 1). Bound: every output within 1e-5 * max |ref| of the sequence (10x
+//    tighter than the CPU fixture tests' bound for logits). Measured on the H100: ctx <= 1.9e-6, o
+//    <= 9e-8, layer <= 3e-7 * max |ref|.
 #include <doctest/doctest.h>
 
 #include <algorithm>
