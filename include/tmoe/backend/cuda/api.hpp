@@ -237,6 +237,23 @@ void gemv_fp8_block_gather(const f8_e4m3* wq, std::size_t ldw, std::size_t w_str
                            std::size_t x_stride, float* y, std::size_t out, std::size_t in,
                            StreamHandle s = nullptr);
 
+// The same with float activations (the float32 checkpoints, and fp32 activations throughout).
+void gemv_f32_gather(const float* w, std::size_t ldw, std::size_t w_stride, const std::int32_t* idx,
+                     std::size_t batch, const float* x, std::size_t x_stride, float* y,
+                     std::size_t out, std::size_t in, StreamHandle s = nullptr);
+void gemv_bf16_gather(const bf16* w, std::size_t ldw, std::size_t w_stride, const std::int32_t* idx,
+                      std::size_t batch, const float* x, std::size_t x_stride, float* y,
+                      std::size_t out, std::size_t in, StreamHandle s = nullptr);
+void gemv_fp8_block_gather(const f8_e4m3* wq, std::size_t ldw, std::size_t w_stride,
+                           const float* scale_inv, std::size_t scale_stride,
+                           const std::int32_t* idx, std::size_t batch, const float* x,
+                           std::size_t x_stride, float* y, std::size_t out, std::size_t in,
+                           StreamHandle s = nullptr);
+// MoE combine: out[t, i] = sum_{b < k} weight[t, b] y[t, b, i] + shared[t, i] (shared may be
+// nullptr); y (T, k, d), weight (T, k) (the router's), out (T, d), all float.
+void moe_combine(const float* y, const float* weight, std::size_t k, const float* shared,
+                 float* out, std::size_t d, std::size_t T, StreamHandle s = nullptr);
+
 // ---- fused elementwise and row ops ------------------------------------------------------------
 // Residual add + RMSNorm over `rows` rows of width `dim` (HF order, pitfall 1 of r1-architecture):
 //   h = residual + x (stored back into residual, rounded to T);

@@ -23,6 +23,7 @@
 #include "tmoe/backend/cuda/gemv.cuh"
 #include "tmoe/backend/cuda/mla.cuh"
 #include "tmoe/backend/cuda/model_ops.cuh"
+#include "tmoe/backend/cuda/moe.cuh"
 #include "tmoe/backend/cuda/norm.cuh"
 #include "tmoe/backend/cuda/rope.cuh"
 #include "tmoe/backend/cuda/router.cuh"
@@ -294,6 +295,38 @@ void gemv_fp8_block_gather(const f8_e4m3* wq, std::size_t ldw, std::size_t w_str
                            StreamHandle s) {
   api_detail::gemv_gather_impl("cuda::gemv_fp8_block_gather", wq, ldw, w_stride, scale_inv,
                                scale_stride, idx, batch, x, x_stride, y, out, in, s);
+}
+
+void gemv_f32_gather(const float* w, std::size_t ldw, std::size_t w_stride, const std::int32_t* idx,
+                     std::size_t batch, const float* x, std::size_t x_stride, float* y,
+                     std::size_t out, std::size_t in, StreamHandle s) {
+  api_detail::gemv_gather_impl("cuda::gemv_f32_gather", w, ldw, w_stride, nullptr, 0, idx, batch, x,
+                               x_stride, y, out, in, s);
+}
+void gemv_bf16_gather(const bf16* w, std::size_t ldw, std::size_t w_stride, const std::int32_t* idx,
+                      std::size_t batch, const float* x, std::size_t x_stride, float* y,
+                      std::size_t out, std::size_t in, StreamHandle s) {
+  api_detail::gemv_gather_impl("cuda::gemv_bf16_gather", w, ldw, w_stride, nullptr, 0, idx, batch,
+                               x, x_stride, y, out, in, s);
+}
+void gemv_fp8_block_gather(const f8_e4m3* wq, std::size_t ldw, std::size_t w_stride,
+                           const float* scale_inv, std::size_t scale_stride,
+                           const std::int32_t* idx, std::size_t batch, const float* x,
+                           std::size_t x_stride, float* y, std::size_t out, std::size_t in,
+                           StreamHandle s) {
+  api_detail::gemv_gather_impl("cuda::gemv_fp8_block_gather", wq, ldw, w_stride, scale_inv,
+                               scale_stride, idx, batch, x, x_stride, y, out, in, s);
+}
+void moe_combine(const float* y, const float* weight, std::size_t k, const float* shared,
+                 float* out, std::size_t d, std::size_t T, StreamHandle s) {
+  constexpr const char* op = "cuda::moe_combine";
+  api_detail::check_size(op, "k", k);
+  api_detail::check_size(op, "d", d);
+  check(T <= 65535, op, "T: at most 65535 tokens per call, got ", T);
+  if (T == 0 || d == 0) return;
+  check(y && weight && out, op, "null pointer: y, weight and out are required");
+  const cudaError_t e = launch_moe_combine(y, weight, int(k), shared, out, int(d), int(T), s);
+  if (e != cudaSuccess) fail_call(op, "kernel launch", e);
 }
 
 // ---- norms, RoPE, SwiGLU --------------------------------------------------------------------
