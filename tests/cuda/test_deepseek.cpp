@@ -93,8 +93,8 @@ TEST_CASE("GPU DeepSeek-V3 models match Hugging Face logits") {
     CHECK(m->weight_format() == (std::string(family) == "deepseek_v3_fp8" ? "fp8_block" : "float"));
     for (bool per_token : {false, true}) {
       const double e = ds_rel_err(ds_logits(*m, r, per_token), r.logits);
-      INFO(family << (per_token ? " token by token" : " whole sequence")
-                  << ": max |err| / max |ref| = " << e);
+      MESSAGE(family << (per_token ? " token by token" : " whole sequence")
+                     << ": max |err| / max |ref| = " << e);
       CHECK(e <= 1e-4);
     }
     cuda::ModelOptions no_graphs;
@@ -156,7 +156,7 @@ TEST_CASE("GPU DeepSeek bf16 weights agree with the CPU model on the same weight
   cuda::DeepseekModel gpu(cfg, mem);
   CHECK(gpu.weight_format() == "bf16");
   const double e = ds_rel_err(ds_logits(gpu, r, false), want);
-  INFO("bf16: max |err| / max |cpu| = " << e);
+  MESSAGE("bf16: max |err| / max |cpu| = " << e);
   CHECK(e <= 1e-4);
 }
 

@@ -287,8 +287,8 @@ class DeepseekModel final : public models::Model {
   void note(const Mat& m, std::size_t count_read) {
     decode_bytes_ +=
         count_read * (m.elems() * elt(m.fmt) + m.scale_elems() * 4 * (m.fmt == Fmt::fp8));
-    if (format_.empty() || m.fmt != Fmt::f32)
-      format_ = m.fmt == Fmt::fp8 ? "fp8_block" : m.fmt == Fmt::bf16 ? "bf16" : "float";
+    if (m.fmt == Fmt::fp8 || (m.fmt == Fmt::bf16 && format_ != "fp8_block"))
+      format_ = m.fmt == Fmt::fp8 ? "fp8_block" : "bf16";
   }
   Mat upload(models::WeightLoader& w, const std::string& name, std::size_t rows, std::size_t cols,
              bool dense = false, bool f32 = false) {
@@ -471,7 +471,7 @@ class DeepseekModel final : public models::Model {
   bool sigmoid_router_ = false, norm_topk_ = false;
   RopeLayout layout_ = RopeLayout::interleaved;
   std::size_t split_ = 1, decode_bytes_ = 0;
-  std::string format_;
+  std::string format_ = "float";  // fp8_block if any matrix is, else bf16 if any is
   Stream stream_;
   DeviceBuffer<float> inv_freq_;
   std::vector<Layer> layers_;
