@@ -254,6 +254,14 @@ void gemv_fp8_block_gather(const f8_e4m3* wq, std::size_t ldw, std::size_t w_str
 void moe_combine(const float* y, const float* weight, std::size_t k, const float* shared,
                  float* out, std::size_t d, std::size_t T, StreamHandle s = nullptr);
 
+// x[i] = T(uniform in [lo, hi)) from a counter-based generator (random.cuh): benchmark weights.
+void fill_uniform(float* x, std::size_t n, std::uint64_t seed, float lo, float hi,
+                  StreamHandle s = nullptr);
+void fill_uniform(bf16* x, std::size_t n, std::uint64_t seed, float lo, float hi,
+                  StreamHandle s = nullptr);
+void fill_uniform(f8_e4m3* x, std::size_t n, std::uint64_t seed, float lo, float hi,
+                  StreamHandle s = nullptr);
+
 // ---- fused elementwise and row ops ------------------------------------------------------------
 // Residual add + RMSNorm over `rows` rows of width `dim` (HF order, pitfall 1 of r1-architecture):
 //   h = residual + x (stored back into residual, rounded to T);

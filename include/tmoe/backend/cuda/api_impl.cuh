@@ -25,6 +25,7 @@
 #include "tmoe/backend/cuda/model_ops.cuh"
 #include "tmoe/backend/cuda/moe.cuh"
 #include "tmoe/backend/cuda/norm.cuh"
+#include "tmoe/backend/cuda/random.cuh"
 #include "tmoe/backend/cuda/rope.cuh"
 #include "tmoe/backend/cuda/router.cuh"
 #include "tmoe/backend/cuda/swiglu.cuh"
@@ -327,6 +328,23 @@ void moe_combine(const float* y, const float* weight, std::size_t k, const float
   check(y && weight && out, op, "null pointer: y, weight and out are required");
   const cudaError_t e = launch_moe_combine(y, weight, int(k), shared, out, int(d), int(T), s);
   if (e != cudaSuccess) fail_call(op, "kernel launch", e);
+}
+
+void fill_uniform(float* x, std::size_t n, std::uint64_t seed, float lo, float hi, StreamHandle s) {
+  check(x || n == 0, "cuda::fill_uniform", "null pointer");
+  const cudaError_t e = launch_fill_uniform(x, n, seed, lo, hi, s);
+  if (e != cudaSuccess) fail_call("cuda::fill_uniform", "kernel launch", e);
+}
+void fill_uniform(bf16* x, std::size_t n, std::uint64_t seed, float lo, float hi, StreamHandle s) {
+  check(x || n == 0, "cuda::fill_uniform", "null pointer");
+  const cudaError_t e = launch_fill_uniform(x, n, seed, lo, hi, s);
+  if (e != cudaSuccess) fail_call("cuda::fill_uniform", "kernel launch", e);
+}
+void fill_uniform(f8_e4m3* x, std::size_t n, std::uint64_t seed, float lo, float hi,
+                  StreamHandle s) {
+  check(x || n == 0, "cuda::fill_uniform", "null pointer");
+  const cudaError_t e = launch_fill_uniform(x, n, seed, lo, hi, s);
+  if (e != cudaSuccess) fail_call("cuda::fill_uniform", "kernel launch", e);
 }
 
 // ---- norms, RoPE, SwiGLU --------------------------------------------------------------------

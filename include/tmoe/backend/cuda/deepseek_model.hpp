@@ -23,9 +23,10 @@
 //
 // Weights come through models::WeightSource and are uploaded once, kept in their stored format:
 // bf16 stays bf16, F8_E4M3 with weight_scale_inv blocks stays FP8 (block-scaled GEMVs dequantize in
-// registers), other float dtypes become float32. Three exceptions: the router weight is float32,
+// registers), other float dtypes become float32. Exceptions: the router weight is float32,
 // kv_b_proj is float32 or bf16 (the absorbed attention reads its rows; FP8 kv_b is dequantized to
-// float32 like the CPU model's absorbed form), and the embedding is float32 or bf16. Norm weights,
+// float32 like the CPU model's absorbed form), and the embedding and LM head are float32 or bf16
+// (R1 keeps both bf16). Norm weights,
 // biases, activations and the latent cache are float32, so the model agrees with the CPU model up
 // to summation order.
 #pragma once
@@ -72,13 +73,44 @@ class DeepseekModel final : public models::Model {
   DeepseekModel(const io::ModelConfig& c, std::shared_ptr<const models::WeightSource> src,
                 const ModelOptions& opt = {})
       : Model(c, context_limit(c, opt)), opt_(opt) {
+    models::WeightLoader w(src);
+    init(c, &w, src->where());
+  }
+
+  // Random weights made on the device (benchmarks at real sizes): matrices uniform in
+  // +-sqrt(3 / in) (unit-variance outputs), stored bf16, or FP8-block (e4m3 values over the whole
+  // range, block scales near sqrt(3 / in) / 448) when fp8; kv_b_proj and the embedding bf16, the
+  // router float32; norm weights in [0.8, 1.2], the router bias in [0, 0.1]. Never zeros.
+  struct RandomWeights {
+    std::uint64_t seed = 1;
+    bool fp8 = false;
+  };
+  DeepseekModel(const io::ModelConfig& c, const RandomWeights& rnd, const ModelOptions& opt = {})
+      : Model(c, context_limit(c, opt)), opt_(opt), rnd_(rnd) {
+    init(c, nullptr, "random weights");
+  }
+
+  // ---- models::Model ----
+  std::unique_ptr<models::State> new_state(std::size_t capacity) const override {
+    check(capacity >= 1 && capacity <= max_context_, "cuda::DeepseekModel", "context of ", capacity,
+          " tokens: expected 1..", max_context_);
+    auto s = std::make_unique<CudaState>();
+    s->owner_ = this;
+    s->cap_ = capacity;
+    s->cache_ = DeviceBuffer<float>(L_ * capacity * (R_ + Dr_));
+    return s;
+  }
+
+ private:
+  // w: the checkpoint, or nullptr for random weights.
+  void init(const io::ModelConfig& c, models::WeightLoader* w, const std::string& where) {
     const char* op = "cuda::DeepseekModel";
-    check(c.is_mla(), op, src->where(), ": family ", io::family_name(c.family),
+    check(c.is_mla(), op, where, ": family ", io::family_name(c.family),
           " has no MLA attention (kv_lora_rank 0); use cuda::GqaModel");
-    check(c.hidden_act == "silu", op, src->where(), ": hidden_act ", c.hidden_act,
+    check(c.hidden_act == "silu", op, where, ": hidden_act ", c.hidden_act,
           " is not supported (silu)");
     for (std::size_t l = 0; l <= c.num_hidden_layers; ++l)
-      check(c.norm_of_layer(l) == io::NormType::rmsnorm, op, src->where(),
+      check(c.norm_of_layer(l) == io::NormType::rmsnorm, op, where,
             ": LayerNorm layers are not supported on CUDA (RMSNorm only)");
     d_ = c.hidden_size, H_ = c.num_attention_heads, V_ = c.vocab_size, L_ = c.num_hidden_layers;
     Dn_ = c.qk_nope_head_dim, Dr_ = c.qk_rope_head_dim, Dv_ = c.v_head_dim, R_ = c.kv_lora_rank;
@@ -86,19 +118,19 @@ class DeepseekModel final : public models::Model {
     E_ = c.n_routed_experts, k_ = c.num_experts_per_tok;
     if (c.is_moe()) {
       if (c.topk_method == io::TopkMethod::noaux_tc) {
-        check(c.scoring_func == io::ScoringFunc::sigmoid, op, src->where(),
+        check(c.scoring_func == io::ScoringFunc::sigmoid, op, where,
               ": noaux_tc routing needs scoring_func sigmoid");
         sigmoid_router_ = true;
       } else {
         check(c.topk_method == io::TopkMethod::greedy && c.scoring_func == io::ScoringFunc::softmax,
-              op, src->where(),
+              op, where,
               ": routing group_limited_greedy is not supported on CUDA (noaux_tc and greedy are)");
       }
-      check(E_ <= 1024 && k_ >= 1 && k_ <= 32 && c.n_group >= 1 && c.n_group <= 32, op,
-            src->where(), ": router limits: at most 1024 experts, top-k 1..32, 1..32 groups");
+      check(E_ <= 1024 && k_ >= 1 && k_ <= 32 && c.n_group >= 1 && c.n_group <= 32, op, where,
+            ": router limits: at most 1024 experts, top-k 1..32, 1..32 groups");
     }
     eps_ = static_cast<float>(c.norm_eps);
-    set_device(opt.device);
+    set_device(opt_.device);
 
     const RopeFrequencies f =
         rope_frequencies(models::detail::rope_config(c, Dr_, c.rope.interleave));
@@ -107,7 +139,6 @@ class DeepseekModel final : public models::Model {
     scale_ = 1.0f / std::sqrt(static_cast<float>(Dn_ + Dr_)) * f.softmax_scale_factor;
     inv_freq_ = upload_floats(f.inv_freq.data(), f.inv_freq.size());
 
-    models::WeightLoader w(src);
     const std::size_t Dq = Dn_ + Dr_;
     layers_.resize(L_);
     for (std::size_t l = 0; l < L_; ++l) {
@@ -115,17 +146,17 @@ class DeepseekModel final : public models::Model {
       const std::string p = models::detail::layer_prefix(l), a = p + "self_attn.";
       if (Ql_ > 0) {
         y.q_a = upload(w, a + "q_a_proj.weight", Ql_, d_);
-        y.q_a_norm = upload_floats(w.floats(a + "q_a_layernorm.weight", Ql_), Ql_);
+        y.q_a_norm = vec(w, a + "q_a_layernorm.weight", Ql_, 0.8f, 1.2f);
         y.q_b = upload(w, a + "q_b_proj.weight", H_ * Dq, Ql_);
       } else {
         y.q = upload(w, a + "q_proj.weight", H_ * Dq, d_);
       }
       y.kv_a = upload(w, a + "kv_a_proj_with_mqa.weight", R_ + Dr_, d_);
-      y.kv_a_norm = upload_floats(w.floats(a + "kv_a_layernorm.weight", R_), R_);
+      y.kv_a_norm = vec(w, a + "kv_a_layernorm.weight", R_, 0.8f, 1.2f);
       y.kv_b = upload(w, a + "kv_b_proj.weight", H_ * (Dn_ + Dv_), R_, /*dense=*/true);
       y.o = upload(w, a + "o_proj.weight", d_, H_ * Dv_);
-      y.norm1 = upload_floats(w.floats(p + "input_layernorm.weight", d_), d_);
-      y.norm2 = upload_floats(w.floats(p + "post_attention_layernorm.weight", d_), d_);
+      y.norm1 = vec(w, p + "input_layernorm.weight", d_, 0.8f, 1.2f);
+      y.norm2 = vec(w, p + "post_attention_layernorm.weight", d_, 0.8f, 1.2f);
       const std::string m = p + "mlp.";
       y.moe = c.is_moe_layer(l);
       if (!y.moe) {
@@ -136,7 +167,7 @@ class DeepseekModel final : public models::Model {
       }
       y.router = upload(w, m + "gate.weight", E_, d_, /*dense=*/true, /*f32=*/true);
       if (sigmoid_router_)
-        y.router_bias = upload_floats(w.floats(m + "gate.e_score_correction_bias", E_), E_);
+        y.router_bias = vec(w, m + "gate.e_score_correction_bias", E_, 0.f, 0.1f);
       y.gate = upload_experts(w, m + "experts.", ".gate_proj.weight", Im_, d_);
       y.up = upload_experts(w, m + "experts.", ".up_proj.weight", Im_, d_);
       y.down = upload_experts(w, m + "experts.", ".down_proj.weight", d_, Im_);
@@ -149,10 +180,11 @@ class DeepseekModel final : public models::Model {
     }
     embed_ = upload(w, "model.embed_tokens.weight", V_, d_, /*dense=*/true);
     head_ = upload(w,
-                   (c.tie_word_embeddings || !w.has("lm_head.weight")) ? "model.embed_tokens.weight"
-                                                                       : "lm_head.weight",
-                   V_, d_);
-    final_norm_ = upload_floats(w.floats("model.norm.weight", d_), d_);
+                   (c.tie_word_embeddings || (w && !w->has("lm_head.weight")))
+                       ? "model.embed_tokens.weight"
+                       : "lm_head.weight",
+                   V_, d_, /*dense=*/true);
+    final_norm_ = vec(w, "model.norm.weight", d_, 0.8f, 1.2f);
 
     const std::size_t S = Im_ * std::max<std::size_t>(c.n_shared_experts, 1);
     const std::size_t wide = std::max({I_, S, k_ * Im_, std::size_t(1)});
@@ -171,7 +203,7 @@ class DeepseekModel final : public models::Model {
     tok_ = DeviceBuffer<std::int32_t>(1), pos_ = DeviceBuffer<std::int32_t>(1);
     logits1_ = DeviceBuffer<float>(V_);
     staging_ = PinnedBuffer<std::int32_t>(2);
-    const int sms = device_info(opt.device).sm_count;
+    const int sms = device_info(opt_.device).sm_count;
     const std::size_t head_blocks = (H_ + 15) / 16;
     split_ = std::clamp<std::size_t>(std::size_t(sms) / head_blocks, 1, 256);
     workspace_ = DeviceBuffer<float>(mla_attention_workspace(1, H_, R_, split_));
@@ -180,17 +212,7 @@ class DeepseekModel final : public models::Model {
     stream_.synchronize();
   }
 
-  // ---- models::Model ----
-  std::unique_ptr<models::State> new_state(std::size_t capacity) const override {
-    check(capacity >= 1 && capacity <= max_context_, "cuda::DeepseekModel", "context of ", capacity,
-          " tokens: expected 1..", max_context_);
-    auto s = std::make_unique<CudaState>();
-    s->owner_ = this;
-    s->cap_ = capacity;
-    s->cache_ = DeviceBuffer<float>(L_ * capacity * (R_ + Dr_));
-    return s;
-  }
-
+ public:
   void forward(ThreadPool&, models::State& state, std::span<const std::int32_t> tokens,
                MatrixView<float> logits) const override {
     CudaState& s = own(state);
@@ -262,16 +284,20 @@ class DeepseekModel final : public models::Model {
   }
 
   static std::size_t elt(Fmt f) { return f == Fmt::f32 ? 4 : f == Fmt::bf16 ? 2 : 1; }
-  Fmt stored(models::WeightLoader& w, const std::string& name, bool dense, bool f32) const {
+  // The device format of matrix `name`: as stored (FP8 kept unless dense rows are needed, other
+  // non-bf16 dtypes as float32); random weights: bf16, or FP8 when asked and not dense.
+  Fmt stored(models::WeightLoader* w, const std::string& name, bool dense, bool f32) const {
     if (f32) return Fmt::f32;
-    const DType t = w.raw(name).dtype;
+    if (!w) return rnd_.fp8 && !dense ? Fmt::fp8 : Fmt::bf16;
+    const DType t = w->raw(name).dtype;
     if (t == DType::bf16) return Fmt::bf16;
     if (t == DType::f8_e4m3 && !dense) return Fmt::fp8;
     return Fmt::f32;
   }
   // Bytes of (rows, cols) tensor `name` in format f (fp8: raw bytes + scales appended to sc).
-  const std::byte* host_bytes(models::WeightLoader& w, const std::string& name, std::size_t rows,
-                              std::size_t cols, Fmt f, std::vector<float>* sc) {
+  static const std::byte* host_bytes(models::WeightLoader& w, const std::string& name,
+                                     std::size_t rows, std::size_t cols, Fmt f,
+                                     std::vector<float>* sc) {
     if (f == Fmt::fp8) {
       const models::RawTensor& t = w.raw(name);
       check(t.shape == std::vector<std::size_t>{rows, cols}, "cuda::DeepseekModel", name,
@@ -284,50 +310,86 @@ class DeepseekModel final : public models::Model {
       return reinterpret_cast<const std::byte*>(w.matrix<bf16>(name, rows, cols).data());
     return reinterpret_cast<const std::byte*>(w.matrix<float>(name, rows, cols).data());
   }
+  // A float vector: from the checkpoint, or uniform in [lo, hi) for random weights.
+  DeviceBuffer<float> vec(models::WeightLoader* w, const std::string& name, std::size_t n, float lo,
+                          float hi) {
+    if (w) return upload_floats(w->floats(name, n), n);
+    DeviceBuffer<float> b(n);
+    fill_uniform(b.data(), n, rnd_.seed * 1000003u + seed_++, lo, hi, stream_);
+    return b;
+  }
+  // Random contents of m (count matrices of rows x cols).
+  void randomize(Mat& m, std::size_t count) {
+    const std::size_t n = count * m.elems();
+    const float a = std::sqrt(3.0f / static_cast<float>(m.cols));
+    const std::uint64_t seed = rnd_.seed * 1000003u + seed_++;
+    switch (m.fmt) {
+      case Fmt::f32:
+        fill_uniform(reinterpret_cast<float*>(m.buf.data()), n, seed, -a, a, stream_);
+        break;
+      case Fmt::bf16:
+        fill_uniform(reinterpret_cast<bf16*>(m.buf.data()), n, seed, -a, a, stream_);
+        break;
+      case Fmt::fp8:
+        fill_uniform(reinterpret_cast<f8_e4m3*>(m.buf.data()), n, seed, -448.f, 448.f, stream_);
+        m.scale = DeviceBuffer<float>(count * m.scale_elems());
+        fill_uniform(m.scale.data(), m.scale.size(), seed + 1, 0.9f * a / 448.f, 1.1f * a / 448.f,
+                     stream_);
+        break;
+    }
+  }
   void note(const Mat& m, std::size_t count_read) {
     decode_bytes_ +=
         count_read * (m.elems() * elt(m.fmt) + m.scale_elems() * 4 * (m.fmt == Fmt::fp8));
     if (m.fmt == Fmt::fp8 || (m.fmt == Fmt::bf16 && format_ != "fp8_block"))
       format_ = m.fmt == Fmt::fp8 ? "fp8_block" : "bf16";
   }
-  Mat upload(models::WeightLoader& w, const std::string& name, std::size_t rows, std::size_t cols,
+  Mat upload(models::WeightLoader* w, const std::string& name, std::size_t rows, std::size_t cols,
              bool dense = false, bool f32 = false) {
     Mat m;
     m.fmt = stored(w, name, dense, f32);
     m.rows = rows, m.cols = cols;
-    std::vector<float> sc;
-    const std::byte* p = host_bytes(w, name, rows, cols, m.fmt, &sc);
     m.buf = DeviceBuffer<std::byte>(m.elems() * elt(m.fmt));
-    copy_to_device(m.buf.data(), p, m.buf.size(), stream_);
-    if (m.fmt == Fmt::fp8) {
-      m.scale = DeviceBuffer<float>(sc.size());
-      m.scale.upload(sc.data(), stream_);
+    if (!w) {
+      randomize(m, 1);
+    } else {
+      std::vector<float> sc;
+      const std::byte* p = host_bytes(*w, name, rows, cols, m.fmt, &sc);
+      copy_to_device(m.buf.data(), p, m.buf.size(), stream_);
+      if (m.fmt == Fmt::fp8) {
+        m.scale = DeviceBuffer<float>(sc.size());
+        m.scale.upload(sc.data(), stream_);
+      }
     }
     stream_.synchronize();
     note(m, name.find("embed_tokens") != std::string::npos ? 0 : 1);
     return m;
   }
-  Mat upload_experts(models::WeightLoader& w, const std::string& p, const std::string& suffix,
+  Mat upload_experts(models::WeightLoader* w, const std::string& p, const std::string& suffix,
                      std::size_t rows, std::size_t cols) {
     Mat m;
     m.fmt = stored(w, p + "0" + suffix, false, false);
     m.rows = rows, m.cols = cols, m.count = E_;
     const std::size_t bytes = m.elems() * elt(m.fmt);
     m.buf = DeviceBuffer<std::byte>(E_ * bytes);
-    std::vector<float> sc;
-    for (std::size_t e = 0; e < E_; ++e) {
-      const std::string name = p + std::to_string(e) + suffix;
-      check(stored(w, name, false, false) == m.fmt, "cuda::DeepseekModel", name,
-            ": experts of one layer must share a dtype");
-      const std::byte* b = host_bytes(w, name, rows, cols, m.fmt, &sc);
-      copy_to_device(m.buf.data() + e * bytes, b, bytes, stream_);
-      stream_.synchronize();  // b may be a converted copy
+    if (!w) {
+      randomize(m, E_);
+    } else {
+      std::vector<float> sc;
+      for (std::size_t e = 0; e < E_; ++e) {
+        const std::string name = p + std::to_string(e) + suffix;
+        check(stored(w, name, false, false) == m.fmt, "cuda::DeepseekModel", name,
+              ": experts of one layer must share a dtype");
+        const std::byte* b = host_bytes(*w, name, rows, cols, m.fmt, &sc);
+        copy_to_device(m.buf.data() + e * bytes, b, bytes, stream_);
+        stream_.synchronize();  // b may be a converted copy
+      }
+      if (m.fmt == Fmt::fp8) {
+        m.scale = DeviceBuffer<float>(sc.size());
+        m.scale.upload(sc.data(), stream_);
+      }
     }
-    if (m.fmt == Fmt::fp8) {
-      m.scale = DeviceBuffer<float>(sc.size());
-      m.scale.upload(sc.data(), stream_);
-      stream_.synchronize();
-    }
+    stream_.synchronize();
     note(m, k_);
     return m;
   }
@@ -465,6 +527,8 @@ class DeepseekModel final : public models::Model {
   }
 
   ModelOptions opt_;
+  RandomWeights rnd_{};
+  std::uint64_t seed_ = 0;  // random weights: one stream per tensor
   std::size_t d_ = 0, H_ = 0, V_ = 0, L_ = 0, Dn_ = 0, Dr_ = 0, Dv_ = 0, R_ = 0, Ql_ = 0, I_ = 0,
               Im_ = 0, E_ = 0, k_ = 0, n_group_ = 1, topk_group_ = 1;
   float eps_ = 1e-6f, scale_ = 1.f, attn_factor_ = 1.f, routed_scale_ = 1.f;
