@@ -93,8 +93,8 @@ TEST_CASE("GPU DeepSeek-V3 models match Hugging Face logits") {
     CHECK(m->weight_format() == (std::string(family) == "deepseek_v3_fp8" ? "fp8_block" : "float"));
     for (bool per_token : {false, true}) {
       const double e = ds_rel_err(ds_logits(*m, r, per_token), r.logits);
-      MESSAGE(family << (per_token ? " token by token" : " whole sequence")
-                     << ": max |err| / max |ref| = " << e);
+      MESSAGE(std::string(family) << (per_token ? " token by token" : " whole sequence")
+                                  << ": max |err| / max |ref| = " << e);
       CHECK(e <= 1e-4);
     }
     cuda::ModelOptions no_graphs;
