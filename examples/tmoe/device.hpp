@@ -1,6 +1,7 @@
 // examples/tmoe/device.hpp: `--device cpu|cuda` for the commands that run a model. With CUDA
 // (tmoe built with TMOE_ENABLE_CUDA and a CUDA toolkit: TMOE_WITH_CUDA), `cuda` loads the model
-// onto the GPU as cuda::GqaModel (dense Qwen2 / Llama); without it, `--device cuda` fails with one
+// onto the GPU as cuda::GqaModel (dense Qwen2 / Llama) or cuda::DeepseekModel (MLA configs:
+// DeepSeek-V3 / R1, V2); without it, `--device cuda` fails with one
 // line saying so.
 #pragma once
 
@@ -10,7 +11,7 @@
 #include "tmoe/core/error.hpp"
 #include "tmoe/models/model.hpp"
 #if defined(TMOE_WITH_CUDA)
-#include "tmoe/backend/cuda/gqa_model.hpp"
+#include "tmoe/backend/cuda/deepseek_model.hpp"
 #endif
 
 namespace tmoe::cli {
@@ -29,7 +30,7 @@ inline std::unique_ptr<models::Model> load_cuda_model([[maybe_unused]] const std
 #if defined(TMOE_WITH_CUDA)
   cuda::ModelOptions co;
   co.max_context = o.max_context;
-  return cuda::load_model(path, co);
+  return cuda::load_any_model(path, co);
 #else
   fail(op,
        "--device cuda: this tmoe was built without CUDA (configure with a CUDA toolkit and "

@@ -237,6 +237,31 @@ void gemv_fp8_block_gather(const f8_e4m3* wq, std::size_t ldw, std::size_t w_str
                            std::size_t x_stride, float* y, std::size_t out, std::size_t in,
                            StreamHandle s = nullptr);
 
+// The same with float activations (the float32 checkpoints, and fp32 activations throughout).
+void gemv_f32_gather(const float* w, std::size_t ldw, std::size_t w_stride, const std::int32_t* idx,
+                     std::size_t batch, const float* x, std::size_t x_stride, float* y,
+                     std::size_t out, std::size_t in, StreamHandle s = nullptr);
+void gemv_bf16_gather(const bf16* w, std::size_t ldw, std::size_t w_stride, const std::int32_t* idx,
+                      std::size_t batch, const float* x, std::size_t x_stride, float* y,
+                      std::size_t out, std::size_t in, StreamHandle s = nullptr);
+void gemv_fp8_block_gather(const f8_e4m3* wq, std::size_t ldw, std::size_t w_stride,
+                           const float* scale_inv, std::size_t scale_stride,
+                           const std::int32_t* idx, std::size_t batch, const float* x,
+                           std::size_t x_stride, float* y, std::size_t out, std::size_t in,
+                           StreamHandle s = nullptr);
+// MoE combine: out[t, i] = sum_{b < k} weight[t, b] y[t, b, i] + shared[t, i] (shared may be
+// nullptr); y (T, k, d), weight (T, k) (the router's), out (T, d), all float.
+void moe_combine(const float* y, const float* weight, std::size_t k, const float* shared,
+                 float* out, std::size_t d, std::size_t T, StreamHandle s = nullptr);
+
+// x[i] = T(uniform in [lo, hi)) from a counter-based generator (random.cuh): benchmark weights.
+void fill_uniform(float* x, std::size_t n, std::uint64_t seed, float lo, float hi,
+                  StreamHandle s = nullptr);
+void fill_uniform(bf16* x, std::size_t n, std::uint64_t seed, float lo, float hi,
+                  StreamHandle s = nullptr);
+void fill_uniform(f8_e4m3* x, std::size_t n, std::uint64_t seed, float lo, float hi,
+                  StreamHandle s = nullptr);
+
 // ---- fused elementwise and row ops ------------------------------------------------------------
 // Residual add + RMSNorm over `rows` rows of width `dim` (HF order, pitfall 1 of r1-architecture):
 //   h = residual + x (stored back into residual, rounded to T);
@@ -326,6 +351,42 @@ void gqa_decode_attention(const float* qkv, const float* bias, float* k_cache, f
                           std::size_t D, const float* inv_freq, float attn_factor, float scale,
                           float* out, std::size_t n_split, float* workspace,
                           StreamHandle s = nullptr);
+
+// ---- DeepSeek MLA, absorbed decode over the latent cache (mla.cuh has the design) ------------
+// H heads, Dn / Dr / Dv the nope / rope / value head dims, R = kv_lora_rank, K = R + Dr. The
+// cache is float (cap, K): row p = [c_p (R) | k_pe_p (Dr)]. kv_b is kv_b_proj (H (Dn + Dv), R).
+// Needs R % 4 == 0, Dr % 4 == 0, R <= 512, Dn + Dr <= 1024 and the attention's shared memory
+// (about 4 (80 K + 4900) bytes) within the device's per-block limit (R1: K = 576, 204 KB).
+// cache[pos[t]] = [RMSNorm(kv[t, 0:R]) * norm_weight | RoPE(kv[t, R:K]) at pos[t]]: kv (T, ld_kv)
+// is kv_a_proj's output; RoPE as rope() (inv_freq (Dr / 2), cos / sin times attn_factor).
+void mla_kv_store(const float* kv, std::size_t ld_kv, const float* norm_weight, float eps,
+                  std::size_t T, std::size_t R, std::size_t Dr, const std::int32_t* pos,
+                  const float* inv_freq, float attn_factor, RopeLayout layout, float* cache,
+                  StreamHandle s = nullptr);
+// qa (T, H, K): qa[t, h] = [W_UK[h]^T q[t, h, 0:Dn] | q[t, h, Dn:Dn+Dr]], q (T, ld_q) holding
+// (H, Dn + Dr) per token (q_pe already roped).
+void mla_absorb_q(const bf16* kv_b, const float* q, std::size_t ld_q, float* qa, std::size_t T,
+                  std::size_t H, std::size_t Dn, std::size_t Dr, std::size_t Dv, std::size_t R,
+                  StreamHandle s = nullptr);
+void mla_absorb_q(const float* kv_b, const float* q, std::size_t ld_q, float* qa, std::size_t T,
+                  std::size_t H, std::size_t Dn, std::size_t Dr, std::size_t Dv, std::size_t R,
+                  StreamHandle s = nullptr);
+// ctx (T, H, R): ctx[t, h] = sum_{j <= pos[t]} softmax_j(scale qa[t, h] . cache[j]) cache[j, 0:R].
+// The keys of each token are cut into up to n_split (1..256) slices of >= 64 keys (chosen on the
+// device from pos[t]) and merged; n_split > 1 needs mla_attention_workspace(T, H, R, n_split)
+// floats of workspace.
+std::size_t mla_attention_workspace(std::size_t T, std::size_t H, std::size_t R,
+                                    std::size_t n_split);
+void mla_attention(const float* qa, const float* cache, const std::int32_t* pos, std::size_t T,
+                   std::size_t H, std::size_t R, std::size_t Dr, float scale, float* ctx,
+                   std::size_t n_split, float* workspace, StreamHandle s = nullptr);
+// o (T, ld_o): o[t, h Dv + i] = W_UV[h][i] . ctx[t, h].
+void mla_absorb_out(const bf16* kv_b, const float* ctx, float* o, std::size_t ld_o, std::size_t T,
+                    std::size_t H, std::size_t Dn, std::size_t Dv, std::size_t R,
+                    StreamHandle s = nullptr);
+void mla_absorb_out(const float* kv_b, const float* ctx, float* o, std::size_t ld_o, std::size_t T,
+                    std::size_t H, std::size_t Dn, std::size_t Dv, std::size_t R,
+                    StreamHandle s = nullptr);
 
 // idx[r] = argmax of row r of logits (rows, V) (first index of the largest value; 0 if a row is
 // all NaN). With advance != nullptr (rows == 1): p = *advance; *advance = p + 1; and, with

@@ -21,8 +21,11 @@
 #include "tmoe/backend/cuda/attention.cuh"
 #include "tmoe/backend/cuda/check.cuh"
 #include "tmoe/backend/cuda/gemv.cuh"
+#include "tmoe/backend/cuda/mla.cuh"
 #include "tmoe/backend/cuda/model_ops.cuh"
+#include "tmoe/backend/cuda/moe.cuh"
 #include "tmoe/backend/cuda/norm.cuh"
+#include "tmoe/backend/cuda/random.cuh"
 #include "tmoe/backend/cuda/rope.cuh"
 #include "tmoe/backend/cuda/router.cuh"
 #include "tmoe/backend/cuda/swiglu.cuh"
@@ -295,6 +298,55 @@ void gemv_fp8_block_gather(const f8_e4m3* wq, std::size_t ldw, std::size_t w_str
                                scale_stride, idx, batch, x, x_stride, y, out, in, s);
 }
 
+void gemv_f32_gather(const float* w, std::size_t ldw, std::size_t w_stride, const std::int32_t* idx,
+                     std::size_t batch, const float* x, std::size_t x_stride, float* y,
+                     std::size_t out, std::size_t in, StreamHandle s) {
+  api_detail::gemv_gather_impl("cuda::gemv_f32_gather", w, ldw, w_stride, nullptr, 0, idx, batch, x,
+                               x_stride, y, out, in, s);
+}
+void gemv_bf16_gather(const bf16* w, std::size_t ldw, std::size_t w_stride, const std::int32_t* idx,
+                      std::size_t batch, const float* x, std::size_t x_stride, float* y,
+                      std::size_t out, std::size_t in, StreamHandle s) {
+  api_detail::gemv_gather_impl("cuda::gemv_bf16_gather", w, ldw, w_stride, nullptr, 0, idx, batch,
+                               x, x_stride, y, out, in, s);
+}
+void gemv_fp8_block_gather(const f8_e4m3* wq, std::size_t ldw, std::size_t w_stride,
+                           const float* scale_inv, std::size_t scale_stride,
+                           const std::int32_t* idx, std::size_t batch, const float* x,
+                           std::size_t x_stride, float* y, std::size_t out, std::size_t in,
+                           StreamHandle s) {
+  api_detail::gemv_gather_impl("cuda::gemv_fp8_block_gather", wq, ldw, w_stride, scale_inv,
+                               scale_stride, idx, batch, x, x_stride, y, out, in, s);
+}
+void moe_combine(const float* y, const float* weight, std::size_t k, const float* shared,
+                 float* out, std::size_t d, std::size_t T, StreamHandle s) {
+  constexpr const char* op = "cuda::moe_combine";
+  api_detail::check_size(op, "k", k);
+  api_detail::check_size(op, "d", d);
+  check(T <= 65535, op, "T: at most 65535 tokens per call, got ", T);
+  if (T == 0 || d == 0) return;
+  check(y && weight && out, op, "null pointer: y, weight and out are required");
+  const cudaError_t e = launch_moe_combine(y, weight, int(k), shared, out, int(d), int(T), s);
+  if (e != cudaSuccess) fail_call(op, "kernel launch", e);
+}
+
+void fill_uniform(float* x, std::size_t n, std::uint64_t seed, float lo, float hi, StreamHandle s) {
+  check(x || n == 0, "cuda::fill_uniform", "null pointer");
+  const cudaError_t e = launch_fill_uniform(x, n, seed, lo, hi, s);
+  if (e != cudaSuccess) fail_call("cuda::fill_uniform", "kernel launch", e);
+}
+void fill_uniform(bf16* x, std::size_t n, std::uint64_t seed, float lo, float hi, StreamHandle s) {
+  check(x || n == 0, "cuda::fill_uniform", "null pointer");
+  const cudaError_t e = launch_fill_uniform(x, n, seed, lo, hi, s);
+  if (e != cudaSuccess) fail_call("cuda::fill_uniform", "kernel launch", e);
+}
+void fill_uniform(f8_e4m3* x, std::size_t n, std::uint64_t seed, float lo, float hi,
+                  StreamHandle s) {
+  check(x || n == 0, "cuda::fill_uniform", "null pointer");
+  const cudaError_t e = launch_fill_uniform(x, n, seed, lo, hi, s);
+  if (e != cudaSuccess) fail_call("cuda::fill_uniform", "kernel launch", e);
+}
+
 // ---- norms, RoPE, SwiGLU --------------------------------------------------------------------
 namespace api_detail {
 template <class T>
@@ -534,6 +586,112 @@ void gqa_attention(const float* q, std::size_t ld_q, const float* k_cache, const
                 int(n_split),
                 scale};
   const cudaError_t e = launch_gqa_attention(a, int(D), int(T), s);
+  if (e != cudaSuccess) fail_call(op, "kernel launch", e);
+}
+
+namespace api_detail {
+void check_mla_dims(std::string_view op, std::size_t R, std::size_t Dr) {
+  check(R >= 4 && R % 4 == 0 && R <= std::size_t(kMlaMaxR), op,
+        "kv_lora_rank: expected a multiple of 4 in [4, ", kMlaMaxR, "], got ", R);
+  check(Dr >= 4 && Dr % 4 == 0, op, "qk_rope_head_dim: expected a multiple of 4, got ", Dr);
+}
+template <class W>
+void mla_absorb_q_impl(const W* kv_b, const float* q, std::size_t ld_q, float* qa, std::size_t T,
+                       std::size_t H, std::size_t Dn, std::size_t Dr, std::size_t Dv, std::size_t R,
+                       StreamHandle s) {
+  constexpr const char* op = "cuda::mla_absorb_q";
+  check_mla_dims(op, R, Dr);
+  check(Dn >= 1 && Dv >= 1 && Dn + Dr <= std::size_t(kMlaMaxK), op,
+        "head dims: expected Dn, Dv >= 1 and Dn + Dr <= ", kMlaMaxK, ", got Dn ", Dn, ", Dr ", Dr);
+  check(ld_q >= H * (Dn + Dr), op, "ld_q: expected >= H (Dn + Dr) = ", H * (Dn + Dr), ", got ",
+        ld_q);
+  check(H >= 1 && H <= 65535 && T <= 65535, op, "H in 1..65535 and T <= 65535, got H ", H, ", T ",
+        T);
+  if (T == 0) return;
+  check(kv_b && q && qa, op, "null pointer: kv_b, q and qa are required");
+  const cudaError_t e = launch(mla_absorb_q_kernel<W>, dim3(unsigned(H), unsigned(T)), dim3(256), 0,
+                               s, kv_b, q, ld_q, qa, int(Dn), int(Dr), int(Dv), int(R));
+  if (e != cudaSuccess) fail_call(op, "kernel launch", e);
+}
+template <class W>
+void mla_absorb_out_impl(const W* kv_b, const float* ctx, float* o, std::size_t ld_o, std::size_t T,
+                         std::size_t H, std::size_t Dn, std::size_t Dv, std::size_t R,
+                         StreamHandle s) {
+  constexpr const char* op = "cuda::mla_absorb_out";
+  check(R >= 1 && Dn >= 1 && Dv >= 1 && H >= 1, op, "dims: expected H, Dn, Dv, R >= 1");
+  check(ld_o >= H * Dv, op, "ld_o: expected >= H Dv = ", H * Dv, ", got ", ld_o);
+  check(H * Dv <= kIntMax && T <= 65535, op, "H Dv and T too large: ", H * Dv, ", ", T);
+  if (T == 0) return;
+  check(kv_b && ctx && o, op, "null pointer: kv_b, ctx and o are required");
+  const unsigned rows_per_block = 256 / kWarpSize;
+  const dim3 grid(unsigned((H * Dv + rows_per_block - 1) / rows_per_block), unsigned(T));
+  const cudaError_t e = launch(mla_absorb_out_kernel<W>, grid, dim3(256), 0, s, kv_b, ctx, o, ld_o,
+                               int(H), int(Dn), int(Dv), int(R));
+  if (e != cudaSuccess) fail_call(op, "kernel launch", e);
+}
+}  // namespace api_detail
+
+void mla_kv_store(const float* kv, std::size_t ld_kv, const float* norm_weight, float eps,
+                  std::size_t T, std::size_t R, std::size_t Dr, const std::int32_t* pos,
+                  const float* inv_freq, float attn_factor, RopeLayout layout, float* cache,
+                  StreamHandle s) {
+  constexpr const char* op = "cuda::mla_kv_store";
+  api_detail::check_mla_dims(op, R, Dr);
+  check(ld_kv >= R + Dr, op, "ld_kv: expected >= R + Dr = ", R + Dr, ", got ", ld_kv);
+  check(T <= 65535, op, "T: at most 65535 tokens per call, got ", T);
+  if (T == 0) return;
+  check(kv && norm_weight && pos && inv_freq && cache, op,
+        "null pointer: kv, norm_weight, pos, inv_freq and cache are required");
+  const cudaError_t e =
+      launch(mla_kv_store_kernel, dim3(unsigned(T)), dim3(256), 0, s, kv, ld_kv, norm_weight, eps,
+             int(R), int(Dr), pos, inv_freq, attn_factor, layout == RopeLayout::interleaved, cache);
+  if (e != cudaSuccess) fail_call(op, "kernel launch", e);
+}
+void mla_absorb_q(const bf16* kv_b, const float* q, std::size_t ld_q, float* qa, std::size_t T,
+                  std::size_t H, std::size_t Dn, std::size_t Dr, std::size_t Dv, std::size_t R,
+                  StreamHandle s) {
+  api_detail::mla_absorb_q_impl(kv_b, q, ld_q, qa, T, H, Dn, Dr, Dv, R, s);
+}
+void mla_absorb_q(const float* kv_b, const float* q, std::size_t ld_q, float* qa, std::size_t T,
+                  std::size_t H, std::size_t Dn, std::size_t Dr, std::size_t Dv, std::size_t R,
+                  StreamHandle s) {
+  api_detail::mla_absorb_q_impl(kv_b, q, ld_q, qa, T, H, Dn, Dr, Dv, R, s);
+}
+void mla_absorb_out(const bf16* kv_b, const float* ctx, float* o, std::size_t ld_o, std::size_t T,
+                    std::size_t H, std::size_t Dn, std::size_t Dv, std::size_t R, StreamHandle s) {
+  api_detail::mla_absorb_out_impl(kv_b, ctx, o, ld_o, T, H, Dn, Dv, R, s);
+}
+void mla_absorb_out(const float* kv_b, const float* ctx, float* o, std::size_t ld_o, std::size_t T,
+                    std::size_t H, std::size_t Dn, std::size_t Dv, std::size_t R, StreamHandle s) {
+  api_detail::mla_absorb_out_impl(kv_b, ctx, o, ld_o, T, H, Dn, Dv, R, s);
+}
+std::size_t mla_attention_workspace(std::size_t T, std::size_t H, std::size_t R,
+                                    std::size_t n_split) {
+  return n_split <= 1 ? 0 : T * H * n_split * (R + 1);
+}
+void mla_attention(const float* qa, const float* cache, const std::int32_t* pos, std::size_t T,
+                   std::size_t H, std::size_t R, std::size_t Dr, float scale, float* ctx,
+                   std::size_t n_split, float* workspace, StreamHandle s) {
+  constexpr const char* op = "cuda::mla_attention";
+  api_detail::check_mla_dims(op, R, Dr);
+  check(n_split >= 1 && n_split <= std::size_t(kMlaMaxSplit), op, "n_split: expected 1..",
+        kMlaMaxSplit, ", got ", n_split);
+  check(H >= 1 && T <= 65535 && T * H <= api_detail::kIntMax, op,
+        "H >= 1 and T <= 65535 expected, got H ", H, ", T ", T);
+  const std::size_t smem = mla_smem_floats(int(R + Dr)) * sizeof(float);
+  int dev = 0, limit = 0;
+  TMOE_CUDA_CHECK(op, cudaGetDevice(&dev));
+  TMOE_CUDA_CHECK(op, cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  check(smem <= std::size_t(limit), op, "R + Dr = ", R + Dr, " needs ", smem,
+        " bytes of shared memory per block, the device allows ", limit);
+  if (T == 0) return;
+  check(qa && cache && pos && ctx, op, "null pointer: qa, cache, pos and ctx are required");
+  check(n_split == 1 || workspace, op, "n_split > 1 needs a workspace");
+  MlaAttnArgs a{qa,           cache,     pos,
+                ctx,          workspace, workspace ? workspace + T * H * n_split * R : nullptr,
+                int(H),       int(R),    int(Dr),
+                int(n_split), scale};
+  const cudaError_t e = launch_mla_attention(a, int(T), s);
   if (e != cudaSuccess) fail_call(op, "kernel launch", e);
 }
 

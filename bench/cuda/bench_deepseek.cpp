@@ -1,0 +1,121 @@
+// bench_cuda_deepseek: decode ms/token of cuda::DeepseekModel at DeepSeek-R1's real shape, as a
+// pair of layers (one dense, one MoE: first_k_dense_replace 1) with the 129280-row embedding and
+// LM head: hidden 7168, 128 heads, q_lora 1536, kv_lora 512, 256 routed experts top-8 in 8 groups
+// (top-4 groups), 1 shared, moe_intermediate 2048, dense intermediate 18432. Random weights made
+// on the device (never zeros), bf16 and FP8-block (kv_b, embedding and head bf16, the router
+// float32, as in R1's checkpoint).
+//
+//   bench_cuda_deepseek [--context N] [--tokens N] [--layers N]
+//
+// Per format: feeds `context` tokens through the one-token decode graph, then times `tokens` more
+// decode steps, each between two CUDA events on the model's stream (token and position upload,
+// graph replay), and prints the median and the 10th / 90th percentiles; the weight bytes one
+// token reads (active experts only) over the median gives the achieved bandwidth, and over the
+// device-to-device copy bandwidth measured first (2 GiB, bytes read + written) the bytes floor.
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "tmoe/backend/cuda/deepseek_model.hpp"
+
+using namespace tmoe;
+
+namespace {
+
+io::ModelConfig r1_pair(std::size_t layers) {
+  io::ModelConfig c;
+  c.family = io::Family::deepseek_v3;
+  c.model_type = "deepseek_v3";
+  c.vocab_size = 129280, c.hidden_size = 7168, c.num_hidden_layers = layers;
+  c.intermediate_size = 18432;
+  c.num_attention_heads = c.num_key_value_heads = 128;
+  c.max_position_embeddings = 163840;
+  c.norm_eps = 1e-6;
+  c.q_lora_rank = 1536, c.kv_lora_rank = 512;
+  c.qk_nope_head_dim = 128, c.qk_rope_head_dim = 64, c.v_head_dim = 128, c.head_dim = 64;
+  c.n_routed_experts = 256, c.num_experts_per_tok = 8, c.n_shared_experts = 1;
+  c.moe_intermediate_size = 2048, c.first_k_dense_replace = 1;
+  c.n_group = 8, c.topk_group = 4, c.routed_scaling_factor = 2.5;
+  c.topk_method = io::TopkMethod::noaux_tc, c.scoring_func = io::ScoringFunc::sigmoid;
+  c.norm_topk_prob = true;
+  c.rope.type = io::RopeType::yarn;
+  c.rope.theta = 10000.0, c.rope.factor = 40.0, c.rope.original_max_position_embeddings = 4096;
+  c.rope.beta_fast = 32.0, c.rope.beta_slow = 1.0, c.rope.mscale = 1.0, c.rope.mscale_all_dim = 1.0;
+  c.rope.interleave = true;
+  return c;
+}
+
+double copy_gbs() {
+  const std::size_t bytes = std::size_t(2) << 30;
+  cuda::DeviceBuffer<float> a(bytes / 4), b(bytes / 4);
+  cuda::fill_uniform(a.data(), a.size(), 3, -1.f, 1.f);
+  cuda::Event e0, e1;
+  std::vector<float> ms;
+  for (int i = 0; i < 12; ++i) {
+    e0.record(nullptr);
+    cuda::copy_device(b.data(), a.data(), bytes);
+    e1.record(nullptr);
+    cuda::synchronize_device();
+    if (i >= 2) ms.push_back(e1.since(e0));
+  }
+  std::sort(ms.begin(), ms.end());
+  return 2.0 * double(bytes) / (ms[ms.size() / 2] * 1e-3) / 1e9;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::size_t context = 512, tokens = 64, layers = 2;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    if (!std::strcmp(argv[i], "--context")) context = std::strtoul(argv[i + 1], nullptr, 10);
+    if (!std::strcmp(argv[i], "--tokens")) tokens = std::strtoul(argv[i + 1], nullptr, 10);
+    if (!std::strcmp(argv[i], "--layers")) layers = std::strtoul(argv[i + 1], nullptr, 10);
+  }
+  if (cuda::device_count() == 0) {
+    std::printf("bench_cuda_deepseek: skipped: no CUDA device\n");
+    return 77;
+  }
+  const cuda::DeviceInfo dev = cuda::device_info(0);
+  const double bw = copy_gbs();
+  std::printf("%s, %d SMs; device-to-device copy %.1f GB/s (read + write)\n", dev.name,
+              dev.sm_count, bw);
+  const io::ModelConfig cfg = r1_pair(layers);
+  std::printf(
+      "DeepSeek-R1 shape, %zu layers (first dense, then MoE), context %zu, %zu timed "
+      "tokens\n\n",
+      layers, context, tokens);
+  std::printf(
+      "| tmoe cuda::DeepseekModel | ms/token (median) | p10 | p90 | weight MB/token | "
+      "GB/s | bytes floor ms | floor / median |\n");
+  std::printf("| --- | --- | --- | --- | --- | --- | --- | --- |\n");
+  for (const bool fp8 : {false, true}) {
+    cuda::ModelOptions opt;
+    opt.max_context = context + tokens + 1;
+    cuda::DeepseekModel::RandomWeights rw;
+    rw.seed = 7, rw.fp8 = fp8;
+    cuda::DeepseekModel m(cfg, rw, opt);
+    auto st = m.new_state(context + tokens + 1);
+    for (std::size_t t = 0; t < context; ++t)
+      m.decode(*st, std::int32_t((t * 7919 + 13) % cfg.vocab_size));
+    m.synchronize();
+    cuda::Event a, b;
+    std::vector<float> ms;
+    for (std::size_t t = 0; t < tokens; ++t) {
+      a.record(m.stream());
+      m.decode(*st, std::int32_t((t * 104729 + 7) % cfg.vocab_size));
+      b.record(m.stream());
+      m.synchronize();
+      ms.push_back(b.since(a));
+    }
+    std::sort(ms.begin(), ms.end());
+    const double med = ms[ms.size() / 2], p10 = ms[ms.size() / 10], p90 = ms[ms.size() * 9 / 10];
+    const double mb = double(m.decode_weight_bytes()) / 1e6;
+    const double floor_ms = mb * 1e6 / (bw * 1e9) * 1e3;
+    std::printf("| %s | %.3f | %.3f | %.3f | %.1f | %.1f | %.3f | %.3f |\n",
+                m.weight_format().c_str(), med, p10, p90, mb, mb * 1e6 / (med * 1e-3) / 1e9,
+                floor_ms, floor_ms / med);
+  }
+  return 0;
+}

@@ -1,0 +1,2 @@
+// The one nvcc translation unit of bench_cuda_deepseek: the CUDA backend's definitions.
+#include "tmoe/backend/cuda/api_impl.cuh"

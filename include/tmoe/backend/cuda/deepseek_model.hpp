@@ -1,0 +1,563 @@
+// tmoe/backend/cuda/deepseek_model.hpp: a whole DeepSeek-V3 / R1 (and V2 with softmax greedy
+// routing) decoder on one CUDA device, behind the same models::Model interface as the CPU models
+// and cuda::GqaModel, so `tmoe logits/generate --device cuda` run it.
+//
+// Host C++ only (any C++20 compiler): it drives the GPU through the launchers of api.hpp, so the
+// program also needs the one nvcc translation unit that includes api_impl.cuh.
+//
+// Per token (section 4-6 of r1-architecture.md), every layer:
+//   x = rmsnorm(h)                            (fused with h += the previous layer's output)
+//   MLA, absorbed (mla.cuh): q = q_b(rmsnorm(q_a x)) or q_proj x; kv = kv_a x; RoPE on q_pe;
+//     mla_kv_store (RMSNorm of the latent + RoPE of k_pe into the layer's latent cache at pos);
+//     mla_absorb_q (W_UK), mla_attention (flash decoding over the cache), mla_absorb_out (W_UV);
+//     r = o_proj(...)
+//   x = rmsnorm(h += r)
+//   dense layers: r = down(silu(gate x) * up x)
+//   MoE layers: logits = gate x (float32 router weight); router on the device (sigmoid
+//     group-limited noaux_tc with e_score_correction_bias, or softmax top-k); the top-k experts'
+//     gate and up rows as two gathered GEMVs (only the chosen experts' weights are read), SwiGLU,
+//     the gathered down GEMV, then r = sum_k w_k y_k + shared experts' output (moe_combine).
+// then the final norm and the LM head. Tokens run one at a time: a one-token step is captured once
+// per state as a CUDA graph (token and position in device memory) and replayed for every token,
+// prompt included (a prefill with GEMMs is not written yet).
+//
+// Weights come through models::WeightSource and are uploaded once, kept in their stored format:
+// bf16 stays bf16, F8_E4M3 with weight_scale_inv blocks stays FP8 (block-scaled GEMVs dequantize in
+// registers), other float dtypes become float32. Exceptions: the router weight is float32,
+// kv_b_proj is float32 or bf16 (the absorbed attention reads its rows; FP8 kv_b is dequantized to
+// float32 like the CPU model's absorbed form), and the embedding and LM head are float32 or bf16
+// (R1 keeps both bf16). Norm weights,
+// biases, activations and the latent cache are float32, so the model agrees with the CPU model up
+// to summation order.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "tmoe/backend/cuda/api.hpp"
+#include "tmoe/backend/cuda/gqa_model.hpp"
+#include "tmoe/core/error.hpp"
+#include "tmoe/io/config.hpp"
+#include "tmoe/layers/rope.hpp"
+#include "tmoe/models/model.hpp"
+#include "tmoe/models/weights.hpp"
+
+namespace tmoe::cuda {
+
+class DeepseekModel final : public models::Model {
+ public:
+  class CudaState final : public models::State {
+   public:
+    std::size_t size() const override { return size_; }
+    std::size_t capacity() const override { return cap_; }
+    void truncate(std::size_t n) override {
+      check(n <= size_, "cuda::DeepseekModel", "cannot truncate to ", n, ", holds ", size_);
+      size_ = n;
+    }
+
+   private:
+    friend class DeepseekModel;
+    const DeepseekModel* owner_ = nullptr;
+    std::size_t size_ = 0, cap_ = 0;
+    DeviceBuffer<float> cache_;  // (L, cap, R + Dr)
+    Graph step_;
+  };
+
+  DeepseekModel(const io::ModelConfig& c, std::shared_ptr<const models::WeightSource> src,
+                const ModelOptions& opt = {})
+      : Model(c, context_limit(c, opt)), opt_(opt) {
+    models::WeightLoader w(src);
+    init(c, &w, src->where());
+  }
+
+  // Random weights made on the device (benchmarks at real sizes): matrices uniform in
+  // +-sqrt(3 / in) (unit-variance outputs), stored bf16, or FP8-block (e4m3 values over the whole
+  // range, block scales near sqrt(3 / in) / 448) when fp8; kv_b_proj and the embedding bf16, the
+  // router float32; norm weights in [0.8, 1.2], the router bias in [0, 0.1]. Never zeros.
+  struct RandomWeights {
+    std::uint64_t seed = 1;
+    bool fp8 = false;
+  };
+  DeepseekModel(const io::ModelConfig& c, const RandomWeights& rnd, const ModelOptions& opt = {})
+      : Model(c, context_limit(c, opt)), opt_(opt), rnd_(rnd) {
+    init(c, nullptr, "random weights");
+  }
+
+  // ---- models::Model ----
+  std::unique_ptr<models::State> new_state(std::size_t capacity) const override {
+    check(capacity >= 1 && capacity <= max_context_, "cuda::DeepseekModel", "context of ", capacity,
+          " tokens: expected 1..", max_context_);
+    auto s = std::make_unique<CudaState>();
+    s->owner_ = this;
+    s->cap_ = capacity;
+    s->cache_ = DeviceBuffer<float>(L_ * capacity * (R_ + Dr_));
+    return s;
+  }
+
+ private:
+  // w: the checkpoint, or nullptr for random weights.
+  void init(const io::ModelConfig& c, models::WeightLoader* w, const std::string& where) {
+    const char* op = "cuda::DeepseekModel";
+    check(c.is_mla(), op, where, ": family ", io::family_name(c.family),
+          " has no MLA attention (kv_lora_rank 0); use cuda::GqaModel");
+    check(c.hidden_act == "silu", op, where, ": hidden_act ", c.hidden_act,
+          " is not supported (silu)");
+    for (std::size_t l = 0; l <= c.num_hidden_layers; ++l)
+      check(c.norm_of_layer(l) == io::NormType::rmsnorm, op, where,
+            ": LayerNorm layers are not supported on CUDA (RMSNorm only)");
+    d_ = c.hidden_size, H_ = c.num_attention_heads, V_ = c.vocab_size, L_ = c.num_hidden_layers;
+    Dn_ = c.qk_nope_head_dim, Dr_ = c.qk_rope_head_dim, Dv_ = c.v_head_dim, R_ = c.kv_lora_rank;
+    Ql_ = c.q_lora_rank, I_ = c.intermediate_size, Im_ = c.moe_intermediate_size;
+    E_ = c.n_routed_experts, k_ = c.num_experts_per_tok;
+    if (c.is_moe()) {
+      if (c.topk_method == io::TopkMethod::noaux_tc) {
+        check(c.scoring_func == io::ScoringFunc::sigmoid, op, where,
+              ": noaux_tc routing needs scoring_func sigmoid");
+        sigmoid_router_ = true;
+      } else {
+        check(c.topk_method == io::TopkMethod::greedy && c.scoring_func == io::ScoringFunc::softmax,
+              op, where,
+              ": routing group_limited_greedy is not supported on CUDA (noaux_tc and greedy are)");
+      }
+      check(E_ <= 1024 && k_ >= 1 && k_ <= 32 && c.n_group >= 1 && c.n_group <= 32, op, where,
+            ": router limits: at most 1024 experts, top-k 1..32, 1..32 groups");
+    }
+    eps_ = static_cast<float>(c.norm_eps);
+    set_device(opt_.device);
+
+    const RopeFrequencies f =
+        rope_frequencies(models::detail::rope_config(c, Dr_, c.rope.interleave));
+    layout_ = c.rope.interleave ? RopeLayout::interleaved : RopeLayout::half_split;
+    attn_factor_ = f.attention_factor;
+    scale_ = 1.0f / std::sqrt(static_cast<float>(Dn_ + Dr_)) * f.softmax_scale_factor;
+    inv_freq_ = upload_floats(f.inv_freq.data(), f.inv_freq.size());
+
+    const std::size_t Dq = Dn_ + Dr_;
+    layers_.resize(L_);
+    for (std::size_t l = 0; l < L_; ++l) {
+      Layer& y = layers_[l];
+      const std::string p = models::detail::layer_prefix(l), a = p + "self_attn.";
+      if (Ql_ > 0) {
+        y.q_a = upload(w, a + "q_a_proj.weight", Ql_, d_);
+        y.q_a_norm = vec(w, a + "q_a_layernorm.weight", Ql_, 0.8f, 1.2f);
+        y.q_b = upload(w, a + "q_b_proj.weight", H_ * Dq, Ql_);
+      } else {
+        y.q = upload(w, a + "q_proj.weight", H_ * Dq, d_);
+      }
+      y.kv_a = upload(w, a + "kv_a_proj_with_mqa.weight", R_ + Dr_, d_);
+      y.kv_a_norm = vec(w, a + "kv_a_layernorm.weight", R_, 0.8f, 1.2f);
+      y.kv_b = upload(w, a + "kv_b_proj.weight", H_ * (Dn_ + Dv_), R_, /*dense=*/true);
+      y.o = upload(w, a + "o_proj.weight", d_, H_ * Dv_);
+      y.norm1 = vec(w, p + "input_layernorm.weight", d_, 0.8f, 1.2f);
+      y.norm2 = vec(w, p + "post_attention_layernorm.weight", d_, 0.8f, 1.2f);
+      const std::string m = p + "mlp.";
+      y.moe = c.is_moe_layer(l);
+      if (!y.moe) {
+        y.gate = upload(w, m + "gate_proj.weight", I_, d_);
+        y.up = upload(w, m + "up_proj.weight", I_, d_);
+        y.down = upload(w, m + "down_proj.weight", d_, I_);
+        continue;
+      }
+      y.router = upload(w, m + "gate.weight", E_, d_, /*dense=*/true, /*f32=*/true);
+      if (sigmoid_router_)
+        y.router_bias = vec(w, m + "gate.e_score_correction_bias", E_, 0.f, 0.1f);
+      y.gate = upload_experts(w, m + "experts.", ".gate_proj.weight", Im_, d_);
+      y.up = upload_experts(w, m + "experts.", ".up_proj.weight", Im_, d_);
+      y.down = upload_experts(w, m + "experts.", ".down_proj.weight", d_, Im_);
+      if (c.n_shared_experts > 0) {
+        const std::size_t S = Im_ * c.n_shared_experts;
+        y.sh_gate = upload(w, m + "shared_experts.gate_proj.weight", S, d_);
+        y.sh_up = upload(w, m + "shared_experts.up_proj.weight", S, d_);
+        y.sh_down = upload(w, m + "shared_experts.down_proj.weight", d_, S);
+      }
+    }
+    embed_ = upload(w, "model.embed_tokens.weight", V_, d_, /*dense=*/true);
+    head_ = upload(w,
+                   (c.tie_word_embeddings || (w && !w->has("lm_head.weight")))
+                       ? "model.embed_tokens.weight"
+                       : "lm_head.weight",
+                   V_, d_, /*dense=*/true);
+    final_norm_ = vec(w, "model.norm.weight", d_, 0.8f, 1.2f);
+
+    const std::size_t S = Im_ * std::max<std::size_t>(c.n_shared_experts, 1);
+    const std::size_t wide = std::max({I_, S, k_ * Im_, std::size_t(1)});
+    h_ = DeviceBuffer<float>(d_), x_ = DeviceBuffer<float>(d_), r_ = DeviceBuffer<float>(d_);
+    cq_ = DeviceBuffer<float>(std::max<std::size_t>(Ql_, 1));
+    cqn_ = DeviceBuffer<float>(std::max<std::size_t>(Ql_, 1));
+    q_ = DeviceBuffer<float>(H_ * Dq), kv_ = DeviceBuffer<float>(R_ + Dr_);
+    qa_ = DeviceBuffer<float>(H_ * (R_ + Dr_)), ctx_ = DeviceBuffer<float>(H_ * R_);
+    o_ = DeviceBuffer<float>(H_ * Dv_);
+    g_ = DeviceBuffer<float>(wide), u_ = DeviceBuffer<float>(wide),
+    act_ = DeviceBuffer<float>(wide);
+    rlog_ = DeviceBuffer<float>(std::max<std::size_t>(E_, 1));
+    ridx_ = DeviceBuffer<std::int32_t>(std::max<std::size_t>(k_, 1));
+    rw_ = DeviceBuffer<float>(std::max<std::size_t>(k_, 1));
+    ye_ = DeviceBuffer<float>(std::max<std::size_t>(k_, 1) * d_), sh_ = DeviceBuffer<float>(d_);
+    tok_ = DeviceBuffer<std::int32_t>(1), pos_ = DeviceBuffer<std::int32_t>(1);
+    logits1_ = DeviceBuffer<float>(V_);
+    staging_ = PinnedBuffer<std::int32_t>(2);
+    const int sms = device_info(opt_.device).sm_count;
+    const std::size_t head_blocks = (H_ + 15) / 16;
+    split_ = std::clamp<std::size_t>(std::size_t(sms) / head_blocks, 1, 256);
+    workspace_ = DeviceBuffer<float>(mla_attention_workspace(1, H_, R_, split_));
+    n_group_ = c.n_group, topk_group_ = c.topk_group, norm_topk_ = c.norm_topk_prob;
+    routed_scale_ = static_cast<float>(c.routed_scaling_factor);
+    stream_.synchronize();
+  }
+
+ public:
+  void forward(ThreadPool&, models::State& state, std::span<const std::int32_t> tokens,
+               MatrixView<float> logits) const override {
+    CudaState& s = own(state);
+    const std::size_t T = tokens.size(), R = logits.rows();
+    const char* op = "cuda::DeepseekModel";
+    check(T > 0, op, "no tokens to run");
+    check(R >= 1 && R <= T && logits.cols() == V_, op, "logits is (", R, ", ", logits.cols(),
+          "), expected (1..", T, ", ", V_, ")");
+    check(s.size_ + T <= s.cap_, op, "context full: ", s.size_, " + ", T,
+          " tokens exceed the capacity of ", s.cap_);
+    for (std::size_t i = 0; i < T; ++i)
+      check(tokens[i] >= 0 && static_cast<std::size_t>(tokens[i]) < V_, op, "token id ", tokens[i],
+            " at index ", i, " is outside the vocabulary of ", V_);
+    for (std::size_t t = 0; t < T; ++t) {
+      run_one(s, tokens[t]);
+      if (t >= T - R)
+        copy_to_host(logits.row(t - (T - R)), logits1_.data(), V_ * sizeof(float), stream_);
+    }
+  }
+
+  std::vector<models::LayerExpertStats> expert_stats() const override { return {}; }
+  std::size_t decode_weight_bytes() const override { return decode_bytes_; }
+  std::string weight_format() const override { return format_; }
+
+  // ---- CUDA-only ----
+  // One decode step for `token` at the state's next position (through the state's graph); the
+  // logits stay on the device (logits_device()). For benchmarks.
+  void decode(models::State& state, std::int32_t token) const { run_one(own(state), token); }
+  const float* logits_device() const { return logits1_.data(); }
+  void synchronize() const { stream_.synchronize(); }
+  StreamHandle stream() const { return stream_; }
+  std::size_t attention_split() const { return split_; }
+
+ private:
+  enum class Fmt : std::uint8_t { f32, bf16, fp8 };
+  struct Mat {
+    Fmt fmt = Fmt::f32;
+    DeviceBuffer<std::byte> buf;
+    DeviceBuffer<float> scale;  // fp8: (E,) ceil(rows / 128) x ceil(cols / 128) per matrix
+    std::size_t rows = 0, cols = 0, count = 0;  // count: stacked experts (0: one matrix)
+    std::size_t elems() const { return rows * cols; }
+    std::size_t scale_elems() const { return ((rows + 127) / 128) * ((cols + 127) / 128); }
+  };
+  struct Layer {
+    Mat q_a, q_b, q, kv_a, kv_b, o;
+    DeviceBuffer<float> q_a_norm, kv_a_norm, norm1, norm2, router_bias;
+    bool moe = false;
+    Mat gate, up, down, router, sh_gate, sh_up, sh_down;  // experts stacked when moe
+  };
+
+  static std::size_t context_limit(const io::ModelConfig& c, const ModelOptions& opt) {
+    return std::max<std::size_t>(
+        1, std::min(opt.max_context,
+                    c.max_position_embeddings ? c.max_position_embeddings : opt.max_context));
+  }
+
+  CudaState& own(models::State& state) const {
+    auto* s = dynamic_cast<CudaState*>(&state);
+    check(s != nullptr && s->owner_ == this, "cuda::DeepseekModel",
+          "state was made by another model");
+    return *s;
+  }
+
+  DeviceBuffer<float> upload_floats(const float* p, std::size_t n) {
+    DeviceBuffer<float> b(n);
+    b.upload(p, stream_);
+    stream_.synchronize();
+    return b;
+  }
+
+  static std::size_t elt(Fmt f) { return f == Fmt::f32 ? 4 : f == Fmt::bf16 ? 2 : 1; }
+  // The device format of matrix `name`: as stored (FP8 kept unless dense rows are needed, other
+  // non-bf16 dtypes as float32); random weights: bf16, or FP8 when asked and not dense.
+  Fmt stored(models::WeightLoader* w, const std::string& name, bool dense, bool f32) const {
+    if (f32) return Fmt::f32;
+    if (!w) return rnd_.fp8 && !dense ? Fmt::fp8 : Fmt::bf16;
+    const DType t = w->raw(name).dtype;
+    if (t == DType::bf16) return Fmt::bf16;
+    if (t == DType::f8_e4m3 && !dense) return Fmt::fp8;
+    return Fmt::f32;
+  }
+  // Bytes of (rows, cols) tensor `name` in format f (fp8: raw bytes + scales appended to sc).
+  static const std::byte* host_bytes(models::WeightLoader& w, const std::string& name,
+                                     std::size_t rows, std::size_t cols, Fmt f,
+                                     std::vector<float>* sc) {
+    if (f == Fmt::fp8) {
+      const models::RawTensor& t = w.raw(name);
+      check(t.shape == std::vector<std::size_t>{rows, cols}, "cuda::DeepseekModel", name,
+            ": expected (", rows, ", ", cols, ")");
+      const std::vector<float> s = w.read_floats(name + "_scale_inv");
+      sc->insert(sc->end(), s.begin(), s.end());
+      return t.data;
+    }
+    if (f == Fmt::bf16)
+      return reinterpret_cast<const std::byte*>(w.matrix<bf16>(name, rows, cols).data());
+    return reinterpret_cast<const std::byte*>(w.matrix<float>(name, rows, cols).data());
+  }
+  // A float vector: from the checkpoint, or uniform in [lo, hi) for random weights.
+  DeviceBuffer<float> vec(models::WeightLoader* w, const std::string& name, std::size_t n, float lo,
+                          float hi) {
+    if (w) return upload_floats(w->floats(name, n), n);
+    DeviceBuffer<float> b(n);
+    fill_uniform(b.data(), n, rnd_.seed * 1000003u + seed_++, lo, hi, stream_);
+    return b;
+  }
+  // Random contents of m (count matrices of rows x cols).
+  void randomize(Mat& m, std::size_t count) {
+    const std::size_t n = count * m.elems();
+    const float a = std::sqrt(3.0f / static_cast<float>(m.cols));
+    const std::uint64_t seed = rnd_.seed * 1000003u + seed_++;
+    switch (m.fmt) {
+      case Fmt::f32:
+        fill_uniform(reinterpret_cast<float*>(m.buf.data()), n, seed, -a, a, stream_);
+        break;
+      case Fmt::bf16:
+        fill_uniform(reinterpret_cast<bf16*>(m.buf.data()), n, seed, -a, a, stream_);
+        break;
+      case Fmt::fp8:
+        fill_uniform(reinterpret_cast<f8_e4m3*>(m.buf.data()), n, seed, -448.f, 448.f, stream_);
+        m.scale = DeviceBuffer<float>(count * m.scale_elems());
+        fill_uniform(m.scale.data(), m.scale.size(), seed + 1, 0.9f * a / 448.f, 1.1f * a / 448.f,
+                     stream_);
+        break;
+    }
+  }
+  void note(const Mat& m, std::size_t count_read) {
+    decode_bytes_ +=
+        count_read * (m.elems() * elt(m.fmt) + m.scale_elems() * 4 * (m.fmt == Fmt::fp8));
+    if (m.fmt == Fmt::fp8 || (m.fmt == Fmt::bf16 && format_ != "fp8_block"))
+      format_ = m.fmt == Fmt::fp8 ? "fp8_block" : "bf16";
+  }
+  Mat upload(models::WeightLoader* w, const std::string& name, std::size_t rows, std::size_t cols,
+             bool dense = false, bool f32 = false) {
+    Mat m;
+    m.fmt = stored(w, name, dense, f32);
+    m.rows = rows, m.cols = cols;
+    m.buf = DeviceBuffer<std::byte>(m.elems() * elt(m.fmt));
+    if (!w) {
+      randomize(m, 1);
+    } else {
+      std::vector<float> sc;
+      const std::byte* p = host_bytes(*w, name, rows, cols, m.fmt, &sc);
+      copy_to_device(m.buf.data(), p, m.buf.size(), stream_);
+      if (m.fmt == Fmt::fp8) {
+        m.scale = DeviceBuffer<float>(sc.size());
+        m.scale.upload(sc.data(), stream_);
+      }
+    }
+    stream_.synchronize();
+    note(m, name.find("embed_tokens") != std::string::npos ? 0 : 1);
+    return m;
+  }
+  Mat upload_experts(models::WeightLoader* w, const std::string& p, const std::string& suffix,
+                     std::size_t rows, std::size_t cols) {
+    Mat m;
+    m.fmt = stored(w, p + "0" + suffix, false, false);
+    m.rows = rows, m.cols = cols, m.count = E_;
+    const std::size_t bytes = m.elems() * elt(m.fmt);
+    m.buf = DeviceBuffer<std::byte>(E_ * bytes);
+    if (!w) {
+      randomize(m, E_);
+    } else {
+      std::vector<float> sc;
+      for (std::size_t e = 0; e < E_; ++e) {
+        const std::string name = p + std::to_string(e) + suffix;
+        check(stored(w, name, false, false) == m.fmt, "cuda::DeepseekModel", name,
+              ": experts of one layer must share a dtype");
+        const std::byte* b = host_bytes(*w, name, rows, cols, m.fmt, &sc);
+        copy_to_device(m.buf.data() + e * bytes, b, bytes, stream_);
+        stream_.synchronize();  // b may be a converted copy
+      }
+      if (m.fmt == Fmt::fp8) {
+        m.scale = DeviceBuffer<float>(sc.size());
+        m.scale.upload(sc.data(), stream_);
+      }
+    }
+    stream_.synchronize();
+    note(m, k_);
+    return m;
+  }
+
+  // y = M x (float activations).
+  void gemv(const Mat& m, const float* x, float* y) const {
+    switch (m.fmt) {
+      case Fmt::f32:
+        gemv_f32(reinterpret_cast<const float*>(m.buf.data()), m.cols, x, y, m.rows, m.cols,
+                 stream_);
+        break;
+      case Fmt::bf16:
+        gemv_bf16(reinterpret_cast<const bf16*>(m.buf.data()), m.cols, x, y, m.rows, m.cols,
+                  stream_);
+        break;
+      case Fmt::fp8:
+        gemv_fp8_block(reinterpret_cast<const f8_e4m3*>(m.buf.data()), m.cols, m.scale.data(), x, y,
+                       m.rows, m.cols, stream_);
+        break;
+    }
+  }
+  // y[b] = M_{idx[b]} x_b for b < k (x_stride 0: one x).
+  void gemv_gather(const Mat& m, const std::int32_t* idx, std::size_t k, const float* x,
+                   std::size_t x_stride, float* y) const {
+    switch (m.fmt) {
+      case Fmt::f32:
+        gemv_f32_gather(reinterpret_cast<const float*>(m.buf.data()), m.cols, m.elems(), idx, k, x,
+                        x_stride, y, m.rows, m.cols, stream_);
+        break;
+      case Fmt::bf16:
+        gemv_bf16_gather(reinterpret_cast<const bf16*>(m.buf.data()), m.cols, m.elems(), idx, k, x,
+                         x_stride, y, m.rows, m.cols, stream_);
+        break;
+      case Fmt::fp8:
+        gemv_fp8_block_gather(reinterpret_cast<const f8_e4m3*>(m.buf.data()), m.cols, m.elems(),
+                              m.scale.data(), m.scale_elems(), idx, k, x, x_stride, y, m.rows,
+                              m.cols, stream_);
+        break;
+    }
+  }
+  // act (rows) = silu(gate x) * up x.
+  void swiglu_mlp(const Mat& gate, const Mat& up, const Mat& down, const float* x,
+                  float* out) const {
+    gemv(gate, x, g_.data());
+    gemv(up, x, u_.data());
+    swiglu(g_.data(), 1, u_.data(), 1, act_.data(), 1, gate.rows, 1, stream_);
+    gemv(down, act_.data(), out);
+  }
+
+  // Enqueues one token (tok_ at pos_) through every layer; logits into logits1_.
+  void step(CudaState& s) const {
+    const std::size_t K = R_ + Dr_, Dq = Dn_ + Dr_;
+    if (embed_.fmt == Fmt::bf16)
+      embedding(reinterpret_cast<const bf16*>(embed_.buf.data()), d_, tok_.data(), 1, h_.data(),
+                stream_);
+    else
+      embedding(reinterpret_cast<const float*>(embed_.buf.data()), d_, tok_.data(), 1, h_.data(),
+                stream_);
+    for (std::size_t l = 0; l < L_; ++l) {
+      const Layer& y = layers_[l];
+      float* cache = s.cache_.data() + l * s.cap_ * K;
+      add_rmsnorm(l == 0 ? nullptr : r_.data(), h_.data(), y.norm1.data(), x_.data(), 1, d_, eps_,
+                  stream_);
+      if (Ql_ > 0) {
+        gemv(y.q_a, x_.data(), cq_.data());
+        add_rmsnorm(static_cast<const float*>(nullptr), cq_.data(), y.q_a_norm.data(), cqn_.data(),
+                    1, Ql_, eps_, stream_);
+        gemv(y.q_b, cqn_.data(), q_.data());
+      } else {
+        gemv(y.q, x_.data(), q_.data());
+      }
+      gemv(y.kv_a, x_.data(), kv_.data());
+      rope(q_.data(), 1, H_, H_ * Dq, Dq, Dn_, Dr_, pos_.data(), inv_freq_.data(), attn_factor_,
+           layout_, stream_);
+      mla_kv_store(kv_.data(), K, y.kv_a_norm.data(), eps_, 1, R_, Dr_, pos_.data(),
+                   inv_freq_.data(), attn_factor_, layout_, cache, stream_);
+      if (y.kv_b.fmt == Fmt::bf16) {
+        const bf16* kvb = reinterpret_cast<const bf16*>(y.kv_b.buf.data());
+        mla_absorb_q(kvb, q_.data(), H_ * Dq, qa_.data(), 1, H_, Dn_, Dr_, Dv_, R_, stream_);
+        mla_attention(qa_.data(), cache, pos_.data(), 1, H_, R_, Dr_, scale_, ctx_.data(), split_,
+                      workspace_.data(), stream_);
+        mla_absorb_out(kvb, ctx_.data(), o_.data(), H_ * Dv_, 1, H_, Dn_, Dv_, R_, stream_);
+      } else {
+        const float* kvb = reinterpret_cast<const float*>(y.kv_b.buf.data());
+        mla_absorb_q(kvb, q_.data(), H_ * Dq, qa_.data(), 1, H_, Dn_, Dr_, Dv_, R_, stream_);
+        mla_attention(qa_.data(), cache, pos_.data(), 1, H_, R_, Dr_, scale_, ctx_.data(), split_,
+                      workspace_.data(), stream_);
+        mla_absorb_out(kvb, ctx_.data(), o_.data(), H_ * Dv_, 1, H_, Dn_, Dv_, R_, stream_);
+      }
+      gemv(y.o, o_.data(), r_.data());
+      add_rmsnorm(r_.data(), h_.data(), y.norm2.data(), x_.data(), 1, d_, eps_, stream_);
+      if (!y.moe) {
+        swiglu_mlp(y.gate, y.up, y.down, x_.data(), r_.data());
+        continue;
+      }
+      gemv(y.router, x_.data(), rlog_.data());
+      if (sigmoid_router_)
+        router_sigmoid_grouped_topk(rlog_.data(), y.router_bias.data(), ridx_.data(), rw_.data(), 1,
+                                    E_, n_group_, topk_group_, k_, norm_topk_, routed_scale_,
+                                    stream_);
+      else
+        router_softmax_topk(rlog_.data(), ridx_.data(), rw_.data(), 1, E_, k_, norm_topk_,
+                            routed_scale_, stream_);
+      gemv_gather(y.gate, ridx_.data(), k_, x_.data(), 0, g_.data());
+      gemv_gather(y.up, ridx_.data(), k_, x_.data(), 0, u_.data());
+      swiglu(g_.data(), 1, u_.data(), 1, act_.data(), 1, k_ * Im_, 1, stream_);
+      gemv_gather(y.down, ridx_.data(), k_, act_.data(), Im_, ye_.data());
+      const bool shared = y.sh_gate.rows > 0;
+      if (shared) swiglu_mlp(y.sh_gate, y.sh_up, y.sh_down, x_.data(), sh_.data());
+      moe_combine(ye_.data(), rw_.data(), k_, shared ? sh_.data() : nullptr, r_.data(), d_, 1,
+                  stream_);
+    }
+    add_rmsnorm(r_.data(), h_.data(), final_norm_.data(), x_.data(), 1, d_, eps_, stream_);
+    gemv(head_, x_.data(), logits1_.data());
+  }
+
+  void run_one(CudaState& s, std::int32_t token) const {
+    check(s.size_ < s.cap_, "cuda::DeepseekModel", "context full: capacity ", s.cap_);
+    stream_.synchronize();  // the staging buffer may still feed the previous copy
+    staging_[0] = token;
+    staging_[1] = static_cast<std::int32_t>(s.size_);
+    copy_to_device(tok_.data(), staging_.data(), sizeof(std::int32_t), stream_);
+    copy_to_device(pos_.data(), staging_.data() + 1, sizeof(std::int32_t), stream_);
+    if (opt_.graphs) {
+      if (!s.step_) {
+        graph_capture_begin(stream_);
+        step(s);
+        s.step_ = Graph(graph_capture_end(stream_));
+      }
+      s.step_.launch(stream_);
+    } else {
+      step(s);
+    }
+    s.size_ += 1;
+  }
+
+  ModelOptions opt_;
+  RandomWeights rnd_{};
+  std::uint64_t seed_ = 0;  // random weights: one stream per tensor
+  std::size_t d_ = 0, H_ = 0, V_ = 0, L_ = 0, Dn_ = 0, Dr_ = 0, Dv_ = 0, R_ = 0, Ql_ = 0, I_ = 0,
+              Im_ = 0, E_ = 0, k_ = 0, n_group_ = 1, topk_group_ = 1;
+  float eps_ = 1e-6f, scale_ = 1.f, attn_factor_ = 1.f, routed_scale_ = 1.f;
+  bool sigmoid_router_ = false, norm_topk_ = false;
+  RopeLayout layout_ = RopeLayout::interleaved;
+  std::size_t split_ = 1, decode_bytes_ = 0;
+  std::string format_ = "float";  // fp8_block if any matrix is, else bf16 if any is
+  Stream stream_;
+  DeviceBuffer<float> inv_freq_;
+  std::vector<Layer> layers_;
+  Mat embed_, head_;
+  DeviceBuffer<float> final_norm_;
+  DeviceBuffer<float> h_, x_, r_, cq_, cqn_, q_, kv_, qa_, ctx_, o_, rlog_, rw_, ye_, sh_,
+      workspace_;
+  mutable DeviceBuffer<float> g_, u_, act_;
+  DeviceBuffer<std::int32_t> ridx_, tok_, pos_;
+  DeviceBuffer<float> logits1_;
+  mutable PinnedBuffer<std::int32_t> staging_;
+};
+
+// Loads a Hugging Face folder onto the GPU: DeepseekModel for MLA configs, GqaModel otherwise.
+inline std::unique_ptr<models::Model> load_any_model(const std::string& path,
+                                                     const ModelOptions& opt = {}) {
+  check(device_count() > opt.device, "cuda::load_model", "no CUDA device ", opt.device, " (",
+        device_count() == 0 ? device_count_error() : "out of range", ")");
+  const io::ModelConfig c = io::load_model_config(path);
+  auto src = std::make_shared<models::SafetensorsSource>(path);
+  if (c.is_mla()) return std::make_unique<DeepseekModel>(c, src, opt);
+  return std::make_unique<GqaModel>(c, src, opt);
+}
+
+}  // namespace tmoe::cuda
