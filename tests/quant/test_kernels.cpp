@@ -96,6 +96,22 @@ void check_format(const cpu::KernelTable& k, ThreadPool& pool, std::size_t out, 
   cpu::matmul_quant<F>(pool, w.view(), x.cview(), y.view(), k);
   reference::matmul_quant<F>(w.view(), x.cview(), exact.view());
   if constexpr (kUsesQ8Act<F>) reference::matmul_quant_q8act<F>(w.view(), x.cview(), r8.view());
+  {
+    // Activations quantized once and shared (cpu::Q8Acts, as MoE layers use them): the same
+    // bits as above, for all rows and, on the decode path, for a sub-range of rows.
+    cpu::Q8Acts qa;
+    qa.quantize(pool, x.cview(), k);
+    Matrix<float> y2(T, out);
+    cpu::matmul_quant<F>(pool, w.view(), qa.acts(), in, y2.view(), k);
+    for (std::size_t t = 0; t < T; ++t)
+      for (std::size_t o = 0; o < out; ++o) REQUIRE(y2(t, o) == y(t, o));
+    if (T > 2 && T < cpu::kQuantGemmMinT) {
+      Matrix<float> y3(T - 2, out);
+      cpu::matmul_quant<F>(pool, w.view(), qa.acts(1, T - 2), in, y3.view(), k);
+      for (std::size_t t = 0; t + 2 < T; ++t)
+        for (std::size_t o = 0; o < out; ++o) REQUIRE(y3(t, o) == y(t + 1, o));
+    }
+  }
   const std::size_t nq = (in + 31) / 32;
   std::vector<BlockQ8Act> act(nq);
   std::vector<float> xq(nq * 32), row(in);

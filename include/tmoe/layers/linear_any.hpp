@@ -161,6 +161,21 @@ struct LinearTraits<AnyFormat> {
       LinearTraits<F>::matmul(pool, v, x, y, bias, k);
     });
   }
+  // The product over activations quantized once (cpu::Q8Acts of x with in_features columns):
+  // block kinds use the shared Q8 blocks, dense kinds the float rows. Bit-identical to matmul.
+  static void matmul_acts(ThreadPool& pool, const weight_view& w, const cpu::QuantActs& a,
+                          MatrixView<float> y, const cpu::KernelTable& k) {
+    visit_any(w, [&](const auto& v) {
+      using F = typename detail::ViewFormat<std::decay_t<decltype(v)>>::type;
+      if constexpr (quant::QuantFormat<F>) {
+        LinearTraits<F>::matmul_acts(pool, v, a, y, k);
+      } else {
+        const MatrixView<const float> x(a.x, DExtents<2>(a.T, w.cols),
+                                        {static_cast<std::ptrdiff_t>(a.ldx), 1});
+        LinearTraits<F>::matmul(pool, v, x, y, nullptr, k);
+      }
+    });
+  }
   // fn(MatrixView<const float|bf16|f16>) for dense kinds; block kinds are an error.
   template <class Fn>
   static void with_dense_rows(const weight_view& w, Fn&& fn) {

@@ -6,6 +6,8 @@
 //   matmul      = cpu::matmul_quant<Q> (activations quantized per 32 for the integer formats)
 //   slice_rows  = rows [begin, begin + count) in place; for Fp8Block, whose 128x128 scale tiles
 //                 are indexed by row / 128, `begin` must be a multiple of 128 (MoE row blocks are)
+//   matmul_acts = the same product over activations quantized once (cpu::Q8Acts), shared by
+//                 several matmuls (MoE experts); bit-identical to matmul
 //   decode_row  = quant::dequantize_row (embedding lookup of one token)
 #pragma once
 
@@ -44,6 +46,10 @@ struct LinearTraits<Q> {
     if (bias)
       for (std::size_t t = 0; t < y.rows(); ++t)
         for (std::size_t o = 0; o < y.cols(); ++o) y(t, o) += bias[o];
+  }
+  static void matmul_acts(ThreadPool& pool, const weight_view& w, const cpu::QuantActs& a,
+                          MatrixView<float> y, const cpu::KernelTable& k) {
+    cpu::matmul_quant<Q>(pool, w, a, w.cols, y, k);
   }
 };
 

@@ -20,6 +20,7 @@
 #include <utility>
 #include <vector>
 
+#include "tmoe/backend/cpu/quant.hpp"
 #include "tmoe/core/error.hpp"
 #include "tmoe/core/tensor.hpp"
 #include "tmoe/layers/mlp.hpp"
@@ -185,6 +186,14 @@ class MoE {
       return MatrixView<float>(m.row(row0) + col0, DExtents<2>(n, nc),
                                {static_cast<std::ptrdiff_t>(m.cols()), 1});
     };
+    // Formats with matmul_acts (quantized, AnyFormat): the gathered rows are quantized once per
+    // layer here instead of once per work item and matrix (bit-identical).
+    constexpr bool kActs =
+        requires(ThreadPool & p, const typename Tr::weight_view& wv, const cpu::QuantActs& a,
+                 MatrixView<float> yv, const cpu::KernelTable& kt) {
+      Tr::matmul_acts(p, wv, a, yv, kt);
+    };
+    if constexpr (kActs) xq_.quantize(pool, xg_.cview().row_range(0, rows), k);
     // Phase 1: h = silu(gate x) * up x, blocks of kUpRows intermediate rows.
     items_.clear();
     for (std::size_t j = 0; j < jobs_.size(); ++j)
@@ -195,10 +204,25 @@ class MoE {
       const std::size_t b = items_[it].second, n = std::min(kUpRows, job.mlp->intermediate() - b);
       MatrixView<const float> xs = xg_.cview().row_range(job.row0, job.n);
       auto g = sub(hg_, job.row0, job.n, b, n), u = sub(ug_, job.row0, job.n, b, n);
-      Tr::matmul(inline_pool, Tr::slice_rows(job.mlp->gate().weight(), b, n), xs, g, nullptr, k);
-      Tr::matmul(inline_pool, Tr::slice_rows(job.mlp->up().weight(), b, n), xs, u, nullptr, k);
+      const auto gw = Tr::slice_rows(job.mlp->gate().weight(), b, n);
+      const auto uw = Tr::slice_rows(job.mlp->up().weight(), b, n);
+      if constexpr (kActs) {
+        const cpu::QuantActs a = xq_.acts(job.row0, job.n);
+        Tr::matmul_acts(inline_pool, gw, a, g, k);
+        Tr::matmul_acts(inline_pool, uw, a, u, k);
+      } else {
+        Tr::matmul(inline_pool, gw, xs, g, nullptr, k);
+        Tr::matmul(inline_pool, uw, xs, u, nullptr, k);
+      }
       for (std::size_t r = 0; r < job.n; ++r) k.vec.silu_mul(g.row(r), u.row(r), g.row(r), n);
     });
+    if constexpr (kActs) {
+      if (hq_.size() < jobs_.size()) hq_.resize(jobs_.size());
+      pool.run(jobs_.size(), [&](std::size_t j, int) {
+        const Job& job = jobs_[j];
+        hq_[j].quantize(inline_pool, sub(hg_, job.row0, job.n, 0, job.mlp->intermediate()), k);
+      });
+    }
     // Phase 2: out = down h, blocks of kDownRows output rows.
     items_.clear();
     for (std::size_t j = 0; j < jobs_.size(); ++j)
@@ -206,10 +230,14 @@ class MoE {
     pool.run(items_.size(), [&](std::size_t it, int) {
       const Job& job = jobs_[items_[it].first];
       const std::size_t b = items_[it].second, n = std::min(kDownRows, d - b);
-      const std::size_t I = job.mlp->intermediate();
-      MatrixView<const float> hs = sub(hg_, job.row0, job.n, 0, I);
-      Tr::matmul(inline_pool, Tr::slice_rows(job.mlp->down().weight(), b, n), hs,
-                 sub(yg_, job.row0, job.n, b, n), nullptr, k);
+      const auto dw = Tr::slice_rows(job.mlp->down().weight(), b, n);
+      if constexpr (kActs) {
+        Tr::matmul_acts(inline_pool, dw, hq_[items_[it].first].acts(),
+                        sub(yg_, job.row0, job.n, b, n), k);
+      } else {
+        MatrixView<const float> hs = sub(hg_, job.row0, job.n, 0, job.mlp->intermediate());
+        Tr::matmul(inline_pool, dw, hs, sub(yg_, job.row0, job.n, b, n), nullptr, k);
+      }
     });
     // Combine in float32: routed experts in ascending order, then the shared experts.
     for (std::size_t r = 0; r < routed_rows; ++r)
@@ -237,6 +265,8 @@ class MoE {
       yg_{std::size_t{0}, std::size_t{0}};  // (rows, d)
   mutable Matrix<float> hg_{std::size_t{0}, std::size_t{0}},
       ug_{std::size_t{0}, std::size_t{0}};  // (rows, I)
+  mutable cpu::Q8Acts xq_;                  // xg_ quantized (formats with matmul_acts)
+  mutable std::vector<cpu::Q8Acts> hq_;     // each job's rows of hg_ quantized
 };
 
 }  // namespace tmoe

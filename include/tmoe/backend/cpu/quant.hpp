@@ -12,9 +12,13 @@
 //     elements), plus float rounding. The GEMM keeps X in float: float rounding only.
 //     Output rows are split across the pool's threads. `k` selects the ISA; `fn` (optional)
 //     overrides the row kernel (bench_quant uses it to time rows_fp8_block_table).
+//   Q8Acts / matmul_quant<F>(pool, W, acts, Y): the same product with X quantized once by
+//     Q8Acts::quantize and shared by several matmuls (a MoE layer's experts and their gate/up
+//     pairs); the result is bit-identical to matmul_quant over the same X.
 //   embedding_quant<F>(W, row, out): dequantizes one row (token embedding lookup).
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <type_traits>
 #include <vector>
@@ -69,17 +73,89 @@ QuantRowsFn<F> quant_rows_fn(const KernelTable& k) {
 }
 }  // namespace detail
 
+// X (T rows of `cols` floats) with its Q8 blocks per 32 for the integer formats: what the decode
+// kernels read. quantize() fills it (threads of `pool` share the rows); acts(row0, n) views n
+// rows of it. Owns its buffers; reuse one object to avoid reallocation.
+class Q8Acts {
+ public:
+  void quantize(ThreadPool& pool, MatrixView<const float> x, const KernelTable& k = kernels()) {
+    check(x.stride(1) == 1, "Q8Acts", "rows of x must be contiguous");
+    x_ = x.data();
+    ldx_ = static_cast<std::size_t>(x.stride(0));
+    T_ = x.rows();
+    cols_ = x.cols();
+    ldq_ = (cols_ + 31) / 32;
+    if (q_.size() < T_ * ldq_) q_.resize(T_ * ldq_);
+    if (d_.size() < 2 * T_ * ldq_) d_.resize(2 * T_ * ldq_);
+    const auto q = k.quant.quantize_act;
+    quant::BlockQ8Act* s = q_.data();
+    float* qd = d_.data();
+    float* qdsum = qd + T_ * ldq_;
+    pool.parallel_for(T_, 8, [&](std::size_t b, std::size_t e, int) {
+      for (std::size_t t = b; t < e; ++t) {
+        q(x_ + t * ldx_, cols_, s + t * ldq_);
+        for (std::size_t i = t * ldq_; i < (t + 1) * ldq_; ++i) {
+          qd[i] = s[i].d;
+          qdsum[i] = s[i].d * static_cast<float>(s[i].sum[0] + s[i].sum[1]);
+        }
+      }
+    });
+  }
+  std::size_t rows() const { return T_; }
+  std::size_t cols() const { return cols_; }
+  // Rows [row0, row0 + n) as the kernels' QuantActs.
+  QuantActs acts(std::size_t row0, std::size_t n) const {
+    check(row0 + n <= T_, "Q8Acts", "rows [", row0, ", ", row0 + n, ") outside the ", T_,
+          " quantized rows");
+    QuantActs a;
+    a.x = x_ + row0 * ldx_;
+    a.ldx = ldx_;
+    a.T = n;
+    a.ldq = ldq_;
+    a.q = q_.data() + row0 * ldq_;
+    a.qd = d_.data() + row0 * ldq_;
+    a.qdsum = d_.data() + T_ * ldq_ + row0 * ldq_;
+    return a;
+  }
+  QuantActs acts() const { return acts(0, T_); }
+
+ private:
+  const float* x_ = nullptr;
+  std::size_t ldx_ = 0, T_ = 0, cols_ = 0, ldq_ = 0;
+  std::vector<quant::BlockQ8Act> q_;
+  std::vector<float> d_;
+};
+
+namespace detail {
+template <quant::QuantFormat F>
+void check_matmul_quant(const quant::QuantMatrixView<F>& w, std::size_t x_cols, std::size_t T,
+                        MatrixView<float> y) {
+  w.validate("matmul_quant");
+  check(x_cols == w.cols, "matmul_quant", "x has ", x_cols, " columns, ", F::kName, " weight (",
+        w.rows, ", ", w.cols, ") needs ", w.cols);
+  check(y.rows() == T && y.cols() == w.rows, "matmul_quant", "y is (", y.rows(), ", ", y.cols(),
+        "), expected (", T, ", ", w.rows, ")");
+  check(y.stride(1) == 1, "matmul_quant", "rows of y must be contiguous");
+}
+
+// The decode path over activations already quantized (or float, for NF4 / Fp8Block).
+template <quant::QuantFormat F>
+void matmul_quant_rows(ThreadPool& pool, const quant::QuantMatrixView<F>& w, const QuantActs& a,
+                       MatrixView<float> y, const KernelTable& k, QuantRowsFn<F> fn) {
+  if (!fn) fn = quant_rows_fn<F>(k);
+  const auto ldy = static_cast<std::size_t>(y.stride(0));
+  pool.parallel_for(
+      w.rows, 16, [&](std::size_t b, std::size_t e, int) { fn(w, a, y.data(), ldy, b, e); }, 4);
+}
+}  // namespace detail
+
 template <quant::QuantFormat F>
 void matmul_quant(ThreadPool& pool, const quant::QuantMatrixView<F>& w, MatrixView<const float> x,
                   MatrixView<float> y, const KernelTable& k = kernels(),
                   QuantRowsFn<F> fn = nullptr) {
-  const std::size_t out = w.rows, in = w.cols, T = x.rows();
-  w.validate("matmul_quant");
-  check(x.cols() == in, "matmul_quant", "x has ", x.cols(), " columns, ", F::kName, " weight (",
-        out, ", ", in, ") needs ", in);
-  check(y.rows() == T && y.cols() == out, "matmul_quant", "y is (", y.rows(), ", ", y.cols(),
-        "), expected (", T, ", ", out, ")");
-  check(x.stride(1) == 1 && y.stride(1) == 1, "matmul_quant", "rows of x and y must be contiguous");
+  const std::size_t in = w.cols, T = x.rows();
+  detail::check_matmul_quant(w, x.cols(), T, y);
+  check(x.stride(1) == 1, "matmul_quant", "rows of x and y must be contiguous");
   const auto ldy = static_cast<std::size_t>(y.stride(0));
   if (!fn && T >= kQuantGemmMinT) {
     // Prefill: X packed once (each thread a share of its rows), then the dequantizing GEMM
@@ -94,41 +170,40 @@ void matmul_quant(ThreadPool& pool, const quant::QuantMatrixView<F>& w, MatrixVi
     const auto gemm = detail::quant_gemm_fn<F>(k);
     const std::size_t grain = 2 * kGemmRowGrain;
     pool.parallel_for(
-        out, grain, [&](std::size_t b, std::size_t e, int) { gemm(w, xp, T, y.data(), ldy, b, e); },
-        std::clamp<std::size_t>(out / (grain * parts), 1, 4));
+        w.rows, grain,
+        [&](std::size_t b, std::size_t e, int) { gemm(w, xp, T, y.data(), ldy, b, e); },
+        std::clamp<std::size_t>(w.rows / (grain * parts), 1, 4));
     return;
   }
-  if (!fn) fn = detail::quant_rows_fn<F>(k);
-  QuantActs a;
-  a.x = x.data();
-  a.ldx = static_cast<std::size_t>(x.stride(0));
-  a.T = T;
-  thread_local std::vector<quant::BlockQ8Act> scratch;
-  thread_local std::vector<float> scratch_d;
   if constexpr (quant::kUsesQ8Act<F>) {
-    a.ldq = (in + 31) / 32;
-    if (scratch.size() < T * a.ldq) scratch.resize(T * a.ldq);
-    if (scratch_d.size() < 2 * T * a.ldq) scratch_d.resize(2 * T * a.ldq);
-    const auto q = k.quant.quantize_act;
-    auto* s = scratch.data();
-    float* qd = scratch_d.data();
-    float* qdsum = qd + T * a.ldq;
-    const std::size_t ldq = a.ldq;
-    pool.parallel_for(T, 8, [&](std::size_t b, std::size_t e, int) {
-      for (std::size_t t = b; t < e; ++t) {
-        q(a.x + t * a.ldx, in, s + t * ldq);
-        for (std::size_t i = t * ldq; i < (t + 1) * ldq; ++i) {
-          qd[i] = s[i].d;
-          qdsum[i] = s[i].d * static_cast<float>(s[i].sum[0] + s[i].sum[1]);
-        }
-      }
-    });
-    a.q = s;
-    a.qd = qd;
-    a.qdsum = qdsum;
+    thread_local Q8Acts scratch;
+    scratch.quantize(pool, x, k);
+    detail::matmul_quant_rows<F>(pool, w, scratch.acts(), y, k, fn);
+  } else {
+    QuantActs a;
+    a.x = x.data();
+    a.ldx = static_cast<std::size_t>(x.stride(0));
+    a.T = T;
+    detail::matmul_quant_rows<F>(pool, w, a, y, k, fn);
   }
-  pool.parallel_for(
-      out, 16, [&](std::size_t b, std::size_t e, int) { fn(w, a, y.data(), ldy, b, e); }, 4);
+}
+
+// The same product over rows of a Q8Acts (quantized once for several matmuls). Decode-sized T
+// (below kQuantGemmMinT) runs the row kernels on the shared blocks, bit-identical to
+// matmul_quant(pool, w, x, y) over the same x; larger T runs matmul_quant on the float rows.
+template <quant::QuantFormat F>
+void matmul_quant(ThreadPool& pool, const quant::QuantMatrixView<F>& w, const QuantActs& a,
+                  std::size_t cols, MatrixView<float> y, const KernelTable& k = kernels()) {
+  if (a.T >= kQuantGemmMinT || !quant::kUsesQ8Act<F>) {
+    const MatrixView<const float> x(a.x, DExtents<2>(a.T, cols),
+                                    {static_cast<std::ptrdiff_t>(a.ldx), 1});
+    matmul_quant<F>(pool, w, x, y, k);
+    return;
+  }
+  detail::check_matmul_quant(w, cols, a.T, y);
+  check(a.q && a.ldq == (cols + 31) / 32, "matmul_quant", "activations are not quantized for ",
+        cols, " columns");
+  detail::matmul_quant_rows<F>(pool, w, a, y, k, nullptr);
 }
 
 // out[0 .. cols) = dequantized row `row` of w.
