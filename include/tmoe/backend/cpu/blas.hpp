@@ -496,6 +496,27 @@ struct BlasImpl {
         float* dst = xp + p * x_block_stride(T) + r * MR * kc;
         const std::size_t mr = std::min(MR, T - r * MR);
         const float* src = x + r * MR * ldx + pc;
+#if defined(__AVX2__)
+        if constexpr (kAvx2 && L == 8 && MR == 6) {
+          if (mr == MR) {  // 6 x 8 blocks through an 8 x 8 register transpose (2 zero rows)
+            std::size_t k = 0;
+            const __m256i six = _mm256_setr_epi32(-1, -1, -1, -1, -1, -1, 0, 0);
+            for (; k + 8 <= kc; k += 8) {
+              __m256 v[8];
+              for (std::size_t m = 0; m < MR; ++m) v[m] = _mm256_loadu_ps(src + m * ldx + k);
+              v[6] = v[7] = _mm256_setzero_ps();
+              transpose8(v);
+              // Column j of the block is 6 floats at dst + (k + j) * 6: each full store's two
+              // extra lanes are overwritten by the next one, the last store is masked.
+              for (std::size_t j = 0; j < 7; ++j) _mm256_storeu_ps(dst + (k + j) * MR, v[j]);
+              _mm256_maskstore_ps(dst + (k + 7) * MR, six, v[7]);
+            }
+            for (; k < kc; ++k)
+              for (std::size_t m = 0; m < MR; ++m) dst[k * MR + m] = src[m * ldx + k];
+            continue;
+          }
+        }
+#endif
         for (std::size_t m = 0; m < MR; ++m)
           if (m < mr)
             for (std::size_t k = 0; k < kc; ++k) dst[k * MR + m] = src[m * ldx + k];
