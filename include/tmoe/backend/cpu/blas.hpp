@@ -33,6 +33,7 @@
 #include <memory>
 #include <new>
 #include <type_traits>
+#include <vector>
 
 #if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
 #include <immintrin.h>
@@ -77,6 +78,25 @@ struct BlasKernels {
 inline constexpr std::size_t kGemmMinRows = 6;
 // Rows of W a thread's share should be a multiple of (GEMM column blocks; ops.hpp splits by it).
 inline constexpr std::size_t kGemmRowGrain = 64;
+
+// Runs fn(begin, end) over chunks of the `out` rows of W on the pool, largest first: each chunk
+// is a quarter of what is left per thread (a multiple of kGemmRowGrain, at least that), so the
+// chunks shrink to kGemmRowGrain rows at the end. The pool hands them out in order, so a thread
+// that lost its core for a while (a shared machine) leaves the others small chunks to even out
+// the finish instead of a 1/8 share. Each chunk packs its own rows of W; X is shared.
+template <class F>
+void gemm_row_chunks(ThreadPool& pool, std::size_t out, F&& fn) {
+  thread_local std::vector<std::size_t> caller_bounds;
+  std::vector<std::size_t>& bounds = caller_bounds;  // the workers must see this thread's copy
+  bounds.assign(1, 0);
+  const auto split = 2 * static_cast<std::size_t>(pool.size());
+  for (std::size_t b = 0; b < out;) {
+    std::size_t c = std::max(kGemmRowGrain, (out - b) / split / kGemmRowGrain * kGemmRowGrain);
+    if (out - b < c + kGemmRowGrain) c = out - b;  // no sliver of less than a grain at the end
+    bounds.push_back(b += c);
+  }
+  pool.run(bounds.size() - 1, [&](std::size_t i, int) { fn(bounds[i], bounds[i + 1]); });
+}
 
 namespace detail {
 // A growable, 64-byte aligned scratch buffer of floats (one per thread and kernel family).

@@ -92,10 +92,8 @@ void matmul_quant(ThreadPool& pool, const quant::QuantMatrixView<F>& w, MatrixVi
       k.blas.gemm_pack_x(x.data(), ldx, T, in, xp, part, parts);
     });
     const auto gemm = detail::quant_gemm_fn<F>(k);
-    const std::size_t grain = 2 * kGemmRowGrain;
-    pool.parallel_for(
-        out, grain, [&](std::size_t b, std::size_t e, int) { gemm(w, xp, T, y.data(), ldy, b, e); },
-        std::clamp<std::size_t>(out / (grain * parts), 1, 4));
+    gemm_row_chunks(pool, out,
+                    [&](std::size_t b, std::size_t e) { gemm(w, xp, T, y.data(), ldy, b, e); });
     return;
   }
   if (!fn) fn = detail::quant_rows_fn<F>(k);
