@@ -69,7 +69,7 @@ for name in runs:
     if name.startswith("gemv"):
         row(name, "bytes_per_second", "GB/s", G, True)
 for name in runs:
-    if name.startswith("gemm"):
+    if name.startswith("gemm") and "_vs_" not in name:
         row(name, "FLOP/s", "GFLOP/s", G, True)
 for name in runs:
     if name.startswith("BM_silu"):

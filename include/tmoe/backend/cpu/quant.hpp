@@ -82,11 +82,11 @@ void matmul_quant(ThreadPool& pool, const quant::QuantMatrixView<F>& w, MatrixVi
   check(x.stride(1) == 1 && y.stride(1) == 1, "matmul_quant", "rows of x and y must be contiguous");
   const auto ldy = static_cast<std::size_t>(y.stride(0));
   if (!fn && T >= kQuantGemmMinT) {
-    // Prefill: X packed once (each thread a share of its rows), then the dequantizing GEMM
+    // Prefill: X packed once (in 4 parts per thread), then the dequantizing GEMM
     // over chunks of rows of W, as cpu::matmul (ops.hpp) does.
     thread_local detail::ScratchBuffer x_packed;
     float* xp = x_packed.get(k.blas.gemm_x_size(T, in));
-    const auto parts = static_cast<std::size_t>(pool.size());
+    const auto parts = 4 * static_cast<std::size_t>(pool.size());  // claimed dynamically
     const auto ldx = static_cast<std::size_t>(x.stride(0));
     pool.run(parts, [&](std::size_t part, int) {
       k.blas.gemm_pack_x(x.data(), ldx, T, in, xp, part, parts);
