@@ -2,7 +2,8 @@
 # Measures this machine's limits (read bandwidth, FMA peak) and tmoe's key kernels in one go and
 # prints each kernel's fraction of its limit: median over repetitions, with min and max.
 #   scripts/bench_report.sh [repetitions] [build dir]
-#   (default 5 and build/; builds the benchmarks there first, Release)
+#   (default 5 and build/; builds the benchmarks there first, Release; TMOE_BENCH_OUT=dir keeps
+#   the benchmarks' JSON output there)
 # GEMV and elementwise kernels are read against the 2-thread read bandwidth (bytes/s), GEMMs
 # against the 2-thread FMA peak (FLOP/s), both per wall-clock second and per second of process
 # CPU time (all threads; steadier when other work shares the cores). Numbers on a shared machine
@@ -18,8 +19,13 @@ reps="${1:-5}"
 bdir="${2:-build}"
 cmake -S . -B "$bdir" -G Ninja -DCMAKE_BUILD_TYPE=Release ${TMOE_CMAKE_ARGS:-} >/dev/null
 cmake --build "$bdir" --target bench_limits bench_blas bench_thread_pool bench_expr bench_interleaved >/dev/null
-out="$(mktemp -d)"
-trap 'rm -rf "$out"' EXIT
+if [[ -n "${TMOE_BENCH_OUT:-}" ]]; then  # keep the JSON files there
+  out="$TMOE_BENCH_OUT"
+  mkdir -p "$out"
+else
+  out="$(mktemp -d)"
+  trap 'rm -rf "$out"' EXIT
+fi
 run() {  # run <binary> <filter> <json>
   "$bdir/bench/$1" --benchmark_filter="$2" --benchmark_repetitions="$reps" \
     --benchmark_min_time=0.2 --benchmark_out="$out/$3" --benchmark_out_format=json >/dev/null 2>&1
@@ -66,7 +72,7 @@ for t in (1, 2):
 for t in (1, 2):
     row(f"BM_fma_peak/{t}", "FLOP/s", "GFLOP/s", G)
 for name in runs:
-    if name.startswith("gemv"):
+    if name.startswith("gemv") and "_vs_" not in name:
         row(name, "bytes_per_second", "GB/s", G, True)
 for name in runs:
     if name.startswith("gemm") and "_vs_" not in name:
