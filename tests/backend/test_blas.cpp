@@ -4,11 +4,16 @@
 // GEMV row group (4), the register tile's 2L rows of W (16 or 32) or the packed block of W (2048
 // rows), T not a multiple of the tile rows (6 or 12) or of the X block (240 or 480 rows). Bound
 // per output: |y - ref| <= in * eps_f32 * sum_i |w_i x_i| (+|bias|): float32 accumulation in a
-// different order than the reference.
+// different order than the reference. The GEMM's split of W rows into chunks (gemm_row_chunks) is
+// checked on its own: contiguous, covering, shrinking, whole grains.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
+#include <mutex>
+#include <utility>
+#include <vector>
 
 #include "test_util.hpp"
 #include "tmoe/backend/cpu/ops.hpp"
@@ -89,4 +94,38 @@ TEST_CASE("matmul reports shape errors") {
   Matrix<float> w(4, 8), x(2, 7), y(2, 4);
   CHECK_THROWS_WITH(cpu::matmul<float>(pool, w.cview(), x.cview(), y.view()),
                     "[matmul] x has 7 columns, weight (4, 8) needs 8");
+}
+
+TEST_CASE("gemm_row_chunks covers the rows once, in shrinking chunks of at least a grain") {
+  for (int threads : {1, 2, 3}) {
+    ThreadPool pool(threads);
+    for (std::size_t out : {1u, 37u, 64u, 127u, 128u, 131u, 1024u, 8960u, 17000u}) {
+      std::vector<std::pair<std::size_t, std::size_t>> chunks;
+      std::mutex m;
+      cpu::gemm_row_chunks(pool, out, [&](std::size_t b, std::size_t e) {
+        std::lock_guard<std::mutex> lock(m);
+        chunks.emplace_back(b, e);
+      });
+      std::sort(chunks.begin(), chunks.end());
+      CAPTURE(threads);
+      CAPTURE(out);
+      REQUIRE(!chunks.empty());
+      CHECK(chunks.front().first == 0);
+      CHECK(chunks.back().second == out);
+      for (std::size_t i = 0; i < chunks.size(); ++i) {
+        const auto [b, e] = chunks[i];
+        CHECK(b < e);
+        if (i + 1 < chunks.size()) {
+          CHECK(e == chunks[i + 1].first);  // contiguous, no overlap
+          CHECK(e - b >= cpu::kGemmRowGrain);
+          CHECK(b % cpu::kGemmRowGrain == 0);
+          // handed out in order: no chunk is larger than the one before it (the last may merge
+          // a remainder of less than a grain)
+          if (i > 0) CHECK(e - b <= chunks[i - 1].second - chunks[i - 1].first);
+        }
+      }
+      if (out >= 8 * cpu::kGemmRowGrain * static_cast<std::size_t>(threads))
+        CHECK(chunks.size() >= 4 * static_cast<std::size_t>(threads));
+    }
+  }
 }
