@@ -24,7 +24,8 @@
 //    the same symbol names (docs/performance.md).
 //
 // The per-ISA kernels live in BlasKernels (a family of the KernelTable). Rows [o_begin, o_end)
-// of W are one chunk of work; ops.hpp splits them across the pool.
+// of W are one chunk of work; ops.hpp splits them across the pool (the GEMM through
+// gemm_row_chunks below: chunks that shrink towards the end).
 #pragma once
 
 #include <algorithm>
