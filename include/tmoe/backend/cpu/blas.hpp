@@ -85,13 +85,8 @@ inline constexpr std::size_t kGemmRowGrain = 64;
 // chunks shrink to kGemmRowGrain rows at the end. The pool hands them out in order, so a thread
 // that lost its core for a while (a shared machine) leaves the others small chunks to even out
 // the finish instead of a 1/8 share. Each chunk packs its own rows of W; X is shared.
-// A pool of one thread gets one chunk (the GEMM's own NC blocks; no balance to keep).
 template <class F>
 void gemm_row_chunks(ThreadPool& pool, std::size_t out, F&& fn) {
-  if (pool.size() == 1) {
-    if (out > 0) fn(std::size_t{0}, out);
-    return;
-  }
   thread_local std::vector<std::size_t> caller_bounds;
   std::vector<std::size_t>& bounds = caller_bounds;  // the workers must see this thread's copy
   bounds.assign(1, 0);
