@@ -81,10 +81,14 @@ inline constexpr std::size_t kGemmMinRows = 6;
 inline constexpr std::size_t kGemmRowGrain = 64;
 
 // Runs fn(begin, end) over chunks of the `out` rows of W on the pool, largest first: each chunk
-// is a quarter of what is left per thread (a multiple of kGemmRowGrain, at least that), so the
-// chunks shrink to kGemmRowGrain rows at the end. The pool hands them out in order, so a thread
-// that lost its core for a while (a shared machine) leaves the others small chunks to even out
-// the finish instead of a 1/8 share. Each chunk packs its own rows of W; X is shared.
+// is a quarter of what is left per thread, a multiple of kGemmRowGrain, at least that and at most
+// kGemmMaxChunk rows (so that a chunk's packed W depth block, 256 rows x KC floats = 256 KiB,
+// stays in L2 beside the X block); the chunks shrink to kGemmRowGrain rows at the end. The pool
+// hands them out in order, so a thread that lost its core for a while (a shared machine) leaves
+// the others small chunks to even out the finish instead of a 1/8 share. Each chunk packs its
+// own rows of W; X is shared.
+inline constexpr std::size_t kGemmMaxChunk = 4 * kGemmRowGrain;
+
 template <class F>
 void gemm_row_chunks(ThreadPool& pool, std::size_t out, F&& fn) {
   thread_local std::vector<std::size_t> caller_bounds;
@@ -92,7 +96,8 @@ void gemm_row_chunks(ThreadPool& pool, std::size_t out, F&& fn) {
   bounds.assign(1, 0);
   const auto split = 2 * static_cast<std::size_t>(pool.size());
   for (std::size_t b = 0; b < out;) {
-    std::size_t c = std::max(kGemmRowGrain, (out - b) / split / kGemmRowGrain * kGemmRowGrain);
+    std::size_t c =
+        std::clamp((out - b) / split / kGemmRowGrain * kGemmRowGrain, kGemmRowGrain, kGemmMaxChunk);
     if (out - b < c + kGemmRowGrain) c = out - b;  // no sliver of less than a grain at the end
     bounds.push_back(b += c);
   }
