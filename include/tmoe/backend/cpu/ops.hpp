@@ -69,23 +69,19 @@ void matmul(ThreadPool& pool, MatrixView<const WT> w, MatrixView<const float> x,
         8);
     return;
   }
-  // GEMM: X is packed once (each thread a share of its rows), then the rows of W are split in
-  // up to 4 chunks per thread of at least 128 rows, each packing its own rows of W.
+  // GEMM: X is packed once (in 4 parts per thread), then the rows of W are split in
+  // chunks that shrink towards the end (gemm_row_chunks), each packing its own rows of W.
   thread_local detail::ScratchBuffer x_packed;
   float* xp = x_packed.get(k.blas.gemm_x_size(T, in));
-  const auto parts = static_cast<std::size_t>(pool.size());
+  const auto parts = 4 * static_cast<std::size_t>(pool.size());  // claimed dynamically
   pool.run(parts, [&](std::size_t part, int) {
     k.blas.gemm_pack_x(x.data(), ldx, T, in, xp, part, parts);
   });
   const auto gemm = detail::gemm_packed_fn<WT>(k);
-  const std::size_t grain = 2 * kGemmRowGrain;
-  pool.parallel_for(
-      out, grain,
-      [&](std::size_t b, std::size_t e, int) {
-        gemm(w.data(), ldw, xp, y.data(), ldy, in, T, b, e);
-        add_bias(b, e);
-      },
-      std::clamp<std::size_t>(out / (grain * parts), 1, 4));
+  gemm_row_chunks(pool, out, [&](std::size_t b, std::size_t e) {
+    gemm(w.data(), ldw, xp, y.data(), ldy, in, T, b, e);
+    add_bias(b, e);
+  });
 }
 
 }  // namespace tmoe::cpu

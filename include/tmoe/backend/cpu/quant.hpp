@@ -158,21 +158,18 @@ void matmul_quant(ThreadPool& pool, const quant::QuantMatrixView<F>& w, MatrixVi
   check(x.stride(1) == 1, "matmul_quant", "rows of x and y must be contiguous");
   const auto ldy = static_cast<std::size_t>(y.stride(0));
   if (!fn && T >= kQuantGemmMinT) {
-    // Prefill: X packed once (each thread a share of its rows), then the dequantizing GEMM
+    // Prefill: X packed once (in 4 parts per thread), then the dequantizing GEMM
     // over chunks of rows of W, as cpu::matmul (ops.hpp) does.
     thread_local detail::ScratchBuffer x_packed;
     float* xp = x_packed.get(k.blas.gemm_x_size(T, in));
-    const auto parts = static_cast<std::size_t>(pool.size());
+    const auto parts = 4 * static_cast<std::size_t>(pool.size());  // claimed dynamically
     const auto ldx = static_cast<std::size_t>(x.stride(0));
     pool.run(parts, [&](std::size_t part, int) {
       k.blas.gemm_pack_x(x.data(), ldx, T, in, xp, part, parts);
     });
     const auto gemm = detail::quant_gemm_fn<F>(k);
-    const std::size_t grain = 2 * kGemmRowGrain;
-    pool.parallel_for(
-        w.rows, grain,
-        [&](std::size_t b, std::size_t e, int) { gemm(w, xp, T, y.data(), ldy, b, e); },
-        std::clamp<std::size_t>(w.rows / (grain * parts), 1, 4));
+    gemm_row_chunks(pool, w.rows,
+                    [&](std::size_t b, std::size_t e) { gemm(w, xp, T, y.data(), ldy, b, e); });
     return;
   }
   if constexpr (quant::kUsesQ8Act<F>) {
