@@ -35,7 +35,7 @@ commands:
             preset's sizes or a model's formats and decode bytes
 
 PATH is a Hugging Face model folder (config.json, *.safetensors, tokenizer.json) or a .gguf file.
---device cuda (tmoe built with CUDA): dense Qwen2 / Llama models on the GPU.
+--device cuda (tmoe built with CUDA): dense Qwen2 / Llama and DeepSeek (MLA, MoE) models on the GPU.
 Environment: TMOE_ISA=portable|avx2|avx512|avx512_vnni_bf16 forces a CPU kernel set.
 )";
 
@@ -62,6 +62,10 @@ int main(int argc, char** argv) {
   }
   if (args[0] == "--version") {
     std::puts(TMOE_VERSION_STRING);
+    return 0;
+  }
+  if (args.size() >= 2 && (args[1] == "--help" || args[1] == "-h")) {  // tmoe bench --help
+    std::fputs(kUsage, stdout);
     return 0;
   }
   try {

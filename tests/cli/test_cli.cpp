@@ -259,3 +259,13 @@ TEST_CASE("tmoe init --preset writes a model tmoe runs; tmoe info --preset count
   CHECK(r.out.find("671.026B total") != std::string::npos);
   CHECK(r.out.find("q4_0") != std::string::npos);
 }
+
+TEST_CASE("tmoe --help and <command> --help print the usage and exit 0") {
+  for (const char* args : {"--help", "bench --help", "quantize -h", "generate --help"}) {
+    CAPTURE(args);
+    const Result r = run_tmoe(args);
+    REQUIRE(r.status == 0);
+    CHECK(r.out.find("usage: tmoe <command>") != std::string::npos);
+    CHECK(r.out.find("bench     --model PATH") != std::string::npos);
+  }
+}
