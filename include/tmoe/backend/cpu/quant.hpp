@@ -10,11 +10,14 @@
 //     per-thread scratch buffer), so the result differs from the float product by at most
 //     sum_i |w_i| * d_act(i) / 2 (d_act: the activation block's scale, max|x| / 127 over its 32
 //     elements), plus float rounding. The GEMM keeps X in float: float rounding only.
-//     Output rows are split across the pool's threads. `k` selects the ISA; `fn` (optional)
-//     overrides the row kernel (bench_quant uses it to time rows_fp8_block_table).
+//     Output rows are split across the pool's threads (in whole groups of 8 rows when w has the
+//     8-row interleaved copy, w.packed: Q4_0 / Q8_0, QuantMatrix::repack / the model loader). `k`
+//     selects the ISA; `fn` (optional) overrides the row kernel (bench_quant uses it to time
+//     rows_fp8_block_table).
 //   embedding_quant<F>(W, row, out): dequantizes one row (token embedding lookup).
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <type_traits>
 #include <vector>
@@ -127,8 +130,14 @@ void matmul_quant(ThreadPool& pool, const quant::QuantMatrixView<F>& w, MatrixVi
     a.qd = qd;
     a.qdsum = qdsum;
   }
-  pool.parallel_for(
-      out, 16, [&](std::size_t b, std::size_t e, int) { fn(w, a, y.data(), ldy, b, e); }, 4);
+  // With an 8-row interleaved copy the ranges are whole groups of 8 rows (the kernel runs rows
+  // of a group split between two ranges on the plain blocks).
+  const std::size_t unit = w.packed ? 8 : 1;
+  pool.parallel_for((out + unit - 1) / unit, 16 / unit,
+                    [&](std::size_t b, std::size_t e, int) {
+                      fn(w, a, y.data(), ldy, b * unit, std::min(e * unit, out));
+                    },
+                    4);
 }
 
 // out[0 .. cols) = dequantized row `row` of w.
