@@ -9,7 +9,7 @@
 //  - qgemv_<format>: the decode GEMV over 1024 x 7168 weights (3.7-7.3 MB, from L3: the kernel's
 //    compute ceiling, bytes/s of quantized weights + scales per CPU-second; 1024 rows so that
 //    quantizing the activations once per call weighs as little as in a real GEMV);
-//    qgemv_<format>_x8: the same on the 8-row interleaved copy (Q8_0, Q4_0).
+//    qgemv_<format>_x8: the same on the 8-row interleaved copy (Q8_0, Q4_0, Q4_K).
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
@@ -125,6 +125,11 @@ BENCHMARK(BM_quant<Q8_0, true>)
     ->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_quant<Q4_0, true>)
     ->Name("qgemv_q4_0_x8")
+    ->Arg(1)
+    ->MeasureProcessCPUTime()
+    ->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_quant<Q4_K, true>)
+    ->Name("qgemv_q4_k_x8")
     ->Arg(1)
     ->MeasureProcessCPUTime()
     ->Unit(benchmark::kMicrosecond);

@@ -4,8 +4,8 @@
 // also on its own as BM_read_bandwidth).
 // Counter frac_bw = weight bytes/s / read bandwidth. Arg 0: 32 rows that stay in L2, timed in
 // CPU time: the kernels' compute ceiling (bytes/s) with no memory limit. Also: the FP8 decode
-// variants (bit trick vs 256-entry table + gathers), Q8_0 / Q4_0 on the 8-row interleaved copy
-// (label "x8", QuantMatrix::repack) and a prefill GEMM (T = 64) in FLOP/s.
+// variants (bit trick vs 256-entry table + gathers), Q8_0 / Q4_0 / Q4_K on the 8-row interleaved
+// copy (label "x8", QuantMatrix::repack) and a prefill GEMM (T = 64) in FLOP/s.
 //   build/bench/bench_quant --benchmark_min_time=2
 #include <benchmark/benchmark.h>
 
@@ -110,6 +110,7 @@ BENCHMARK(BM_gemv<Q8_0>)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_gemv<Q4_0>)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_gemv<Q8_0, false, true>)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_gemv<Q4_0, false, true>)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_gemv<Q4_K, false, true>)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_gemv<Q4_K>)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_gemv<Q6_K>)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_gemv<NF4>)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
@@ -120,6 +121,7 @@ BENCHMARK(BM_gemv<Q8_0>)->Arg(0)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gemv<Q4_0>)->Arg(0)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gemv<Q8_0, false, true>)->Arg(0)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gemv<Q4_0, false, true>)->Arg(0)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_gemv<Q4_K, false, true>)->Arg(0)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gemv<Q4_K>)->Arg(0)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gemv<Q6_K>)->Arg(0)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gemv<NF4>)->Arg(0)->Unit(benchmark::kMicrosecond);

@@ -234,20 +234,43 @@ TEST_CASE("matmul_quant and embedding_quant report shape errors") {
 
 // The decode GEMV on the 8-row interleaved copy (QuantMatrix::repack): per row it adds, block by
 // block in order, fma(float(isum_b), float(d_w,b) * d_a,b, acc) with isum_b the exact integer
-// block sum; the model below computes the same in scalar code and must match bit for bit on the
-// SIMD ISAs (the portable TU ignores the copy and must match the plain kernel). Against the plain
-// kernel (4-row dot4, 8 lanes per row summed at the end), only the float order differs:
-//   |y_x8 - y_plain| <= (2 nb + 8) * 2^-24 * S,  S = sum_b |float(d_w,b) * d_a,b| * sum_j c_j |a_j|
-// with c_j = |q_j| (Q8_0) or |q_j - 8| + 16 (Q4_0), which bounds the magnitudes of the partial
-// integer sums either kernel converts to float (dot4 splits a block over 8 lanes and subtracts
-// 8 * sum(a) in lane 0), so each result is within (nb + 4) 2^-24 S of the exact sum.
+// block sum (Q4_K: per 32-element sub-block s, fma(float(isum_s), (sc_s * d) * d_a,s, acc) and
+// the mins fma(m_s * dmin, d_a,s * sum(a_s), macc), y = acc - macc); the model below computes
+// the same in scalar code and must match bit for bit on the SIMD ISAs (the portable TU ignores
+// the copy and must match the plain kernel). Against the plain kernels (dot4 / dot: 8 lanes per
+// row summed at the end) only the float order differs:
+//   |y_x8 - y_plain| <= (2 nq + 8) * 2^-24 * S    (nq = in / 32)
+// S = sum over 32-blocks of |scale product| * sum_j c_j |a_j| (+ |m dmin d_a sum(a)| for Q4_K),
+// c_j = |q_j| (Q8_0), |q_j - 8| + 16 (Q4_0), the unsigned code (Q4_K): it bounds the magnitudes
+// of the partial integer sums either kernel converts to float (dot4 splits a block over 8 lanes
+// and subtracts 8 * sum(a) in lane 0), so each result is within (nq + 4) 2^-24 S of the exact sum
+// of the same terms.
 namespace {
 template <class F>
 float x8_model(const QuantMatrixView<F>& w, std::size_t o, const BlockQ8Act* a, double* mag) {
-  float acc = 0;
+  float acc = 0, macc = 0;
   *mag = 0;
   for (std::size_t b = 0; b < w.blocks_per_row(); ++b) {
     const auto& blk = w.row(o)[b];
+    if constexpr (std::is_same_v<F, Q4_K>) {
+      const float d = blk.d.to_float(), dmin = blk.dmin.to_float();
+      for (int sb = 0; sb < 8; ++sb) {
+        const BlockQ8Act& ab = a[8 * b + sb];
+        int sc, m, isum = 0, isum_abs = 0;
+        q4k_scale_min(blk.scales, sb, sc, m);
+        for (int l = 0; l < 32; ++l) {
+          const int q = sb % 2 ? blk.qs[32 * (sb / 2) + l] >> 4 : blk.qs[32 * (sb / 2) + l] & 15;
+          isum += q * ab.qs[l];
+          isum_abs += q * std::abs(ab.qs[l]);
+        }
+        const float qdsum = ab.d * static_cast<float>(ab.sum[0] + ab.sum[1]);
+        const float s = static_cast<float>(sc) * d * ab.d;
+        acc = std::fma(static_cast<float>(isum), s, acc);
+        macc = std::fma(static_cast<float>(m) * dmin, qdsum, macc);
+        *mag += std::abs(double(isum_abs) * s) + std::abs(double(m) * dmin * qdsum);
+      }
+      continue;
+    }
     int isum = 0, isum_abs = 0;
     for (int j = 0; j < 32; ++j) {
       int q;
@@ -262,13 +285,13 @@ float x8_model(const QuantMatrixView<F>& w, std::size_t o, const BlockQ8Act* a, 
     acc = std::fma(static_cast<float>(isum), s, acc);
     *mag += std::abs(double(isum_abs) * s);
   }
-  return acc;
+  return acc - macc;
 }
 
 template <class F>
 void check_x8(const cpu::KernelTable& k, std::size_t out, std::size_t nb, std::size_t T,
               std::uint64_t seed) {
-  const std::size_t in = nb * 32;
+  const std::size_t in = nb * F::kBlockSize, nq = in / 32;
   auto m = random_matrix<F>(out, in, seed);
   const auto plain_view = m.view();
   m.repack();
@@ -280,7 +303,7 @@ void check_x8(const cpu::KernelTable& k, std::size_t out, std::size_t nb, std::s
   ThreadPool one(1), two(2);
   cpu::matmul_quant<F>(one, plain_view, x.cview(), yp.view(), k);
   cpu::matmul_quant<F>(one, w, x.cview(), y.view(), k);
-  std::vector<BlockQ8Act> act(nb);
+  std::vector<BlockQ8Act> act(nq);
   for (std::size_t t = 0; t < T; ++t) {
     reference::quantize_act(&x(t, 0), in, act.data());
     for (std::size_t o = 0; o < out; ++o) {
@@ -290,30 +313,37 @@ void check_x8(const cpu::KernelTable& k, std::size_t out, std::size_t nb, std::s
         REQUIRE(y(t, o) == yp(t, o));  // the copy is not read; one scalar kernel per row
       else if (o < out / 8 * 8)
         REQUIRE(y(t, o) == model);  // tail rows: the plain kernel (dot4 or dot), the bound
-      REQUIRE(std::abs(double(y(t, o)) - yp(t, o)) <= (2.0 * nb + 8) * 0x1p-24 * mag);
+      REQUIRE(std::abs(double(y(t, o)) - yp(t, o)) <= (2.0 * nq + 8) * 0x1p-24 * mag);
     }
   }
   // The row kernel on [3, out): rows 3..7 of the first group run the plain kernel, whole groups
   // the interleaved one, as in the full call.
   if (out > 3) {
-    std::vector<BlockQ8Act> q(T * nb);
-    for (std::size_t t = 0; t < T; ++t) reference::quantize_act(&x(t, 0), in, q.data() + t * nb);
+    std::vector<BlockQ8Act> q(T * nq);
+    std::vector<float> qd(T * nq), qdsum(T * nq);
+    for (std::size_t t = 0; t < T; ++t) reference::quantize_act(&x(t, 0), in, q.data() + t * nq);
+    for (std::size_t i = 0; i < T * nq; ++i) {
+      qd[i] = q[i].d;
+      qdsum[i] = q[i].d * static_cast<float>(q[i].sum[0] + q[i].sum[1]);
+    }
     cpu::QuantActs qa;
     qa.x = x.data();
     qa.ldx = in;
     qa.q = q.data();
-    qa.ldq = nb;
+    qa.ldq = nq;
+    qa.qd = qd.data();
+    qa.qdsum = qdsum.data();
     qa.T = T;
     Matrix<float> ye(T, out);
     cpu::detail::quant_rows_fn<F>(k)(w, qa, ye.data(), out, 3, out);
     for (std::size_t t = 0; t < T; ++t)
       for (std::size_t o = 3; o < out; ++o) {
         double mag;
-        x8_model(w, o, q.data() + t * nb, &mag);
+        x8_model(w, o, q.data() + t * nq, &mag);
         if (o >= 8)
           REQUIRE(ye(t, o) == y(t, o));
         else
-          REQUIRE(std::abs(double(ye(t, o)) - yp(t, o)) <= (2.0 * nb + 8) * 0x1p-24 * mag);
+          REQUIRE(std::abs(double(ye(t, o)) - yp(t, o)) <= (2.0 * nq + 8) * 0x1p-24 * mag);
       }
   }
   // Two threads and row slices
@@ -332,7 +362,7 @@ void check_x8(const cpu::KernelTable& k, std::size_t out, std::size_t nb, std::s
       for (std::size_t o = 0; o < count; ++o) {
         double mag;
         x8_model(w, begin + o, act.data(), &mag);
-        const double bound = (2.0 * nb + 8) * 0x1p-24 * mag;
+        const double bound = (2.0 * nq + 8) * 0x1p-24 * mag;
         REQUIRE(std::abs(double(ys(t, o)) - yp(t, begin + o)) <= bound);
         if (begin == 0) REQUIRE(std::abs(double(y2(t, o)) - yp(t, o)) <= bound);
       }
@@ -342,7 +372,7 @@ void check_x8(const cpu::KernelTable& k, std::size_t out, std::size_t nb, std::s
 }  // namespace
 
 TEST_CASE_TEMPLATE("the 8-row interleaved GEMV matches its scalar model and the plain kernel", F,
-                   Q8_0, Q4_0) {
+                   Q8_0, Q4_0, Q4_K) {
   test::for_each_isa([&](const cpu::KernelTable& k) {
     for (std::size_t out : {1u, 7u, 8u, 9u, 17u, 40u, 67u})
       for (std::size_t nb : {1u, 2u, 7u})

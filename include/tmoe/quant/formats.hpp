@@ -237,6 +237,17 @@ struct QuantMatrixView {
   }
 };
 
+// Q4_K's 6-bit scale and min of sub-block s (0..7).
+TMOE_INLINE void q4k_scale_min(const std::uint8_t* sc, int s, int& scale, int& min) {
+  if (s < 4) {
+    scale = sc[s] & 63;
+    min = sc[s + 4] & 63;
+  } else {
+    scale = (sc[s + 4] & 15) | ((sc[s - 4] >> 6) << 4);
+    min = (sc[s + 4] >> 4) | ((sc[s] >> 6) << 4);
+  }
+}
+
 // ---- 8-row interleaved copies for the decode GEMV (load-time repacking) ------------------------
 // Group g holds rows 8g .. 8g + 7; its block b (the same 32 columns of the 8 rows) is one
 // BlockX8, group g's blocks contiguous: block b of group g at index g * blocks_per_row + b.
@@ -256,8 +267,25 @@ struct BlockQ8_0x8 {
 static_assert(sizeof(BlockQ4_0x8) == 8 * sizeof(BlockQ4_0), "Q4_0 x8 block: 8 blocks' bytes");
 static_assert(sizeof(BlockQ8_0x8) == 8 * sizeof(BlockQ8_0), "Q8_0 x8 block: 8 blocks' bytes");
 
+// Q4_K (8 x 144 bytes): the 8 rows' d and dmin; the 6-bit scale and min of sub-block s of row r
+// as sc[8s + r] = scale | (min >> 4) << 6 and the min's low 4 bits in mlo[8 (s / 2) + r] (low
+// nibble for even s, high for odd s); qs as above, chunk k (0..31) holding row r's
+// qs[4k .. 4k + 3], so chunks 8c .. 8c + 7 are the 64-element chunk c of the 8 rows.
+struct BlockQ4_Kx8 {
+  f16 d[8];
+  f16 dmin[8];
+  std::uint8_t sc[64];
+  std::uint8_t mlo[32];
+  std::uint8_t qs[8 * 128];
+};
+static_assert(sizeof(BlockQ4_Kx8) == 8 * sizeof(BlockQ4_K), "Q4_K x8 block: 8 blocks' bytes");
+
 template <class F>
 struct RepackedX8;
+template <>
+struct RepackedX8<Q4_K> {
+  using Block = BlockQ4_Kx8;
+};
 template <>
 struct RepackedX8<Q4_0> {
   using Block = BlockQ4_0x8;
@@ -267,7 +295,8 @@ struct RepackedX8<Q8_0> {
   using Block = BlockQ8_0x8;
 };
 template <class F>
-inline constexpr bool kRepackX8 = std::is_same_v<F, Q4_0> || std::is_same_v<F, Q8_0>;
+inline constexpr bool kRepackX8 =
+    std::is_same_v<F, Q4_0> || std::is_same_v<F, Q8_0> || std::is_same_v<F, Q4_K>;
 
 // Bytes of the interleaved copy of w (0 for formats without one).
 template <class F>
@@ -292,19 +321,18 @@ void repack_x8(const QuantMatrixView<F>& w, typename RepackedX8<F>::Block* out) 
         o.d[r] = blk.d;
         for (std::size_t k = 0; k < kRowBytes / 4; ++k)
           std::memcpy(o.qs + 32 * k + 4 * r, blk.qs + 4 * k, 4);
+        if constexpr (std::is_same_v<F, Q4_K>) {
+          o.dmin[r] = blk.dmin;
+          for (int sb = 0; sb < 8; ++sb) {
+            int sc, m;
+            q4k_scale_min(blk.scales, sb, sc, m);
+            o.sc[8 * sb + r] = static_cast<std::uint8_t>(sc | (m >> 4) << 6);
+            std::uint8_t& lo = o.mlo[8 * (sb / 2) + r];
+            lo = static_cast<std::uint8_t>(sb % 2 ? (lo & 15) | (m & 15) << 4 : m & 15);
+          }
+        }
       }
     }
-}
-
-// Q4_K's 6-bit scale and min of sub-block s (0..7).
-TMOE_INLINE void q4k_scale_min(const std::uint8_t* sc, int s, int& scale, int& min) {
-  if (s < 4) {
-    scale = sc[s] & 63;
-    min = sc[s + 4] & 63;
-  } else {
-    scale = (sc[s + 4] & 15) | ((sc[s - 4] >> 6) << 4);
-    min = (sc[s + 4] >> 4) | ((sc[s] >> 6) << 4);
-  }
 }
 
 // Per-format traits: the scalar definition of each format (ground truth for every kernel).

@@ -460,6 +460,75 @@ struct QuantImpl {
     }
     _mm256_storeu_ps(y, acc);
   }
+
+  // Q4_K on the interleaved copy (BlockQ4_Kx8): per 32-element sub-block s the 8 rows' integer
+  // sums of unsigned codes times activations (int16 as for Q4_0: <= 8 * 2 * 15 * 127), then per
+  // row, in sub-block order,
+  //   acc_r  = fma(float(isum_r,s), (float(sc_r,s) * d_r) * d_a,s, acc_r)
+  //   macc_r = fma(float(m_r,s) * dmin_r, d_a,s * sum(a_s), macc_r),   y_r = acc_r - macc_r
+  // (the terms of the plain dot(BlockQ4_K), summed in another order).
+  static void dot_x8_q4k(const quant::BlockQ4_Kx8* w, const Act* a, const float* qd,
+                         const float* qdsum, std::size_t nb, float* y) {
+    const __m256i m4 = _mm256_set1_epi8(15), m15 = _mm256_set1_epi32(15),
+                  m63 = _mm256_set1_epi32(63);
+    __m256 acc = _mm256_setzero_ps(), macc = _mm256_setzero_ps();
+    for (std::size_t b = 0; b < nb; ++b, a += 8, qd += 8, qdsum += 8) {
+      const quant::BlockQ4_Kx8& x = w[b];
+      const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x.d)));
+      const __m256 dmin =
+          _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x.dmin)));
+      for (int c = 0; c < 4; ++c) {
+        const std::uint8_t* q = x.qs + 256 * c;
+        const Act &a0 = a[2 * c], &a1 = a[2 * c + 1];
+        __m256i ilo, ihi;
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+        ilo = ihi = _mm256_setzero_si256();
+        for (int j = 0; j < 8; ++j) {
+          const __m256i raw = load32(q + 32 * j);
+          ilo = dot_us_acc(ilo, _mm256_and_si256(raw, m4), bcast4(a0.qs + 4 * j));
+          ihi = dot_us_acc(ihi, _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4),
+                           bcast4(a1.qs + 4 * j));
+        }
+#else
+        __m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256();
+        for (int j = 0; j < 8; ++j) {
+          const __m256i raw = load32(q + 32 * j);
+          s0 = _mm256_add_epi16(
+              s0, _mm256_maddubs_epi16(_mm256_and_si256(raw, m4), bcast4(a0.qs + 4 * j)));
+          s1 = _mm256_add_epi16(
+              s1, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(raw, 4), m4),
+                                       bcast4(a1.qs + 4 * j)));
+        }
+        ilo = _mm256_madd_epi16(s0, _mm256_set1_epi16(1));
+        ihi = _mm256_madd_epi16(s1, _mm256_set1_epi16(1));
+#endif
+        const __m128i scb = _mm_loadu_si128(reinterpret_cast<const __m128i*>(x.sc + 16 * c));
+        const __m256i sb0 = _mm256_cvtepu8_epi32(scb),
+                      sb1 = _mm256_cvtepu8_epi32(_mm_srli_si128(scb, 8));
+        const __m256i mb =
+            _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(x.mlo + 8 * c)));
+        const __m256i m0 = _mm256_or_si256(_mm256_and_si256(mb, m15),
+                                           _mm256_slli_epi32(_mm256_srli_epi32(sb0, 6), 4));
+        const __m256i m1 = _mm256_or_si256(_mm256_srli_epi32(mb, 4),
+                                           _mm256_slli_epi32(_mm256_srli_epi32(sb1, 6), 4));
+        acc = _mm256_fmadd_ps(
+            _mm256_cvtepi32_ps(ilo),
+            _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_and_si256(sb0, m63)), d),
+                          _mm256_set1_ps(qd[2 * c])),
+            acc);
+        acc = _mm256_fmadd_ps(
+            _mm256_cvtepi32_ps(ihi),
+            _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_and_si256(sb1, m63)), d),
+                          _mm256_set1_ps(qd[2 * c + 1])),
+            acc);
+        macc = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(m0), dmin),
+                               _mm256_set1_ps(qdsum[2 * c]), macc);
+        macc = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(m1), dmin),
+                               _mm256_set1_ps(qdsum[2 * c + 1]), macc);
+      }
+    }
+    _mm256_storeu_ps(y, _mm256_sub_ps(acc, macc));
+  }
 #endif
 
   // ---- Int8Row (one scale per row, applied by the caller) ------------------------------------
@@ -851,7 +920,7 @@ struct QuantImpl {
   }
 
   // ---- matrix driver: tiles of 16 output rows x 32 tokens -------------------------------------
-  // With an interleaved copy (w.packed, Q4_0 / Q8_0), the whole 8-row groups inside
+  // With an interleaved copy (w.packed, Q4_0 / Q8_0 / Q4_K), the whole 8-row groups inside
   // [o_begin, o_end) run dot_x8; rows outside them (range edges, the rows % 8 tail) run the
   // per-row kernels on w.blocks.
   template <class F, bool kTable = false>
@@ -865,8 +934,13 @@ struct QuantImpl {
         const auto* pk = static_cast<const typename quant::RepackedX8<F>::Block*>(w.packed);
         const std::size_t nb = w.blocks_per_row();
         for (std::size_t g = g0; g < g1; ++g)
-          for (std::size_t t = 0; t < a.T; ++t)
-            dot_x8<F>(pk + g * nb, a.q + t * a.ldq, nb, y + t * ldy + 8 * g);
+          for (std::size_t t = 0; t < a.T; ++t) {
+            if constexpr (std::is_same_v<F, quant::Q4_K>)
+              dot_x8_q4k(pk + g * nb, a.q + t * a.ldq, a.qd + t * a.ldq, a.qdsum + t * a.ldq, nb,
+                         y + t * ldy + 8 * g);
+            else
+              dot_x8<F>(pk + g * nb, a.q + t * a.ldq, nb, y + t * ldy + 8 * g);
+          }
         rows_plain<F, kTable>(w, a, y, ldy, 8 * g1, o_end);
         return;
       }
