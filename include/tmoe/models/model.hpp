@@ -66,6 +66,9 @@ class Model {
   virtual std::size_t decode_weight_bytes() const = 0;
   // The weight format's name ("float", "bf16", "f16").
   virtual std::string weight_format() const = 0;
+  // Bytes of the decode GEMV's 8-row interleaved weight copies (Q4_0 / Q8_0 / Q4_K matrices of a
+  // GGUF model, WeightLoader::any_matrix), held besides the stored weights; 0 when none.
+  virtual std::size_t repacked_bytes() const { return 0; }
 
  protected:
   Model(io::ModelConfig cfg, std::size_t max_context)
@@ -245,6 +248,7 @@ class ModelImpl final : public Model {
   std::vector<LayerExpertStats> expert_stats() const override { return dec_->expert_stats(); }
   std::size_t decode_weight_bytes() const override { return bytes_; }
   std::string weight_format() const override { return format_; }
+  std::size_t repacked_bytes() const override { return w_->repacked_bytes(); }
 
  private:
   std::string format_;

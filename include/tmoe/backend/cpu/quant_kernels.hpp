@@ -13,6 +13,12 @@
 //     subtracted from the block's integer sum, no sign trick).
 //     Q4_K builds its 8 sub-block scales as one float vector per super-block (6-bit unpack by
 //     32-bit masks) and broadcasts each with a lane permute.
+//     With the 8-row interleaved copy (QuantMatrixView::packed, quant/formats.hpp repack_x8),
+//     Q4_0, Q8_0 and Q4_K run dot_x8 / dot_x8_q4k instead: 4 bytes of each of 8 rows per load
+//     against 4 broadcast activation bytes, the 8 rows' integer sums in the 8 lanes, one F16C
+//     conversion and one FMA per 8 row-blocks (Q4_K: per sub-block), no horizontal sums. Per row
+//     the float terms are the plain kernels', summed block by block (see docs/quantization.md
+//     for the bound against the plain kernels).
 //   NF4: float activations; codes decoded with two 8-entry permutes and a blend on bit 3.
 //   Fp8Block: float activations; e4m3 decoded as f16 (S.EEEE.MMM -> S.0EEEE.MMM0000000, exact
 //     for normals and subnormals, value / 256) and widened by F16C; the 2^8 is folded into the
