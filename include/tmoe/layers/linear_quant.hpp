@@ -6,8 +6,8 @@
 //   matmul      = cpu::matmul_quant<Q> (activations quantized per 32 for the integer formats)
 //   slice_rows  = rows [begin, begin + count) in place; for Fp8Block, whose 128x128 scale tiles
 //                 are indexed by row / 128, `begin` must be a multiple of 128 (MoE row blocks are);
-//                 the 8-row interleaved copy (view.packed, Q4_0 / Q8_0) is kept when begin is a
-//                 multiple of 8, dropped otherwise (the GEMV then reads the blocks)
+//                 the 8-row interleaved copy (view.packed, Q4_0 / Q8_0 / Q4_K) is kept when begin
+//                 is a multiple of 8, dropped otherwise (the GEMV then reads the blocks)
 //   decode_row  = quant::dequantize_row (embedding lookup of one token)
 #pragma once
 

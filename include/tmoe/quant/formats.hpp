@@ -196,7 +196,8 @@ constexpr QuantTypeInfo quant_type_info(QuantType t) {
 //               Fp8Block a Block is one element).
 //   scales:     Int8Row: (rows) floats; Fp8Block: (ceil(rows/128), scale_stride) floats,
 //               scale_stride >= ceil(cols/128); other formats: unused (nullptr).
-//   packed:     optional (Q4_0 and Q8_0, kRepackX8<F>): the same weights again, 8 rows interleaved
+//   packed:     optional (Q4_0, Q8_0, Q4_K: kRepackX8<F>): the same weights again, 8 rows
+//   interleaved
 //               (RepackedX8<F>, below) for the decode GEMV; covers rows [0, 8 * (rows / 8)), the
 //               tail rows are read from `blocks`. nullptr: the kernels read `blocks` only. Whoever
 //               sets it owns the copy (quant::QuantMatrix::repack, models::WeightLoader).
