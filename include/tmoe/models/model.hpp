@@ -104,8 +104,8 @@ inline std::string mixed_format_name(const WeightLoader& w) {
 
 // A matrix as format F's weight view: MatrixView<const F> (converted when stored otherwise), or
 // for AnyFormat the stored format in place (`dense`: rows must be float / bf16 / f16).
-// `repack`: the matrix is multiplied (Linear), so Q4_0 / Q8_0 get the GEMV's interleaved copy
-// (WeightLoader::any_matrix); false for embedding tables, which are only read row by row.
+// `repack`: the matrix is multiplied (Linear), so Q4_0 / Q8_0 / Q4_K get the GEMV's interleaved
+// copy (WeightLoader::any_matrix); false for embedding tables, which are only read row by row.
 template <class F>
 typename LinearTraits<F>::weight_view weight(WeightLoader& w, const std::string& name,
                                              std::size_t rows, std::size_t cols, bool dense = false,

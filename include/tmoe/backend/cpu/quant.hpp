@@ -11,7 +11,7 @@
 //     sum_i |w_i| * d_act(i) / 2 (d_act: the activation block's scale, max|x| / 127 over its 32
 //     elements), plus float rounding. The GEMM keeps X in float: float rounding only.
 //     Output rows are split across the pool's threads (in whole groups of 8 rows when w has the
-//     8-row interleaved copy, w.packed: Q4_0 / Q8_0, QuantMatrix::repack / the model loader). `k`
+//     8-row interleaved copy, w.packed: Q4_0 / Q8_0 / Q4_K, QuantMatrix::repack / the loader). `k`
 //     selects the ISA; `fn` (optional) overrides the row kernel (bench_quant uses it to time
 //     rows_fp8_block_table).
 //   embedding_quant<F>(W, row, out): dequantizes one row (token embedding lookup).
