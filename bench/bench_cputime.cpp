@@ -8,7 +8,8 @@
 //  - qgemm_<format>: cpu::matmul_quant prefill, 1024 x 7168 weights, T = 128 (FLOP/s);
 //  - qgemv_<format>: the decode GEMV over 1024 x 7168 weights (3.7-7.3 MB, from L3: the kernel's
 //    compute ceiling, bytes/s of quantized weights + scales per CPU-second; 1024 rows so that
-//    quantizing the activations once per call weighs as little as in a real GEMV).
+//    quantizing the activations once per call weighs as little as in a real GEMV);
+//    qgemv_<format>_x8: the same on the 8-row interleaved copy (Q8_0, Q4_0, Q4_K).
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
@@ -78,12 +79,13 @@ BENCHMARK(BM_gemm<bf16>)
 using tmoe_bench::random_quant_matrix;
 
 // Arg: T. T == 1: GEMV (bytes/s); T > 1: prefill (FLOP/s); 1024 rows either way.
-template <class F>
+template <class F, bool kRepack = false>
 void BM_quant(benchmark::State& state) {
   const auto T = static_cast<std::size_t>(state.range(0));
   const std::size_t out = 1024, in = 7168;
   ThreadPool pool(1);
-  const auto w = random_quant_matrix<F>(out, in);
+  auto w = random_quant_matrix<F>(out, in);
+  if (kRepack) w.repack();
   Matrix<float> x(T, in), y(T, out);  // (T, in), (T, out)
   std::mt19937 rng(1);
   std::uniform_real_distribution<float> d(-1.f, 1.f);
@@ -115,6 +117,22 @@ TMOE_QUANT_CPUTIME(Q4_0, "q4_0");
 TMOE_QUANT_CPUTIME(Q4_K, "q4_k");
 TMOE_QUANT_CPUTIME(Q6_K, "q6_k");
 TMOE_QUANT_CPUTIME(Fp8Block, "fp8");
+// The same GEMV on the 8-row interleaved copy (QuantMatrix::repack, as the model loader makes).
+BENCHMARK(BM_quant<Q8_0, true>)
+    ->Name("qgemv_q8_0_x8")
+    ->Arg(1)
+    ->MeasureProcessCPUTime()
+    ->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_quant<Q4_0, true>)
+    ->Name("qgemv_q4_0_x8")
+    ->Arg(1)
+    ->MeasureProcessCPUTime()
+    ->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_quant<Q4_K, true>)
+    ->Name("qgemv_q4_k_x8")
+    ->Arg(1)
+    ->MeasureProcessCPUTime()
+    ->Unit(benchmark::kMicrosecond);
 
 }  // namespace
 

@@ -4,7 +4,8 @@
 // also on its own as BM_read_bandwidth).
 // Counter frac_bw = weight bytes/s / read bandwidth. Arg 0: 32 rows that stay in L2, timed in
 // CPU time: the kernels' compute ceiling (bytes/s) with no memory limit. Also: the FP8 decode
-// variants (bit trick vs 256-entry table + gathers) and a prefill GEMM (T = 64) in FLOP/s.
+// variants (bit trick vs 256-entry table + gathers), Q8_0 / Q4_0 / Q4_K on the 8-row interleaved
+// copy (label "x8", QuantMatrix::repack) and a prefill GEMM (T = 64) in FLOP/s.
 //   build/bench/bench_quant --benchmark_min_time=2
 #include <benchmark/benchmark.h>
 
@@ -67,9 +68,10 @@ void BM_read_bandwidth(benchmark::State& state) {
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * a.size() * sizeof(float)));
 }
 
-template <class F, bool kTable = false>
+template <class F, bool kTable = false, bool kRepack = false>
 void BM_gemv(benchmark::State& state) {
-  const auto w = random_quant_matrix<F>(kOut, kIn);
+  auto w = random_quant_matrix<F>(kOut, kIn);
+  if (kRepack) w.repack();
   const double bw = read_bandwidth();
   std::size_t T = static_cast<std::size_t>(state.range(0));
   // T == 1: the decode GEMV over all 18432 rows; T == 0: 32 rows that stay in L2 (the kernel's
@@ -99,13 +101,16 @@ void BM_gemv(benchmark::State& state) {
     state.counters["frac_bw"] =
         benchmark::Counter(bytes * double(state.iterations()) / bw, benchmark::Counter::kIsRate);
   state.SetLabel(std::string(F::kName) + " " + std::string(cpu::isa_name(k.isa)) +
-                 (kTable ? " table" : ""));
+                 (kTable ? " table" : "") + (kRepack ? " x8" : ""));
 }
 }  // namespace
 
 BENCHMARK(BM_read_bandwidth)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_gemv<Q8_0>)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_gemv<Q4_0>)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_gemv<Q8_0, false, true>)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_gemv<Q4_0, false, true>)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_gemv<Q4_K, false, true>)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_gemv<Q4_K>)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_gemv<Q6_K>)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_gemv<NF4>)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
@@ -114,6 +119,9 @@ BENCHMARK(BM_gemv<Fp8Block>)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime
 BENCHMARK(BM_gemv<Fp8Block, true>)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_gemv<Q8_0>)->Arg(0)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gemv<Q4_0>)->Arg(0)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_gemv<Q8_0, false, true>)->Arg(0)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_gemv<Q4_0, false, true>)->Arg(0)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_gemv<Q4_K, false, true>)->Arg(0)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gemv<Q4_K>)->Arg(0)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gemv<Q6_K>)->Arg(0)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gemv<NF4>)->Arg(0)->Unit(benchmark::kMicrosecond);

@@ -20,6 +20,7 @@
 #include "test_util.hpp"
 #include "tmoe/backend/cpu/quant.hpp"
 #include "tmoe/backend/reference/quant.hpp"
+#include "tmoe/layers/linear_quant.hpp"
 #include "tmoe/quant/quantize.hpp"
 
 using namespace tmoe;
@@ -245,4 +246,184 @@ TEST_CASE("matmul_quant and embedding_quant report shape errors") {
                     "[embedding_quant] row 4 out of range [0, 4)");
   cpu::embedding_quant<Q4_0>(w.view(), 3, row);
   CHECK(row[0] == 0.f);
+}
+
+// The decode GEMV on the 8-row interleaved copy (QuantMatrix::repack): per row it adds, block by
+// block in order, fma(float(isum_b), float(d_w,b) * d_a,b, acc) with isum_b the exact integer
+// block sum (Q4_K: per 32-element sub-block s, fma(float(isum_s), (sc_s * d) * d_a,s, acc) and
+// the mins fma(m_s * dmin, d_a,s * sum(a_s), macc), y = acc - macc); the model below computes
+// the same in scalar code and must match bit for bit on the SIMD ISAs (the portable TU ignores
+// the copy and must match the plain kernel). Against the plain kernels (dot4 / dot: 8 lanes per
+// row summed at the end) only the float order differs:
+//   |y_x8 - y_plain| <= (2 nq + 8) * 2^-24 * S    (nq = in / 32)
+// S = sum over 32-blocks of |scale product| * sum_j c_j |a_j| (+ |m dmin d_a sum(a)| for Q4_K),
+// c_j = |q_j| (Q8_0), |q_j - 8| + 16 (Q4_0), the unsigned code (Q4_K): it bounds the magnitudes
+// of the partial integer sums either kernel converts to float (dot4 splits a block over 8 lanes
+// and subtracts 8 * sum(a) in lane 0), so each result is within (nq + 4) 2^-24 S of the exact sum
+// of the same terms.
+namespace {
+template <class F>
+float x8_model(const QuantMatrixView<F>& w, std::size_t o, const BlockQ8Act* a, double* mag) {
+  float acc = 0, macc = 0;
+  *mag = 0;
+  for (std::size_t b = 0; b < w.blocks_per_row(); ++b) {
+    const auto& blk = w.row(o)[b];
+    if constexpr (std::is_same_v<F, Q4_K>) {
+      const float d = blk.d.to_float(), dmin = blk.dmin.to_float();
+      for (int sb = 0; sb < 8; ++sb) {
+        const BlockQ8Act& ab = a[8 * b + sb];
+        int sc, m, isum = 0, isum_abs = 0;
+        q4k_scale_min(blk.scales, sb, sc, m);
+        for (int l = 0; l < 32; ++l) {
+          const int q = sb % 2 ? blk.qs[32 * (sb / 2) + l] >> 4 : blk.qs[32 * (sb / 2) + l] & 15;
+          isum += q * ab.qs[l];
+          isum_abs += q * std::abs(ab.qs[l]);
+        }
+        const float qdsum = ab.d * static_cast<float>(ab.sum[0] + ab.sum[1]);
+        const float s = static_cast<float>(sc) * d * ab.d;
+        acc = std::fma(static_cast<float>(isum), s, acc);
+        macc = std::fma(static_cast<float>(m) * dmin, qdsum, macc);
+        *mag += std::abs(double(isum_abs) * s) + std::abs(double(m) * dmin * qdsum);
+      }
+      continue;
+    }
+    int isum = 0, isum_abs = 0;
+    for (int j = 0; j < 32; ++j) {
+      int q;
+      if constexpr (std::is_same_v<F, Q4_0>)
+        q = (j < 16 ? blk.qs[j] & 15 : blk.qs[j - 16] >> 4) - 8;
+      else
+        q = blk.qs[j];
+      isum += q * a[b].qs[j];
+      isum_abs += (std::abs(q) + (std::is_same_v<F, Q4_0> ? 16 : 0)) * std::abs(a[b].qs[j]);
+    }
+    const float s = blk.d.to_float() * a[b].d;
+    acc = std::fma(static_cast<float>(isum), s, acc);
+    *mag += std::abs(double(isum_abs) * s);
+  }
+  return acc - macc;
+}
+
+template <class F>
+void check_x8(const cpu::KernelTable& k, std::size_t out, std::size_t nb, std::size_t T,
+              std::uint64_t seed) {
+  const std::size_t in = nb * F::kBlockSize, nq = in / 32;
+  auto m = random_matrix<F>(out, in, seed);
+  const auto plain_view = m.view();
+  m.repack();
+  const auto w = m.view();
+  REQUIRE((w.packed != nullptr) == (out >= 8));
+  Matrix<float> x(T, in), y(T, out), yp(T, out);  // (T, in), (T, out)
+  const auto xf = test::random_floats(T * in, seed + 1, -2.f, 2.f);
+  std::copy(xf.begin(), xf.end(), x.data());
+  ThreadPool one(1), two(2);
+  cpu::matmul_quant<F>(one, plain_view, x.cview(), yp.view(), k);
+  cpu::matmul_quant<F>(one, w, x.cview(), y.view(), k);
+  std::vector<BlockQ8Act> act(nq);
+  for (std::size_t t = 0; t < T; ++t) {
+    reference::quantize_act(&x(t, 0), in, act.data());
+    for (std::size_t o = 0; o < out; ++o) {
+      double mag;
+      const float model = x8_model(w, o, act.data(), &mag);
+      if (k.isa == cpu::Isa::portable)
+        REQUIRE(y(t, o) == yp(t, o));  // the copy is not read; one scalar kernel per row
+      else if (o < out / 8 * 8)
+        REQUIRE(y(t, o) == model);  // tail rows: the plain kernel (dot4 or dot), the bound
+      REQUIRE(std::abs(double(y(t, o)) - yp(t, o)) <= (2.0 * nq + 8) * 0x1p-24 * mag);
+    }
+  }
+  // The row kernel on [3, out): rows 3..7 of the first group run the plain kernel, whole groups
+  // the interleaved one, as in the full call.
+  if (out > 3) {
+    std::vector<BlockQ8Act> q(T * nq);
+    std::vector<float> qd(T * nq), qdsum(T * nq);
+    for (std::size_t t = 0; t < T; ++t) reference::quantize_act(&x(t, 0), in, q.data() + t * nq);
+    for (std::size_t i = 0; i < T * nq; ++i) {
+      qd[i] = q[i].d;
+      qdsum[i] = q[i].d * static_cast<float>(q[i].sum[0] + q[i].sum[1]);
+    }
+    cpu::QuantActs qa;
+    qa.x = x.data();
+    qa.ldx = in;
+    qa.q = q.data();
+    qa.ldq = nq;
+    qa.qd = qd.data();
+    qa.qdsum = qdsum.data();
+    qa.T = T;
+    Matrix<float> ye(T, out);
+    cpu::detail::quant_rows_fn<F>(k)(w, qa, ye.data(), out, 3, out);
+    for (std::size_t t = 0; t < T; ++t)
+      for (std::size_t o = 3; o < out; ++o) {
+        double mag;
+        x8_model(w, o, q.data() + t * nq, &mag);
+        if (o >= 8)
+          REQUIRE(ye(t, o) == y(t, o));
+        else
+          REQUIRE(std::abs(double(ye(t, o)) - yp(t, o)) <= (2.0 * nq + 8) * 0x1p-24 * mag);
+      }
+  }
+  // Two threads and row slices
+  // (a start at a multiple of 8 keeps the copy, another start drops it): within the bound.
+  Matrix<float> y2(T, out);
+  cpu::matmul_quant<F>(two, w, x.cview(), y2.view(), k);
+  for (std::size_t begin : {std::size_t{0}, std::size_t{3}, std::size_t{8}}) {
+    if (begin >= out) continue;
+    const std::size_t count = out - begin;
+    const auto s = LinearTraits<F>::slice_rows(w, begin, count);
+    REQUIRE((s.packed != nullptr) == (begin % 8 == 0 && w.packed != nullptr));
+    Matrix<float> ys(T, count);
+    cpu::matmul_quant<F>(one, s, x.cview(), ys.view(), k);
+    for (std::size_t t = 0; t < T; ++t) {
+      reference::quantize_act(&x(t, 0), in, act.data());
+      for (std::size_t o = 0; o < count; ++o) {
+        double mag;
+        x8_model(w, begin + o, act.data(), &mag);
+        const double bound = (2.0 * nq + 8) * 0x1p-24 * mag;
+        REQUIRE(std::abs(double(ys(t, o)) - yp(t, begin + o)) <= bound);
+        if (begin == 0) REQUIRE(std::abs(double(y2(t, o)) - yp(t, o)) <= bound);
+      }
+    }
+  }
+}
+}  // namespace
+
+TEST_CASE_TEMPLATE("the 8-row interleaved GEMV matches its scalar model and the plain kernel", F,
+                   Q8_0, Q4_0, Q4_K) {
+  test::for_each_isa([&](const cpu::KernelTable& k) {
+    for (std::size_t out : {1u, 7u, 8u, 9u, 17u, 40u, 67u})
+      for (std::size_t nb : {1u, 2u, 7u})
+        for (std::size_t T : {1u, 3u}) check_x8<F>(k, out, nb, T, out * 11 + nb * 5 + T);
+  });
+}
+
+TEST_CASE("the 8-row interleaved copy holds the blocks' bytes and survives Q8 extremes") {
+  // Every row's block bytes reappear in the copy (d[r], then 4-byte groups at 32k + 4r).
+  auto m = random_matrix<Q4_0>(16, 64, 3);
+  m.repack();
+  const auto w = m.view();
+  REQUIRE(repacked_x8_bytes(w) == 16 * 2 * sizeof(BlockQ4_0));
+  const auto* p = static_cast<const BlockQ4_0x8*>(w.packed);
+  for (std::size_t r = 0; r < 16; ++r)
+    for (std::size_t b = 0; b < 2; ++b) {
+      const auto& blk = w.row(r)[b];
+      const auto& x = p[(r / 8) * 2 + b];
+      CHECK(x.d[r % 8].bits == blk.d.bits);
+      for (std::size_t j = 0; j < 16; ++j)
+        CHECK(x.qs[32 * (j / 4) + 4 * (r % 8) + j % 4] == blk.qs[j]);
+    }
+  // Q8_0 codes of -128 and 127 against activations of +-127 (maddubs pairs at 2 * 128 * 127).
+  QuantMatrix<Q8_0> q(8, 32);
+  for (std::size_t r = 0; r < 8; ++r) {
+    q.blocks()[r].d = f16::from_float(1.f);
+    for (int j = 0; j < 32; ++j) q.blocks()[r].qs[j] = static_cast<std::int8_t>(r % 2 ? 127 : -128);
+  }
+  q.repack();
+  Matrix<float> x(1, 32), y(1, 8);
+  for (int j = 0; j < 32; ++j) x(0, j) = 1.f;
+  test::for_each_isa([&](const cpu::KernelTable& k) {
+    ThreadPool pool(1);
+    cpu::matmul_quant<Q8_0>(pool, q.view(), x.cview(), y.view(), k);
+    for (std::size_t r = 0; r < 8; ++r)  // 32 * (-128 or 127) * 127 * (1 / 127)
+      CHECK(y(0, r) == doctest::Approx(r % 2 ? 4064.0 : -4096.0).epsilon(1e-6));
+  });
 }

@@ -7,7 +7,10 @@
 //                 f16, block kinds cols / block_size blocks (quant/formats.hpp, GGUF layout).
 //   matmul      = one switch per call to cpu::matmul<float|bf16|f16> or LinearTraits<Q>::matmul
 //                 (cpu::matmul_quant<Q>): the per-format kernels run unchanged.
-//   slice_rows  = rows [begin, begin + count) in place (MoE row blocks).
+//   packed      = optional 8-row interleaved copy of a Q4_0 / Q8_0 / Q4_K matrix (the loader's),
+//                 passed to the kernels as QuantMatrixView::packed; data stays the stored rows.
+//   slice_rows  = rows [begin, begin + count) in place (MoE row blocks); packed kept when begin
+//                 is a multiple of 8.
 //   decode_row  = the embedding lookup of the underlying format.
 //   with_dense_rows(w, fn) calls fn(MatrixView<const E>) for the dense kinds (MLA's absorbed decode
 //                 reads kv_b rows directly) and fails for block kinds.
@@ -79,6 +82,9 @@ struct AnyMatrixView {
   const std::byte* data = nullptr;
   std::size_t rows = 0, cols = 0;
   std::size_t row_bytes = 0;
+  // Q4_0 / Q8_0 / Q4_K: optional 8-row interleaved copy for the decode GEMV
+  // (QuantMatrixView::packed).
+  const void* packed = nullptr;
 
   static AnyMatrixView of(AnyKind k, const void* data, std::size_t rows, std::size_t cols) {
     return {k, static_cast<const std::byte*>(data), rows, cols, any_row_bytes(k, cols)};
@@ -97,12 +103,14 @@ struct AnyMatrixView {
   }
   template <class Q>
   quant::QuantMatrixView<Q> blocks() const {
-    return {reinterpret_cast<const typename Q::Block*>(data),
-            rows,
-            cols,
-            cols / Q::kBlockSize,
-            nullptr,
-            0};
+    quant::QuantMatrixView<Q> v{reinterpret_cast<const typename Q::Block*>(data),
+                                rows,
+                                cols,
+                                cols / Q::kBlockSize,
+                                nullptr,
+                                0};
+    if constexpr (quant::kRepackX8<Q>) v.packed = packed;
+    return v;
   }
 };
 
@@ -152,6 +160,9 @@ struct LinearTraits<AnyFormat> {
     weight_view s = w;
     s.rows = count;
     s.data = w.data + begin * w.row_bytes;
+    s.packed = nullptr;
+    if (w.packed && begin % 8 == 0)  // groups of 8 rows, each as many bytes as its 8 rows
+      s.packed = static_cast<const std::byte*>(w.packed) + begin * w.row_bytes;
     return s;
   }
   static void matmul(ThreadPool& pool, const weight_view& w, MatrixView<const float> x,

@@ -5,7 +5,9 @@
 //   weight_view = quant::QuantMatrixView<Q> (out, in): blocks along `in`, as GGUF stores them
 //   matmul      = cpu::matmul_quant<Q> (activations quantized per 32 for the integer formats)
 //   slice_rows  = rows [begin, begin + count) in place; for Fp8Block, whose 128x128 scale tiles
-//                 are indexed by row / 128, `begin` must be a multiple of 128 (MoE row blocks are)
+//                 are indexed by row / 128, `begin` must be a multiple of 128 (MoE row blocks are);
+//                 the 8-row interleaved copy (view.packed, Q4_0 / Q8_0 / Q4_K) is kept when begin
+//                 is a multiple of 8, dropped otherwise (the GEMV then reads the blocks)
 //   matmul_acts = the same product over activations quantized once (cpu::Q8Acts), shared by
 //                 several matmuls (MoE experts); bit-identical to matmul
 //   decode_row  = quant::dequantize_row (embedding lookup of one token)
@@ -31,6 +33,12 @@ struct LinearTraits<Q> {
     weight_view s = w;
     s.rows = count;
     s.blocks = w.blocks + begin * w.row_stride;
+    // The interleaved copy's groups of 8 rows still line up when begin is a multiple of 8.
+    s.packed = nullptr;
+    if constexpr (quant::kRepackX8<Q>)
+      if (w.packed && begin % 8 == 0)
+        s.packed = static_cast<const typename quant::RepackedX8<Q>::Block*>(w.packed) +
+                   begin / 8 * w.blocks_per_row();
     if constexpr (std::is_same_v<Q, quant::Int8Row>) {
       s.scales = w.scales + begin;
     } else if constexpr (std::is_same_v<Q, quant::Fp8Block>) {

@@ -66,6 +66,9 @@ class Model {
   virtual std::size_t decode_weight_bytes() const = 0;
   // The weight format's name ("float", "bf16", "f16").
   virtual std::string weight_format() const = 0;
+  // Bytes of the decode GEMV's 8-row interleaved weight copies (Q4_0 / Q8_0 / Q4_K matrices of a
+  // GGUF model, WeightLoader::any_matrix), held besides the stored weights; 0 when none.
+  virtual std::size_t repacked_bytes() const { return 0; }
 
  protected:
   Model(io::ModelConfig cfg, std::size_t max_context)
@@ -101,14 +104,18 @@ inline std::string mixed_format_name(const WeightLoader& w) {
 
 // A matrix as format F's weight view: MatrixView<const F> (converted when stored otherwise), or
 // for AnyFormat the stored format in place (`dense`: rows must be float / bf16 / f16).
+// `repack`: the matrix is multiplied (Linear), so Q4_0 / Q8_0 / Q4_K get the GEMV's interleaved
+// copy (WeightLoader::any_matrix); false for embedding tables, which are only read row by row.
 template <class F>
 typename LinearTraits<F>::weight_view weight(WeightLoader& w, const std::string& name,
-                                             std::size_t rows, std::size_t cols,
-                                             bool dense = false) {
+                                             std::size_t rows, std::size_t cols, bool dense = false,
+                                             bool repack = true) {
   if constexpr (std::is_same_v<F, AnyFormat>)
-    return w.any_matrix(name, rows, cols, dense);
-  else
+    return w.any_matrix(name, rows, cols, dense, repack);
+  else {
+    (void)repack;
     return w.matrix<F>(name, rows, cols);
+  }
 }
 
 // Bytes a weight view spans.
@@ -241,6 +248,7 @@ class ModelImpl final : public Model {
   std::vector<LayerExpertStats> expert_stats() const override { return dec_->expert_stats(); }
   std::size_t decode_weight_bytes() const override { return bytes_; }
   std::string weight_format() const override { return format_; }
+  std::size_t repacked_bytes() const override { return w_->repacked_bytes(); }
 
  private:
   std::string format_;
@@ -329,7 +337,7 @@ std::unique_ptr<Model> build_deepseek(const io::ModelConfig& c, std::unique_ptr<
                            make_norm(w, c, l, p + "post_attention_layernorm"), std::move(ffn)});
     if (opt.progress) opt.progress(l + 1, c.num_hidden_layers);
   }
-  const auto embed = weight<F>(w, "model.embed_tokens.weight", c.vocab_size, d);
+  const auto embed = weight<F>(w, "model.embed_tokens.weight", c.vocab_size, d, false, false);
   auto head = lm_head<F>(w, c);
   bytes += view_bytes(embed) / c.vocab_size + view_bytes(head.weight());
   auto dec = std::make_unique<Decoder<Layer, F>>(
@@ -395,7 +403,7 @@ std::unique_ptr<Model> build_gqa(const io::ModelConfig& c, std::unique_ptr<Weigh
     if (opt.progress) opt.progress(l + 1, c.num_hidden_layers);
   }
   auto final_norm = make_norm(w, c, c.num_hidden_layers, "model.norm");
-  const auto embed = weight<F>(w, "model.embed_tokens.weight", c.vocab_size, d);
+  const auto embed = weight<F>(w, "model.embed_tokens.weight", c.vocab_size, d, false, false);
   auto head = lm_head<F>(w, c);
   bytes += view_bytes(embed) / c.vocab_size + view_bytes(head.weight());
   using Dec = Decoder<Layer, F>;

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -134,8 +135,12 @@ class WeightLoader {
   // formats as they are; F8_E4M3 (+ scale_inv) and other dtypes converted once to float. `dense`
   // asks for F32 / BF16 / F16 rows (MLA's absorbed kv_b): block formats are then dequantized to a
   // float copy the loader owns (counted in converted_bytes).
+  // `repack` (matrices multiplied by Linear, not embedding tables): Q4_0, Q8_0 and Q4_K get an
+  // 8-row interleaved copy for the decode GEMV (quant/formats.hpp, repack_x8), made once per
+  // tensor, owned by the loader and counted in repacked_bytes; `data` stays the stored bytes.
+  // TMOE_REPACK=0 in the environment turns it off (A/B measurements).
   AnyMatrixView any_matrix(const std::string& name, std::size_t rows, std::size_t cols,
-                           bool dense = false) {
+                           bool dense = false, bool repack = true) {
     const RawTensor& t = raw(name);
     check_shape(name, t, {rows, cols});
     auto note = [&](AnyMatrixView v) {
@@ -145,11 +150,14 @@ class WeightLoader {
     if (t.quant && !dense) {
       switch (*t.quant) {
         case quant::QuantType::q8_0:
-          return note(AnyMatrixView::of(AnyKind::q8_0, t.data, rows, cols));
+          return note(packed<quant::Q8_0>(
+              name, AnyMatrixView::of(AnyKind::q8_0, t.data, rows, cols), repack));
         case quant::QuantType::q4_0:
-          return note(AnyMatrixView::of(AnyKind::q4_0, t.data, rows, cols));
+          return note(packed<quant::Q4_0>(
+              name, AnyMatrixView::of(AnyKind::q4_0, t.data, rows, cols), repack));
         case quant::QuantType::q4_k:
-          return note(AnyMatrixView::of(AnyKind::q4_k, t.data, rows, cols));
+          return note(packed<quant::Q4_K>(
+              name, AnyMatrixView::of(AnyKind::q4_k, t.data, rows, cols), repack));
         case quant::QuantType::q6_k:
           return note(AnyMatrixView::of(AnyKind::q6_k, t.data, rows, cols));
         default:
@@ -174,6 +182,17 @@ class WeightLoader {
 
   // Bytes the loader holds in converted copies (0 when every weight is used in place).
   std::size_t converted_bytes() const { return converted_bytes_; }
+  // Bytes the loader holds in 8-row interleaved copies (any_matrix's `repack`).
+  std::size_t repacked_bytes() const { return repacked_bytes_; }
+
+  // Whether any_matrix makes interleaved copies: TMOE_REPACK unset or not "0".
+  static bool repack_enabled() {
+    static const bool on = [] {
+      const char* e = std::getenv("TMOE_REPACK");
+      return !(e && std::string_view(e) == "0");
+    }();
+    return on;
+  }
 
   // The values of tensor `name` widened to float32 (FP8 blocks scaled by <name>_scale_inv), in a
   // fresh vector the loader does not keep (export, re-quantization).
@@ -285,6 +304,22 @@ class WeightLoader {
     }
   }
 
+  // v with its interleaved copy (made on the first request of `name`, then shared).
+  template <class Q>
+  AnyMatrixView packed(const std::string& name, AnyMatrixView v, bool repack) {
+    if (!repack || !repack_enabled() || v.rows < 8) return v;
+    auto it = packed_.find(name);
+    if (it == packed_.end()) {
+      const auto q = v.blocks<Q>();
+      auto buf = std::make_shared<std::vector<std::byte>>(quant::repacked_x8_bytes(q));
+      quant::repack_x8(q, reinterpret_cast<typename quant::RepackedX8<Q>::Block*>(buf->data()));
+      repacked_bytes_ += buf->size();
+      it = packed_.emplace(name, std::move(buf)).first;
+    }
+    v.packed = it->second->data();
+    return v;
+  }
+
   template <class T>
   std::vector<T>& convert(const std::string& name, const RawTensor& t) {
     std::vector<float> f;
@@ -300,6 +335,8 @@ class WeightLoader {
   std::shared_ptr<const WeightSource> src_;
   std::vector<std::shared_ptr<void>> owned_;
   std::size_t converted_bytes_ = 0;
+  std::map<std::string, std::shared_ptr<std::vector<std::byte>>, std::less<>> packed_;
+  std::size_t repacked_bytes_ = 0;
   std::map<std::string, std::size_t> kinds_;
 };
 

@@ -36,6 +36,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <string_view>
 #include <type_traits>
 
@@ -195,6 +196,11 @@ constexpr QuantTypeInfo quant_type_info(QuantType t) {
 //               Fp8Block a Block is one element).
 //   scales:     Int8Row: (rows) floats; Fp8Block: (ceil(rows/128), scale_stride) floats,
 //               scale_stride >= ceil(cols/128); other formats: unused (nullptr).
+//   packed:     optional (Q4_0, Q8_0, Q4_K: kRepackX8<F>): the same weights again, 8 rows
+//   interleaved
+//               (RepackedX8<F>, below) for the decode GEMV; covers rows [0, 8 * (rows / 8)), the
+//               tail rows are read from `blocks`. nullptr: the kernels read `blocks` only. Whoever
+//               sets it owns the copy (quant::QuantMatrix::repack, models::WeightLoader).
 template <class F>
 struct QuantMatrixView {
   using Block = typename F::Block;
@@ -203,6 +209,7 @@ struct QuantMatrixView {
   std::size_t row_stride = 0;
   const float* scales = nullptr;
   std::size_t scale_stride = 0;
+  const void* packed = nullptr;
 
   const Block* row(std::size_t r) const { return blocks + r * row_stride; }
   std::size_t blocks_per_row() const { return cols / F::kBlockSize; }
@@ -240,6 +247,93 @@ TMOE_INLINE void q4k_scale_min(const std::uint8_t* sc, int s, int& scale, int& m
     scale = (sc[s + 4] & 15) | ((sc[s - 4] >> 6) << 4);
     min = (sc[s + 4] >> 4) | ((sc[s] >> 6) << 4);
   }
+}
+
+// ---- 8-row interleaved copies for the decode GEMV (load-time repacking) ------------------------
+// Group g holds rows 8g .. 8g + 7; its block b (the same 32 columns of the 8 rows) is one
+// BlockX8, group g's blocks contiguous: block b of group g at index g * blocks_per_row + b.
+//   d[r]: row r's f16 scale (one F16C conversion gives the 8 scales);
+//   qs: chunks of 32 bytes, chunk k holds bytes 4k .. 4k + 3 of row r's qs at bytes 4r .. 4r + 3,
+//       so one 256-bit load holds 4 bytes of each of the 8 rows and an integer dot product with a
+//       broadcast 4-byte activation group gives the 8 rows' partial sums in the 8 int32 lanes.
+// The bytes are those of the 8 GGUF blocks, reordered: the copy is as large as the rows it covers.
+struct BlockQ4_0x8 {
+  f16 d[8];
+  std::uint8_t qs[8 * 16];
+};
+struct BlockQ8_0x8 {
+  f16 d[8];
+  std::int8_t qs[8 * 32];
+};
+static_assert(sizeof(BlockQ4_0x8) == 8 * sizeof(BlockQ4_0), "Q4_0 x8 block: 8 blocks' bytes");
+static_assert(sizeof(BlockQ8_0x8) == 8 * sizeof(BlockQ8_0), "Q8_0 x8 block: 8 blocks' bytes");
+
+// Q4_K (8 x 144 bytes): the 8 rows' d and dmin; the 6-bit scale and min of sub-block s of row r
+// as sc[8s + r] = scale | (min >> 4) << 6 and the min's low 4 bits in mlo[8 (s / 2) + r] (low
+// nibble for even s, high for odd s); qs as above, chunk k (0..31) holding row r's
+// qs[4k .. 4k + 3], so chunks 8c .. 8c + 7 are the 64-element chunk c of the 8 rows.
+struct BlockQ4_Kx8 {
+  f16 d[8];
+  f16 dmin[8];
+  std::uint8_t sc[64];
+  std::uint8_t mlo[32];
+  std::uint8_t qs[8 * 128];
+};
+static_assert(sizeof(BlockQ4_Kx8) == 8 * sizeof(BlockQ4_K), "Q4_K x8 block: 8 blocks' bytes");
+
+template <class F>
+struct RepackedX8;
+template <>
+struct RepackedX8<Q4_K> {
+  using Block = BlockQ4_Kx8;
+};
+template <>
+struct RepackedX8<Q4_0> {
+  using Block = BlockQ4_0x8;
+};
+template <>
+struct RepackedX8<Q8_0> {
+  using Block = BlockQ8_0x8;
+};
+template <class F>
+inline constexpr bool kRepackX8 =
+    std::is_same_v<F, Q4_0> || std::is_same_v<F, Q8_0> || std::is_same_v<F, Q4_K>;
+
+// Bytes of the interleaved copy of w (0 for formats without one).
+template <class F>
+std::size_t repacked_x8_bytes(const QuantMatrixView<F>& w) {
+  if constexpr (kRepackX8<F>)
+    return (w.rows / 8) * w.blocks_per_row() * sizeof(typename RepackedX8<F>::Block);
+  else
+    return 0;
+}
+
+// Writes the interleaved copy of w's first 8 * (rows / 8) rows to out (repacked_x8_bytes(w)).
+template <class F>
+requires kRepackX8<F>
+void repack_x8(const QuantMatrixView<F>& w, typename RepackedX8<F>::Block* out) {
+  constexpr std::size_t kRowBytes = sizeof(typename F::Block{}.qs);
+  const std::size_t nb = w.blocks_per_row();
+  for (std::size_t g = 0; g < w.rows / 8; ++g)
+    for (std::size_t b = 0; b < nb; ++b) {
+      auto& o = out[g * nb + b];
+      for (std::size_t r = 0; r < 8; ++r) {
+        const auto& blk = w.row(8 * g + r)[b];
+        o.d[r] = blk.d;
+        for (std::size_t k = 0; k < kRowBytes / 4; ++k)
+          std::memcpy(o.qs + 32 * k + 4 * r, blk.qs + 4 * k, 4);
+        if constexpr (std::is_same_v<F, Q4_K>) {
+          o.dmin[r] = blk.dmin;
+          for (int sb = 0; sb < 8; ++sb) {
+            int sc, m;
+            q4k_scale_min(blk.scales, sb, sc, m);
+            o.sc[8 * sb + r] = static_cast<std::uint8_t>(sc | (m >> 4) << 6);
+            std::uint8_t& lo = o.mlo[8 * (sb / 2) + r];
+            lo = static_cast<std::uint8_t>(sb % 2 ? (lo & 15) | (m & 15) << 4 : m & 15);
+          }
+        }
+      }
+    }
 }
 
 // Per-format traits: the scalar definition of each format (ground truth for every kernel).

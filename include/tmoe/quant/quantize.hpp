@@ -310,16 +310,32 @@ class QuantMatrix {
   Block* blocks() { return blocks_.data(); }
   float* scales() { return scales_.data(); }
   QuantMatrixView<F> view() const {
-    return {blocks_.data(),
-            rows_,
-            cols_,
-            cols_ / F::kBlockSize,
-            scales_.empty() ? nullptr : scales_.data(),
-            scale_stride_};
+    QuantMatrixView<F> v{blocks_.data(),
+                         rows_,
+                         cols_,
+                         cols_ / F::kBlockSize,
+                         scales_.empty() ? nullptr : scales_.data(),
+                         scale_stride_};
+    if constexpr (kRepackX8<F>)
+      if (!packed_.empty()) v.packed = packed_.data();
+    return v;
   }
+  // Builds the 8-row interleaved copy the decode GEMV reads (formats.hpp, repack_x8) from the
+  // current blocks; call again after changing them. No-op for formats without one.
+  void repack() {
+    if constexpr (kRepackX8<F>) {
+      QuantMatrixView<F> v = view();
+      v.packed = nullptr;
+      packed_.resize(repacked_x8_bytes(v));
+      repack_x8(v, reinterpret_cast<typename RepackedX8<F>::Block*>(packed_.data()));
+    }
+  }
+  // Drops the interleaved copy (the kernels then read the blocks only).
+  void drop_repacked() { packed_ = {}; }
 
  private:
-  std::vector<Block> blocks_;  // (rows, cols / kBlockSize)
+  std::vector<Block> blocks_;      // (rows, cols / kBlockSize)
+  std::vector<std::byte> packed_;  // 8-row interleaved copy (repack())
   std::vector<float> scales_;
   std::size_t rows_ = 0, cols_ = 0, scale_stride_ = 0;
 };

@@ -10,8 +10,10 @@
 //     per-thread scratch buffer), so the result differs from the float product by at most
 //     sum_i |w_i| * d_act(i) / 2 (d_act: the activation block's scale, max|x| / 127 over its 32
 //     elements), plus float rounding. The GEMM keeps X in float: float rounding only.
-//     Output rows are split across the pool's threads. `k` selects the ISA; `fn` (optional)
-//     overrides the row kernel (bench_quant uses it to time rows_fp8_block_table).
+//     Output rows are split across the pool's threads (in whole groups of 8 rows when w has the
+//     8-row interleaved copy, w.packed: Q4_0 / Q8_0 / Q4_K, QuantMatrix::repack / the loader). `k`
+//     selects the ISA; `fn` (optional) overrides the row kernel (bench_quant uses it to time
+//     rows_fp8_block_table).
 //   Q8Acts / matmul_quant<F>(pool, W, acts, Y): the same product with X quantized once by
 //     Q8Acts::quantize and shared by several matmuls (a MoE layer's experts and their gate/up
 //     pairs); the result is bit-identical to matmul_quant over the same X.
@@ -144,8 +146,16 @@ void matmul_quant_rows(ThreadPool& pool, const quant::QuantMatrixView<F>& w, con
                        MatrixView<float> y, const KernelTable& k, QuantRowsFn<F> fn) {
   if (!fn) fn = quant_rows_fn<F>(k);
   const auto ldy = static_cast<std::size_t>(y.stride(0));
+  const std::size_t out = w.rows;
+  // With an 8-row interleaved copy the ranges are whole groups of 8 rows (the kernel runs rows
+  // of a group split between two ranges on the plain blocks).
+  const std::size_t unit = w.packed ? 8 : 1;
   pool.parallel_for(
-      w.rows, 16, [&](std::size_t b, std::size_t e, int) { fn(w, a, y.data(), ldy, b, e); }, 4);
+      (out + unit - 1) / unit, 16 / unit,
+      [&](std::size_t b, std::size_t e, int) {
+        fn(w, a, y.data(), ldy, b * unit, std::min(e * unit, out));
+      },
+      4);
 }
 }  // namespace detail
 

@@ -13,6 +13,12 @@
 //     subtracted from the block's integer sum, no sign trick).
 //     Q4_K builds its 8 sub-block scales as one float vector per super-block (6-bit unpack by
 //     32-bit masks) and broadcasts each with a lane permute.
+//     With the 8-row interleaved copy (QuantMatrixView::packed, quant/formats.hpp repack_x8),
+//     Q4_0, Q8_0 and Q4_K run dot_x8 / dot_x8_q4k instead: 4 bytes of each of 8 rows per load
+//     against 4 broadcast activation bytes, the 8 rows' integer sums in the 8 lanes, one F16C
+//     conversion and one FMA per 8 row-blocks (Q4_K: per sub-block), no horizontal sums. Per row
+//     the float terms are the plain kernels', summed block by block (see docs/quantization.md
+//     for the bound against the plain kernels).
 //   NF4: float activations; codes decoded with two 8-entry permutes and a blend on bit 3.
 //   Fp8Block: float activations; e4m3 decoded as f16 (S.EEEE.MMM -> S.0EEEE.MMM0000000, exact
 //     for normals and subnormals, value / 256) and widened by F16C; the 2^8 is folded into the
@@ -405,6 +411,147 @@ struct QuantImpl {
     // Four horizontal sums at once.
     const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(acc[0], acc[1]), _mm256_hadd_ps(acc[2], acc[3]));
     _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
+  }
+
+  // acc + 8 int32 sums of 4 products of u (unsigned bytes) and s (signed bytes) each.
+  static TMOE_INLINE __m256i dot_us_acc(__m256i acc, __m256i u, __m256i s) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return _mm256_dpbusd_epi32(acc, u, s);
+#else
+    return _mm256_add_epi32(acc,
+                            _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
+#endif
+  }
+  // 4 activation bytes at p in every 32-bit lane.
+  static TMOE_INLINE __m256i bcast4(const std::int8_t* p) {
+    std::int32_t v;
+    std::memcpy(&v, p, 4);
+    return _mm256_set1_epi32(v);
+  }
+
+  // Eight interleaved rows (quant::RepackedX8<F>, formats.hpp) against one activation row:
+  // y[r] for r < 8. Lane r of the int32 vector is row r's exact integer block sum, so per row
+  // the float arithmetic is, block by block in order,
+  //   acc_r = fma(float(isum_r), float(d_r) * d_a, acc_r)
+  // (the portable kernel's order; the 4-row kernel dot4 above sums 8 lanes per row instead, so
+  // the two differ by float rounding only, docs/quantization.md states the bound).
+  //   Q4_0: unsigned codes q (0..15) times the activation bytes (maddubs pairs |.| <= 2 * 15 * 127,
+  //     eight of them summed in int16 stay <= 30480 < 2^15), minus 8 * sum(a) per block.
+  //   Q8_0: the sign trick |w| * (sign(w) a) as in dot(BlockQ8_0), int32 per chunk.
+  template <class F>
+  static void dot_x8(const typename quant::RepackedX8<F>::Block* w, const Act* a, std::size_t nb,
+                     float* y) {
+    __m256 acc = _mm256_setzero_ps();
+    for (std::size_t b = 0; b < nb; ++b) {
+      const auto& x = w[b];
+      const Act& ab = a[b];
+      __m256i isum;
+      if constexpr (std::is_same_v<F, quant::Q4_0>) {
+        const __m256i m4 = _mm256_set1_epi8(15);
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+        isum = _mm256_setzero_si256();
+        for (int k = 0; k < 4; ++k) {
+          const __m256i raw = load32(x.qs + 32 * k);
+          isum = dot_us_acc(isum, _mm256_and_si256(raw, m4), bcast4(ab.qs + 4 * k));
+          isum = dot_us_acc(isum, _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4),
+                            bcast4(ab.qs + 16 + 4 * k));
+        }
+#else
+        __m256i s16 = _mm256_setzero_si256();
+        for (int k = 0; k < 4; ++k) {
+          const __m256i raw = load32(x.qs + 32 * k);
+          s16 = _mm256_add_epi16(
+              s16, _mm256_maddubs_epi16(_mm256_and_si256(raw, m4), bcast4(ab.qs + 4 * k)));
+          s16 = _mm256_add_epi16(
+              s16, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(raw, 4), m4),
+                                        bcast4(ab.qs + 16 + 4 * k)));
+        }
+        isum = _mm256_madd_epi16(s16, _mm256_set1_epi16(1));
+#endif
+        isum = _mm256_sub_epi32(isum, _mm256_set1_epi32(8 * (ab.sum[0] + ab.sum[1])));
+      } else {
+        isum = _mm256_setzero_si256();
+        for (int k = 0; k < 8; ++k) {
+          const __m256i wq = load32(x.qs + 32 * k);
+          isum = dot_us_acc(isum, _mm256_sign_epi8(wq, wq),
+                            _mm256_sign_epi8(bcast4(ab.qs + 4 * k), wq));
+        }
+      }
+      const __m256 s =
+          _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x.d))),
+                        _mm256_set1_ps(ab.d));
+      acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), s, acc);
+    }
+    _mm256_storeu_ps(y, acc);
+  }
+
+  // Q4_K on the interleaved copy (BlockQ4_Kx8): per 32-element sub-block s the 8 rows' integer
+  // sums of unsigned codes times activations (int16 as for Q4_0: <= 8 * 2 * 15 * 127), then per
+  // row, in sub-block order,
+  //   acc_r  = fma(float(isum_r,s), (float(sc_r,s) * d_r) * d_a,s, acc_r)
+  //   macc_r = fma(float(m_r,s) * dmin_r, d_a,s * sum(a_s), macc_r),   y_r = acc_r - macc_r
+  // (the terms of the plain dot(BlockQ4_K), summed in another order).
+  static void dot_x8_q4k(const quant::BlockQ4_Kx8* w, const Act* a, const float* qd,
+                         const float* qdsum, std::size_t nb, float* y) {
+    const __m256i m4 = _mm256_set1_epi8(15), m15 = _mm256_set1_epi32(15),
+                  m63 = _mm256_set1_epi32(63);
+    __m256 acc = _mm256_setzero_ps(), macc = _mm256_setzero_ps();
+    for (std::size_t b = 0; b < nb; ++b, a += 8, qd += 8, qdsum += 8) {
+      const quant::BlockQ4_Kx8& x = w[b];
+      const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x.d)));
+      const __m256 dmin =
+          _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x.dmin)));
+      for (int c = 0; c < 4; ++c) {
+        const std::uint8_t* q = x.qs + 256 * c;
+        const Act &a0 = a[2 * c], &a1 = a[2 * c + 1];
+        __m256i ilo, ihi;
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+        ilo = ihi = _mm256_setzero_si256();
+        for (int j = 0; j < 8; ++j) {
+          const __m256i raw = load32(q + 32 * j);
+          ilo = dot_us_acc(ilo, _mm256_and_si256(raw, m4), bcast4(a0.qs + 4 * j));
+          ihi = dot_us_acc(ihi, _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4),
+                           bcast4(a1.qs + 4 * j));
+        }
+#else
+        __m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256();
+        for (int j = 0; j < 8; ++j) {
+          const __m256i raw = load32(q + 32 * j);
+          s0 = _mm256_add_epi16(
+              s0, _mm256_maddubs_epi16(_mm256_and_si256(raw, m4), bcast4(a0.qs + 4 * j)));
+          s1 = _mm256_add_epi16(
+              s1, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(raw, 4), m4),
+                                       bcast4(a1.qs + 4 * j)));
+        }
+        ilo = _mm256_madd_epi16(s0, _mm256_set1_epi16(1));
+        ihi = _mm256_madd_epi16(s1, _mm256_set1_epi16(1));
+#endif
+        const __m128i scb = _mm_loadu_si128(reinterpret_cast<const __m128i*>(x.sc + 16 * c));
+        const __m256i sb0 = _mm256_cvtepu8_epi32(scb),
+                      sb1 = _mm256_cvtepu8_epi32(_mm_srli_si128(scb, 8));
+        const __m256i mb =
+            _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(x.mlo + 8 * c)));
+        const __m256i m0 = _mm256_or_si256(_mm256_and_si256(mb, m15),
+                                           _mm256_slli_epi32(_mm256_srli_epi32(sb0, 6), 4));
+        const __m256i m1 = _mm256_or_si256(_mm256_srli_epi32(mb, 4),
+                                           _mm256_slli_epi32(_mm256_srli_epi32(sb1, 6), 4));
+        acc = _mm256_fmadd_ps(
+            _mm256_cvtepi32_ps(ilo),
+            _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_and_si256(sb0, m63)), d),
+                          _mm256_set1_ps(qd[2 * c])),
+            acc);
+        acc = _mm256_fmadd_ps(
+            _mm256_cvtepi32_ps(ihi),
+            _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_and_si256(sb1, m63)), d),
+                          _mm256_set1_ps(qd[2 * c + 1])),
+            acc);
+        macc = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(m0), dmin),
+                               _mm256_set1_ps(qdsum[2 * c]), macc);
+        macc = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(m1), dmin),
+                               _mm256_set1_ps(qdsum[2 * c + 1]), macc);
+      }
+    }
+    _mm256_storeu_ps(y, _mm256_sub_ps(acc, macc));
   }
 #endif
 
@@ -800,9 +947,38 @@ struct QuantImpl {
   }
 
   // ---- matrix driver: tiles of 16 output rows x 32 tokens -------------------------------------
+  // With an interleaved copy (w.packed, Q4_0 / Q8_0 / Q4_K), the whole 8-row groups inside
+  // [o_begin, o_end) run dot_x8; rows outside them (range edges, the rows % 8 tail) run the
+  // per-row kernels on w.blocks.
   template <class F, bool kTable = false>
   static void rows(const quant::QuantMatrixView<F>& w, const QuantActs& a, float* y,
                    std::size_t ldy, std::size_t o_begin, std::size_t o_end) {
+#if defined(TMOE_QUANT_AVX2)
+    if constexpr (quant::kRepackX8<F>) {
+      const std::size_t g0 = (o_begin + 7) / 8, g1 = std::min(o_end, w.rows) / 8;
+      if (w.packed && g0 < g1) {
+        rows_plain<F, kTable>(w, a, y, ldy, o_begin, 8 * g0);
+        const auto* pk = static_cast<const typename quant::RepackedX8<F>::Block*>(w.packed);
+        const std::size_t nb = w.blocks_per_row();
+        for (std::size_t g = g0; g < g1; ++g)
+          for (std::size_t t = 0; t < a.T; ++t) {
+            if constexpr (std::is_same_v<F, quant::Q4_K>)
+              dot_x8_q4k(pk + g * nb, a.q + t * a.ldq, a.qd + t * a.ldq, a.qdsum + t * a.ldq, nb,
+                         y + t * ldy + 8 * g);
+            else
+              dot_x8<F>(pk + g * nb, a.q + t * a.ldq, nb, y + t * ldy + 8 * g);
+          }
+        rows_plain<F, kTable>(w, a, y, ldy, 8 * g1, o_end);
+        return;
+      }
+    }
+#endif
+    rows_plain<F, kTable>(w, a, y, ldy, o_begin, o_end);
+  }
+
+  template <class F, bool kTable>
+  static void rows_plain(const quant::QuantMatrixView<F>& w, const QuantActs& a, float* y,
+                         std::size_t ldy, std::size_t o_begin, std::size_t o_end) {
     constexpr std::size_t kRowTile = 16, kTokenTile = 32;
     for (std::size_t ob = o_begin; ob < o_end; ob += kRowTile) {
       const std::size_t oe = std::min(o_end, ob + kRowTile);
