@@ -160,6 +160,24 @@ TEST_CASE("GPU DeepSeek bf16 weights agree with the CPU model on the same weight
   CHECK(e <= 1e-4);
 }
 
+TEST_CASE("GPU DeepSeek with the bf16 latent cache (tensor-core MLA) stays near the logits") {
+  // ModelOptions::mla_bf16_cache: every cached latent rounded to bf16 (relative 2^-9), q and the
+  // softmax weights too; through two layers and the LM head the logits move by about 1e-3 of their
+  // range. Bound: 1e-2 * max |ref| (100x the float cache's), against HF's float32 logits.
+  for (const char* family : {"deepseek_v3", "deepseek_v3_nolora"}) {
+    const DsRef r = ds_load_ref(family);
+    cuda::ModelOptions o;
+    o.mla_bf16_cache = true;
+    auto m = ds_model(ds_fixture(family), o);
+    for (bool per_token : {false, true}) {
+      const double e = ds_rel_err(ds_logits(*m, r, per_token), r.logits);
+      MESSAGE(std::string(family) << " bf16 cache" << (per_token ? " token by token" : "")
+                                  << ": max |err| / max |ref| = " << e);
+      CHECK(e <= 1e-2);
+    }
+  }
+}
+
 TEST_CASE("GPU DeepSeek model errors are one clear line") {
   auto m = ds_model(ds_fixture("deepseek_v3"));
   ThreadPool pool(1);

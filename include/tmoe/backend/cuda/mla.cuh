@@ -39,6 +39,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
 
 #include "tmoe/backend/cuda/launch.cuh"
 #include "tmoe/backend/cuda/reduce.cuh"
@@ -61,22 +62,32 @@ __device__ TMOE_INLINE int mla_slices(int len, int n_split) {
 }
 
 // ---- cache store: RMSNorm of the latent, RoPE of the rope key, one row per token --------------
-// Grid T, block 256. kv (T, ld_kv) float; weight (R) float; inv_freq (Dr / 2).
+// Grid T, block 256. kv (T, ld_kv) float; weight (R) float; inv_freq (Dr / 2). The cache row is
+// float or bf16 (mla_tc.cuh's cache: each value rounded to nearest even once).
+template <class C>
+__device__ TMOE_INLINE C mla_cache_value(float v) {
+  if constexpr (std::is_same_v<C, float>)
+    return v;
+  else
+    return C::from_float(v);
+}
+template <class C>
 __global__ void mla_kv_store_kernel(const float* __restrict__ kv, std::size_t ld_kv,
                                     const float* __restrict__ weight, float eps, int R, int Dr,
                                     const std::int32_t* __restrict__ pos,
                                     const float* __restrict__ inv_freq, float attn_factor,
-                                    bool interleaved, float* __restrict__ cache) {
+                                    bool interleaved, C* __restrict__ cache) {
   pdl_trigger();
   pdl_wait();
   const int t = blockIdx.x;
   const float* x = kv + std::size_t(t) * ld_kv;
   const int p = pos[t];
-  float* row = cache + std::size_t(p) * (R + Dr);
+  C* row = cache + std::size_t(p) * (R + Dr);
   float ss = 0.f;
   for (int i = threadIdx.x; i < R; i += blockDim.x) ss = fmaf(x[i], x[i], ss);
   const float r = rsqrtf(block_sum(ss) / float(R) + eps);
-  for (int i = threadIdx.x; i < R; i += blockDim.x) row[i] = x[i] * r * weight[i];
+  for (int i = threadIdx.x; i < R; i += blockDim.x)
+    row[i] = mla_cache_value<C>(x[i] * r * weight[i]);
   const int half = Dr / 2;
   for (int i = threadIdx.x; i < half; i += blockDim.x) {
     float s, c;
@@ -84,8 +95,8 @@ __global__ void mla_kv_store_kernel(const float* __restrict__ kv, std::size_t ld
     s *= attn_factor, c *= attn_factor;
     const int ia = interleaved ? 2 * i : i, ib = interleaved ? 2 * i + 1 : i + half;
     const float a = x[R + ia], b = x[R + ib];
-    row[R + ia] = a * c - b * s;
-    row[R + ib] = a * s + b * c;
+    row[R + ia] = mla_cache_value<C>(a * c - b * s);
+    row[R + ib] = mla_cache_value<C>(a * s + b * c);
   }
 }
 
