@@ -171,7 +171,8 @@ TEST_CASE("GPU DeepSeek with the bf16 latent cache (tensor-core MLA) stays near 
     auto m = ds_model(ds_fixture(family), o);
     for (bool per_token : {false, true}) {
       const double e = ds_rel_err(ds_logits(*m, r, per_token), r.logits);
-      MESSAGE(std::string(family) << " bf16 cache" << (per_token ? " token by token" : "")
+      MESSAGE(std::string(family) << " bf16 cache"
+                                  << std::string(per_token ? " token by token" : "")
                                   << ": max |err| / max |ref| = " << e);
       CHECK(e <= 1e-2);
     }

@@ -141,6 +141,9 @@ void check_kernels(const MlaDims& d, const std::vector<int>& positions, std::siz
                              << worst_ctx << " (bound up to " << worst_bound
                              << "), worst err / bound " << worst_ratio << ", o err " << worst_o);
     CHECK(worst_ratio <= 1.0);
+    // The bound above is rigorous but loose (sum |q_i k_i| >> |sum q_i k_i|): also hold ctx to
+    // 2.5e-2 absolute (measured on the H100: <= 9.2e-3 at R1's dims, <= 2.1e-3 at the fixture's).
+    CHECK(worst_ctx <= 2.5e-2);
     // o = W_UV ctx: the ctx error times sum |W_UV row|.
     CHECK(worst_o <= worst_bound + 1e-6);
   } else {
