@@ -160,13 +160,10 @@ __global__ void __launch_bounds__(128 * MT, 1) mla_attention_tc_kernel(MlaTcArgs
   if (tid < kRows) sm[tid] = -INFINITY, sl[tid] = 0.f;
   __syncthreads();
 
-  // This warp's q fragments: m-tile mt, k-steps [ks0, ks1).
+  // This warp's q: m-tile mt, k-steps [ks0, ks1) (A fragments read from shared memory per tile:
+  // holding them in registers spilled at 512 threads' 128-register cap).
   const int nks = K / 16, ks0 = quarter * nks / 4, ks1 = (quarter + 1) * nks / 4;
-  unsigned qf[kMlaTcMaxKs][4];
-#pragma unroll
-  for (int i = 0; i < kMlaTcMaxKs; ++i)
-    if (ks0 + i < ks1)
-      ldsm_x4(qf[i], sq + (mt * 16 + lane % 16) * kp + (ks0 + i) * 16 + (lane / 16) * 8);
+  const __nv_bfloat16* qrow = sq + (mt * 16 + lane % 16) * kp + (lane / 16) * 8;
 
   // Softmax role: row sr, keys 4 sub .. 4 sub + 3; running max / sum (base 2) in registers.
   const int sr = tid / 8, sub = tid % 8;
@@ -204,12 +201,14 @@ __global__ void __launch_bounds__(128 * MT, 1) mla_attention_tc_kernel(MlaTcArgs
       for (int i = 0; i < kMlaTcMaxKs; ++i) {
         if (ks0 + i < ks1) {
           const int k0 = (ks0 + i) * 16 + ((lane / 8) % 2) * 8;
+          unsigned qf[4];
+          ldsm_x4(qf, qrow + (ks0 + i) * 16);
 #pragma unroll
           for (int np = 0; np < 2; ++np) {
             unsigned b[4];
             ldsm_x4(b, kt + (np * 16 + lane % 8 + (lane / 16) * 8) * kp + k0);
-            mma_bf16(s[2 * np], qf[i], b[0], b[1]);
-            mma_bf16(s[2 * np + 1], qf[i], b[2], b[3]);
+            mma_bf16(s[2 * np], qf, b[0], b[1]);
+            mma_bf16(s[2 * np + 1], qf, b[2], b[3]);
           }
         }
       }
