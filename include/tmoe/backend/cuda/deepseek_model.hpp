@@ -28,7 +28,8 @@
 // float32 like the CPU model's absorbed form), and the embedding and LM head are float32 or bf16
 // (R1 keeps both bf16). Norm weights,
 // biases, activations and the latent cache are float32, so the model agrees with the CPU model up
-// to summation order.
+// to summation order. ModelOptions::mla_bf16_cache = true keeps the latent cache in bf16 and runs
+// the attention on the tensor cores (mla_tc.cuh; off by default, see docs/cuda.md).
 #pragma once
 
 #include <algorithm>
