@@ -14,8 +14,9 @@
 // double-buffered with cp.async (rows past the slice zero-filled). All products are
 // mma.sync.m16n8k16 bf16 x bf16 -> fp32:
 //   scores (16 MT x 32) = q (16 MT x K) key^T: warp (mt, kq) = (w % MT, w / MT) takes m-tile mt
-//     and the quarter kq of the K / 16 k-steps, its q fragments held in registers for the whole
-//     slice; the four quarters' partial scores are added through shared memory;
+//     and the quarter kq of the K / 16 k-steps (q's A fragments read from shared memory per
+//     tile: held in registers they spilled); the four quarters' partials are added through
+//     shared memory;
 //   softmax: 8 threads per head row, 4 keys each, running max and sum in registers (base 2: the
 //     scale times log2(e) multiplies the fp32 scores), p rounded to bf16 into shared memory;
 //   values (16 MT x R) += p (16 MT x 32) tile[:, 0:R]: warp (mt, dq) takes m-tile mt and the
