@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds test_cuda (every CUDA test, the GPU model tests included), bench_cuda_model,
-# bench_cuda_deepseek and bench_cuda_mla with nvcc and the host compiler alone (no CMake; header
+# bench_cuda_deepseek, bench_cuda_mla and bench_cuda_gemm with nvcc and the host compiler alone (no CMake; header
 # dirs for doctest, xsimd, nlohmann-json and pcre2 via DOCTEST_INC, XSIMD_INC, JSON_INC, PCRE_INC
 # when they are not in the system include path), runs the tests, the benchmarks and, when python3
 # has torch and transformers, bench/cuda/torch_model.py and bench/cuda/torch_deepseek.py at the
@@ -20,6 +20,7 @@ pids=()
 "$NVCC" "${cu[@]}" -Xptxas -v -c tests/cuda/api_impl.cu -o "$out/api_impl.o" >"$out/ptxas.txt" 2>&1 &
 pids+=($!)
 "$NVCC" "${cu[@]}" bench/cuda/bench_mla.cu -o "$out/bench_cuda_mla" -lcublas & pids+=($!)
+"$NVCC" "${cu[@]}" bench/cuda/bench_gemm.cu -o "$out/bench_cuda_gemm" -lcublas & pids+=($!)
 for f in tests/cuda/*.cpp bench/cuda/bench_model.cpp bench/cuda/bench_deepseek.cpp; do
   ${CXX:-g++} "${cxx[@]}" -c "$f" -o "$out/$(basename "$f").o" & pids+=($!)
 done
@@ -30,7 +31,7 @@ objs=$(for f in tests/cuda/*.cpp; do echo "$out/$(basename "$f").o"; done)
 "$NVCC" -o "$out/test_cuda" $objs "$out/api_impl.o" -lcublas
 "$NVCC" -o "$out/bench_cuda_model" "$out/bench_model.cpp.o" "$out/api_impl.o" -lcublas
 "$NVCC" -o "$out/bench_cuda_deepseek" "$out/bench_deepseek.cpp.o" "$out/api_impl.o" -lcublas
-echo "built $out/test_cuda $out/bench_cuda_model $out/bench_cuda_deepseek $out/bench_cuda_mla"
+echo "built $out/test_cuda $out/bench_cuda_model $out/bench_cuda_deepseek $out/bench_cuda_mla $out/bench_cuda_gemm"
 [ -n "${BUILD_ONLY:-}" ] && exit 0
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv || true
 status=0
@@ -38,8 +39,12 @@ status=0
 "$out/bench_cuda_model" ${BENCH_ARGS:-} || status=$?
 "$out/bench_cuda_deepseek" || status=$?
 "$out/bench_cuda_mla" || status=$?
+"$out/bench_cuda_gemm" || status=$?
 if python3 -c 'import torch, transformers' 2>/dev/null; then
   python3 bench/cuda/torch_model.py ${BENCH_ARGS:-} || status=$?
   python3 bench/cuda/torch_deepseek.py || status=$?
+fi
+if python3 -c 'import torch' 2>/dev/null; then
+  python3 bench/cuda/torch_gemm.py || status=$?
 fi
 exit "$status"

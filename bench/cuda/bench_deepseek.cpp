@@ -90,9 +90,11 @@ int main(int argc, char** argv) {
       "| tmoe cuda::DeepseekModel | ms/token (median) | p10 | p90 | weight MB/token | "
       "GB/s | bytes floor ms | floor / median |\n");
   std::printf("| --- | --- | --- | --- | --- | --- | --- | --- |\n");
-  for (const bool fp8 : {false, true}) {
+  for (const int variant : {0, 1, 2}) {
+    const bool fp8 = variant == 1;
     cuda::ModelOptions opt;
     opt.max_context = context + tokens + 1;
+    opt.mla_bf16_cache = variant == 2;
     cuda::DeepseekModel::RandomWeights rw;
     rw.seed = 7, rw.fp8 = fp8;
     cuda::DeepseekModel m(cfg, rw, opt);
@@ -113,9 +115,9 @@ int main(int argc, char** argv) {
     const double med = ms[ms.size() / 2], p10 = ms[ms.size() / 10], p90 = ms[ms.size() * 9 / 10];
     const double mb = double(m.decode_weight_bytes()) / 1e6;
     const double floor_ms = mb * 1e6 / (bw * 1e9) * 1e3;
-    std::printf("| %s | %.3f | %.3f | %.3f | %.1f | %.1f | %.3f | %.3f |\n",
-                m.weight_format().c_str(), med, p10, p90, mb, mb * 1e6 / (med * 1e-3) / 1e9,
-                floor_ms, floor_ms / med);
+    std::printf("| %s%s | %.3f | %.3f | %.3f | %.1f | %.1f | %.3f | %.3f |\n",
+                m.weight_format().c_str(), opt.mla_bf16_cache ? ", bf16 latent cache" : "", med,
+                p10, p90, mb, mb * 1e6 / (med * 1e-3) / 1e9, floor_ms, floor_ms / med);
   }
   return 0;
 }

@@ -133,6 +133,11 @@ int main(int argc, char** argv) {
         caches.emplace_back(std::size_t(ctx_len) * K);
         fill_random(caches.back(), 100 + c, -1.f, 1.f);
       }
+      std::vector<cuda::DeviceBuffer<bf16>> caches_b;
+      for (int c = 0; c < copies; ++c) {
+        caches_b.emplace_back(std::size_t(ctx_len) * K);
+        fill_random(caches_b.back(), 300 + c, -1.f, 1.f);
+      }
       cuda::DeviceBuffer<bf16> kvb(H * (Dn + Dv) * R);
       fill_random(kvb, 7, -0.05f, 0.05f);
       cuda::DeviceBuffer<float> q(H * (Dn + Dr)), qa(H * K), ctx(H * R), o(H * Dv);
@@ -174,6 +179,38 @@ int main(int argc, char** argv) {
                     ctx_len, ns, ms * 1e3, gbs, gbs / read_gbs, gbs / copy_gbs,
                     flops / (fma_tflops * 1e12) * 1e6, core_ms * 1e3,
                     core_bytes / (core_ms * 1e-3) / 1e9 / read_gbs);
+      }
+      // The bf16 cache on the tensor cores (mla_tc.cuh): 64-head blocks when H > 32, else 16;
+      // one 64-head block per SM (its shared memory), two 16-head blocks.
+      const std::size_t tc_blocks = H > 32 ? (H + 63) / 64 : (H + 15) / 16;
+      const std::size_t tc_wave =
+          std::max<std::size_t>(1, dev.sm_count * (H > 32 ? 1 : 2) / tc_blocks);
+      for (const std::size_t ns :
+           {std::min<std::size_t>(256, tc_wave / 2), std::min<std::size_t>(256, tc_wave),
+            std::min<std::size_t>(256, 2 * tc_wave)}) {
+        cuda::DeviceBuffer<float> ws(cuda::mla_attention_workspace(1, H, R, ns));
+        const double ms = median_ms(
+            [&](int i) {
+              cuda::mla_attention(qa.data(), caches_b[i % copies].data(), pos.data(), 1, H, R, Dr,
+                                  scale, ctx.data(), ns, ws.data());
+            },
+            g_reps);
+        const double bytes =
+            double(cache_bytes) / 2 + 4.0 * H * (K + R) + 2.0 * 4.0 * H * ns * (R + 1);
+        const double gbs = bytes / (ms * 1e-3) / 1e9;
+        const double core_ms = median_ms(
+            [&](int i) {
+              cuda::mla_absorb_q(kvb.data(), q.data(), H * (Dn + Dr), qa.data(), 1, H, Dn, Dr, Dv,
+                                 R);
+              cuda::mla_attention(qa.data(), caches_b[i % copies].data(), pos.data(), 1, H, R, Dr,
+                                  scale, ctx.data(), ns, ws.data());
+              cuda::mla_absorb_out(kvb.data(), ctx.data(), o.data(), H * Dv, 1, H, Dn, Dv, R);
+            },
+            g_reps);
+        const double core_bytes = bytes + double(kvb.bytes());
+        std::printf("%-8s %5zu %7d %4zu %10.1f %9.1f %7.3f %7.3f %10s %12.1f %9.3f\n", "mla-bf16",
+                    H, ctx_len, ns, ms * 1e3, gbs, gbs / read_gbs, gbs / copy_gbs, "-",
+                    core_ms * 1e3, core_bytes / (core_ms * 1e-3) / 1e9 / read_gbs);
       }
     }
   }

@@ -1,7 +1,8 @@
 // cuda::DeepseekModel (MLA + dense and MoE layers on the GPU) against Hugging Face's float32 logits
 // of the deepseek_v3 fixtures (with q-LoRA, without, and the FP8 block-quantized copy whose
 // experts and projections stay FP8 on the device), their greedy continuations, and the CPU model
-// on the same weights rounded to bf16.
+// on the same weights rounded to bf16; and with ModelOptions::mla_bf16_cache (the bf16 latent cache
+// on the tensor cores) within 1e-2 * max |ref| of HF's logits (measured 3.3e-3, 2.4e-3).
 // Bounds: max |logit - ref| <= 1e-4 * max |ref| (the CPU fixture test's bound: fp32 compute in a
 // different order), the whole sequence in one forward and token by token; greedy ids identical;
 // bf16 weights against the CPU model on the same bf16 weights within 1e-4 * max |cpu| (both keep
@@ -158,6 +159,25 @@ TEST_CASE("GPU DeepSeek bf16 weights agree with the CPU model on the same weight
   const double e = ds_rel_err(ds_logits(gpu, r, false), want);
   MESSAGE("bf16: max |err| / max |cpu| = " << e);
   CHECK(e <= 1e-4);
+}
+
+TEST_CASE("GPU DeepSeek with the bf16 latent cache (tensor-core MLA) stays near the logits") {
+  // ModelOptions::mla_bf16_cache: every cached latent rounded to bf16 (relative 2^-9), q and the
+  // softmax weights too; through two layers and the LM head the logits move by about 1e-3 of their
+  // range. Bound: 1e-2 * max |ref| (100x the float cache's), against HF's float32 logits.
+  for (const char* family : {"deepseek_v3", "deepseek_v3_nolora"}) {
+    const DsRef r = ds_load_ref(family);
+    cuda::ModelOptions o;
+    o.mla_bf16_cache = true;
+    auto m = ds_model(ds_fixture(family), o);
+    for (bool per_token : {false, true}) {
+      const double e = ds_rel_err(ds_logits(*m, r, per_token), r.logits);
+      MESSAGE(std::string(family) << " bf16 cache"
+                                  << std::string(per_token ? " token by token" : "")
+                                  << ": max |err| / max |ref| = " << e);
+      CHECK(e <= 1e-2);
+    }
+  }
 }
 
 TEST_CASE("GPU DeepSeek model errors are one clear line") {

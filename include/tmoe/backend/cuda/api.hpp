@@ -363,6 +363,12 @@ void mla_kv_store(const float* kv, std::size_t ld_kv, const float* norm_weight, 
                   std::size_t T, std::size_t R, std::size_t Dr, const std::int32_t* pos,
                   const float* inv_freq, float attn_factor, RopeLayout layout, float* cache,
                   StreamHandle s = nullptr);
+// The same into a bf16 cache (each value rounded to nearest even once): mla_attention's
+// tensor-core path.
+void mla_kv_store(const float* kv, std::size_t ld_kv, const float* norm_weight, float eps,
+                  std::size_t T, std::size_t R, std::size_t Dr, const std::int32_t* pos,
+                  const float* inv_freq, float attn_factor, RopeLayout layout, bf16* cache,
+                  StreamHandle s = nullptr);
 // qa (T, H, K): qa[t, h] = [W_UK[h]^T q[t, h, 0:Dn] | q[t, h, Dn:Dn+Dr]], q (T, ld_q) holding
 // (H, Dn + Dr) per token (q_pe already roped).
 void mla_absorb_q(const bf16* kv_b, const float* q, std::size_t ld_q, float* qa, std::size_t T,
@@ -378,6 +384,12 @@ void mla_absorb_q(const float* kv_b, const float* q, std::size_t ld_q, float* qa
 std::size_t mla_attention_workspace(std::size_t T, std::size_t H, std::size_t R,
                                     std::size_t n_split);
 void mla_attention(const float* qa, const float* cache, const std::int32_t* pos, std::size_t T,
+                   std::size_t H, std::size_t R, std::size_t Dr, float scale, float* ctx,
+                   std::size_t n_split, float* workspace, StreamHandle s = nullptr);
+// The same over a bf16 cache, on the tensor cores (mla_tc.cuh: q and the softmax weights rounded
+// to bf16, fp32 accumulation; same slices and workspace). Needs R % 64 == 0, R <= 512,
+// Dr % 16 == 0 and R + Dr <= 576 (R1: 512 + 64).
+void mla_attention(const float* qa, const bf16* cache, const std::int32_t* pos, std::size_t T,
                    std::size_t H, std::size_t R, std::size_t Dr, float scale, float* ctx,
                    std::size_t n_split, float* workspace, StreamHandle s = nullptr);
 // o (T, ld_o): o[t, h Dv + i] = W_UV[h][i] . ctx[t, h].

@@ -22,6 +22,7 @@
 #include "tmoe/backend/cuda/check.cuh"
 #include "tmoe/backend/cuda/gemv.cuh"
 #include "tmoe/backend/cuda/mla.cuh"
+#include "tmoe/backend/cuda/mla_tc.cuh"
 #include "tmoe/backend/cuda/model_ops.cuh"
 #include "tmoe/backend/cuda/moe.cuh"
 #include "tmoe/backend/cuda/norm.cuh"
@@ -631,10 +632,12 @@ void mla_absorb_out_impl(const W* kv_b, const float* ctx, float* o, std::size_t 
 }
 }  // namespace api_detail
 
-void mla_kv_store(const float* kv, std::size_t ld_kv, const float* norm_weight, float eps,
-                  std::size_t T, std::size_t R, std::size_t Dr, const std::int32_t* pos,
-                  const float* inv_freq, float attn_factor, RopeLayout layout, float* cache,
-                  StreamHandle s) {
+namespace api_detail {
+template <class C>
+void mla_kv_store_impl(const float* kv, std::size_t ld_kv, const float* norm_weight, float eps,
+                       std::size_t T, std::size_t R, std::size_t Dr, const std::int32_t* pos,
+                       const float* inv_freq, float attn_factor, RopeLayout layout, C* cache,
+                       StreamHandle s) {
   constexpr const char* op = "cuda::mla_kv_store";
   api_detail::check_mla_dims(op, R, Dr);
   check(ld_kv >= R + Dr, op, "ld_kv: expected >= R + Dr = ", R + Dr, ", got ", ld_kv);
@@ -642,10 +645,25 @@ void mla_kv_store(const float* kv, std::size_t ld_kv, const float* norm_weight, 
   if (T == 0) return;
   check(kv && norm_weight && pos && inv_freq && cache, op,
         "null pointer: kv, norm_weight, pos, inv_freq and cache are required");
-  const cudaError_t e =
-      launch(mla_kv_store_kernel, dim3(unsigned(T)), dim3(256), 0, s, kv, ld_kv, norm_weight, eps,
-             int(R), int(Dr), pos, inv_freq, attn_factor, layout == RopeLayout::interleaved, cache);
+  const cudaError_t e = launch(mla_kv_store_kernel<C>, dim3(unsigned(T)), dim3(256), 0, s, kv,
+                               ld_kv, norm_weight, eps, int(R), int(Dr), pos, inv_freq, attn_factor,
+                               layout == RopeLayout::interleaved, cache);
   if (e != cudaSuccess) fail_call(op, "kernel launch", e);
+}
+}  // namespace api_detail
+void mla_kv_store(const float* kv, std::size_t ld_kv, const float* norm_weight, float eps,
+                  std::size_t T, std::size_t R, std::size_t Dr, const std::int32_t* pos,
+                  const float* inv_freq, float attn_factor, RopeLayout layout, float* cache,
+                  StreamHandle s) {
+  api_detail::mla_kv_store_impl(kv, ld_kv, norm_weight, eps, T, R, Dr, pos, inv_freq, attn_factor,
+                                layout, cache, s);
+}
+void mla_kv_store(const float* kv, std::size_t ld_kv, const float* norm_weight, float eps,
+                  std::size_t T, std::size_t R, std::size_t Dr, const std::int32_t* pos,
+                  const float* inv_freq, float attn_factor, RopeLayout layout, bf16* cache,
+                  StreamHandle s) {
+  api_detail::mla_kv_store_impl(kv, ld_kv, norm_weight, eps, T, R, Dr, pos, inv_freq, attn_factor,
+                                layout, cache, s);
 }
 void mla_absorb_q(const bf16* kv_b, const float* q, std::size_t ld_q, float* qa, std::size_t T,
                   std::size_t H, std::size_t Dn, std::size_t Dr, std::size_t Dv, std::size_t R,
@@ -692,6 +710,30 @@ void mla_attention(const float* qa, const float* cache, const std::int32_t* pos,
                 int(H),       int(R),    int(Dr),
                 int(n_split), scale};
   const cudaError_t e = launch_mla_attention(a, int(T), s);
+  if (e != cudaSuccess) fail_call(op, "kernel launch", e);
+}
+
+void mla_attention(const float* qa, const bf16* cache, const std::int32_t* pos, std::size_t T,
+                   std::size_t H, std::size_t R, std::size_t Dr, float scale, float* ctx,
+                   std::size_t n_split, float* workspace, StreamHandle s) {
+  constexpr const char* op = "cuda::mla_attention";
+  check(R >= 64 && R % 64 == 0 && R <= std::size_t(kMlaTcMaxR), op,
+        "kv_lora_rank: the bf16 cache needs a multiple of 64 in [64, ", kMlaTcMaxR, "], got ", R);
+  check(Dr >= 16 && Dr % 16 == 0 && R + Dr <= std::size_t(kMlaTcMaxK), op,
+        "qk_rope_head_dim: the bf16 cache needs a multiple of 16 with R + Dr <= ", kMlaTcMaxK,
+        ", got ", Dr);
+  check(n_split >= 1 && n_split <= std::size_t(kMlaMaxSplit), op, "n_split: expected 1..",
+        kMlaMaxSplit, ", got ", n_split);
+  check(H >= 1 && T <= 65535 && T * H <= api_detail::kIntMax, op,
+        "H >= 1 and T <= 65535 expected, got H ", H, ", T ", T);
+  if (T == 0) return;
+  check(qa && cache && pos && ctx, op, "null pointer: qa, cache, pos and ctx are required");
+  check(n_split == 1 || workspace, op, "n_split > 1 needs a workspace");
+  MlaTcArgs a{qa,           cache,     pos,
+              ctx,          workspace, workspace ? workspace + T * H * n_split * R : nullptr,
+              int(H),       int(R),    int(Dr),
+              int(n_split), scale};
+  const cudaError_t e = launch_mla_attention_tc(a, int(T), s);
   if (e != cudaSuccess) fail_call(op, "kernel launch", e);
 }
 

@@ -28,7 +28,8 @@
 // float32 like the CPU model's absorbed form), and the embedding and LM head are float32 or bf16
 // (R1 keeps both bf16). Norm weights,
 // biases, activations and the latent cache are float32, so the model agrees with the CPU model up
-// to summation order.
+// to summation order. ModelOptions::mla_bf16_cache = true keeps the latent cache in bf16 and runs
+// the attention on the tensor cores (mla_tc.cuh; off by default, see docs/cuda.md).
 #pragma once
 
 #include <algorithm>
@@ -66,7 +67,8 @@ class DeepseekModel final : public models::Model {
     friend class DeepseekModel;
     const DeepseekModel* owner_ = nullptr;
     std::size_t size_ = 0, cap_ = 0;
-    DeviceBuffer<float> cache_;  // (L, cap, R + Dr)
+    DeviceBuffer<float> cache_;   // (L, cap, R + Dr), float; or
+    DeviceBuffer<bf16> cache_b_;  // the same in bf16 (ModelOptions::mla_bf16_cache)
     Graph step_;
   };
 
@@ -97,7 +99,10 @@ class DeepseekModel final : public models::Model {
     auto s = std::make_unique<CudaState>();
     s->owner_ = this;
     s->cap_ = capacity;
-    s->cache_ = DeviceBuffer<float>(L_ * capacity * (R_ + Dr_));
+    if (opt_.mla_bf16_cache)
+      s->cache_b_ = DeviceBuffer<bf16>(L_ * capacity * (R_ + Dr_));
+    else
+      s->cache_ = DeviceBuffer<float>(L_ * capacity * (R_ + Dr_));
     return s;
   }
 
@@ -204,7 +209,15 @@ class DeepseekModel final : public models::Model {
     logits1_ = DeviceBuffer<float>(V_);
     staging_ = PinnedBuffer<std::int32_t>(2);
     const int sms = device_info(opt_.device).sm_count;
-    const std::size_t head_blocks = (H_ + 15) / 16;
+    if (opt_.mla_bf16_cache)
+      check(R_ % 64 == 0 && R_ <= 512 && Dr_ % 16 == 0 && R_ + Dr_ <= 576, "cuda::DeepseekModel",
+            where,
+            ": mla_bf16_cache needs kv_lora_rank a multiple of 64 (<= 512) and "
+            "qk_rope_head_dim a multiple of 16 with their sum <= 576, got ",
+            R_, " and ", Dr_);
+    // Head blocks of the attention kernel: 16 heads (float cache); 64 when H > 32, else 16 (bf16).
+    const std::size_t head_blocks =
+        opt_.mla_bf16_cache && H_ > 32 ? (H_ + 63) / 64 : (H_ + 15) / 16;
     split_ = std::clamp<std::size_t>(std::size_t(sms) / head_blocks, 1, 256);
     workspace_ = DeviceBuffer<float>(mla_attention_workspace(1, H_, R_, split_));
     n_group_ = c.n_group, topk_group_ = c.topk_group, norm_topk_ = c.norm_topk_prob;
@@ -450,7 +463,8 @@ class DeepseekModel final : public models::Model {
                 stream_);
     for (std::size_t l = 0; l < L_; ++l) {
       const Layer& y = layers_[l];
-      float* cache = s.cache_.data() + l * s.cap_ * K;
+      float* cache = opt_.mla_bf16_cache ? nullptr : s.cache_.data() + l * s.cap_ * K;
+      bf16* cache_b = opt_.mla_bf16_cache ? s.cache_b_.data() + l * s.cap_ * K : nullptr;
       add_rmsnorm(l == 0 ? nullptr : r_.data(), h_.data(), y.norm1.data(), x_.data(), 1, d_, eps_,
                   stream_);
       if (Ql_ > 0) {
@@ -464,21 +478,26 @@ class DeepseekModel final : public models::Model {
       gemv(y.kv_a, x_.data(), kv_.data());
       rope(q_.data(), 1, H_, H_ * Dq, Dq, Dn_, Dr_, pos_.data(), inv_freq_.data(), attn_factor_,
            layout_, stream_);
-      mla_kv_store(kv_.data(), K, y.kv_a_norm.data(), eps_, 1, R_, Dr_, pos_.data(),
-                   inv_freq_.data(), attn_factor_, layout_, cache, stream_);
-      if (y.kv_b.fmt == Fmt::bf16) {
-        const bf16* kvb = reinterpret_cast<const bf16*>(y.kv_b.buf.data());
+      if (cache_b)
+        mla_kv_store(kv_.data(), K, y.kv_a_norm.data(), eps_, 1, R_, Dr_, pos_.data(),
+                     inv_freq_.data(), attn_factor_, layout_, cache_b, stream_);
+      else
+        mla_kv_store(kv_.data(), K, y.kv_a_norm.data(), eps_, 1, R_, Dr_, pos_.data(),
+                     inv_freq_.data(), attn_factor_, layout_, cache, stream_);
+      auto attend = [&](const auto* kvb) {
         mla_absorb_q(kvb, q_.data(), H_ * Dq, qa_.data(), 1, H_, Dn_, Dr_, Dv_, R_, stream_);
-        mla_attention(qa_.data(), cache, pos_.data(), 1, H_, R_, Dr_, scale_, ctx_.data(), split_,
-                      workspace_.data(), stream_);
+        if (cache_b)
+          mla_attention(qa_.data(), cache_b, pos_.data(), 1, H_, R_, Dr_, scale_, ctx_.data(),
+                        split_, workspace_.data(), stream_);
+        else
+          mla_attention(qa_.data(), cache, pos_.data(), 1, H_, R_, Dr_, scale_, ctx_.data(), split_,
+                        workspace_.data(), stream_);
         mla_absorb_out(kvb, ctx_.data(), o_.data(), H_ * Dv_, 1, H_, Dn_, Dv_, R_, stream_);
-      } else {
-        const float* kvb = reinterpret_cast<const float*>(y.kv_b.buf.data());
-        mla_absorb_q(kvb, q_.data(), H_ * Dq, qa_.data(), 1, H_, Dn_, Dr_, Dv_, R_, stream_);
-        mla_attention(qa_.data(), cache, pos_.data(), 1, H_, R_, Dr_, scale_, ctx_.data(), split_,
-                      workspace_.data(), stream_);
-        mla_absorb_out(kvb, ctx_.data(), o_.data(), H_ * Dv_, 1, H_, Dn_, Dv_, R_, stream_);
-      }
+      };
+      if (y.kv_b.fmt == Fmt::bf16)
+        attend(reinterpret_cast<const bf16*>(y.kv_b.buf.data()));
+      else
+        attend(reinterpret_cast<const float*>(y.kv_b.buf.data()));
       gemv(y.o, o_.data(), r_.data());
       add_rmsnorm(r_.data(), h_.data(), y.norm2.data(), x_.data(), 1, d_, eps_, stream_);
       if (!y.moe) {

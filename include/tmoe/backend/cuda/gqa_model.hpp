@@ -54,6 +54,11 @@ struct ModelOptions {
   // One-token steps: q/k/v epilogue and attention in one kernel (gqa_decode_attention) instead of
   // gqa_qkv_store + gqa_attention. Off: measured slower on the H100 (docs/cuda.md).
   bool fused_decode_attention = false;
+  // cuda::DeepseekModel: the latent cache in bf16 and MLA decode attention on the tensor cores
+  // (mla_tc.cuh; half the cache bytes, q and the softmax weights rounded to bf16). Off by default:
+  // the float cache keeps the GPU model within summation order of the CPU model (the fixture
+  // tests' 1e-4 bound); on, the logits move by the bf16 bound in docs/cuda.md.
+  bool mla_bf16_cache = false;
   int device = 0;
 };
 

@@ -1,0 +1,338 @@
+// tmoe/backend/cuda/mla_tc.cuh: MLA absorbed decode attention on the tensor cores, over a bf16
+// latent cache (the float-cache kernel is mla.cuh; same math, same slices, same merge).
+//
+//   ctx[t, h] = sum_{j <= pos[t]} softmax_j(scale qa[t, h] . cache[j]) cache[j, 0:R]
+//
+// cache (cap, K) bf16, K = R + Dr; qa (T, H, K) float (rounded to bf16 once per block); ctx,
+// the slices' partials and their log-sum-exp float, as mla.cuh writes them, so mla_merge_kernel
+// combines the slices.
+//
+// mla_attention_tc_kernel<MT> (grid (ceil(H / 16 MT), n_split, T), 128 MT threads = 4 MT warps):
+// a block takes 16 MT heads (the mma's M dimension: MT m16 tiles; MT = 4 for R1's 128 heads, two
+// head blocks per slice; MT = 1 for 16 heads) and one slice of the keys 0..pos[t]. Tiles of 32
+// keys (K bf16 each, rows padded by 16 bytes so that ldmatrix rows hit distinct banks) are
+// double-buffered with cp.async (rows past the slice zero-filled). All products are
+// mma.sync.m16n8k16 bf16 x bf16 -> fp32:
+//   scores (16 MT x 32) = q (16 MT x K) key^T: warp (mt, kq) = (w % MT, w / MT) takes m-tile mt
+//     and the quarter kq of the K / 16 k-steps (q's A fragments read from shared memory per
+//     tile: held in registers they spilled); the four quarters' partials are added through
+//     shared memory;
+//   softmax: 8 threads per head row, 4 keys each, running max and sum in registers (base 2: the
+//     scale times log2(e) multiplies the fp32 scores), p rounded to bf16 into shared memory;
+//   values (16 MT x R) += p (16 MT x 32) tile[:, 0:R]: warp (mt, dq) takes m-tile mt and the
+//     quarter dq of the R latent dims (ldmatrix.trans gives the B fragments of the key-major tile),
+//     R / 32 n8 tiles of fp32 accumulators in registers, rescaled by the tile's correction.
+// Errors against exact arithmetic on the stored (bf16) cache: q rounded to bf16 (each score off
+// by at most scale 2^-9 sum_i |q_i k_i|) and p rounded to bf16 (relative 2^-9; the softmax sum
+// stays fp32); tests/cuda/test_mla.cpp bounds ctx by both.
+// Needs R % 64 == 0, R <= 512, Dr % 16 == 0, R + Dr <= 576 (checked by the launcher).
+#pragma once
+#if !defined(__CUDACC__)
+#error "tmoe/backend/cuda/mla_tc.cuh is for nvcc only; include tmoe/backend/cuda/api.hpp elsewhere"
+#endif
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+
+#include "tmoe/backend/cuda/launch.cuh"
+#include "tmoe/backend/cuda/mla.cuh"
+#include "tmoe/core/dtype.hpp"
+
+namespace tmoe::cuda {
+
+inline constexpr int kMlaTcKeys = 32;  // keys per tile
+inline constexpr int kMlaTcMaxK = 576;
+inline constexpr int kMlaTcMaxR = 512;
+inline constexpr int kMlaTcMaxKs = (kMlaTcMaxK / 16 + 3) / 4;  // k-steps per quarter: 9
+inline constexpr int kMlaTcSp = kMlaTcKeys + 4;                // fp32 score row pitch (floats)
+inline constexpr int kMlaTcPp = kMlaTcKeys + 8;                // bf16 p row pitch (elements)
+
+struct MlaTcArgs {
+  const float* qa;    // (T, H, K)
+  const bf16* cache;  // (cap, K)
+  const std::int32_t* pos;
+  float* ctx;       // (T, H, R)
+  float* part_o;    // (T, H, n_split, R)
+  float* part_lse;  // (T, H, n_split)
+  int H, R, Dr, n_split;
+  float scale;
+};
+
+// Shared memory of mla_attention_tc_kernel<MT>, in bytes, for K = R + Dr.
+inline constexpr std::size_t mla_tc_smem_bytes(int MT, int K) {
+  const std::size_t rows = 16 * std::size_t(MT), kp = std::size_t(K) + 8;
+  return rows * kp * 2              // q, bf16
+         + 2 * kMlaTcKeys * kp * 2  // two key tiles, bf16
+         + 4 * rows * kMlaTcSp * 4  // the four quarters' partial scores
+         + rows * kMlaTcPp * 2      // p, bf16
+         + 3 * rows * 4;            // correction, max, sum
+}
+
+__device__ TMOE_INLINE void ldsm_x4(unsigned (&r)[4], const void* p) {
+  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+}
+__device__ TMOE_INLINE void ldsm_x4_t(unsigned (&r)[4], const void* p) {
+  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+}
+// c += a (16x16, row) b (16x8, col), bf16 in, fp32 accumulate.
+__device__ TMOE_INLINE void mma_bf16(float (&c)[4], const unsigned (&a)[4], unsigned b0,
+                                     unsigned b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+template <int MT>
+__global__ void __launch_bounds__(128 * MT, 1) mla_attention_tc_kernel(MlaTcArgs a) {
+  constexpr int kRows = 16 * MT, kThreads = 128 * MT;
+  const int hb = blockIdx.x, split = blockIdx.y, t = blockIdx.z;
+  const int R = a.R, K = a.R + a.Dr, kp = K + 8;
+  const int h0 = hb * kRows, nh = min(kRows, a.H - h0);
+  const int tid = threadIdx.x, lane = tid % kWarpSize, warp = tid / kWarpSize;
+  const int mt = warp % MT, quarter = warp / MT;
+  extern __shared__ __align__(16) unsigned char mla_tc_smem[];
+  __nv_bfloat16* sq = reinterpret_cast<__nv_bfloat16*>(mla_tc_smem);    // (rows, kp)
+  __nv_bfloat16* tile = sq + kRows * kp;                                // 2 x (32, kp)
+  float* spart = reinterpret_cast<float*>(tile + 2 * kMlaTcKeys * kp);  // 4 x (rows, kMlaTcSp)
+  __nv_bfloat16* sp = reinterpret_cast<__nv_bfloat16*>(spart + 4 * kRows * kMlaTcSp);
+  float* scorr = reinterpret_cast<float*>(sp + kRows * kMlaTcPp);  // (rows)
+  float* sm = scorr + kRows;                                       // (rows)
+  float* sl = sm + kRows;                                          // (rows)
+  pdl_trigger();
+  pdl_wait();
+
+  const int len = a.pos[t] + 1;
+  const int ns = mla_slices(len, a.n_split);
+  if (split >= ns) return;
+  const int chunk = (len + ns - 1) / ns;
+  const int j0 = split * chunk, j1 = min(len, j0 + chunk);
+  const int ntiles = (j1 - j0 + kMlaTcKeys - 1) / kMlaTcKeys;
+  const int K8 = K / 8;
+
+  auto load_tile = [&](int it, int buf) {
+    __nv_bfloat16* dst = tile + buf * kMlaTcKeys * kp;
+    const int base = j0 + it * kMlaTcKeys;
+    for (int i = tid; i < kMlaTcKeys * K8; i += kThreads) {
+      const int r = i / K8, c = i % K8;
+      const bool valid = base + r < j1;
+      const bf16* src = a.cache + std::size_t(valid ? base + r : j0) * K + 8 * c;
+      cp_async16(dst + r * kp + 8 * c, src, valid);
+    }
+    cp_async_commit();
+  };
+  if (ntiles > 0) load_tile(0, 0);
+
+  const float* qsrc = a.qa + (std::size_t(t) * a.H + h0) * K;
+  // q: 16-byte loads, 8 in flight per thread (a 64-head block reads 147 KB of q from L2; one
+  // dependent 4-byte load at a time cost ~20 us per block).
+  {
+    const int K4 = K / 4, n4 = kRows * K4;
+    const float4* q4 = reinterpret_cast<const float4*>(qsrc);
+    for (int i0 = tid; i0 < n4; i0 += 8 * kThreads) {
+      float4 v[8];
+#pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = i0 + u * kThreads;
+        v[u] = i < n4 && i / K4 < nh ? __ldg(q4 + i) : make_float4(0.f, 0.f, 0.f, 0.f);
+      }
+#pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = i0 + u * kThreads;
+        if (i < n4) {
+          __nv_bfloat162* d = reinterpret_cast<__nv_bfloat162*>(sq + (i / K4) * kp + 4 * (i % K4));
+          d[0] = __floats2bfloat162_rn(v[u].x, v[u].y);
+          d[1] = __floats2bfloat162_rn(v[u].z, v[u].w);
+        }
+      }
+    }
+  }
+  if (tid < kRows) sm[tid] = -INFINITY, sl[tid] = 0.f;
+  __syncthreads();
+
+  // This warp's q: m-tile mt, k-steps [ks0, ks1) (A fragments read from shared memory per tile:
+  // holding them in registers spilled at 512 threads' 128-register cap).
+  const int nks = K / 16, ks0 = quarter * nks / 4, ks1 = (quarter + 1) * nks / 4;
+  const __nv_bfloat16* qrow = sq + (mt * 16 + lane % 16) * kp + (lane / 16) * 8;
+
+  // Softmax role: row sr, keys 4 sub .. 4 sub + 3; running max / sum (base 2) in registers.
+  const int sr = tid / 8, sub = tid % 8;
+  float run_m = -INFINITY, run_l = 0.f;
+  const float scale2 = a.scale * 1.4426950408889634f;
+
+  // Value role: m-tile mt, latent dims [d0, d0 + R / 4): R / 64 pairs of n8 tiles.
+  const int dq = R / 4, d0 = quarter * dq, npairs = dq / 16;
+  float acc[kMlaTcMaxR / 64][2][4];
+#pragma unroll
+  for (int p = 0; p < kMlaTcMaxR / 64; ++p)
+#pragma unroll
+    for (int n = 0; n < 2; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[p][n][e] = 0.f;
+
+  for (int it = 0; it < ntiles; ++it) {
+    const int buf = it & 1;
+    if (it + 1 < ntiles) {
+      load_tile(it + 1, buf ^ 1);
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    const __nv_bfloat16* kt = tile + buf * kMlaTcKeys * kp;
+    // Scores, this warp's quarter of the k-steps, all 32 keys (4 n8 tiles).
+    {
+      float s[4][4];
+#pragma unroll
+      for (int n = 0; n < 4; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[n][e] = 0.f;
+#pragma unroll
+      for (int i = 0; i < kMlaTcMaxKs; ++i) {
+        if (ks0 + i < ks1) {
+          const int k0 = (ks0 + i) * 16 + ((lane / 8) % 2) * 8;
+          unsigned qf[4];
+          ldsm_x4(qf, qrow + (ks0 + i) * 16);
+#pragma unroll
+          for (int np = 0; np < 2; ++np) {
+            unsigned b[4];
+            ldsm_x4(b, kt + (np * 16 + lane % 8 + (lane / 16) * 8) * kp + k0);
+            mma_bf16(s[2 * np], qf, b[0], b[1]);
+            mma_bf16(s[2 * np + 1], qf, b[2], b[3]);
+          }
+        }
+      }
+      float* dst = spart + (quarter * kRows + mt * 16 + lane / 4) * kMlaTcSp + 2 * (lane % 4);
+#pragma unroll
+      for (int n = 0; n < 4; ++n) {
+        *reinterpret_cast<float2*>(dst + n * 8) = make_float2(s[n][0], s[n][1]);
+        *reinterpret_cast<float2*>(dst + 8 * kMlaTcSp + n * 8) = make_float2(s[n][2], s[n][3]);
+      }
+    }
+    __syncthreads();
+    // Online softmax: 8 threads per row (consecutive lanes), 4 keys each.
+    {
+      const int base = j0 + it * kMlaTcKeys + 4 * sub;
+      float4 v = *reinterpret_cast<const float4*>(spart + sr * kMlaTcSp + 4 * sub);
+#pragma unroll
+      for (int q = 1; q < 4; ++q) {
+        const float4 w =
+            *reinterpret_cast<const float4*>(spart + (q * kRows + sr) * kMlaTcSp + 4 * sub);
+        v.x += w.x, v.y += w.y, v.z += w.z, v.w += w.w;
+      }
+      float s[4] = {base < j1 ? v.x * scale2 : -INFINITY, base + 1 < j1 ? v.y * scale2 : -INFINITY,
+                    base + 2 < j1 ? v.z * scale2 : -INFINITY,
+                    base + 3 < j1 ? v.w * scale2 : -INFINITY};
+      float mx = fmaxf(fmaxf(s[0], s[1]), fmaxf(s[2], s[3]));
+#pragma unroll
+      for (int o = 1; o < 8; o *= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+      const float m_new = fmaxf(run_m, mx);  // finite: a tile has at least one valid key
+      float p[4], ps = 0.f;
+#pragma unroll
+      for (int k = 0; k < 4; ++k) ps += (p[k] = exp2f(s[k] - m_new));
+#pragma unroll
+      for (int o = 1; o < 8; o *= 2) ps += __shfl_xor_sync(0xffffffffu, ps, o);
+      const float corr = exp2f(run_m - m_new);  // 0 on the first tile
+      run_l = fmaf(run_l, corr, ps);
+      run_m = m_new;
+      __nv_bfloat162* pd = reinterpret_cast<__nv_bfloat162*>(sp + sr * kMlaTcPp + 4 * sub);
+      pd[0] = __floats2bfloat162_rn(p[0], p[1]);
+      pd[1] = __floats2bfloat162_rn(p[2], p[3]);
+      if (sub == 0) scorr[sr] = corr, sm[sr] = run_m, sl[sr] = run_l;
+    }
+    __syncthreads();
+    // Values: acc = acc * corr + p tile[:, d0 .. d0 + R / 4).
+    {
+      const float c0 = scorr[mt * 16 + lane / 4], c1 = scorr[mt * 16 + lane / 4 + 8];
+#pragma unroll
+      for (int p = 0; p < kMlaTcMaxR / 64; ++p)
+#pragma unroll
+        for (int n = 0; n < 2; ++n)
+          acc[p][n][0] *= c0, acc[p][n][1] *= c0, acc[p][n][2] *= c1, acc[p][n][3] *= c1;
+#pragma unroll
+      for (int ks = 0; ks < kMlaTcKeys / 16; ++ks) {
+        unsigned pf[4];
+        ldsm_x4(pf, sp + (mt * 16 + lane % 16) * kMlaTcPp + ks * 16 + (lane / 16) * 8);
+        const __nv_bfloat16* vrow =
+            kt + (ks * 16 + lane % 8 + ((lane / 8) % 2) * 8) * kp + d0 + (lane / 16) * 8;
+#pragma unroll
+        for (int p = 0; p < kMlaTcMaxR / 64; ++p) {
+          if (p < npairs) {
+            unsigned b[4];
+            ldsm_x4_t(b, vrow + p * 16);
+            mma_bf16(acc[p][0], pf, b[0], b[1]);
+            mma_bf16(acc[p][1], pf, b[2], b[3]);
+          }
+        }
+      }
+    }
+    __syncthreads();  // the buffer is refilled and spart / sp / scorr rewritten next round
+  }
+
+  // Output: rows g, g + 8 of m-tile mt, dims d0 + 16 p + 8 n + 2 (lane % 4) + {0, 1}.
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int row = mt * 16 + lane / 4 + 8 * half;
+    if (row >= nh) continue;
+    const int h = h0 + row;
+    const float L = sl[row];  // 0 only for a slice with no keys
+    const float inv = L > 0.f ? 1.f / L : 0.f;
+    float* o;
+    if (ns == 1) {
+      o = a.ctx + (std::size_t(t) * a.H + h) * R;
+    } else {
+      const std::size_t ps = (std::size_t(t) * a.H + h) * a.n_split + split;
+      o = a.part_o + ps * R;
+      if (quarter == 0 && lane % 4 == 0)
+        a.part_lse[ps] = L > 0.f ? (sm[row] + log2f(L)) * 0.6931471805599453f : -INFINITY;
+    }
+#pragma unroll
+    for (int p = 0; p < kMlaTcMaxR / 64; ++p) {
+      if (p < npairs) {
+#pragma unroll
+        for (int n = 0; n < 2; ++n) {
+          const int d = d0 + 16 * p + 8 * n + 2 * (lane % 4);
+          *reinterpret_cast<float2*>(o + d) =
+              make_float2(acc[p][n][2 * half] * inv, acc[p][n][2 * half + 1] * inv);
+        }
+      }
+    }
+  }
+}
+
+// Head rows per block: 64 (four m16 tiles) when there are more than 32 heads, else 16.
+inline int mla_tc_mtiles(int H) {
+  return H > 32 ? 4 : 1;
+}
+
+inline cudaError_t launch_mla_attention_tc(MlaTcArgs a, int T, cudaStream_t stream) {
+  if (T <= 0) return cudaSuccess;
+  const int MT = mla_tc_mtiles(a.H), K = a.R + a.Dr;
+  const std::size_t smem = mla_tc_smem_bytes(MT, K);
+  auto kernel = MT == 4 ? mla_attention_tc_kernel<4> : mla_attention_tc_kernel<1>;
+  cudaError_t e =
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+  if (e != cudaSuccess) return e;
+  const dim3 grid((a.H + 16 * MT - 1) / (16 * MT), a.n_split, T);
+  e = launch(kernel, grid, dim3(128 * MT), smem, stream, a);
+  if (e == cudaSuccess && a.n_split > 1) {
+    const MlaAttnArgs m{a.qa, nullptr, a.pos, a.ctx,     a.part_o, a.part_lse,
+                        a.H,  a.R,     a.Dr,  a.n_split, a.scale};
+    e = launch(mla_merge_kernel, dim3(T * a.H, (a.R + kMlaMergeDims - 1) / kMlaMergeDims),
+               dim3(kMlaMergeDims), 0, stream, m);
+  }
+  return e;
+}
+
+}  // namespace tmoe::cuda
