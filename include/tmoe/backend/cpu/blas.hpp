@@ -186,17 +186,6 @@ struct BlasImpl {
   // ---- decode GEMV ----------------------------------------------------------------------------
   static constexpr std::size_t kGemvRows = 4;
 
-  // Software prefetch of the next group of R rows (they follow this group in memory when ldw ==
-  // n), at the rate this group is read: [p, p + bytes) for this step's share. A decode matrix row
-  // is a few KB, too short a stream for the hardware prefetcher to ramp up on
-  // (docs/performance.md).
-  template <std::size_t Bytes>
-  static TMOE_INLINE void prefetch_span(const void* p) {
-    const char* c = static_cast<const char*>(p);
-    for (std::size_t o = 0; o < Bytes; o += 64) __builtin_prefetch(c + o, 0, 3);
-    if constexpr (Bytes % 64 != 0) __builtin_prefetch(c + Bytes - 1, 0, 3);
-  }
-
   // out[r] = dot(w + r*ldw, x) for r < R, over n elements; x loads shared by the R rows.
   template <std::size_t R, class WT>
   static TMOE_INLINE void dot_rows(const WT* w, std::size_t ldw, const float* x, std::size_t n,

@@ -137,18 +137,6 @@ struct QuantImpl {
     return _cvtsh_ss(bits);
   }
   // 8 int32 partial sums of u (unsigned bytes) times s (signed bytes).
-  // Prefetch [p, p + Bytes) into L1: one instruction per cache line and one for the last byte.
-  // The GEMV kernels call it once per block step for the rows they will read next, at the rate
-  // they consume the current ones: a row of a decode matrix is a few hundred bytes to a few KB,
-  // too short a stream for the hardware prefetcher to ramp up on (measured in
-  // docs/performance.md: 1.7-2x on Q4_0 decode).
-  template <std::size_t Bytes>
-  static TMOE_INLINE void prefetch_span(const void* p) {
-    const char* c = static_cast<const char*>(p);
-    for (std::size_t o = 0; o < Bytes; o += 64) _mm_prefetch(c + o, _MM_HINT_T0);
-    if constexpr (Bytes % 64 != 0) _mm_prefetch(c + Bytes - 1, _MM_HINT_T0);
-  }
-
   static TMOE_INLINE __m256i dot_us(__m256i u, __m256i s) {
 #if defined(__AVX512VNNI__) && defined(__AVX512VL__)
     return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
