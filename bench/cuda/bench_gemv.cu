@@ -7,7 +7,7 @@
 // several times; inputs are random (never zeros). Bytes counted: weights (+ fp8 scales), x, y.
 // Prints one table; --csv FILE also writes it as CSV. A GPU is required (exits 77 without one).
 //
-//   bench_cuda_gemv [--reps N] [--csv FILE] [--all-configs]
+//   bench_cuda_gemv [--reps N] [--csv FILE] [--all-configs] [--qwen-configs]
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -26,6 +26,7 @@ namespace {
 
 int g_reps = 50;
 bool g_all_configs = false;
+bool g_qwen_configs = false;
 FILE* g_csv = nullptr;
 double g_copy_gbs = 0, g_read_gbs = 0;
 double g_diff = 0;  // max |y - y_library| / max |y_library| of the last configuration
@@ -281,6 +282,34 @@ void bench_configs(const cuda::DeviceInfo& dev) {
   }
 }
 
+// Kernel configurations at the decode shapes of DeepSeek-R1-Distill-Qwen-1.5B (bf16 weights,
+// float x, as cuda::GqaModel runs them): q/k/v, o, gate/up, down, LM head.
+template <int kRows, int kUnroll, int kSplit>
+void qwen_config(int out, int in, const cuda::DeviceInfo& dev) {
+  if (in / 8 >= kSplit * kWarpSize)
+    bench_gemv<bf16, float, kRows, kUnroll, 8, kSplit, 0>(out, in, dev);
+}
+template <int kRows, int kUnroll>
+void qwen_splits(int out, int in, const cuda::DeviceInfo& dev) {
+  qwen_config<kRows, kUnroll, 1>(out, in, dev);
+  qwen_config<kRows, kUnroll, 2>(out, in, dev);
+  qwen_config<kRows, kUnroll, 4>(out, in, dev);
+  qwen_config<kRows, kUnroll, 8>(out, in, dev);
+}
+void bench_qwen_configs(const cuda::DeviceInfo& dev) {
+  const int shapes[][2] = {{2048, 1536}, {1536, 1536}, {17920, 1536}, {1536, 8960}, {151936, 1536}};
+  for (const auto& s : shapes) {
+    bench_gemv<bf16, float, 0, 0, 0, 0, 0>(s[0], s[1], dev);
+    qwen_splits<1, 4>(s[0], s[1], dev);
+    qwen_splits<1, 8>(s[0], s[1], dev);
+    qwen_splits<2, 2>(s[0], s[1], dev);
+    qwen_splits<2, 4>(s[0], s[1], dev);
+    qwen_splits<2, 8>(s[0], s[1], dev);
+    qwen_splits<4, 2>(s[0], s[1], dev);
+    qwen_splits<4, 4>(s[0], s[1], dev);
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -291,6 +320,8 @@ int main(int argc, char** argv) {
       g_csv = std::fopen(argv[++i], "w");
     else if (!std::strcmp(argv[i], "--all-configs"))
       g_all_configs = true;
+    else if (!std::strcmp(argv[i], "--qwen-configs"))
+      g_qwen_configs = true;
   }
   if (cuda::device_count() == 0) {
     std::printf("bench_cuda_gemv: skipped: no CUDA device (%s)\n", cuda::device_count_error());
@@ -301,6 +332,10 @@ int main(int argc, char** argv) {
     std::printf("%s, sm_%d%d, %d SMs, %.0f MB L2, %.1f GiB\n", dev.name, dev.major, dev.minor,
                 dev.sm_count, dev.l2_bytes / 1e6, dev.global_mem / double(1 << 30));
     measure_limits(dev);
+    if (g_qwen_configs) {
+      bench_qwen_configs(dev);
+      return 0;
+    }
     if (g_all_configs) bench_configs(dev);
     bench_shapes<bf16, bf16>(dev);
     bench_shapes<bf16, float>(dev);

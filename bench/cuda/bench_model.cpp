@@ -3,7 +3,8 @@
 // 128, MLP 8960, vocab 151936, q/k/v bias, untied LM head). A plain program (like
 // bench_cuda_gemv): it times with host clocks around synchronized device work, after warm-up.
 //
-//   bench_cuda_model [--layers N] [--prompt P] [--new N] [--long P2]
+//   bench_cuda_model [--layers N] [--prompt P] [--new N] [--long P2] [--normed-gemv 0|1]
+//   [--qkv-rope-gemv 0|1]
 //
 // Reports: greedy decode through the captured graph (generate_greedy: argmax on the device, one
 // graph replay per token), decode through forward() (logits downloaded, host argmax: what
@@ -103,12 +104,17 @@ int main(int argc, char** argv) {
     std::printf("random bf16 weights: %.1f s\n", now() - t0);
     cuda::ModelOptions opt;
     opt.max_context = P2 + N + 8;
+    opt.normed_gemv = arg(argc, argv, "--normed-gemv", 0) != 0;  // for A/B runs (docs/cuda.md)
+    opt.qkv_rope_gemv = arg(argc, argv, "--qkv-rope-gemv", 1) != 0;
     t0 = now();
     cuda::GqaModel m(cfg, weights, opt);
     weights.reset();
-    std::printf("upload: %.1f s; %s weights, %.1f MB read per decoded token, decode split %zu\n",
-                now() - t0, m.weight_format().c_str(), m.decode_weight_bytes() / 1e6,
-                m.decode_split());
+    std::printf(
+        "upload: %.1f s; %s weights, %.1f MB read per decoded token, decode split %zu, norms %s, "
+        "q/k/v epilogue %s\n",
+        now() - t0, m.weight_format().c_str(), m.decode_weight_bytes() / 1e6, m.decode_split(),
+        opt.normed_gemv ? "inside the GEMVs" : "as kernels",
+        opt.qkv_rope_gemv ? "in the GEMV" : "a kernel");
 
     std::vector<std::int32_t> prompt(std::max(P, P2));
     for (std::size_t i = 0; i < prompt.size(); ++i)

@@ -216,6 +216,57 @@ void gemv_swiglu_bf16(const bf16* w, std::size_t ldw, const float* x, float* y, 
 void gemv_swiglu_f32(const float* w, std::size_t ldw, const float* x, float* y, std::size_t width,
                      std::size_t in, StreamHandle s = nullptr);
 
+// A decode GEMV with the residual add + RMSNorm in front (one token, one kernel instead of
+// add_rmsnorm + GEMV): every block computes
+//   h = h_in + delta (delta == nullptr: h = h_in),  x = h * rsqrt(mean(h^2) + eps) * gamma
+// in fp32 (add_rmsnorm's order) into shared memory and multiplies W by that x; the first block
+// also stores h to h_out when delta is given (h_out must not alias h_in or delta: the other
+// blocks are still reading them). All float, `in` elements, 16-byte aligned; in % 4 == 0,
+// in <= 10240, and the weights' 16-byte path (in % 8 == 0 for bf16, 16 for fp8, 16-byte rows).
+inline constexpr std::size_t kNormedGemvMaxIn = 10240;
+struct NormedX {
+  const float* h_in = nullptr;
+  const float* delta = nullptr;
+  float* h_out = nullptr;
+  const float* gamma = nullptr;
+  float eps = 1e-6f;
+};
+void gemv_bf16(const bf16* w, std::size_t ldw, const NormedX& x, float* y, std::size_t out,
+               std::size_t in, StreamHandle s = nullptr);
+void gemv_f32(const float* w, std::size_t ldw, const NormedX& x, float* y, std::size_t out,
+              std::size_t in, StreamHandle s = nullptr);
+void gemv_swiglu_bf16(const bf16* w, std::size_t ldw, const NormedX& x, float* y, std::size_t width,
+                      std::size_t in, StreamHandle s = nullptr);
+void gemv_swiglu_f32(const float* w, std::size_t ldw, const NormedX& x, float* y, std::size_t width,
+                     std::size_t in, StreamHandle s = nullptr);
+void gemv_fp8_block(const f8_e4m3* wq, std::size_t ldw, const float* scale_inv, const NormedX& x,
+                    float* y, std::size_t out, std::size_t in, StreamHandle s = nullptr);
+
+// The q/k/v projection of one token with its epilogue fused in (one kernel instead of the GEMV
+// and gqa_qkv_store): W's rows are [q heads (H) | k heads (Hkv) | v heads (Hkv)] of D rows each,
+// with the rows of every q and k head in rotation-pair order: rows 2i and 2i + 1 of a head are
+// the pair that RoPE rotates together (for a half-split checkpoint, its rows i and i + D/2; the
+// result is the interleaved layout, which attention does not mind as long as q and k agree).
+// Each row pair's sums get + bias, are rotated by (*pos) * inv_freq[i] with cos and sin times
+// attn_factor (exactly gqa_qkv_store's fp32 arithmetic, full-dim rotary) and stored: q rows to
+// y (q's (H * D) floats at the front of y), k and v to the caches (Hkv, cap, D) at position *pos.
+// nx != nullptr: x is normed inside (NormedX), the x argument unused. The 16-byte path's
+// conditions as for gemv_bf16 / gemv_f32.
+struct QkvRope {
+  const float* bias = nullptr;  // ((H + 2 Hkv) * D), in W's row order, or nullptr
+  float* k_cache = nullptr;     // (Hkv, cap, D)
+  float* v_cache = nullptr;
+  std::size_t cap = 0;
+  const std::int32_t* pos = nullptr;  // one position (device)
+  const float* inv_freq = nullptr;    // (D / 2)
+  float attn_factor = 1.f;
+  std::size_t H = 0, Hkv = 0, D = 0;
+};
+void gemv_qkv_rope_bf16(const bf16* w, std::size_t ldw, const float* x, const NormedX* nx,
+                        const QkvRope& rope, float* y, std::size_t in, StreamHandle s = nullptr);
+void gemv_qkv_rope_f32(const float* w, std::size_t ldw, const float* x, const NormedX* nx,
+                       const QkvRope& rope, float* y, std::size_t in, StreamHandle s = nullptr);
+
 // FP8 e4m3 weights with DeepSeek's 128x128 block scales:
 //   W[o, i] = float(wq[o, i]) * scale_inv[(o / 128) * ceil(in / 128) + i / 128]
 // scale_inv is float (ceil(out/128), ceil(in/128)) row-major; edge blocks may be partial.

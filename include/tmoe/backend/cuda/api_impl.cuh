@@ -275,6 +275,97 @@ void gemv_swiglu_f32(const float* w, std::size_t ldw, const float* x, float* y, 
                      std::size_t in, StreamHandle s) {
   api_detail::gemv_swiglu_impl("cuda::gemv_swiglu_f32", w, ldw, x, y, width, in, s);
 }
+static_assert(kNormedGemvMaxIn == std::size_t(kGemvNormMaxIn), "api.hpp and gemv.cuh disagree");
+namespace api_detail {
+// The decode GEMVs with a prologue (nx: residual add + RMSNorm) and / or an epilogue (SwiGLU, or
+// rope: the q/k/v store); x is used when nx is null.
+template <class W>
+void gemv_fused_impl(const char* op, const W* w, std::size_t ldw, const float* scale_inv,
+                     const float* x, const NormedX* nx, float* y, std::size_t out, std::size_t in,
+                     bool swiglu, const QkvRope* rope, StreamHandle s) {
+  constexpr std::size_t kVec = 16 / sizeof(W);
+  auto aligned = [](const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; };
+  check(ldw >= in, op, "ldw: expected >= in = ", in, ", got ", ldw);
+  check_size(op, "out", out);
+  check_size(op, "in", in);
+  if (out == 0) return;
+  check(w && y && (nx || x), op, "null pointer: w, x and y must be device pointers");
+  check(in % kVec == 0 && (ldw * sizeof(W)) % 16 == 0 && aligned(w) && aligned(x), op,
+        "needs 16-byte rows: in and ldw multiples of ", kVec,
+        " and 16-byte aligned w and x, got in ", in, ", ldw ", ldw);
+  if constexpr (std::is_same_v<W, f8_e4m3>) check(scale_inv != nullptr, op, "scale_inv is null");
+  GemvBatch gb;
+  gb.swiglu = swiglu;
+  if (nx) {
+    check(nx->h_in && nx->gamma, op, "null pointer: x.h_in and x.gamma must be device pointers");
+    check(!nx->delta || nx->h_out, op,
+          "x.h_out is null: the sum h_in + delta needs somewhere to go");
+    check(!nx->h_out || (nx->h_out != nx->h_in && nx->h_out != nx->delta), op,
+          "x.h_out aliases x.h_in or x.delta (the blocks still read them while h is stored)");
+    check(in % 4 == 0 && in <= std::size_t(kGemvNormMaxIn), op, "in: expected a multiple of ",
+          std::max<std::size_t>(4, kVec), " and at most ", kGemvNormMaxIn, ", got ", in);
+    check(aligned(nx->h_in) && aligned(nx->delta) && aligned(nx->h_out) && aligned(nx->gamma), op,
+          "x.h_in, x.delta, x.h_out and x.gamma must be 16-byte aligned");
+    gb.norm_h = nx->h_in, gb.norm_delta = nx->delta, gb.norm_out = nx->h_out;
+    gb.norm_gamma = nx->gamma, gb.norm_eps = nx->eps;
+    x = nx->h_in;
+  }
+  if (rope) {
+    const std::size_t heads = rope->H + 2 * rope->Hkv;
+    check(rope->H > 0 && rope->Hkv > 0 && rope->D > 0 && rope->D % 2 == 0, op,
+          "H, Hkv and an even D expected, got H ", rope->H, ", Hkv ", rope->Hkv, ", D ", rope->D);
+    check(out == heads * rope->D, op, "out: expected (H + 2 Hkv) * D = ", heads * rope->D, ", got ",
+          out);
+    check(rope->k_cache && rope->v_cache && rope->pos && rope->inv_freq && rope->cap > 0, op,
+          "null pointer or zero capacity: k_cache, v_cache, pos and inv_freq must be device "
+          "pointers");
+    gb.rope_pos = rope->pos, gb.rope_inv_freq = rope->inv_freq, gb.rope_bias = rope->bias;
+    gb.k_cache = rope->k_cache, gb.v_cache = rope->v_cache, gb.cache_cap = rope->cap;
+    gb.rope_factor = rope->attn_factor;
+    gb.rope_H = int(rope->H), gb.rope_Hkv = int(rope->Hkv), gb.rope_D = int(rope->D);
+  }
+  const cudaError_t e =
+      launch_gemv(w, ldw, scale_inv, x, y, int(swiglu ? 2 * out : out), int(in), s, 1, gb);
+  if (e != cudaSuccess) fail_call(op, "kernel launch", e);
+}
+}  // namespace api_detail
+
+void gemv_bf16(const bf16* w, std::size_t ldw, const NormedX& x, float* y, std::size_t out,
+               std::size_t in, StreamHandle s) {
+  api_detail::gemv_fused_impl("cuda::gemv_bf16", w, ldw, nullptr, nullptr, &x, y, out, in, false,
+                              nullptr, s);
+}
+void gemv_f32(const float* w, std::size_t ldw, const NormedX& x, float* y, std::size_t out,
+              std::size_t in, StreamHandle s) {
+  api_detail::gemv_fused_impl("cuda::gemv_f32", w, ldw, nullptr, nullptr, &x, y, out, in, false,
+                              nullptr, s);
+}
+void gemv_swiglu_bf16(const bf16* w, std::size_t ldw, const NormedX& x, float* y, std::size_t width,
+                      std::size_t in, StreamHandle s) {
+  api_detail::gemv_fused_impl("cuda::gemv_swiglu_bf16", w, ldw, nullptr, nullptr, &x, y, width, in,
+                              true, nullptr, s);
+}
+void gemv_swiglu_f32(const float* w, std::size_t ldw, const NormedX& x, float* y, std::size_t width,
+                     std::size_t in, StreamHandle s) {
+  api_detail::gemv_fused_impl("cuda::gemv_swiglu_f32", w, ldw, nullptr, nullptr, &x, y, width, in,
+                              true, nullptr, s);
+}
+void gemv_fp8_block(const f8_e4m3* wq, std::size_t ldw, const float* scale_inv, const NormedX& x,
+                    float* y, std::size_t out, std::size_t in, StreamHandle s) {
+  api_detail::gemv_fused_impl("cuda::gemv_fp8_block", wq, ldw, scale_inv, nullptr, &x, y, out, in,
+                              false, nullptr, s);
+}
+void gemv_qkv_rope_bf16(const bf16* w, std::size_t ldw, const float* x, const NormedX* nx,
+                        const QkvRope& rope, float* y, std::size_t in, StreamHandle s) {
+  api_detail::gemv_fused_impl("cuda::gemv_qkv_rope_bf16", w, ldw, nullptr, x, nx, y,
+                              (rope.H + 2 * rope.Hkv) * rope.D, in, false, &rope, s);
+}
+void gemv_qkv_rope_f32(const float* w, std::size_t ldw, const float* x, const NormedX* nx,
+                       const QkvRope& rope, float* y, std::size_t in, StreamHandle s) {
+  api_detail::gemv_fused_impl("cuda::gemv_qkv_rope_f32", w, ldw, nullptr, x, nx, y,
+                              (rope.H + 2 * rope.Hkv) * rope.D, in, false, &rope, s);
+}
+
 void gemv_fp8_block(const f8_e4m3* wq, std::size_t ldw, const float* scale_inv, const float* x,
                     float* y, std::size_t out, std::size_t in, StreamHandle s) {
   api_detail::gemv_impl("cuda::gemv_fp8_block", wq, ldw, scale_inv, x, y, out, in, s);

@@ -176,9 +176,99 @@ struct GemvBatch {
   // SwiGLU epilogue (vector kernel, kRows == 2, batch 1): rows 2i and 2i+1 of W are the gate and
   // up rows of unit i; y[i] = silu(gate . x) * (up . x), in fp32 (y has out / 2 elements).
   bool swiglu = false;
+  // Residual add + RMSNorm prologue (vector kernel, batch 1, float x; set when norm_gamma is not
+  // null): every block computes h = norm_h + norm_delta (norm_delta null: h = norm_h) and
+  //   x = h * rsqrt(mean(h^2) + norm_eps) * norm_gamma
+  // in fp32 into shared memory (the order of add_rmsnorm), then runs the GEMV on that x instead of
+  // the x argument; block 0 also stores h to norm_out (when norm_delta is set). A decode step's
+  // norm then costs no kernel of its own: the add_rmsnorm launch before each GEMV disappears.
+  const float* norm_h = nullptr;
+  const float* norm_delta = nullptr;
+  const float* norm_gamma = nullptr;
+  float* norm_out = nullptr;
+  float norm_eps = 0.f;
+  // q/k/v epilogue (vector kernel, kRows == 2, batch 1; set when rope_pos is not null): the rows
+  // are [q heads | k heads | v heads] of rope_D, q and k rows in RoPE pair order (rows 2i, 2i+1
+  // of a head are one rotation pair); each row pair is summed, + rope_bias, rotated by
+  // pos * rope_inv_freq[i] (cos and sin times rope_factor, as qkv_store_kernel) and stored: q to
+  // y, k and v to the caches (Hkv, cache_cap, rope_D) at position *rope_pos.
+  const std::int32_t* rope_pos = nullptr;
+  const float* rope_inv_freq = nullptr;
+  const float* rope_bias = nullptr;
+  float* k_cache = nullptr;
+  float* v_cache = nullptr;
+  std::size_t cache_cap = 0;
+  float rope_factor = 1.f;
+  int rope_H = 0, rope_Hkv = 0, rope_D = 0;
 };
 
+// Largest `in` of the normed GEMV: x lives in dynamic shared memory (40 KiB at most, which leaves
+// the kernel's static shared memory room below the 48 KiB a launch gets without opting in).
+inline constexpr int kGemvNormMaxIn = 10240;
+
 namespace gemv_detail {
+// The prologue of GemvBatch's normed GEMV (all threads of the block; d % 4 == 0; xs: d floats of
+// 16-byte aligned shared memory). Called after pdl_wait: h and delta come from earlier kernels.
+__device__ inline void norm_prologue(const GemvBatch& b, int d, float* xs) {
+  const int n4 = d / 4;
+  const float4* hp = reinterpret_cast<const float4*>(b.norm_h);
+  const float4* dp = reinterpret_cast<const float4*>(b.norm_delta);
+  float4* op =
+      dp && blockIdx.x == 0 && blockIdx.y == 0 ? reinterpret_cast<float4*>(b.norm_out) : nullptr;
+  float4* x4 = reinterpret_cast<float4*>(xs);
+  float ss = 0.f;
+  for (int i = threadIdx.x; i < n4; i += blockDim.x) {
+    float4 h = hp[i];
+    if (dp) {
+      const float4 v = dp[i];
+      h.x += v.x, h.y += v.y, h.z += v.z, h.w += v.w;
+      if (op) op[i] = h;
+    }
+    x4[i] = h;
+    ss = fmaf(h.x, h.x, fmaf(h.y, h.y, fmaf(h.z, h.z, fmaf(h.w, h.w, ss))));
+  }
+  const float r = rsqrtf(block_sum(ss) / float(d) + b.norm_eps);
+  const float4* g4 = reinterpret_cast<const float4*>(b.norm_gamma);
+  for (int i = threadIdx.x; i < n4; i += blockDim.x) {
+    const float4 h = x4[i], g = __ldg(g4 + i);
+    x4[i] = make_float4(h.x * r * g.x, h.y * r * g.y, h.z * r * g.z, h.w * r * g.w);
+  }
+  __syncthreads();
+}
+
+// GemvBatch's q/k/v epilogue for the row pair (row0, row0 + 1) with sums a0, a1 (one thread).
+__device__ inline void qkv_rope_store(const GemvBatch& b, int row0, float a0, float a1, float* y) {
+  const int D = b.rope_D, head = row0 / D, d0 = row0 % D;  // row0 and d0 are even
+  if (b.rope_bias) a0 += b.rope_bias[row0], a1 += b.rope_bias[row0 + 1];
+  const int p = *b.rope_pos;
+  if (head < b.rope_H + b.rope_Hkv) {
+    float s, c;
+    sincosf(float(p) * b.rope_inv_freq[d0 / 2], &s, &c);
+    s *= b.rope_factor, c *= b.rope_factor;
+    const float ra = a0 * c - a1 * s, rb = a0 * s + a1 * c;
+    if (head < b.rope_H) {
+      y[row0] = ra, y[row0 + 1] = rb;
+    } else {
+      float* k = b.k_cache + (std::size_t(head - b.rope_H) * b.cache_cap + p) * D + d0;
+      k[0] = ra, k[1] = rb;
+    }
+  } else {
+    float* v = b.v_cache + (std::size_t(head - b.rope_H - b.rope_Hkv) * b.cache_cap + p) * D + d0;
+    v[0] = a0, v[1] = a1;
+  }
+}
+
+// n consecutive floats of shared-memory x starting at i (n a multiple of 4).
+template <int n>
+__device__ TMOE_INLINE void load_xs(const float* xs, std::size_t i, float (&v)[n]) {
+  const float4* p = reinterpret_cast<const float4*>(xs + i);
+#pragma unroll
+  for (int j = 0; j < n / 4; ++j) {
+    const float4 f = p[j];
+    v[4 * j] = f.x, v[4 * j + 1] = f.y, v[4 * j + 2] = f.z, v[4 * j + 3] = f.w;
+  }
+}
+
 __device__ TMOE_INLINE void prefetch_l2(const void* p) {
   asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
 }
@@ -213,8 +303,10 @@ struct GemvDefaults<f8_e4m3> {
 // add their sums through shared memory. kSplit > 1 keeps enough loads in flight when there are
 // few rows (a 2048-row expert projection has 1024 row pairs: 8 warps per SM without a split).
 // Grid: ceil(out / (kRows * kWarps / kSplit)) blocks.
+// kNorm: the GemvBatch norm prologue computes x into dynamic shared memory (in floats); the x
+// argument is unused.
 template <class W, class X, int kRows, int kUnroll, int kWarps, int kSplit,
-          int kFp8Decode = GemvDefaults<W>::kFp8Decode>
+          int kFp8Decode = GemvDefaults<W>::kFp8Decode, bool kNorm = false>
 __global__ void __launch_bounds__(kWarps* kWarpSize)
     gemv_vec_kernel(const W* __restrict__ w, std::size_t ldw, const float* __restrict__ scale_inv,
                     std::size_t ld_scale, const X* __restrict__ x, float* __restrict__ y, int out,
@@ -262,21 +354,41 @@ __global__ void __launch_bounds__(kWarps* kWarpSize)
   for (int r = 0; r < kRows; ++r) acc[r] = 0.f;
 
   const int nchunk = row0 < out ? in / kVec : 0;
-  // kRows * kUnroll loads in flight per lane; the last round is predicated per chunk.
-  for (int c = lane + slice * kWarpSize; c < nchunk; c += kUnroll * kStride) {
-    uint4 wv[kUnroll][kRows];
+  uint4 wv[kUnroll][kRows];
+  auto load_round = [&](int c) {
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u)
 #pragma unroll
       for (int r = 0; r < kRows; ++r)
         if (c + u * kStride < nchunk)
           wv[u][r] = load_stream16(wr[r] + std::size_t(c + u * kStride) * kVec);
+  };
+  // The norm prologue runs while the first round of weights is in flight (its h / delta reads
+  // and two block barriers would otherwise delay every weight load of the block).
+  const int c0 = lane + slice * kWarpSize;
+  [[maybe_unused]] float* xs = nullptr;
+  bool loaded = false;
+  if constexpr (kNorm) {
+    static_assert(std::is_same_v<X, float>, "the normed GEMV takes float activations");
+    extern __shared__ float4 gemv_norm_smem[];
+    xs = reinterpret_cast<float*>(gemv_norm_smem);
+    load_round(c0);
+    loaded = true;
+    norm_prologue(batch, in, xs);
+  }
+  // kRows * kUnroll loads in flight per lane; the last round is predicated per chunk.
+  for (int c = c0; c < nchunk; c += kUnroll * kStride) {
+    if (!loaded) load_round(c);
+    loaded = false;
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int cu = c + u * kStride;
       if (cu >= nchunk) break;
       float xv[kVec];
-      load_x(x, std::size_t(cu) * kVec, xv);
+      if constexpr (kNorm)
+        load_xs(xs, std::size_t(cu) * kVec, xv);
+      else
+        load_x(x, std::size_t(cu) * kVec, xv);
       if constexpr (kFp8) {
         const float sc = __ldg(srow + cu * kVec / kFp8Block);
 #pragma unroll
@@ -297,6 +409,8 @@ __global__ void __launch_bounds__(kWarps* kWarpSize)
     if (lane == 0) {
       if (kRows == 2 && batch.swiglu) {
         if (row0 < out) y[row0 / 2] = silu_mul(acc[0], acc[kRows - 1]);
+      } else if (kRows == 2 && batch.rope_pos) {
+        if (row0 < out) qkv_rope_store(batch, row0, acc[0], acc[kRows - 1], y);
       } else {
 #pragma unroll
         for (int r = 0; r < kRows; ++r)
@@ -314,9 +428,14 @@ __global__ void __launch_bounds__(kWarps* kWarpSize)
       if (lane < kRows)
 #pragma unroll
         for (int s = 0; s < kSplit; ++s) v += part[group * kSplit + s][lane];
-      if (kRows == 2 && batch.swiglu) {
+      if (kRows == 2 && (batch.swiglu || batch.rope_pos)) {
         const float g = __shfl_sync(0xffffffffu, v, 0), u = __shfl_sync(0xffffffffu, v, 1);
-        if (lane == 0 && row0 < out) y[row0 / 2] = silu_mul(g, u);
+        if (lane == 0 && row0 < out) {
+          if (batch.swiglu)
+            y[row0 / 2] = silu_mul(g, u);
+          else
+            qkv_rope_store(batch, row0, g, u, y);
+        }
       } else if (lane < kRows && row0 + lane < out) {
         y[row0 + lane] = v;
       }
@@ -370,6 +489,12 @@ cudaError_t launch_gemv(const W* w, std::size_t ldw, const float* scale_inv, con
                    (gb.w_stride * sizeof(W)) % 16 == 0 && (gb.x_stride * sizeof(X)) % 16 == 0 &&
                    reinterpret_cast<std::uintptr_t>(w) % 16 == 0 &&
                    reinterpret_cast<std::uintptr_t>(x) % 16 == 0;
+  const bool norm = gb.norm_gamma != nullptr;
+  if (norm &&
+      (!std::is_same_v<X, float> || !vec || batch != 1 || in % 4 != 0 || in > kGemvNormMaxIn))
+    return cudaErrorInvalidValue;  // the API layer checks these first, with a clear message
+  if ((gb.swiglu || gb.rope_pos) && (kRows != 2 || !vec || batch != 1))
+    return cudaErrorInvalidValue;
   if (!vec) {
     constexpr int kRowWarps = 4;
     return launch(gemv_rowwise_kernel<W, X>, dim3((out + kRowWarps - 1) / kRowWarps, batch),
@@ -386,9 +511,18 @@ cudaError_t launch_gemv(const W* w, std::size_t ldw, const float* scale_inv, con
   cudaError_t err = cudaSuccess;
   auto go = [&]<int kSplit>() {
     const int rows_per_block = kRows * (kWarps / kSplit);
-    err = launch(gemv_vec_kernel<W, X, kRows, kUnroll, kWarps, kSplit>,
-                 dim3((out + rows_per_block - 1) / rows_per_block, batch), dim3(kWarps * kWarpSize),
-                 0, stream, w, ldw, scale_inv, ld_scale, x, y, out, in, gb);
+    const dim3 grid((out + rows_per_block - 1) / rows_per_block, batch);
+    if constexpr (std::is_same_v<X, float>)
+      if (norm) {
+        err = launch(gemv_vec_kernel<W, X, kRows, kUnroll, kWarps, kSplit,
+                                     GemvDefaults<W>::kFp8Decode, true>,
+                     grid, dim3(kWarps * kWarpSize), std::size_t(in) * sizeof(float), stream, w,
+                     ldw, scale_inv, ld_scale, x, y, out, in, gb);
+        return;
+      }
+    err =
+        launch(gemv_vec_kernel<W, X, kRows, kUnroll, kWarps, kSplit>, grid,
+               dim3(kWarps * kWarpSize), 0, stream, w, ldw, scale_inv, ld_scale, x, y, out, in, gb);
   };
   static_assert(kWarps == 8, "the split dispatch below lists kSplit = 1, 2, 4, 8");
   switch (split) {

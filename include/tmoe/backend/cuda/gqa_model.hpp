@@ -54,6 +54,17 @@ struct ModelOptions {
   // One-token steps: q/k/v epilogue and attention in one kernel (gqa_decode_attention) instead of
   // gqa_qkv_store + gqa_attention. Off: measured slower on the H100 (docs/cuda.md).
   bool fused_decode_attention = false;
+  // One-token steps: each RMSNorm (with the residual add before it) runs as the prologue of the
+  // GEMV that consumes it (cuda::NormedX) instead of as a kernel of its own. Off: measured slower
+  // on the H100 (579-587 against 594-602 tok/s, docs/cuda.md): every block of the GEMV repeats
+  // the norm's reads and two barriers before its weights stream, while under programmatic
+  // dependent launch the separate norm kernel costs little.
+  bool normed_gemv = false;
+  // One-token steps: the q/k/v bias, RoPE and KV-cache store run in the q/k/v GEMV's epilogue
+  // (cuda::gemv_qkv_rope_*; the q and k rows are uploaded in rotation-pair order, so prefill's
+  // gqa_qkv_store uses the interleaved layout) instead of a gqa_qkv_store kernel. Ignored with
+  // fused_decode_attention. Measured 602 against 594 tok/s at the Qwen-1.5B shape (docs/cuda.md).
+  bool qkv_rope_gemv = true;
   // cuda::DeepseekModel: the latent cache in bf16 and MLA decode attention on the tensor cores
   // (mla_tc.cuh; half the cache bytes, q and the softmax weights rounded to bf16). Off by default:
   // the float cache keeps the GPU model within summation order of the CPU model (the fixture
@@ -118,6 +129,7 @@ class GqaModel final : public models::Model {
     const models::RawTensor& probe = w.raw("model.layers.0.self_attn.o_proj.weight");
     bf16_ = probe.dtype == DType::bf16;
     const std::size_t qkv_rows = (H_ + 2 * Hkv_) * D_;
+    pair_qk_ = opt.qkv_rope_gemv && !opt.fused_decode_attention && d_ % (bf16_ ? 8 : 4) == 0;
     layers_.resize(L_);
     for (std::size_t l = 0; l < L_; ++l) {
       Layer& y = layers_[l];
@@ -126,7 +138,7 @@ class GqaModel final : public models::Model {
                           {{a + "q_proj.weight", H_ * D_},
                            {a + "k_proj.weight", Hkv_ * D_},
                            {a + "v_proj.weight", Hkv_ * D_}},
-                          d_);
+                          d_, pair_qk_ ? (H_ + Hkv_) * D_ : 0);
       y.o = upload_rows(w, {{a + "o_proj.weight", d_}}, H_ * D_);
       y.gu = upload_interleaved(w, p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight", I_, d_);
       y.down = upload_rows(w, {{p + "mlp.down_proj.weight", d_}}, I_);
@@ -139,6 +151,7 @@ class GqaModel final : public models::Model {
         std::copy(bq, bq + H_ * D_, b.begin());
         std::copy(bk, bk + Hkv_ * D_, b.begin() + H_ * D_);
         std::copy(bv, bv + Hkv_ * D_, b.begin() + (H_ + Hkv_) * D_);
+        if (pair_qk_) b = pair_order(b.data(), (H_ + Hkv_) * D_, b.size(), 1);
         y.bias = upload_floats(b.data(), b.size());
       }
       y.norm1 = upload_floats(w.floats(p + "input_layernorm.weight", d_), d_);
@@ -150,6 +163,8 @@ class GqaModel final : public models::Model {
     final_norm_ = upload_floats(w.floats("model.norm.weight", d_), d_);
 
     const std::size_t n = opt.chunk;
+    normed_gemv_ = opt.normed_gemv && d_ % (bf16_ ? 8 : 4) == 0 && d_ <= kNormedGemvMaxIn;
+    if (normed_gemv_) h2_ = DeviceBuffer<float>(d_);
     h_ = DeviceBuffer<float>(n * d_), x_ = DeviceBuffer<float>(n * d_),
     r_ = DeviceBuffer<float>(n * d_);
     qkv_ = DeviceBuffer<float>(n * qkv_rows), attn_ = DeviceBuffer<float>(n * H_ * D_);
@@ -297,22 +312,50 @@ class GqaModel final : public models::Model {
     return m;
   }
 
-  // Rows of several (rows_i, cols) matrices stacked into one device matrix.
+  // Rows [0, paired) of an (rows, cols) matrix regrouped head by head (D_ rows each) into
+  // rotation-pair order: new row 2i + r of a head = old row i + r * D_ / 2 (half-split pairs side
+  // by side); rows past `paired` unchanged.
+  template <class E>
+  std::vector<E> pair_order(const E* src, std::size_t paired, std::size_t rows,
+                            std::size_t cols) const {
+    std::vector<E> dst(src, src + rows * cols);
+    for (std::size_t r = 0; r < paired; ++r) {
+      const std::size_t head = r / D_, i = (r % D_) / 2, half = r % 2;
+      const std::size_t from = head * D_ + i + half * (D_ / 2);
+      std::copy(src + from * cols, src + (from + 1) * cols, dst.begin() + r * cols);
+    }
+    return dst;
+  }
+
+  // Rows of several (rows_i, cols) matrices stacked into one device matrix; the first `paired`
+  // rows of the stack in rotation-pair order (pair_order).
   Mat upload_rows(models::WeightLoader& w, std::vector<std::pair<std::string, std::size_t>> parts,
-                  std::size_t cols) {
+                  std::size_t cols, std::size_t paired = 0) {
     Mat m;
     m.cols = cols;
     for (const auto& [name, rows] : parts) m.rows += rows;
     const std::size_t e = bf16_ ? sizeof(bf16) : sizeof(float);
     m.buf = DeviceBuffer<std::byte>(m.rows * cols * e);
-    std::size_t off = 0;
+    std::size_t off = 0, row = 0;
     for (const auto& [name, rows] : parts) {
-      const void* p = bf16_ ? static_cast<const void*>(w.matrix<bf16>(name, rows, cols).data())
-                            : static_cast<const void*>(w.matrix<float>(name, rows, cols).data());
-      copy_to_device(m.buf.data() + off, p, rows * cols * e, stream_);
+      const std::size_t pr = std::min(rows, paired > row ? paired - row : 0);
+      check(pr % D_ == 0, "cuda::GqaModel", "paired rows must be whole heads");
+      auto upload = [&](const auto* p) {
+        if (pr == 0) {
+          copy_to_device(m.buf.data() + off, p, rows * cols * e, stream_);
+        } else {
+          const auto v = pair_order(p, pr, rows, cols);
+          copy_to_device(m.buf.data() + off, v.data(), rows * cols * e, stream_);
+        }
+        stream_.synchronize();  // v (or a converted copy behind p) goes away
+      };
+      if (bf16_)
+        upload(w.matrix<bf16>(name, rows, cols).data());
+      else
+        upload(w.matrix<float>(name, rows, cols).data());
       off += rows * cols * e;
+      row += rows;
     }
-    stream_.synchronize();
     return m;
   }
 
@@ -333,6 +376,22 @@ class GqaModel final : public models::Model {
     }
     proj(m, x_.data(), gu_.data(), T);
     swiglu(gu_.data(), 2, gu_.data() + 1, 2, act_.data(), 1, T * I_, 1, stream_);
+  }
+  // One token: act_ = SwiGLU of the gate/up projection of the normed x (one kernel).
+  void gate_up(const Mat& m, const NormedX& x) const {
+    if (bf16_)
+      gemv_swiglu_bf16(reinterpret_cast<const bf16*>(m.buf.data()), m.cols, x, act_.data(), I_, d_,
+                       stream_);
+    else
+      gemv_swiglu_f32(reinterpret_cast<const float*>(m.buf.data()), m.cols, x, act_.data(), I_, d_,
+                      stream_);
+  }
+  // One token: y (m.rows) = M x, x normed inside the GEMV.
+  void proj(const Mat& m, const NormedX& x, float* y) const {
+    if (bf16_)
+      gemv_bf16(reinterpret_cast<const bf16*>(m.buf.data()), m.cols, x, y, m.rows, m.cols, stream_);
+    else
+      gemv_f32(reinterpret_cast<const float*>(m.buf.data()), m.cols, x, y, m.rows, m.cols, stream_);
   }
 
   // y (T, m.rows) = x (T, m.cols) M^T.
@@ -368,30 +427,71 @@ class GqaModel final : public models::Model {
       embedding(reinterpret_cast<const float*>(embed_.buf.data()), d_, tok_.data(), T, h_.data(),
                 stream_);
     const std::size_t split = split_for(T);
+    // One token with normed_gemv_: every norm is the prologue of its GEMV, and the residual stream
+    // alternates between h_ and h2_ (the GEMV's blocks still read the old h while one stores the
+    // new). Otherwise add_rmsnorm updates h_ in place and writes x_.
+    const bool normed = T == 1 && normed_gemv_;
+    float* h = h_.data();
+    float* h_next = h2_.data();
+    auto norm_x = [&](const float* delta, const DeviceBuffer<float>& gamma) {
+      const NormedX nx{h, delta, delta ? h_next : nullptr, gamma.data(), eps_};
+      if (delta) std::swap(h, h_next);
+      return nx;
+    };
     for (std::size_t l = 0; l < L_; ++l) {
       const Layer& y = layers_[l];
-      add_rmsnorm(l == 0 ? nullptr : r_.data(), h_.data(), y.norm1.data(), x_.data(), T, d_, eps_,
-                  stream_);
-      proj(y.qkv, x_.data(), qkv_.data(), T);
       float* kc = s.k_.data() + l * per;
       float* vc = s.v_.data() + l * per;
       const float* bias = y.bias.empty() ? nullptr : y.bias.data();
-      if (T == 1 && opt_.fused_decode_attention) {
+      // One token with pair_qk_: the q/k/v epilogue runs inside the GEMV.
+      const bool qkv_epilogue = T == 1 && pair_qk_;
+      const NormedX nx = normed ? norm_x(l == 0 ? nullptr : r_.data(), y.norm1) : NormedX{};
+      if (!normed)
+        add_rmsnorm(l == 0 ? nullptr : r_.data(), h_.data(), y.norm1.data(), x_.data(), T, d_, eps_,
+                    stream_);
+      if (qkv_epilogue) {
+        const QkvRope rope{bias,         kc, vc,   cap, pos_.data(), inv_freq_.data(),
+                           attn_factor_, H_, Hkv_, D_};
+        const NormedX* nxp = normed ? &nx : nullptr;
+        if (bf16_)
+          gemv_qkv_rope_bf16(reinterpret_cast<const bf16*>(y.qkv.buf.data()), y.qkv.cols, x_.data(),
+                             nxp, rope, qkv_.data(), d_, stream_);
+        else
+          gemv_qkv_rope_f32(reinterpret_cast<const float*>(y.qkv.buf.data()), y.qkv.cols, x_.data(),
+                            nxp, rope, qkv_.data(), d_, stream_);
+      } else if (normed) {
+        proj(y.qkv, nx, qkv_.data());
+      } else {
+        proj(y.qkv, x_.data(), qkv_.data(), T);
+      }
+      if (qkv_epilogue) {
+        gqa_attention(qkv_.data(), qkv_ld, kc, vc, cap, pos_.data(), T, H_, Hkv_, D_, scale_,
+                      attn_.data(), H_ * D_, split, workspace_.data(), stream_);
+      } else if (T == 1 && opt_.fused_decode_attention) {
         gqa_decode_attention(qkv_.data(), bias, kc, vc, cap, pos_.data(), H_, Hkv_, D_,
                              inv_freq_.data(), attn_factor_, scale_, attn_.data(), split,
                              workspace_.data(), stream_);
       } else {
         gqa_qkv_store(qkv_.data(), qkv_ld, bias, kc, vc, cap, pos_.data(), T, H_, Hkv_, D_, D_,
-                      inv_freq_.data(), attn_factor_, RopeLayout::half_split, stream_);
+                      inv_freq_.data(), attn_factor_,
+                      pair_qk_ ? RopeLayout::interleaved : RopeLayout::half_split, stream_);
         gqa_attention(qkv_.data(), qkv_ld, kc, vc, cap, pos_.data(), T, H_, Hkv_, D_, scale_,
                       attn_.data(), H_ * D_, split, workspace_.data(), stream_);
       }
       proj(y.o, attn_.data(), r_.data(), T);
-      add_rmsnorm(r_.data(), h_.data(), y.norm2.data(), x_.data(), T, d_, eps_, stream_);
-      gate_up(y.gu, T);
+      if (normed) {
+        gate_up(y.gu, norm_x(r_.data(), y.norm2));
+      } else {
+        add_rmsnorm(r_.data(), h_.data(), y.norm2.data(), x_.data(), T, d_, eps_, stream_);
+        gate_up(y.gu, T);
+      }
       proj(y.down, act_.data(), r_.data(), T);
     }
     const std::size_t n = T - r0;
+    if (normed) {
+      if (n == 1) proj(tied_ ? embed_ : head_, norm_x(r_.data(), final_norm_), dst);
+      return;
+    }
     add_rmsnorm(r_.data() + r0 * d_, h_.data() + r0 * d_, final_norm_.data(), x_.data() + r0 * d_,
                 n, d_, eps_, stream_);
     proj(tied_ ? embed_ : head_, x_.data() + r0 * d_, dst, n);
@@ -448,14 +548,14 @@ class GqaModel final : public models::Model {
   ModelOptions opt_;
   std::size_t d_ = 0, H_ = 0, Hkv_ = 0, D_ = 0, I_ = 0, V_ = 0, L_ = 0;
   float eps_ = 1e-6f, scale_ = 1.f, attn_factor_ = 1.f;
-  bool bf16_ = false, tied_ = false;
+  bool bf16_ = false, tied_ = false, normed_gemv_ = false, pair_qk_ = false;
   std::size_t decode_split_ = 1;
   Stream stream_;
   DeviceBuffer<float> inv_freq_;
   std::vector<Layer> layers_;
   Mat embed_, head_;
   DeviceBuffer<float> final_norm_;
-  DeviceBuffer<float> h_, x_, r_, qkv_, attn_, gu_, act_, workspace_;
+  DeviceBuffer<float> h_, h2_, x_, r_, qkv_, attn_, gu_, act_, workspace_;
   DeviceBuffer<bf16> xb_;
   DeviceBuffer<std::int32_t> tok_, pos_;
   DeviceBuffer<float> logits1_;  // a graph step's logits (its address is captured)
