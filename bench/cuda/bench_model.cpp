@@ -146,6 +146,22 @@ int main(int argc, char** argv) {
     };
     decode_graph(P);
     decode_graph(P2);
+    {  // Sampling on the device: R1's recommended temperature 0.6 and top-p 0.95.
+      SamplerConfig sc;
+      sc.temperature = 0.6f, sc.top_p = 0.95f, sc.seed = 1;
+      auto st = m.new_state(P + N + 1);
+      Matrix<float> lg(1, cfg.vocab_size);
+      m.forward(pool, *st, std::span<const std::int32_t>(prompt.data(), P - 1), lg.view());
+      m.generate_sampled(*st, std::span(prompt.data() + P - 1, 1), 2, sc);  // capture
+      st = m.new_state(P + N + 1);
+      m.forward(pool, *st, std::span<const std::int32_t>(prompt.data(), P - 1), lg.view());
+      m.synchronize();
+      const double t = now();
+      m.generate_sampled(*st, std::span(prompt.data() + P - 1, 1), N, sc);
+      rows.push_back({"decode, graph + device sampling (T 0.6, top-p 0.95), context " +
+                          std::to_string(P) + ".." + std::to_string(P + N),
+                      N / (now() - t)});
+    }
     {
       auto st = m.new_state(P + N + 1);
       Matrix<float> lg(1, cfg.vocab_size);

@@ -156,6 +156,51 @@ TEST_CASE("GPU greedy continuations match Hugging Face") {
   }
 }
 
+TEST_CASE("GPU sampled continuations (generate_sampled)") {
+  std::ifstream f(fixture("qwen2") + "/greedy.json");
+  const auto j = nlohmann::json::parse(f);
+  const auto prompt = j["prompt_ids"].get<std::vector<std::int32_t>>();
+  const auto want = j["greedy_ids"].get<std::vector<std::int32_t>>();
+  const std::size_t n = want.size();
+  auto m = gpu_model(fixture("qwen2"), {});
+  // Greedy configs give the greedy continuation.
+  SamplerConfig g;
+  g.temperature = 0.f;
+  auto st = m->new_state(prompt.size() + n);
+  CHECK(m->generate_sampled(*st, prompt, n, g) == want);
+  g.temperature = 1.5f, g.top_k = 1;
+  auto st1 = m->new_state(prompt.size() + n);
+  CHECK(m->generate_sampled(*st1, prompt, n, g) == want);
+  // A seed gives the same tokens every time; all inside the vocabulary.
+  SamplerConfig c;
+  c.temperature = 1.0f, c.top_p = 0.9f, c.top_k = 40, c.seed = 7;
+  auto a = m->new_state(prompt.size() + n);
+  auto b = m->new_state(prompt.size() + n);
+  const auto ta = m->generate_sampled(*a, prompt, n, c);
+  CHECK(m->generate_sampled(*b, prompt, n, c) == ta);
+  for (std::int32_t t : ta) CHECK((t >= 0 && std::size_t(t) < m->vocab_size()));
+  // Greedy with a repetition penalty: the same tokens as the CPU Sampler over the GPU's own
+  // logits (forward(), one graph step per token), prompt included in the penalty's window.
+  SamplerConfig pc;
+  pc.temperature = 0.f, pc.repetition_penalty = 3.f, pc.repetition_window = 8;
+  auto sp = m->new_state(prompt.size() + n);
+  const auto got = m->generate_sampled(*sp, prompt, n, pc);
+  ThreadPool pool(1);
+  auto sh = m->new_state(prompt.size() + n);
+  Matrix<float> lg(1, m->vocab_size());
+  m->forward(pool, *sh, prompt, lg.view());
+  std::vector<std::int32_t> hist = prompt, host;
+  Sampler cpu(pc);
+  for (std::size_t i = 0; i < n; ++i) {
+    const std::int32_t t = cpu.sample(std::span<float>(lg.data(), m->vocab_size()), hist);
+    host.push_back(t);
+    hist.push_back(t);
+    if (i + 1 < n) m->forward(pool, *sh, std::span<const std::int32_t>(&t, 1), lg.view());
+  }
+  CHECK(got == host);
+  WARN_MESSAGE(host != want, "the penalty did not change the continuation");
+}
+
 TEST_CASE("GPU bf16 weights agree with the CPU model on the same weights") {
   // qwen2's weights with every matrix rounded to bf16 (vectors stay float).
   const std::string dir = fixture("qwen2");

@@ -77,6 +77,44 @@ TEST_CASE("top-k, top-p and min-p restrict the support and renormalize") {
   }
 }
 
+TEST_CASE("distribution() is what sample() draws from (the CUDA sampler's reference)") {
+  // logits {2, 1, 0, -1, NaN}, T = 1, top-k 3, top-p 0.8: softmax over {2, 1, 0} is
+  // e^{0, -1, -2} / sum = 0.665, 0.245, 0.090; the prefix reaching 0.8 is the first two, which
+  // renormalize to 0.731, 0.269.
+  SamplerConfig cfg;
+  cfg.temperature = 1.f, cfg.top_k = 3, cfg.top_p = 0.8f;
+  std::vector<float> l = {2.f, 1.f, 0.f, -1.f, NAN};
+  Sampler s(cfg);
+  const auto d = s.distribution(l);
+  REQUIRE(d.size() == 2);
+  const double z = 1 + std::exp(-1.0);
+  CHECK(d[0].first == 0);
+  CHECK(d[1].first == 1);
+  CHECK(d[0].second == doctest::Approx(1 / z).epsilon(1e-12));
+  CHECK(d[1].second == doctest::Approx(std::exp(-1.0) / z).epsilon(1e-12));
+  // Its support and probabilities are sample()'s frequencies.
+  const std::vector<float> wide = {0.3f, -1.2f, 2.0f, 1.1f, 0.9f, -0.4f, 1.7f, 0.0f};
+  SamplerConfig c2;
+  c2.temperature = 0.8f, c2.top_p = 0.9f, c2.min_p = 0.05f;
+  auto lw = wide;
+  const auto d2 = Sampler(c2).distribution(lw);
+  std::vector<double> want(wide.size(), 0.0);
+  double sum = 0;
+  for (const auto& [id, p] : d2) want[std::size_t(id)] = p, sum += p;
+  CHECK(sum == doctest::Approx(1.0).epsilon(1e-12));
+  const int n = 20000;
+  expect_frequencies(draw(c2, wide, n), want, n);
+  // Greedy configs: the argmax with probability 1, after the penalty.
+  SamplerConfig g;
+  g.temperature = 0.f, g.repetition_penalty = 4.f;
+  auto lg = wide;
+  const std::vector<std::int32_t> hist = {2};
+  const auto dg = Sampler(g).distribution(lg, hist);
+  REQUIRE(dg.size() == 1);
+  CHECK(dg[0].first == 6);  // 2.0 / 4 = 0.5 falls below 1.7
+  CHECK(dg[0].second == 1.0);
+}
+
 TEST_CASE("same seed, same tokens; different seed, different tokens") {
   std::vector<float> logits(50);
   for (int i = 0; i < 50; ++i) logits[i] = float(i % 7) * 0.3f;

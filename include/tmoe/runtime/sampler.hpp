@@ -54,7 +54,71 @@ class Sampler {
     check(!logits.empty(), "sampler", "empty logits row");
     apply_repetition_penalty(logits, history);
     if (cfg_.temperature <= 0.f || cfg_.top_k == 1) return argmax(logits);
+    const std::size_t keep = candidates(logits);
+    double kept = 0;
+    for (std::size_t i = 0; i < keep; ++i) kept += cand_[i].prob;
+    const double u = uniform() * kept;
+    double acc = 0;
+    for (std::size_t i = 0; i < keep; ++i) {
+      acc += cand_[i].prob;
+      if (u < acc) return cand_[i].id;
+    }
+    return cand_[keep - 1].id;
+  }
 
+  // The distribution sample() draws from (steps 1-3 without the draw; the reference twin of the
+  // CUDA sampler): (id, probability) of every token that can be drawn, most likely first,
+  // probabilities renormalized over that set. Greedy configs give the argmax with probability 1.
+  // `logits` is modified in place by the penalty, as in sample().
+  std::vector<std::pair<std::int32_t, double>> distribution(
+      std::span<float> logits, std::span<const std::int32_t> history = {}) {
+    check(!logits.empty(), "sampler", "empty logits row");
+    apply_repetition_penalty(logits, history);
+    if (cfg_.temperature <= 0.f || cfg_.top_k == 1) return {{argmax(logits), 1.0}};
+    const std::size_t keep = candidates(logits);
+    double kept = 0;
+    for (std::size_t i = 0; i < keep; ++i) kept += cand_[i].prob;
+    std::vector<std::pair<std::int32_t, double>> d(keep);
+    for (std::size_t i = 0; i < keep; ++i) d[i] = {cand_[i].id, cand_[i].prob / kept};
+    return d;
+  }
+
+  static std::int32_t argmax(std::span<const float> logits) {
+    std::size_t best = 0;
+    for (std::size_t i = 1; i < logits.size(); ++i)
+      if (logits[i] > logits[best] || std::isnan(logits[best])) best = i;
+    return static_cast<std::int32_t>(best);
+  }
+
+  // A double in [0, 1) from the top 53 bits of the generator.
+  double uniform() { return static_cast<double>(rng_() >> 11) * 0x1.0p-53; }
+
+  // Step 1 alone: the repetition penalty over the last repetition_window tokens of history, once
+  // per distinct token id.
+  void apply_repetition_penalty(std::span<float> logits, std::span<const std::int32_t> history) {
+    if (cfg_.repetition_penalty == 1.f || history.empty()) return;
+    const std::size_t w = std::min<std::size_t>(
+        history.size(), static_cast<std::size_t>(std::max(0, cfg_.repetition_window)));
+    seen_.clear();
+    for (std::size_t i = history.size() - w; i < history.size(); ++i) {
+      const std::int32_t id = history[i];
+      if (id < 0 || static_cast<std::size_t>(id) >= logits.size() || !seen_.insert(id).second)
+        continue;
+      float& l = logits[static_cast<std::size_t>(id)];
+      l = l > 0 ? l / cfg_.repetition_penalty : l * cfg_.repetition_penalty;
+    }
+  }
+
+ private:
+  struct Cand {
+    std::int32_t id;
+    float logit;
+    double prob = 0;
+  };
+
+  // Step 3 up to the draw: fills cand_ (most likely first, probabilities of the top-k softmax)
+  // and returns how many of them survive top-p and min-p.
+  std::size_t candidates(std::span<const float> logits) {
     const float inv_t = 1.0f / cfg_.temperature;
     cand_.clear();
     for (std::size_t i = 0; i < logits.size(); ++i)
@@ -97,46 +161,7 @@ class Sampler {
       while (i < keep && cand_[i].prob >= floor_p) ++i;
       keep = i;
     }
-    double kept = 0;
-    for (std::size_t i = 0; i < keep; ++i) kept += cand_[i].prob;
-    const double u = uniform() * kept;
-    double acc = 0;
-    for (std::size_t i = 0; i < keep; ++i) {
-      acc += cand_[i].prob;
-      if (u < acc) return cand_[i].id;
-    }
-    return cand_[keep - 1].id;
-  }
-
-  static std::int32_t argmax(std::span<const float> logits) {
-    std::size_t best = 0;
-    for (std::size_t i = 1; i < logits.size(); ++i)
-      if (logits[i] > logits[best] || std::isnan(logits[best])) best = i;
-    return static_cast<std::int32_t>(best);
-  }
-
-  // A double in [0, 1) from the top 53 bits of the generator.
-  double uniform() { return static_cast<double>(rng_() >> 11) * 0x1.0p-53; }
-
- private:
-  struct Cand {
-    std::int32_t id;
-    float logit;
-    double prob = 0;
-  };
-
-  void apply_repetition_penalty(std::span<float> logits, std::span<const std::int32_t> history) {
-    if (cfg_.repetition_penalty == 1.f || history.empty()) return;
-    const std::size_t w = std::min<std::size_t>(
-        history.size(), static_cast<std::size_t>(std::max(0, cfg_.repetition_window)));
-    seen_.clear();
-    for (std::size_t i = history.size() - w; i < history.size(); ++i) {
-      const std::int32_t id = history[i];
-      if (id < 0 || static_cast<std::size_t>(id) >= logits.size() || !seen_.insert(id).second)
-        continue;
-      float& l = logits[static_cast<std::size_t>(id)];
-      l = l > 0 ? l / cfg_.repetition_penalty : l * cfg_.repetition_penalty;
-    }
+    return keep;
   }
 
   SamplerConfig cfg_;

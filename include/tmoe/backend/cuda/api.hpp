@@ -16,6 +16,7 @@
 
 #include "tmoe/core/dtype.hpp"
 #include "tmoe/core/error.hpp"
+#include "tmoe/runtime/sampler.hpp"
 
 struct CUstream_st;  // the CUDA runtime's `typedef struct CUstream_st* cudaStream_t`
 struct CUevent_st;
@@ -460,6 +461,24 @@ std::size_t argmax_workspace(std::size_t rows);
 void argmax(const float* logits, std::size_t rows, std::size_t V, std::int32_t* idx,
             std::int32_t* advance = nullptr, std::int32_t* history = nullptr,
             void* workspace = nullptr, StreamHandle s = nullptr);
+
+// ---- sampling (runtime/sampler.hpp's rules on the device; sample.cuh) ------------------------
+// tokens[r] = a draw from row r of logits (rows, V) (device floats, modified in place by the
+// repetition penalty) under cfg: penalty over the last cfg.repetition_window of history
+// (history_len tokens, device, may be null), temperature <= 0 or top_k == 1 greedy (argmax),
+// else temperature, top-k, softmax, top-p, min-p and one draw with u[r] (device doubles in
+// [0, 1); cfg.seed is not used: the caller draws u, e.g. with Sampler::uniform()). The kept set
+// and its probabilities are Sampler::distribution()'s (fp32 exp, fp64 sums); the draw walks the
+// kept tokens in a fixed device order, so a seed gives the CPU's distribution, not its tokens.
+// A row with no drawable token (all NaN) gives 0. One 1024-thread block per row.
+void sample(float* logits, std::size_t rows, std::size_t V, const SamplerConfig& cfg,
+            const double* u, const std::int32_t* history, std::size_t history_len,
+            std::int32_t* tokens, StreamHandle s = nullptr);
+// One row inside a captured decode step (like argmax with advance): p = *advance; the history is
+// history[0 .. p], the draw uses u[p + 1]; then *advance = p + 1 and history[p + 1] = the token.
+void sample_step(float* logits, std::size_t V, const SamplerConfig& cfg, const double* u,
+                 std::int32_t* history, std::int32_t* advance, std::int32_t* token,
+                 StreamHandle s = nullptr);
 
 // ---- routers (one token per row of float logits (tokens, experts)) ----------------------------
 // DeepSeek-V3 "noaux_tc": s = sigmoid(logits); c = s + bias (selection only); group score = sum of

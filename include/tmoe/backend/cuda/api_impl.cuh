@@ -13,6 +13,7 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <limits>
@@ -29,6 +30,7 @@
 #include "tmoe/backend/cuda/random.cuh"
 #include "tmoe/backend/cuda/rope.cuh"
 #include "tmoe/backend/cuda/router.cuh"
+#include "tmoe/backend/cuda/sample.cuh"
 #include "tmoe/backend/cuda/swiglu.cuh"
 
 namespace tmoe::cuda {
@@ -890,6 +892,60 @@ void argmax(const float* logits, std::size_t rows, std::size_t V, std::int32_t* 
     e = launch(argmax_kernel, dim3(unsigned(rows)), dim3(1024), 0, s, logits, V, idx, advance,
                history);
   }
+  if (e != cudaSuccess) fail_call(op, "kernel launch", e);
+}
+
+// ---- sampling -------------------------------------------------------------------------------
+namespace api_detail {
+SampleArgs sample_args(const char* op, float* logits, std::size_t V, const SamplerConfig& cfg,
+                       const double* u) {
+  check(V >= 1 && V <= kIntMax, op, "V: expected 1..", kIntMax, ", got ", V);
+  check(logits != nullptr, op, "null pointer: logits");
+  check(std::isfinite(cfg.temperature), op, "temperature must be finite");
+  check(cfg.top_p > 0.f && cfg.top_p <= 1.f, op, "top_p must be in (0, 1], got ", cfg.top_p);
+  check(cfg.min_p >= 0.f && cfg.min_p < 1.f, op, "min_p must be in [0, 1), got ", cfg.min_p);
+  check(cfg.repetition_penalty > 0.f && std::isfinite(cfg.repetition_penalty), op,
+        "repetition_penalty must be finite and > 0, got ", cfg.repetition_penalty);
+  SampleArgs a{};
+  a.logits = logits;
+  a.V = V;
+  a.greedy = cfg.temperature <= 0.f || cfg.top_k == 1;
+  check(a.greedy || u != nullptr, op, "null pointer: u (the uniforms of the draws)");
+  a.inv_temp = a.greedy ? 1.f : 1.0f / cfg.temperature;  // the CPU Sampler's float
+  a.top_k = cfg.top_k, a.top_p = cfg.top_p, a.min_p = cfg.min_p;
+  a.penalty = cfg.repetition_penalty, a.window = cfg.repetition_window;
+  a.u = u;
+  static const cudaError_t attr = cudaFuncSetAttribute(
+      sample_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSampleSmem));
+  if (attr != cudaSuccess) fail_call(op, "cudaFuncSetAttribute", attr);
+  return a;
+}
+}  // namespace api_detail
+
+void sample(float* logits, std::size_t rows, std::size_t V, const SamplerConfig& cfg,
+            const double* u, const std::int32_t* history, std::size_t history_len,
+            std::int32_t* tokens, StreamHandle s) {
+  constexpr const char* op = "cuda::sample";
+  check(rows <= 65535, op, "rows: at most 65535, got ", rows);
+  if (rows == 0) return;
+  SampleArgs a = api_detail::sample_args(op, logits, V, cfg, u);
+  check(tokens != nullptr, op, "null pointer: tokens");
+  check(history_len == 0 || history != nullptr, op, "history is null but history_len is ",
+        history_len);
+  a.history = history, a.history_len = history_len, a.token = tokens;
+  const cudaError_t e =
+      launch(sample_kernel, dim3(unsigned(rows)), dim3(kSampleThreads), kSampleSmem, s, a);
+  if (e != cudaSuccess) fail_call(op, "kernel launch", e);
+}
+
+void sample_step(float* logits, std::size_t V, const SamplerConfig& cfg, const double* u,
+                 std::int32_t* history, std::int32_t* advance, std::int32_t* token,
+                 StreamHandle s) {
+  constexpr const char* op = "cuda::sample_step";
+  SampleArgs a = api_detail::sample_args(op, logits, V, cfg, u);
+  check(token && advance, op, "null pointer: token and advance are required");
+  a.history = history, a.history_out = history, a.advance = advance, a.token = token;
+  const cudaError_t e = launch(sample_kernel, dim3(1), dim3(kSampleThreads), kSampleSmem, s, a);
   if (e != cudaSuccess) fail_call(op, "kernel launch", e);
 }
 

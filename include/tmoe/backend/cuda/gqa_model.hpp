@@ -90,8 +90,10 @@ class GqaModel final : public models::Model {
     const GqaModel* owner_ = nullptr;
     std::size_t size_ = 0, cap_ = 0;
     DeviceBuffer<float> k_, v_;           // (L, Hkv, cap, D) each
-    DeviceBuffer<std::int32_t> history_;  // generate_greedy's tokens by position
-    Graph step_, greedy_;
+    DeviceBuffer<std::int32_t> history_;  // every token by position
+    DeviceBuffer<double> uniforms_;       // generate_sampled's draws by position
+    Graph step_, greedy_, sampled_;
+    SamplerConfig sampled_cfg_;  // what sampled_ was captured with
   };
 
   GqaModel(const io::ModelConfig& c, std::shared_ptr<const models::WeightSource> src,
@@ -249,6 +251,47 @@ class GqaModel final : public models::Model {
     return out;
   }
 
+  // Sampled continuation on the device: runs `prompt` (>= 1 token), then returns n tokens, each
+  // drawn from the logits before it with cfg's rules (cuda::sample_step; runtime/sampler.hpp),
+  // from a second captured graph that ends with the draw (no host round trip per token). The
+  // uniforms are a Sampler seeded with cfg.seed, one per token, drawn on the host first; the
+  // repetition penalty sees every token of the state (earlier calls' included). Greedy configs
+  // (temperature <= 0 or top_k == 1) give generate_greedy's tokens.
+  std::vector<std::int32_t> generate_sampled(models::State& state,
+                                             std::span<const std::int32_t> prompt, std::size_t n,
+                                             const SamplerConfig& cfg) const {
+    CudaState& s = own(state);
+    Sampler rng(cfg);  // checks cfg as the CPU does; its generator gives the uniforms
+    check(!prompt.empty(), "cuda::GqaModel", "generate_sampled needs a prompt");
+    if (n == 0) return {};
+    check(s.size_ + prompt.size() + n - 1 <= s.cap_, "cuda::GqaModel", "context full: ", s.size_,
+          " + ", prompt.size(), " + ", n - 1, " positions exceed the capacity of ", s.cap_);
+    float* first = const_cast<float*>(run(s, prompt, 1));  // our logits buffer
+    const std::size_t p0 = s.size_;                        // position of the first generated token
+    std::vector<double> u(n);
+    for (double& v : u) v = rng.uniform();
+    if (s.uniforms_.size() == 0) s.uniforms_ = DeviceBuffer<double>(s.cap_ + 1);
+    stream_.synchronize();  // u goes away after the copy; staging_ may feed run()'s last copy
+    copy_to_device(s.uniforms_.data() + p0, u.data(), n * sizeof(double), stream_);
+    sample(first, 1, V_, cfg, s.uniforms_.data() + p0, s.history_.data(), p0, tok_.data(), stream_);
+    copy_device(s.history_.data() + p0, tok_.data(), sizeof(std::int32_t), stream_);
+    staging_[0] = static_cast<std::int32_t>(p0);
+    copy_to_device(pos_.data(), staging_.data(), sizeof(std::int32_t), stream_);
+    if (n > 1 && (!s.sampled_ || !same_sampler(s.sampled_cfg_, cfg))) {
+      graph_capture_begin(stream_);
+      step(s, 1, 0, logits1_.data());
+      sample_step(logits1_.data(), V_, cfg, s.uniforms_.data(), s.history_.data(), pos_.data(),
+                  tok_.data(), stream_);
+      s.sampled_ = Graph(graph_capture_end(stream_));
+      s.sampled_cfg_ = cfg;
+    }
+    for (std::size_t i = 1; i < n; ++i) s.sampled_.launch(stream_);
+    std::vector<std::int32_t> out(n);
+    copy_to_host(out.data(), s.history_.data() + p0, n * sizeof(std::int32_t), stream_);
+    s.size_ += n - 1;
+    return out;
+  }
+
   void synchronize() const { stream_.synchronize(); }
   StreamHandle stream() const { return stream_; }
   std::size_t decode_split() const { return decode_split_; }
@@ -325,6 +368,12 @@ class GqaModel final : public models::Model {
       std::copy(src + from * cols, src + (from + 1) * cols, dst.begin() + r * cols);
     }
     return dst;
+  }
+
+  static bool same_sampler(const SamplerConfig& a, const SamplerConfig& b) {
+    return a.temperature == b.temperature && a.top_k == b.top_k && a.top_p == b.top_p &&
+           a.min_p == b.min_p && a.repetition_penalty == b.repetition_penalty &&
+           a.repetition_window == b.repetition_window;
   }
 
   // Rows of several (rows_i, cols) matrices stacked into one device matrix; the first `paired`
@@ -518,6 +567,8 @@ class GqaModel final : public models::Model {
       }
       copy_to_device(tok_.data(), staging_.data(), n * sizeof(std::int32_t), stream_);
       copy_to_device(pos_.data(), staging_.data() + C, n * sizeof(std::int32_t), stream_);
+      // Every token by position (the sampler's repetition penalty reads them).
+      copy_device(s.history_.data() + s.size_, tok_.data(), n * sizeof(std::int32_t), stream_);
       // Rows of this chunk whose logits are wanted: global index >= T - R.
       const std::size_t first = std::max(b, T - R);
       const bool has = first < b + n;
