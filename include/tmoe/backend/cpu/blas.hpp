@@ -423,10 +423,15 @@ struct BlasImpl {
       __builtin_prefetch(y + m * ldy + nr - 1, 1);
     }
 #endif
-    for (std::size_t k = 0; k < kc; ++k, xp += MR, wp += NR) {
-      const B w0 = B::load_aligned(wp), w1 = B::load_aligned(wp + L);
+    // Depth steps unrolled by 4: the loop's pointer and counter updates come once per 48 FMAs
+    // instead of once per 12 (docs/performance.md: the tile alone gains on Zen 3).
+#if defined(__GNUC__)  // GCC and Clang
+#pragma GCC unroll 4
+#endif
+    for (std::size_t k = 0; k < kc; ++k) {
+      const B w0 = B::load_aligned(wp + k * NR), w1 = B::load_aligned(wp + k * NR + L);
       for (std::size_t m = 0; m < MR; ++m) {
-        const B xv(xp[m]);
+        const B xv(xp[k * MR + m]);
         acc0[m] = xsimd::fma(xv, w0, acc0[m]);
         acc1[m] = xsimd::fma(xv, w1, acc1[m]);
       }
