@@ -77,8 +77,11 @@ struct BlasKernels {
 
 // From this many rows of X on, matmul runs the blocked GEMM instead of T GEMV passes.
 inline constexpr std::size_t kGemmMinRows = 6;
-// Rows of W a thread's share should be a multiple of (GEMM column blocks; ops.hpp splits by it).
-inline constexpr std::size_t kGemmRowGrain = 64;
+// Rows of W a GEMM chunk is a multiple of (two 16-row micro-panels of the AVX2 tile): the
+// smallest chunk, so the most one thread can be left waiting for at the end of a GEMM. 32 rows
+// cost nothing measurable per chunk against 64 or 256 on one core (X re-read from L3 per chunk;
+// docs/performance.md) and halve that wait against 64.
+inline constexpr std::size_t kGemmRowGrain = 32;
 
 // Runs fn(begin, end) over chunks of the `out` rows of W on the pool, largest first: each chunk
 // is a quarter of what is left per thread, a multiple of kGemmRowGrain, at least that and at most
@@ -87,7 +90,7 @@ inline constexpr std::size_t kGemmRowGrain = 64;
 // hands them out in order, so a thread that lost its core for a while (a shared machine) leaves
 // the others small chunks to even out the finish instead of a 1/8 share. Each chunk packs its
 // own rows of W; X is shared.
-inline constexpr std::size_t kGemmMaxChunk = 4 * kGemmRowGrain;
+inline constexpr std::size_t kGemmMaxChunk = 256;
 
 template <class F>
 void gemm_row_chunks(ThreadPool& pool, std::size_t out, F&& fn) {
