@@ -77,8 +77,11 @@ struct BlasKernels {
 
 // From this many rows of X on, matmul runs the blocked GEMM instead of T GEMV passes.
 inline constexpr std::size_t kGemmMinRows = 6;
-// Rows of W a thread's share should be a multiple of (GEMM column blocks; ops.hpp splits by it).
-inline constexpr std::size_t kGemmRowGrain = 64;
+// Rows of W a GEMM chunk is a multiple of (two 16-row micro-panels of the AVX2 tile): the
+// smallest chunk, so the most one thread can be left waiting for at the end of a GEMM. 32 rows
+// cost nothing measurable per chunk against 64 or 256 on one core (X re-read from L3 per chunk;
+// docs/performance.md) and halve that wait against 64.
+inline constexpr std::size_t kGemmRowGrain = 32;
 
 // Runs fn(begin, end) over chunks of the `out` rows of W on the pool, largest first: each chunk
 // is a quarter of what is left per thread, a multiple of kGemmRowGrain, at least that and at most
@@ -87,7 +90,7 @@ inline constexpr std::size_t kGemmRowGrain = 64;
 // hands them out in order, so a thread that lost its core for a while (a shared machine) leaves
 // the others small chunks to even out the finish instead of a 1/8 share. Each chunk packs its
 // own rows of W; X is shared.
-inline constexpr std::size_t kGemmMaxChunk = 4 * kGemmRowGrain;
+inline constexpr std::size_t kGemmMaxChunk = 256;
 
 template <class F>
 void gemm_row_chunks(ThreadPool& pool, std::size_t out, F&& fn) {
@@ -423,10 +426,15 @@ struct BlasImpl {
       __builtin_prefetch(y + m * ldy + nr - 1, 1);
     }
 #endif
-    for (std::size_t k = 0; k < kc; ++k, xp += MR, wp += NR) {
-      const B w0 = B::load_aligned(wp), w1 = B::load_aligned(wp + L);
+    // Depth steps unrolled by 4: the loop's pointer and counter updates come once per 48 FMAs
+    // instead of once per 12 (docs/performance.md: the tile alone gains on Zen 3).
+#if defined(__GNUC__)  // GCC and Clang
+#pragma GCC unroll 4
+#endif
+    for (std::size_t k = 0; k < kc; ++k) {
+      const B w0 = B::load_aligned(wp + k * NR), w1 = B::load_aligned(wp + k * NR + L);
       for (std::size_t m = 0; m < MR; ++m) {
-        const B xv(xp[m]);
+        const B xv(xp[k * MR + m]);
         acc0[m] = xsimd::fma(xv, w0, acc0[m]);
         acc1[m] = xsimd::fma(xv, w1, acc1[m]);
       }
