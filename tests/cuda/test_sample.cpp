@@ -14,57 +14,69 @@ using namespace tmoe;
 
 namespace {
 
-// The same row of logits N times, drawn with stratified uniforms; compared with the CPU.
+// The same row of logits N times, drawn with stratified uniforms; compared with the CPU. grid:
+// one call per row with a workspace (the row over all SMs); else one call of N rows.
 void check_distribution(const std::vector<float>& logits, const SamplerConfig& cfg,
-                        const std::vector<std::int32_t>& history, const std::string& what) {
-  const std::size_t V = logits.size(), N = 4096;
-  std::vector<float> rows(N * V);
-  for (std::size_t r = 0; r < N; ++r) std::copy(logits.begin(), logits.end(), &rows[r * V]);
-  std::vector<double> u(N);
-  for (std::size_t r = 0; r < N; ++r) u[r] = (double(r) + 0.5) / double(N);
-  auto d_rows = test::to_device(rows);
-  auto d_u = test::to_device(u);
-  auto d_h = test::to_device(history.empty() ? std::vector<std::int32_t>{0} : history);
-  auto d_tok = test::to_device(std::vector<std::int32_t>(N, -7));
-  cuda::sample(d_rows.data(), N, V, cfg, d_u.data(), history.empty() ? nullptr : d_h.data(),
-               history.size(), d_tok.data());
-  const auto tok = test::to_host(d_tok);
-  // The penalized logits: every row as the CPU penalizes its copy.
-  std::vector<float> cpu = logits;
-  Sampler ref(cfg);
-  const auto dist = ref.distribution(cpu, history);
-  const auto pen = test::to_host(d_rows);
-  std::size_t pen_diff = 0;
-  for (std::size_t i = 0; i < V; ++i)
-    pen_diff += !(pen[i] == cpu[i] || (std::isnan(pen[i]) && std::isnan(cpu[i])));
-  INFO(what, ": penalized logits that differ from the CPU's: ", pen_diff);
-  CHECK(pen_diff == 0);
-  std::vector<double> p(V, 0.0);
-  for (const auto& [id, prob] : dist) p[std::size_t(id)] = prob;
-  std::vector<long> count(V, 0);
-  std::size_t bad = 0;
-  for (std::int32_t t : tok) {
-    if (t < 0 || std::size_t(t) >= V) {
-      ++bad;
-      continue;
+                        const std::vector<std::int32_t>& history, const std::string& what0) {
+  for (bool grid : {false, true}) {
+    const std::string what = what0 + (grid ? " (grid)" : " (block per row)");
+    const std::size_t V = logits.size(), N = 4096;
+    std::vector<float> rows(N * V);
+    for (std::size_t r = 0; r < N; ++r) std::copy(logits.begin(), logits.end(), &rows[r * V]);
+    std::vector<double> u(N);
+    for (std::size_t r = 0; r < N; ++r) u[r] = (double(r) + 0.5) / double(N);
+    auto d_rows = test::to_device(rows);
+    auto d_u = test::to_device(u);
+    auto d_h = test::to_device(history.empty() ? std::vector<std::int32_t>{0} : history);
+    auto d_tok = test::to_device(std::vector<std::int32_t>(N, -7));
+    if (grid) {
+      cuda::DeviceBuffer<std::byte> ws(cuda::sample_workspace());
+      for (std::size_t r = 0; r < N; ++r)
+        cuda::sample(d_rows.data() + r * V, 1, V, cfg, d_u.data() + r,
+                     history.empty() ? nullptr : d_h.data(), history.size(), d_tok.data() + r,
+                     ws.data());
+    } else {
+      cuda::sample(d_rows.data(), N, V, cfg, d_u.data(), history.empty() ? nullptr : d_h.data(),
+                   history.size(), d_tok.data());
     }
-    ++count[std::size_t(t)];
-  }
-  CHECK(bad == 0);
-  double worst = 0;
-  std::size_t outside = 0;
-  for (std::size_t i = 0; i < V; ++i) {
-    if (p[i] == 0.0) {
-      outside += count[i] != 0;
-      continue;
+    const auto tok = test::to_host(d_tok);
+    // The penalized logits: every row as the CPU penalizes its copy.
+    std::vector<float> cpu = logits;
+    Sampler ref(cfg);
+    const auto dist = ref.distribution(cpu, history);
+    const auto pen = test::to_host(d_rows);
+    std::size_t pen_diff = 0;
+    for (std::size_t i = 0; i < V; ++i)
+      pen_diff += !(pen[i] == cpu[i] || (std::isnan(pen[i]) && std::isnan(cpu[i])));
+    INFO(what, ": penalized logits that differ from the CPU's: ", pen_diff);
+    CHECK(pen_diff == 0);
+    std::vector<double> p(V, 0.0);
+    for (const auto& [id, prob] : dist) p[std::size_t(id)] = prob;
+    std::vector<long> count(V, 0);
+    std::size_t bad = 0;
+    for (std::int32_t t : tok) {
+      if (t < 0 || std::size_t(t) >= V) {
+        ++bad;
+        continue;
+      }
+      ++count[std::size_t(t)];
     }
-    const double want = double(N) * p[i];
-    worst = std::max(worst, std::abs(double(count[i]) - want) / (1.0 + 1e-4 * want));
+    CHECK(bad == 0);
+    double worst = 0;
+    std::size_t outside = 0;
+    for (std::size_t i = 0; i < V; ++i) {
+      if (p[i] == 0.0) {
+        outside += count[i] != 0;
+        continue;
+      }
+      const double want = double(N) * p[i];
+      worst = std::max(worst, std::abs(double(count[i]) - want) / (1.0 + 1e-4 * want));
+    }
+    INFO(what, ": kept by the CPU ", dist.size(), " tokens; drawn outside them: ", outside,
+         "; worst |count - N p| / (1 + 1e-4 N p) = ", worst);
+    CHECK(outside == 0);
+    CHECK(worst <= 1.0);
   }
-  INFO(what, ": kept by the CPU ", dist.size(), " tokens; drawn outside them: ", outside,
-       "; worst |count - N p| / (1 + 1e-4 N p) = ", worst);
-  CHECK(outside == 0);
-  CHECK(worst <= 1.0);
 }
 
 }  // namespace
@@ -121,12 +133,22 @@ TEST_CASE("cuda sample: a 151936-token row, an all-NaN row, errors") {
   auto d_tok = test::to_device(std::vector<std::int32_t>{-1, -1});
   cuda::sample(d_l.data(), 2, V, c, d_u.data(), nullptr, 0, d_tok.data());
   const auto tok = test::to_host(d_tok);
+  // The same two rows over all SMs (fresh copies: the draws need not match the block kernel's).
+  auto d_l2 = test::to_device(logits);
+  auto d_tok2 = test::to_device(std::vector<std::int32_t>{-1, -1});
+  cuda::DeviceBuffer<std::byte> ws(cuda::sample_workspace());
+  for (std::size_t r = 0; r < 2; ++r)
+    cuda::sample(d_l2.data() + r * V, 1, V, c, d_u.data() + r, nullptr, 0, d_tok2.data() + r,
+                 ws.data());
+  const auto tok2 = test::to_host(d_tok2);
   std::vector<float> row(logits.begin(), logits.begin() + V);
   Sampler ref(c);
-  bool kept = false;
-  for (const auto& [id, p] : ref.distribution(row)) kept |= id == tok[0];
+  bool kept = false, kept2 = false;
+  for (const auto& [id, p] : ref.distribution(row)) kept |= id == tok[0], kept2 |= id == tok2[0];
   CHECK(kept);
+  CHECK(kept2);
   CHECK(tok[1] == 0);  // nothing drawable
+  CHECK(tok2[1] == 0);
   SamplerConfig bad = c;
   bad.top_p = 0.f;
   CHECK_THROWS_WITH_AS(cuda::sample(d_l.data(), 1, V, bad, d_u.data(), nullptr, 0, d_tok.data()),

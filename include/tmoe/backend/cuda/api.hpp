@@ -471,14 +471,18 @@ void argmax(const float* logits, std::size_t rows, std::size_t V, std::int32_t* 
 // and its probabilities are Sampler::distribution()'s (fp32 exp, fp64 sums); the draw walks the
 // kept tokens in a fixed device order, so a seed gives the CPU's distribution, not its tokens.
 // A row with no drawable token (all NaN) gives 0. One 1024-thread block per row.
+// With a workspace of sample_workspace() bytes (device) and rows == 1, the row is spread over
+// the GPU's SMs (a cooperative launch, sample_grid_kernel; the workspace is zeroed first on the
+// stream); otherwise one block per row.
+std::size_t sample_workspace();
 void sample(float* logits, std::size_t rows, std::size_t V, const SamplerConfig& cfg,
             const double* u, const std::int32_t* history, std::size_t history_len,
-            std::int32_t* tokens, StreamHandle s = nullptr);
+            std::int32_t* tokens, void* workspace = nullptr, StreamHandle s = nullptr);
 // One row inside a captured decode step (like argmax with advance): p = *advance; the history is
 // history[0 .. p], the draw uses u[p + 1]; then *advance = p + 1 and history[p + 1] = the token.
 void sample_step(float* logits, std::size_t V, const SamplerConfig& cfg, const double* u,
                  std::int32_t* history, std::int32_t* advance, std::int32_t* token,
-                 StreamHandle s = nullptr);
+                 void* workspace = nullptr, StreamHandle s = nullptr);
 
 // ---- routers (one token per row of float logits (tokens, experts)) ----------------------------
 // DeepSeek-V3 "noaux_tc": s = sigmoid(logits); c = s + bias (selection only); group score = sum of

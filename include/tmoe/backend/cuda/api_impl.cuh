@@ -13,6 +13,7 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -922,9 +923,46 @@ SampleArgs sample_args(const char* op, float* logits, std::size_t V, const Sampl
 }
 }  // namespace api_detail
 
+std::size_t sample_workspace() {
+  return sizeof(SampleGridWork);
+}
+
+namespace api_detail {
+// One row: over the SMs (cooperative) with a workspace, else one block.
+void launch_sample_row(const char* op, const SampleArgs& a, void* workspace, StreamHandle s) {
+  cudaError_t e;
+  if (workspace) {
+    check(reinterpret_cast<std::uintptr_t>(workspace) % 16 == 0, op,
+          "workspace must be 16-byte aligned");
+    int dev = 0, sms = 0;
+    TMOE_CUDA_CHECK(op, cudaGetDevice(&dev));
+    TMOE_CUDA_CHECK(op, cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    const std::size_t want = (a.V + 511) / 512;
+    const unsigned G = unsigned(std::clamp<std::size_t>(
+        want, 1, std::min<std::size_t>(std::size_t(sms), kSampleGridMaxBlocks)));
+    e = cudaMemsetAsync(workspace, 0, sizeof(SampleGridWork), s);
+    if (e == cudaSuccess) {
+      cudaLaunchConfig_t cfg{};
+      cfg.gridDim = dim3(G);
+      cfg.blockDim = dim3(kSampleGridThreads);
+      cfg.stream = s;
+      cudaLaunchAttribute attr[1];
+      attr[0].id = cudaLaunchAttributeCooperative;
+      attr[0].val.cooperative = 1;
+      cfg.attrs = attr;
+      cfg.numAttrs = 1;
+      e = cudaLaunchKernelEx(&cfg, sample_grid_kernel, a, static_cast<SampleGridWork*>(workspace));
+    }
+  } else {
+    e = launch(sample_kernel, dim3(1), dim3(kSampleThreads), kSampleSmem, s, a);
+  }
+  if (e != cudaSuccess) fail_call(op, "kernel launch", e);
+}
+}  // namespace api_detail
+
 void sample(float* logits, std::size_t rows, std::size_t V, const SamplerConfig& cfg,
             const double* u, const std::int32_t* history, std::size_t history_len,
-            std::int32_t* tokens, StreamHandle s) {
+            std::int32_t* tokens, void* workspace, StreamHandle s) {
   constexpr const char* op = "cuda::sample";
   check(rows <= 65535, op, "rows: at most 65535, got ", rows);
   if (rows == 0) return;
@@ -933,20 +971,20 @@ void sample(float* logits, std::size_t rows, std::size_t V, const SamplerConfig&
   check(history_len == 0 || history != nullptr, op, "history is null but history_len is ",
         history_len);
   a.history = history, a.history_len = history_len, a.token = tokens;
+  if (rows == 1) return api_detail::launch_sample_row(op, a, workspace, s);
   const cudaError_t e =
       launch(sample_kernel, dim3(unsigned(rows)), dim3(kSampleThreads), kSampleSmem, s, a);
   if (e != cudaSuccess) fail_call(op, "kernel launch", e);
 }
 
 void sample_step(float* logits, std::size_t V, const SamplerConfig& cfg, const double* u,
-                 std::int32_t* history, std::int32_t* advance, std::int32_t* token,
+                 std::int32_t* history, std::int32_t* advance, std::int32_t* token, void* workspace,
                  StreamHandle s) {
   constexpr const char* op = "cuda::sample_step";
   SampleArgs a = api_detail::sample_args(op, logits, V, cfg, u);
   check(token && advance, op, "null pointer: token and advance are required");
   a.history = history, a.history_out = history, a.advance = advance, a.token = token;
-  const cudaError_t e = launch(sample_kernel, dim3(1), dim3(kSampleThreads), kSampleSmem, s, a);
-  if (e != cudaSuccess) fail_call(op, "kernel launch", e);
+  api_detail::launch_sample_row(op, a, workspace, s);
 }
 
 // ---- routers --------------------------------------------------------------------------------

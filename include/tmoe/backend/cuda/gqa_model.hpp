@@ -273,7 +273,9 @@ class GqaModel final : public models::Model {
     if (s.uniforms_.size() == 0) s.uniforms_ = DeviceBuffer<double>(s.cap_ + 1);
     stream_.synchronize();  // u goes away after the copy; staging_ may feed run()'s last copy
     copy_to_device(s.uniforms_.data() + p0, u.data(), n * sizeof(double), stream_);
-    sample(first, 1, V_, cfg, s.uniforms_.data() + p0, s.history_.data(), p0, tok_.data(), stream_);
+    if (sample_ws_.size() == 0) sample_ws_ = DeviceBuffer<std::byte>(sample_workspace());
+    sample(first, 1, V_, cfg, s.uniforms_.data() + p0, s.history_.data(), p0, tok_.data(),
+           sample_ws_.data(), stream_);
     copy_device(s.history_.data() + p0, tok_.data(), sizeof(std::int32_t), stream_);
     staging_[0] = static_cast<std::int32_t>(p0);
     copy_to_device(pos_.data(), staging_.data(), sizeof(std::int32_t), stream_);
@@ -281,7 +283,7 @@ class GqaModel final : public models::Model {
       graph_capture_begin(stream_);
       step(s, 1, 0, logits1_.data());
       sample_step(logits1_.data(), V_, cfg, s.uniforms_.data(), s.history_.data(), pos_.data(),
-                  tok_.data(), stream_);
+                  tok_.data(), sample_ws_.data(), stream_);
       s.sampled_ = Graph(graph_capture_end(stream_));
       s.sampled_cfg_ = cfg;
     }
@@ -607,6 +609,7 @@ class GqaModel final : public models::Model {
   Mat embed_, head_;
   DeviceBuffer<float> final_norm_;
   DeviceBuffer<float> h_, h2_, x_, r_, qkv_, attn_, gu_, act_, workspace_;
+  mutable DeviceBuffer<std::byte> sample_ws_;  // cuda::sample's (allocated on first use)
   DeviceBuffer<bf16> xb_;
   DeviceBuffer<std::int32_t> tok_, pos_;
   DeviceBuffer<float> logits1_;  // a graph step's logits (its address is captured)

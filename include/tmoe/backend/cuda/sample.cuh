@@ -14,8 +14,9 @@
 // the CPU does: the same distribution, but a seed does not give the CPU's tokens. e_i is fp32
 // (expf); top-p compares fixed-point sums (2^-40 units, exact and order-free), the draw fp64
 // sums (the CPU: fp64 throughout); kept sets can differ from the CPU's only where a cumulative
-// sum lands within rounding of top_p. One block of 1024 threads per row: a 151936-token row is
-// read 5 to 13 times from L2 (more with top-k and top-p both on).
+// sum lands within rounding of top_p. sample_kernel: one block of 1024 threads per row (a
+// 151936-token row is read 5 to 13 times from L2 by one SM: ~0.45 ms); sample_grid_kernel (below):
+// one row over all SMs (~27 us at that size).
 #pragma once
 #if !defined(__CUDACC__)
 #error "tmoe/backend/cuda/sample.cuh is for nvcc only; include tmoe/backend/cuda/api.hpp elsewhere"
@@ -425,6 +426,342 @@ __global__ void __launch_bounds__(kSampleThreads) sample_kernel(SampleArgs a) {
       const int p = *a.advance + 1;
       *a.advance = p;
       if (a.history_out) a.history_out[p] = result;
+    }
+  }
+}
+
+// ---- One row across the GPU: sample_grid_kernel (cooperative launch) ---------------------------
+// The same rules and the same cuts as sample_kernel, with the row split into one contiguous slice
+// per block (kept in shared memory), per-digit histograms summed in global memory (integer
+// atomics: order-free) and a grid barrier between the phases. The draw walks the slices in block
+// order, each slice in its threads' order. Workspace: sample_grid_workspace() bytes, zeroed
+// before every launch (the barrier counter and the histograms start at 0).
+inline constexpr int kSampleGridThreads = 512;
+inline constexpr int kSampleGridMaxSlice = 4096;  // floats of a block's slice in shared memory
+inline constexpr int kSampleGridMaxBlocks = 256;
+
+struct SampleGridWork {
+  unsigned barrier;
+  unsigned pad_;
+  unsigned long long hist_w[8][256];  // digit histograms: [0, 4) top-k, [4, 8) top-p
+  unsigned hist_c[8][256];
+  float part_max[kSampleGridMaxBlocks];
+  int part_cnt[kSampleGridMaxBlocks];
+  long long part_eq[2][kSampleGridMaxBlocks];
+  unsigned long long part_kept[kSampleGridMaxBlocks];
+  long long last_id[2];
+};
+
+namespace sample_detail {
+
+// All blocks of a cooperative grid meet here (phase counts the barriers passed so far).
+__device__ inline void grid_sync(unsigned* counter, unsigned& phase) {
+  __syncthreads();
+  ++phase;
+  if (threadIdx.x == 0) {
+    __threadfence();
+    atomicAdd(counter, 1u);
+    const unsigned target = phase * gridDim.x;
+    while (*reinterpret_cast<volatile unsigned*>(counter) < target) __nanosleep(20);
+    __threadfence();
+  }
+  __syncthreads();
+}
+
+}  // namespace sample_detail
+
+__global__ void __launch_bounds__(kSampleGridThreads)
+    sample_grid_kernel(SampleArgs a, SampleGridWork* w) {
+  using namespace sample_detail;
+  const int tid = threadIdx.x, nt = blockDim.x, G = gridDim.x, blk = blockIdx.x;
+  const int lane = tid % kWarpSize;
+  const int V = int(a.V), chunk = (V + G - 1) / G;
+  const int lo = min(V, blk * chunk), n = min(V, lo + chunk) - lo;
+  float* row = a.logits;
+  __shared__ float slice[kSampleGridMaxSlice];
+  const bool cached = chunk <= kSampleGridMaxSlice;
+  unsigned phase = 0;
+  pdl_wait();
+  const std::int32_t* hist = a.history;
+  long long hist_len = (long long)a.history_len, uidx = 0;
+  if (a.advance) {
+    hist_len = hist ? (long long)(*a.advance) + 1 : 0;
+    uidx = (long long)(*a.advance) + 1;
+  }
+  if (cached)
+    for (int j = tid; j < n; j += nt) slice[j] = row[lo + j];
+  __syncthreads();
+  auto val = [&](int j) { return cached ? slice[j] : row[lo + j]; };
+  // 1. Repetition penalty on this block's ids (each distinct id once).
+  if (a.penalty != 1.f && hist && hist_len > 0) {
+    const long long win = min(hist_len, (long long)max(0, a.window)), j0 = hist_len - win;
+    for (long long j = j0 + tid; j < hist_len; j += nt) {
+      const std::int32_t id = hist[j];
+      if (id < lo || id >= lo + n) continue;
+      bool first = true;
+      for (long long i = j0; i < j && first; ++i) first = hist[i] != id;
+      if (first) {
+        const float l = val(id - lo);
+        const float pl = l > 0 ? l / a.penalty : l * a.penalty;
+        row[id] = pl;
+        if (cached) slice[id - lo] = pl;
+      }
+    }
+    __syncthreads();
+  }
+  const float inv_t = a.greedy ? 1.f : a.inv_temp;
+  // Block max (of logits when greedy, keys otherwise) with its first index, and the count.
+  float bm = -INFINITY;
+  int bi = 0x7fffffff, cnt = 0;
+  for (int j = tid; j < n; j += nt) {
+    const float l = val(j);
+    if (l != l) continue;
+    ++cnt;
+    const float k = l * inv_t;
+    if (k > bm) bm = k, bi = lo + j;
+  }
+  block_argmax(bm, bi);  // thread 0
+  const int bcnt = int(block_sum_d(double(cnt)) + 0.5);
+  if (tid == 0) w->part_max[blk] = bm, w->part_cnt[blk] = bcnt;
+  __shared__ float s_mx;
+  __shared__ int s_arg;
+  __shared__ long long s_nok;
+  grid_sync(&w->barrier, phase);
+  if (tid == 0) {
+    float m = -INFINITY;
+    long long c = 0;
+    for (int b = 0; b < G; ++b) m = fmaxf(m, w->part_max[b]), c += w->part_cnt[b];
+    s_mx = m, s_nok = c;
+  }
+  __syncthreads();
+  const float mx = s_mx;
+  const long long n_ok = s_nok;
+  if (a.greedy) {
+    // The first block holding the maximum writes the token (lowest index among equal maxima).
+    if (tid == 0) {
+      int first = -1;
+      for (int b = 0; b < G && first < 0; ++b)
+        if (w->part_max[b] == mx) first = b;
+      s_arg = first;
+    }
+    __syncthreads();
+    if (blk == (s_arg < 0 ? 0 : s_arg) && tid == 0) {
+      const int tok = s_arg < 0 || bi == 0x7fffffff ? 0 : bi;
+      a.token[0] = tok;
+      if (a.advance) {
+        const int p = *a.advance + 1;
+        *a.advance = p;
+        if (a.history_out) a.history_out[p] = tok;
+      }
+    }
+    return;
+  }
+  __shared__ unsigned hc[256];
+  __shared__ unsigned long long hw[256];
+  __shared__ int s_bin;
+  __shared__ Fx s_above;
+  __shared__ unsigned s_count;
+  // Radix selection (as sample_kernel's) with global histograms h (of 8).
+  auto select = [&](auto&& in, bool by_mass, Fx target, int h, Fx* total) {
+    std::uint32_t prefix = 0, mask = 0;
+    Fx above = 0;
+    for (int digit = 0; digit < 4; ++digit) {
+      const int shift = 24 - 8 * digit;
+      for (int b = tid; b < 256; b += nt) hc[b] = 0, hw[b] = 0;
+      __syncthreads();
+      for (int j0 = 0; j0 < n; j0 += nt) {  // warp-uniform trip count
+        const int j = j0 + tid;
+        unsigned d = 256;
+        Fx e = 0;
+        if (j < n) {
+          const float l = val(j);
+          if (l == l) {
+            const float k = l * inv_t;
+            const std::uint32_t o = ordered(k);
+            if ((o & mask) == prefix && in(lo + j, o)) {
+              d = (o >> shift) & 255u;
+              if (by_mass) e = to_fx(expf(k - mx));
+            }
+          }
+        }
+        const unsigned grp = __match_any_sync(0xffffffffu, d);
+        if (d < 256) {
+          const unsigned elo = __reduce_add_sync(grp, unsigned(e & 0xfffffu));
+          const unsigned ehi = __reduce_add_sync(grp, unsigned(e >> 20));
+          if (lane == __ffs(grp) - 1) {
+            atomicAdd(&hc[d], unsigned(__popc(grp)));
+            if (by_mass) atomicAdd(&hw[d], Fx(elo) + (Fx(ehi) << 20));
+          }
+        }
+      }
+      __syncthreads();
+      for (int b = tid; b < 256; b += nt)
+        if (hc[b]) {
+          atomicAdd(&w->hist_c[h + digit][b], hc[b]);
+          atomicAdd(&w->hist_w[h + digit][b], by_mass ? hw[b] : Fx(hc[b]));
+        }
+      grid_sync(&w->barrier, phase);
+      for (int b = tid; b < 256; b += nt)
+        hc[b] = w->hist_c[h + digit][b], hw[b] = w->hist_w[h + digit][b];
+      __syncthreads();
+      if (digit == 0 && total) {  // the whole mass of the set: the target is a share of it
+        __shared__ Fx s_total;
+        if (tid == 0) {
+          Fx t = 0;
+          for (int b = 0; b < 256; ++b) t += hw[b];
+          s_total = t;
+        }
+        __syncthreads();
+        *total = s_total;
+        target = Fx(ceil(double(a.top_p) * double(s_total)));
+      }
+      select_bin(hc, hw, above, target, &s_bin, &s_above, &s_count);
+      __syncthreads();
+      prefix |= std::uint32_t(s_bin) << shift, mask |= 255u << shift, above = s_above;
+    }
+    Cut c;
+    c.key = prefix, c.n_eq = s_count;
+    if (!by_mass) {
+      c.eq = (long long)(target - above);
+    } else {
+      __shared__ long long s_need;
+      if (tid == 0) {
+        const float kc = __uint_as_float(prefix & 0x80000000u ? prefix & 0x7fffffffu : ~prefix);
+        const Fx e = to_fx(expf(kc - mx));
+        long long cnt_n = 1;
+        Fx m = above + e;
+        while (m < target && cnt_n < (long long)s_count) m += e, ++cnt_n;
+        s_need = cnt_n;
+      }
+      __syncthreads();
+      c.eq = s_need;
+    }
+    __syncthreads();
+    return c;
+  };
+  // Ties by id across the blocks: the largest id admitted among the tokens whose key is c.key.
+  auto tie_limit = [&](const Cut& c, int which) -> long long {
+    if (c.eq < 0 || c.eq >= c.n_eq) return (long long)V;  // grid-uniform
+    // Tokens of this slice with the key, in id order: each thread a contiguous run of the slice.
+    const int per = (n + nt - 1) / nt, a0 = min(n, tid * per), a1 = min(n, a0 + per);
+    long long mine = 0;
+    for (int j = a0; j < a1; ++j) {
+      const float l = val(j);
+      mine += l == l && ordered(l * inv_t) == c.key;
+    }
+    long long tb = 0, tu = 0;
+    block_scan<long long>(mine, tb, tu);
+    __shared__ long long s_blk;
+    if (tid == nt - 1) s_blk = tu;
+    __syncthreads();
+    if (tid == 0) w->part_eq[which][blk] = s_blk;
+    grid_sync(&w->barrier, phase);
+    __shared__ long long s_before;
+    if (tid == 0) {
+      long long before = 0;
+      for (int b = 0; b < blk; ++b) before += w->part_eq[which][b];
+      s_before = before;
+    }
+    __syncthreads();
+    const long long before = s_before + tb;
+    if (before < c.eq && s_before + tu >= c.eq) {
+      long long seen = before;
+      for (int j = a0; j < a1; ++j) {
+        const float l = val(j);
+        if (l == l && ordered(l * inv_t) == c.key && ++seen == c.eq) {
+          w->last_id[which] = lo + j;
+          break;
+        }
+      }
+    }
+    grid_sync(&w->barrier, phase);
+    return *reinterpret_cast<volatile long long*>(&w->last_id[which]);
+  };
+  const bool topk = a.top_k > 0 && a.top_k < n_ok;
+  Cut ck;
+  if (topk) ck = select([](int, std::uint32_t) { return true; }, false, Fx(a.top_k), 0, nullptr);
+  const long long k_last = tie_limit(ck, 0);
+  auto in_topk = [&](int i, std::uint32_t o) {
+    return !topk || o > ck.key || (o == ck.key && i <= k_last);
+  };
+  const bool topp = a.top_p < 1.f;
+  Cut cp;
+  long long p_last = (long long)V;
+  if (topp) {
+    Fx total = 0;
+    cp = select(in_topk, true, Fx(0), 4, &total);
+    if (topk && cp.key == ck.key) cp.eq = min(cp.eq, ck.eq);
+    p_last = tie_limit(cp, 1);
+  }
+  const double min_p = a.min_p;
+  auto kept_fx = [&](int i, float l) -> Fx {
+    if (l != l) return 0;
+    const float k = l * inv_t;
+    const std::uint32_t o = ordered(k);
+    if (!in_topk(i, o)) return 0;
+    if (topp && !(o > cp.key || (o == cp.key && i <= p_last))) return 0;
+    const float e = expf(k - mx);
+    if (min_p > 0.0 && double(e) < min_p && k != mx) return 0;
+    return to_fx(e);
+  };
+  // The draw: kept mass per block, then per thread within the block that holds the target.
+  Fx mine = 0;
+  for (int j = tid; j < n; j += nt) mine += kept_fx(lo + j, val(j));
+  Fx tb = 0, tu = 0;
+  block_scan<Fx>(mine, tb, tu);
+  __shared__ Fx s_bk;
+  if (tid == nt - 1) s_bk = tu;
+  __syncthreads();
+  if (tid == 0) w->part_kept[blk] = s_bk;
+  grid_sync(&w->barrier, phase);
+  __shared__ Fx s_before_k, s_all;
+  if (tid == 0) {
+    Fx before = 0, all = 0;
+    for (int b = 0; b < G; ++b) {
+      if (b < blk) before += w->part_kept[b];
+      all += w->part_kept[b];
+    }
+    s_before_k = before, s_all = all;
+  }
+  __syncthreads();
+  const Fx all = s_all;
+  if (all == 0) {  // nothing drawable (all NaN): token 0
+    if (blk == 0 && tid == 0) {
+      a.token[0] = 0;
+      if (a.advance) {
+        const int p = *a.advance + 1;
+        *a.advance = p;
+        if (a.history_out) a.history_out[p] = 0;
+      }
+    }
+    return;
+  }
+  Fx target = Fx(a.u[uidx] * double(all));
+  if (target >= all) target = all - 1;
+  const Fx b0 = s_before_k;
+  if (!(target >= b0 && target < b0 + s_bk)) return;  // another block's slice holds it
+  __shared__ int s_tok;
+  if (tid == 0) s_tok = -1;
+  __syncthreads();
+  if (mine > 0 && target >= b0 + tb && target < b0 + tu) {
+    Fx acc = b0 + tb;
+    int pick = -1;
+    for (int j = tid; j < n && pick < 0; j += nt) {
+      const Fx e = kept_fx(lo + j, val(j));
+      if (e == 0) continue;
+      acc += e;
+      if (target < acc) pick = lo + j;
+    }
+    s_tok = pick;
+  }
+  __syncthreads();
+  if (tid == 0) {
+    const int tok = s_tok < 0 ? 0 : s_tok;
+    a.token[0] = tok;
+    if (a.advance) {
+      const int p = *a.advance + 1;
+      *a.advance = p;
+      if (a.history_out) a.history_out[p] = tok;
     }
   }
 }
