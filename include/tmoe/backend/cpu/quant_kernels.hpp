@@ -417,6 +417,13 @@ struct QuantImpl {
     return _mm256_set1_epi32(v);
   }
 
+  // How far ahead of the block being read the 8-row kernels prefetch (prefetch_span, one block's
+  // bytes per block step; pf = the group's first block + this). Measured at 18432 x 7168, 2
+  // threads (docs/performance.md, "x8 prefetch"): 1 KiB beat 512 B, 2 KiB, 4 KiB and the next
+  // group's same block (32-258 KiB ahead); none gave 0.55-0.62 of the read bandwidth, 1 KiB
+  // 0.72-0.92.
+  static constexpr std::size_t kX8PrefetchBytes = 1024;
+
   // Eight interleaved rows (quant::RepackedX8<F>, formats.hpp) against one activation row:
   // y[r] for r < 8. Lane r of the int32 vector is row r's exact integer block sum, so per row
   // the float arithmetic is, block by block in order,
@@ -428,9 +435,11 @@ struct QuantImpl {
   //   Q8_0: the sign trick |w| * (sign(w) a) as in dot(BlockQ8_0), int32 per chunk.
   template <class F>
   static void dot_x8(const typename quant::RepackedX8<F>::Block* w, const Act* a, std::size_t nb,
-                     float* y) {
+                     float* y, const char* pf = nullptr) {
+    using Blk = typename quant::RepackedX8<F>::Block;
     __m256 acc = _mm256_setzero_ps();
     for (std::size_t b = 0; b < nb; ++b) {
+      if (pf) prefetch_span<sizeof(Blk)>(pf + b * sizeof(Blk));
       const auto& x = w[b];
       const Act& ab = a[b];
       __m256i isum;
@@ -480,11 +489,12 @@ struct QuantImpl {
   //   macc_r = fma(float(m_r,s) * dmin_r, d_a,s * sum(a_s), macc_r),   y_r = acc_r - macc_r
   // (the terms of the plain dot(BlockQ4_K), summed in another order).
   static void dot_x8_q4k(const quant::BlockQ4_Kx8* w, const Act* a, const float* qd,
-                         const float* qdsum, std::size_t nb, float* y) {
+                         const float* qdsum, std::size_t nb, float* y, const char* pf = nullptr) {
     const __m256i m4 = _mm256_set1_epi8(15), m15 = _mm256_set1_epi32(15),
                   m63 = _mm256_set1_epi32(63);
     __m256 acc = _mm256_setzero_ps(), macc = _mm256_setzero_ps();
     for (std::size_t b = 0; b < nb; ++b, a += 8, qd += 8, qdsum += 8) {
+      if (pf) prefetch_span<sizeof(quant::BlockQ4_Kx8)>(pf + b * sizeof(quant::BlockQ4_Kx8));
       const quant::BlockQ4_Kx8& x = w[b];
       const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x.d)));
       const __m256 dmin =
@@ -948,13 +958,17 @@ struct QuantImpl {
         rows_plain<F, kTable>(w, a, y, ldy, o_begin, 8 * g0);
         const auto* pk = static_cast<const typename quant::RepackedX8<F>::Block*>(w.packed);
         const std::size_t nb = w.blocks_per_row();
+        // The group's stream is contiguous and the next group follows it: one prefetch per
+        // block kX8PrefetchBytes ahead (first token only, the later ones find the lines cached).
         for (std::size_t g = g0; g < g1; ++g)
           for (std::size_t t = 0; t < a.T; ++t) {
+            const char* pf =
+                t == 0 ? reinterpret_cast<const char*>(pk + g * nb) + kX8PrefetchBytes : nullptr;
             if constexpr (std::is_same_v<F, quant::Q4_K>)
               dot_x8_q4k(pk + g * nb, a.q + t * a.ldq, a.qd + t * a.ldq, a.qdsum + t * a.ldq, nb,
-                         y + t * ldy + 8 * g);
+                         y + t * ldy + 8 * g, pf);
             else
-              dot_x8<F>(pk + g * nb, a.q + t * a.ldq, nb, y + t * ldy + 8 * g);
+              dot_x8<F>(pk + g * nb, a.q + t * a.ldq, nb, y + t * ldy + 8 * g, pf);
           }
         rows_plain<F, kTable>(w, a, y, ldy, 8 * g1, o_end);
         return;
