@@ -421,9 +421,9 @@ struct QuantImpl {
 
   // How far ahead of the block being read the 8-row kernels prefetch (prefetch_span, one block's
   // bytes per block step; pf = the group's first block + this). Measured at 18432 x 7168, 2
-  // threads (docs/performance.md, "x8 prefetch"): 1 KiB beat 512 B, 2 KiB, 4 KiB and the next
-  // group's same block (32-258 KiB ahead); none gave 0.55-0.62 of the read bandwidth, 1 KiB
-  // 0.72-0.92.
+  // threads (docs/performance.md, "Quantized decode GEMV toward 85 % of the read bandwidth"):
+  // 1 KiB beat 512 B, 2 KiB, 4 KiB and the next group's same block (32-258 KiB ahead); without a
+  // prefetch 0.56-0.62 of the read bandwidth, with 1 KiB 0.72-0.92.
   static constexpr std::size_t kX8PrefetchBytes = 1024;
 
   // Eight interleaved rows (quant::RepackedX8<F>, formats.hpp) against one activation row:
