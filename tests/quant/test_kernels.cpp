@@ -250,8 +250,10 @@ TEST_CASE("matmul_quant and embedding_quant report shape errors") {
 
 // The decode GEMV on the 8-row interleaved copy (QuantMatrix::repack): per row it adds, block by
 // block in order, fma(float(isum_b), float(d_w,b) * d_a,b, acc) with isum_b the exact integer
-// block sum (Q4_K: per 32-element sub-block s, fma(float(isum_s), (sc_s * d) * d_a,s, acc) and
-// the mins fma(m_s * dmin, d_a,s * sum(a_s), macc), y = acc - macc); the model below computes
+// block sum (Q4_K: per 32-element sub-block s of a super-block td = fma(float(sc_s isum_s), d_a,s,
+// td), the mins in four chains t_k = fma(float(m_k+4), Q_k+4, float(m_k) Q_k) with
+// Q_s = d_a,s * sum(a_s), tm = (t_0 + t_1) + (t_2 + t_3), then acc = fma(td, d, acc) and
+// macc = fma(tm, dmin, macc), y = acc - macc); the model below computes
 // the same in scalar code and must match bit for bit on the SIMD ISAs (the portable TU ignores
 // the copy and must match the plain kernel). Against the plain kernels (dot4 / dot: 8 lanes per
 // row summed at the end) only the float order differs:
@@ -270,6 +272,7 @@ float x8_model(const QuantMatrixView<F>& w, std::size_t o, const BlockQ8Act* a, 
     const auto& blk = w.row(o)[b];
     if constexpr (std::is_same_v<F, Q4_K>) {
       const float d = blk.d.to_float(), dmin = blk.dmin.to_float();
+      float td = 0, tq[8];
       for (int sb = 0; sb < 8; ++sb) {
         const BlockQ8Act& ab = a[8 * b + sb];
         int sc, m, isum = 0, isum_abs = 0;
@@ -280,11 +283,13 @@ float x8_model(const QuantMatrixView<F>& w, std::size_t o, const BlockQ8Act* a, 
           isum_abs += q * std::abs(ab.qs[l]);
         }
         const float qdsum = ab.d * static_cast<float>(ab.sum[0] + ab.sum[1]);
-        const float s = static_cast<float>(sc) * d * ab.d;
-        acc = std::fma(static_cast<float>(isum), s, acc);
-        macc = std::fma(static_cast<float>(m) * dmin, qdsum, macc);
-        *mag += std::abs(double(isum_abs) * s) + std::abs(double(m) * dmin * qdsum);
+        td = std::fma(static_cast<float>(sc * isum), ab.d, td);
+        tq[sb] = sb < 4 ? static_cast<float>(m) * qdsum
+                        : std::fma(static_cast<float>(m), qdsum, tq[sb - 4]);
+        *mag += std::abs(double(isum_abs) * sc * d * ab.d) + std::abs(double(m) * dmin * qdsum);
       }
+      acc = std::fma(td, d, acc);
+      macc = std::fma((tq[4] + tq[5]) + (tq[6] + tq[7]), dmin, macc);
       continue;
     }
     int isum = 0, isum_abs = 0;

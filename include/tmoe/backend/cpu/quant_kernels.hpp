@@ -16,9 +16,11 @@
 //     With the 8-row interleaved copy (QuantMatrixView::packed, quant/formats.hpp repack_x8),
 //     Q4_0, Q8_0 and Q4_K run dot_x8 / dot_x8_q4k instead: 4 bytes of each of 8 rows per load
 //     against 4 broadcast activation bytes, the 8 rows' integer sums in the 8 lanes, one F16C
-//     conversion and one FMA per 8 row-blocks (Q4_K: per sub-block), no horizontal sums. Per row
-//     the float terms are the plain kernels', summed block by block (see docs/quantization.md
-//     for the bound against the plain kernels).
+//     conversion and one FMA per 8 row-blocks (Q4_K: the 6-bit scale applied in the integer
+//     pair-add, one FMA per sub-block, d and dmin once per super-block), no horizontal sums;
+//     Q4_0 / Q8_0 two groups (16 rows) per pass sharing the broadcasts, a software prefetch
+//     kX8PrefetchBytes ahead. Per row the float terms are the plain kernels', summed in another
+//     order (see docs/quantization.md for the bound against the plain kernels).
 //   NF4: float activations; codes decoded with two 8-entry permutes and a blend on bit 3.
 //   Fp8Block: float activations; e4m3 decoded as f16 (S.EEEE.MMM -> S.0EEEE.MMM0000000, exact
 //     for normals and subnormals, value / 256) and widened by F16C; the 2^8 is folded into the
@@ -417,6 +419,13 @@ struct QuantImpl {
     return _mm256_set1_epi32(v);
   }
 
+  // How far ahead of the block being read the 8-row kernels prefetch (prefetch_span, one block's
+  // bytes per block step; pf = the group's first block + this). Measured at 18432 x 7168, 2
+  // threads (docs/performance.md, "Quantized decode GEMV toward 85 % of the read bandwidth"):
+  // 1 KiB beat 512 B, 2 KiB, 4 KiB and the next group's same block (32-258 KiB ahead); without a
+  // prefetch 0.56-0.62 of the read bandwidth, with 1 KiB 0.72-0.92.
+  static constexpr std::size_t kX8PrefetchBytes = 1024;
+
   // Eight interleaved rows (quant::RepackedX8<F>, formats.hpp) against one activation row:
   // y[r] for r < 8. Lane r of the int32 vector is row r's exact integer block sum, so per row
   // the float arithmetic is, block by block in order,
@@ -426,69 +435,125 @@ struct QuantImpl {
   //   Q4_0: unsigned codes q (0..15) times the activation bytes (maddubs pairs |.| <= 2 * 15 * 127,
   //     eight of them summed in int16 stay <= 30480 < 2^15), minus 8 * sum(a) per block.
   //   Q8_0: the sign trick |w| * (sign(w) a) as in dot(BlockQ8_0), int32 per chunk.
-  template <class F>
+  // NG consecutive groups (8 NG rows, y[0 .. 8 NG)) share each activation block's broadcasts and
+  // scale; group j's blocks start at w + j * nb. Per row the arithmetic is the same for any NG.
+  template <class F, int NG = 1>
   static void dot_x8(const typename quant::RepackedX8<F>::Block* w, const Act* a, std::size_t nb,
-                     float* y) {
-    __m256 acc = _mm256_setzero_ps();
+                     float* y, const char* pf = nullptr) {
+    using Blk = typename quant::RepackedX8<F>::Block;
+    __m256 acc[NG];
+    for (int j = 0; j < NG; ++j) acc[j] = _mm256_setzero_ps();
     for (std::size_t b = 0; b < nb; ++b) {
-      const auto& x = w[b];
+      if (pf)
+        for (int j = 0; j < NG; ++j) prefetch_span<sizeof(Blk)>(pf + (j * nb + b) * sizeof(Blk));
       const Act& ab = a[b];
-      __m256i isum;
+      __m256i isum[NG];
       if constexpr (std::is_same_v<F, quant::Q4_0>) {
         const __m256i m4 = _mm256_set1_epi8(15);
 #if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-        isum = _mm256_setzero_si256();
+        for (int j = 0; j < NG; ++j) isum[j] = _mm256_setzero_si256();
         for (int k = 0; k < 4; ++k) {
-          const __m256i raw = load32(x.qs + 32 * k);
-          isum = dot_us_acc(isum, _mm256_and_si256(raw, m4), bcast4(ab.qs + 4 * k));
-          isum = dot_us_acc(isum, _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4),
-                            bcast4(ab.qs + 16 + 4 * k));
+          const __m256i alo = bcast4(ab.qs + 4 * k), ahi = bcast4(ab.qs + 16 + 4 * k);
+          for (int j = 0; j < NG; ++j) {
+            const __m256i raw = load32(w[j * nb + b].qs + 32 * k);
+            isum[j] = dot_us_acc(isum[j], _mm256_and_si256(raw, m4), alo);
+            isum[j] = dot_us_acc(isum[j], _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4), ahi);
+          }
         }
 #else
-        __m256i s16 = _mm256_setzero_si256();
+        __m256i s16[NG];
+        for (int j = 0; j < NG; ++j) s16[j] = _mm256_setzero_si256();
         for (int k = 0; k < 4; ++k) {
-          const __m256i raw = load32(x.qs + 32 * k);
-          s16 = _mm256_add_epi16(
-              s16, _mm256_maddubs_epi16(_mm256_and_si256(raw, m4), bcast4(ab.qs + 4 * k)));
-          s16 = _mm256_add_epi16(
-              s16, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(raw, 4), m4),
-                                        bcast4(ab.qs + 16 + 4 * k)));
+          const __m256i alo = bcast4(ab.qs + 4 * k), ahi = bcast4(ab.qs + 16 + 4 * k);
+          for (int j = 0; j < NG; ++j) {
+            const __m256i raw = load32(w[j * nb + b].qs + 32 * k);
+            s16[j] = _mm256_add_epi16(s16[j], _mm256_maddubs_epi16(_mm256_and_si256(raw, m4), alo));
+            s16[j] = _mm256_add_epi16(
+                s16[j], _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(raw, 4), m4), ahi));
+          }
         }
-        isum = _mm256_madd_epi16(s16, _mm256_set1_epi16(1));
+        for (int j = 0; j < NG; ++j) isum[j] = _mm256_madd_epi16(s16[j], _mm256_set1_epi16(1));
 #endif
-        isum = _mm256_sub_epi32(isum, _mm256_set1_epi32(8 * (ab.sum[0] + ab.sum[1])));
+        const __m256i c8 = _mm256_set1_epi32(8 * (ab.sum[0] + ab.sum[1]));
+        for (int j = 0; j < NG; ++j) isum[j] = _mm256_sub_epi32(isum[j], c8);
       } else {
-        isum = _mm256_setzero_si256();
+        for (int j = 0; j < NG; ++j) isum[j] = _mm256_setzero_si256();
         for (int k = 0; k < 8; ++k) {
-          const __m256i wq = load32(x.qs + 32 * k);
-          isum = dot_us_acc(isum, _mm256_sign_epi8(wq, wq),
-                            _mm256_sign_epi8(bcast4(ab.qs + 4 * k), wq));
+          const __m256i ak = bcast4(ab.qs + 4 * k);
+          for (int j = 0; j < NG; ++j) {
+            const __m256i wq = load32(w[j * nb + b].qs + 32 * k);
+            isum[j] = dot_us_acc(isum[j], _mm256_sign_epi8(wq, wq), _mm256_sign_epi8(ak, wq));
+          }
         }
       }
-      const __m256 s =
-          _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x.d))),
-                        _mm256_set1_ps(ab.d));
-      acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), s, acc);
+      const __m256 da = _mm256_set1_ps(ab.d);
+      for (int j = 0; j < NG; ++j) {
+        const __m256 s = _mm256_mul_ps(
+            _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w[j * nb + b].d))),
+            da);
+        acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[j]), s, acc[j]);
+      }
     }
-    _mm256_storeu_ps(y, acc);
+    for (int j = 0; j < NG; ++j) _mm256_storeu_ps(y + 8 * j, acc[j]);
   }
 
   // Q4_K on the interleaved copy (BlockQ4_Kx8): per 32-element sub-block s the 8 rows' integer
-  // sums of unsigned codes times activations (int16 as for Q4_0: <= 8 * 2 * 15 * 127), then per
-  // row, in sub-block order,
-  //   acc_r  = fma(float(isum_r,s), (float(sc_r,s) * d_r) * d_a,s, acc_r)
-  //   macc_r = fma(float(m_r,s) * dmin_r, d_a,s * sum(a_s), macc_r),   y_r = acc_r - macc_r
-  // (the terms of the plain dot(BlockQ4_K), summed in another order).
+  // sums of unsigned codes times activations, int16 pairs as for Q4_0 (<= 8 * 2 * 15 * 127),
+  // multiplied by the 6-bit scale in the pair-adding madd (exact: <= 2 * 30480 * 63 < 2^24), then
+  // per row, sub-block by sub-block within a super-block and super-block by super-block,
+  //   td = fma(float(sc_s * isum_s), d_a,s, td)   (td = 0 per super-block)
+  //   t_k = fma(float(m_k+4), Q_k+4, float(m_k) * Q_k) for k < 4, Q_s = d_a,s * sum(a_s),
+  //   tm = (t_0 + t_1) + (t_2 + t_3),   acc = fma(td, d, acc),   macc = fma(tm, dmin, macc)
+  //   y = acc - macc
+  // (the terms of the plain dot(BlockQ4_K), summed in another order; d and dmin are applied once
+  // per super-block). The 64 mins of a super-block are unpacked together with byte operations.
   static void dot_x8_q4k(const quant::BlockQ4_Kx8* w, const Act* a, const float* qd,
-                         const float* qdsum, std::size_t nb, float* y) {
-    const __m256i m4 = _mm256_set1_epi8(15), m15 = _mm256_set1_epi32(15),
-                  m63 = _mm256_set1_epi32(63);
+                         const float* qdsum, std::size_t nb, float* y, const char* pf = nullptr) {
+    const __m256i m4 = _mm256_set1_epi8(15), m63 = _mm256_set1_epi8(63),
+                  m30 = _mm256_set1_epi8(0x30);
+#if !(defined(__AVX512VNNI__) && defined(__AVX512VL__))
+    // Row r's scale as both int16 halves of lane r: sub-block 2c from bytes 0..7 of the 16 scale
+    // bytes, 2c + 1 from bytes 8..15 (each 128-bit half holds the 16 bytes).
+    const __m256i sel0 = _mm256_setr_epi8(0, -1, 0, -1, 1, -1, 1, -1, 2, -1, 2, -1, 3, -1, 3, -1, 4,
+                                          -1, 4, -1, 5, -1, 5, -1, 6, -1, 6, -1, 7, -1, 7, -1);
+    const __m256i sel1 =
+        _mm256_setr_epi8(8, -1, 8, -1, 9, -1, 9, -1, 10, -1, 10, -1, 11, -1, 11, -1, 12, -1, 12, -1,
+                         13, -1, 13, -1, 14, -1, 14, -1, 15, -1, 15, -1);
+#endif
     __m256 acc = _mm256_setzero_ps(), macc = _mm256_setzero_ps();
     for (std::size_t b = 0; b < nb; ++b, a += 8, qd += 8, qdsum += 8) {
+      if (pf) prefetch_span<sizeof(quant::BlockQ4_Kx8)>(pf + b * sizeof(quant::BlockQ4_Kx8));
       const quant::BlockQ4_Kx8& x = w[b];
-      const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x.d)));
-      const __m256 dmin =
-          _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x.dmin)));
+      // Mins: mlo byte 8c + r holds m_2c & 15 (low nibble) and m_2c+1 & 15 (high); sc byte 8s + r
+      // holds m_s >> 4 in its top two bits. mA = sub-blocks [0 1 | 4 5], mB = [2 3 | 6 7], 8
+      // bytes (rows) each.
+      __m256 tm = _mm256_setzero_ps();
+      {
+        const __m256i ml = load32(x.mlo), s03 = load32(x.sc), s47 = load32(x.sc + 32);
+        const __m256i lo = _mm256_and_si256(ml, m4),
+                      hi = _mm256_and_si256(_mm256_srli_epi16(ml, 4), m4);
+        const __m256i mA = _mm256_or_si256(
+            _mm256_unpacklo_epi64(lo, hi),
+            _mm256_and_si256(_mm256_srli_epi16(_mm256_permute2x128_si256(s03, s47, 0x20), 2), m30));
+        const __m256i mB = _mm256_or_si256(
+            _mm256_unpackhi_epi64(lo, hi),
+            _mm256_and_si256(_mm256_srli_epi16(_mm256_permute2x128_si256(s03, s47, 0x31), 2), m30));
+        const __m128i m01 = _mm256_castsi256_si128(mA), m45 = _mm256_extracti128_si256(mA, 1);
+        const __m128i m23 = _mm256_castsi256_si128(mB), m67 = _mm256_extracti128_si256(mB, 1);
+        const __m128i ms[8] = {
+            m01, _mm_unpackhi_epi64(m01, m01), m23, _mm_unpackhi_epi64(m23, m23),
+            m45, _mm_unpackhi_epi64(m45, m45), m67, _mm_unpackhi_epi64(m67, m67)};
+        // Four independent chains (one chain of 8 FMAs cost ~5 % of the kernel in latency).
+        __m256 t[4];
+        for (int sb = 0; sb < 4; ++sb)
+          t[sb] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(ms[sb])),
+                                _mm256_set1_ps(qdsum[sb]));
+        for (int sb = 4; sb < 8; ++sb)
+          t[sb - 4] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(ms[sb])),
+                                      _mm256_set1_ps(qdsum[sb]), t[sb - 4]);
+        tm = _mm256_add_ps(_mm256_add_ps(t[0], t[1]), _mm256_add_ps(t[2], t[3]));
+      }
+      __m256 td = _mm256_setzero_ps();
       for (int c = 0; c < 4; ++c) {
         const std::uint8_t* q = x.qs + 256 * c;
         const Act &a0 = a[2 * c], &a1 = a[2 * c + 1];
@@ -501,6 +566,10 @@ struct QuantImpl {
           ihi = dot_us_acc(ihi, _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4),
                            bcast4(a1.qs + 4 * j));
         }
+        const __m128i scb = _mm_and_si128(
+            _mm_loadu_si128(reinterpret_cast<const __m128i*>(x.sc + 16 * c)), _mm_set1_epi8(63));
+        ilo = _mm256_mullo_epi32(ilo, _mm256_cvtepu8_epi32(scb));
+        ihi = _mm256_mullo_epi32(ihi, _mm256_cvtepu8_epi32(_mm_unpackhi_epi64(scb, scb)));
 #else
         __m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256();
         for (int j = 0; j < 8; ++j) {
@@ -511,33 +580,19 @@ struct QuantImpl {
               s1, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(raw, 4), m4),
                                        bcast4(a1.qs + 4 * j)));
         }
-        ilo = _mm256_madd_epi16(s0, _mm256_set1_epi16(1));
-        ihi = _mm256_madd_epi16(s1, _mm256_set1_epi16(1));
+        const __m256i scb = _mm256_and_si256(_mm256_broadcastsi128_si256(_mm_loadu_si128(
+                                                 reinterpret_cast<const __m128i*>(x.sc + 16 * c))),
+                                             m63);
+        ilo = _mm256_madd_epi16(s0, _mm256_shuffle_epi8(scb, sel0));
+        ihi = _mm256_madd_epi16(s1, _mm256_shuffle_epi8(scb, sel1));
 #endif
-        const __m128i scb = _mm_loadu_si128(reinterpret_cast<const __m128i*>(x.sc + 16 * c));
-        const __m256i sb0 = _mm256_cvtepu8_epi32(scb),
-                      sb1 = _mm256_cvtepu8_epi32(_mm_srli_si128(scb, 8));
-        const __m256i mb =
-            _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(x.mlo + 8 * c)));
-        const __m256i m0 = _mm256_or_si256(_mm256_and_si256(mb, m15),
-                                           _mm256_slli_epi32(_mm256_srli_epi32(sb0, 6), 4));
-        const __m256i m1 = _mm256_or_si256(_mm256_srli_epi32(mb, 4),
-                                           _mm256_slli_epi32(_mm256_srli_epi32(sb1, 6), 4));
-        acc = _mm256_fmadd_ps(
-            _mm256_cvtepi32_ps(ilo),
-            _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_and_si256(sb0, m63)), d),
-                          _mm256_set1_ps(qd[2 * c])),
-            acc);
-        acc = _mm256_fmadd_ps(
-            _mm256_cvtepi32_ps(ihi),
-            _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_and_si256(sb1, m63)), d),
-                          _mm256_set1_ps(qd[2 * c + 1])),
-            acc);
-        macc = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(m0), dmin),
-                               _mm256_set1_ps(qdsum[2 * c]), macc);
-        macc = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(m1), dmin),
-                               _mm256_set1_ps(qdsum[2 * c + 1]), macc);
+        td = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ilo), _mm256_set1_ps(qd[2 * c]), td);
+        td = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ihi), _mm256_set1_ps(qd[2 * c + 1]), td);
       }
+      acc = _mm256_fmadd_ps(
+          td, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x.d))), acc);
+      macc = _mm256_fmadd_ps(
+          tm, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x.dmin))), macc);
     }
     _mm256_storeu_ps(y, _mm256_sub_ps(acc, macc));
   }
@@ -948,14 +1003,24 @@ struct QuantImpl {
         rows_plain<F, kTable>(w, a, y, ldy, o_begin, 8 * g0);
         const auto* pk = static_cast<const typename quant::RepackedX8<F>::Block*>(w.packed);
         const std::size_t nb = w.blocks_per_row();
-        for (std::size_t g = g0; g < g1; ++g)
+        // The group's stream is contiguous and the next group follows it: one prefetch per
+        // block kX8PrefetchBytes ahead (first token only, the later ones find the lines cached).
+        // Q4_0 and Q8_0 take two groups per pass (their activation broadcasts shared).
+        for (std::size_t g = g0; g < g1;) {
+          const bool two = !std::is_same_v<F, quant::Q4_K> && g + 2 <= g1;
           for (std::size_t t = 0; t < a.T; ++t) {
+            const char* pf =
+                t == 0 ? reinterpret_cast<const char*>(pk + g * nb) + kX8PrefetchBytes : nullptr;
             if constexpr (std::is_same_v<F, quant::Q4_K>)
               dot_x8_q4k(pk + g * nb, a.q + t * a.ldq, a.qd + t * a.ldq, a.qdsum + t * a.ldq, nb,
-                         y + t * ldy + 8 * g);
+                         y + t * ldy + 8 * g, pf);
+            else if (two)
+              dot_x8<F, 2>(pk + g * nb, a.q + t * a.ldq, nb, y + t * ldy + 8 * g, pf);
             else
-              dot_x8<F>(pk + g * nb, a.q + t * a.ldq, nb, y + t * ldy + 8 * g);
+              dot_x8<F>(pk + g * nb, a.q + t * a.ldq, nb, y + t * ldy + 8 * g, pf);
           }
+          g += two ? 2 : 1;
+        }
         rows_plain<F, kTable>(w, a, y, ldy, 8 * g1, o_end);
         return;
       }
