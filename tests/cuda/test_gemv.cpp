@@ -36,6 +36,16 @@ void check_rows(const std::vector<float>& y, const std::vector<double>& ref,
   CHECK(r <= 1.0);
 }
 
+// Random e4m3 weights: every finite pattern (subnormals included), never a NaN.
+void fill_e4m3(std::vector<f8_e4m3>& w, std::mt19937_64& rng) {
+  for (auto& v : w) {
+    std::uint8_t b;
+    do b = std::uint8_t(rng());
+    while ((b & 0x7f) == 0x7f);  // no NaN patterns
+    v = f8_e4m3::from_bits(b);
+  }
+}
+
 template <class X>
 void run_bf16(const Shape& s, std::uint64_t seed) {
   const auto w = test::rounded<bf16>(test::random_floats(s.out * s.ldw, seed, -1.f, 1.f));
@@ -59,12 +69,7 @@ template <class X>
 void run_fp8(const Shape& s, std::uint64_t seed) {
   std::mt19937_64 rng(seed);
   std::vector<f8_e4m3> w(s.out * s.ldw);
-  for (auto& v : w) {
-    std::uint8_t b;
-    do b = std::uint8_t(rng());
-    while ((b & 0x7f) == 0x7f);  // no NaN patterns
-    v = f8_e4m3::from_bits(b);
-  }
+  fill_e4m3(w, rng);
   const std::size_t rb = (s.out + 127) / 128, cb = (s.in + 127) / 128;
   // DeepSeek-like scales: max|w| / 448 for weights of magnitude ~1e-2..1, spread over blocks.
   auto scale = test::random_floats(rb * cb, seed + 2, 1e-5f, 3e-3f);
@@ -143,12 +148,7 @@ void run_gather(std::size_t out, std::size_t in, bool x_per, std::uint64_t seed)
   std::vector<W> w(pool * per);
   std::mt19937_64 rng(seed);
   if constexpr (kFp8) {
-    for (auto& v : w) {
-      std::uint8_t b;
-      do b = std::uint8_t(rng());
-      while ((b & 0x7f) == 0x7f);
-      v = f8_e4m3::from_bits(b);
-    }
+    fill_e4m3(w, rng);
   } else {
     w = test::rounded<bf16>(test::random_floats(pool * per, seed, -1.f, 1.f));
   }
@@ -209,12 +209,7 @@ void run_normed(std::size_t out, std::size_t in, bool with_delta, bool swiglu, s
   std::vector<W> w(rows * in);
   std::mt19937_64 rng(seed);
   if constexpr (kFp8) {
-    for (auto& v : w) {
-      std::uint8_t b;
-      do b = std::uint8_t(rng());
-      while ((b & 0x7f) == 0x7f);
-      v = f8_e4m3::from_bits(b);
-    }
+    fill_e4m3(w, rng);
   } else if constexpr (std::is_same_v<W, bf16>) {
     w = test::rounded<bf16>(test::random_floats(rows * in, seed, -1.f, 1.f));
   } else {

@@ -64,6 +64,28 @@ struct SampleArgs {
 
 namespace sample_detail {
 
+// The history the penalty reads (hist_len tokens) and the index of the draw's uniform, as
+// SampleArgs describes them (with advance: from the step's position; else history_len and row).
+__device__ TMOE_INLINE void draw_inputs(const SampleArgs& a, int row, long long& hist_len,
+                                        long long& uidx) {
+  hist_len = (long long)a.history_len, uidx = row;
+  if (a.advance) {
+    hist_len = a.history ? (long long)(*a.advance) + 1 : 0;
+    uidx = (long long)(*a.advance) + 1;
+  }
+}
+
+// Stores the drawn token of `row`; with advance, moves the step to the next position and records
+// the token there (as argmax_kernel does). One thread.
+__device__ TMOE_INLINE void emit_token(const SampleArgs& a, int row, std::int32_t tok) {
+  a.token[row] = tok;
+  if (a.advance) {
+    const int p = *a.advance + 1;
+    *a.advance = p;
+    if (a.history_out) a.history_out[p] = tok;
+  }
+}
+
 // Order-preserving map of a float to uint32 (larger float, larger key); NaN never asked.
 __device__ TMOE_INLINE std::uint32_t ordered(float f) {
   const std::uint32_t b = __float_as_uint(f);
@@ -198,12 +220,8 @@ __global__ void __launch_bounds__(kSampleThreads) sample_kernel(SampleArgs a) {
   float* row = a.logits + std::size_t(blockIdx.x) * a.V;
   const int V = int(a.V);
   const std::int32_t* hist = a.history;
-  long long hist_len = (long long)a.history_len;
-  long long uidx = blockIdx.x;
-  if (a.advance) {
-    hist_len = hist ? (long long)(*a.advance) + 1 : 0;
-    uidx = (long long)(*a.advance) + 1;
-  }
+  long long hist_len = 0, uidx = 0;
+  draw_inputs(a, blockIdx.x, hist_len, uidx);
   // 1. Repetition penalty: entry j of the window applies iff no earlier entry holds its id.
   if (a.penalty != 1.f && hist && hist_len > 0) {
     const long long w = min(hist_len, (long long)max(0, a.window)), j0 = hist_len - w;
@@ -420,14 +438,7 @@ __global__ void __launch_bounds__(kSampleThreads) sample_kernel(SampleArgs a) {
     if (tid == 0) result = s_tok < 0 ? 0 : s_tok;  // no drawable token (all NaN): 0
   }
   __syncthreads();
-  if (tid == 0) {
-    a.token[blockIdx.x] = result;
-    if (a.advance) {
-      const int p = *a.advance + 1;
-      *a.advance = p;
-      if (a.history_out) a.history_out[p] = result;
-    }
-  }
+  if (tid == 0) emit_token(a, blockIdx.x, result);
 }
 
 // ---- One row across the GPU: sample_grid_kernel (cooperative launch) ---------------------------
@@ -483,11 +494,8 @@ __global__ void __launch_bounds__(kSampleGridThreads)
   unsigned phase = 0;
   pdl_wait();
   const std::int32_t* hist = a.history;
-  long long hist_len = (long long)a.history_len, uidx = 0;
-  if (a.advance) {
-    hist_len = hist ? (long long)(*a.advance) + 1 : 0;
-    uidx = (long long)(*a.advance) + 1;
-  }
+  long long hist_len = 0, uidx = 0;
+  draw_inputs(a, 0, hist_len, uidx);
   if (cached)
     for (int j = tid; j < n; j += nt) slice[j] = row[lo + j];
   __syncthreads();
@@ -545,15 +553,8 @@ __global__ void __launch_bounds__(kSampleGridThreads)
       s_arg = first;
     }
     __syncthreads();
-    if (blk == (s_arg < 0 ? 0 : s_arg) && tid == 0) {
-      const int tok = s_arg < 0 || bi == 0x7fffffff ? 0 : bi;
-      a.token[0] = tok;
-      if (a.advance) {
-        const int p = *a.advance + 1;
-        *a.advance = p;
-        if (a.history_out) a.history_out[p] = tok;
-      }
-    }
+    if (blk == (s_arg < 0 ? 0 : s_arg) && tid == 0)
+      emit_token(a, 0, s_arg < 0 || bi == 0x7fffffff ? 0 : bi);
     return;
   }
   __shared__ unsigned hc[256];
@@ -726,14 +727,7 @@ __global__ void __launch_bounds__(kSampleGridThreads)
   __syncthreads();
   const Fx all = s_all;
   if (all == 0) {  // nothing drawable (all NaN): token 0
-    if (blk == 0 && tid == 0) {
-      a.token[0] = 0;
-      if (a.advance) {
-        const int p = *a.advance + 1;
-        *a.advance = p;
-        if (a.history_out) a.history_out[p] = 0;
-      }
-    }
+    if (blk == 0 && tid == 0) emit_token(a, 0, 0);
     return;
   }
   Fx target = Fx(a.u[uidx] * double(all));
@@ -755,15 +749,7 @@ __global__ void __launch_bounds__(kSampleGridThreads)
     s_tok = pick;
   }
   __syncthreads();
-  if (tid == 0) {
-    const int tok = s_tok < 0 ? 0 : s_tok;
-    a.token[0] = tok;
-    if (a.advance) {
-      const int p = *a.advance + 1;
-      *a.advance = p;
-      if (a.history_out) a.history_out[p] = tok;
-    }
-  }
+  if (tid == 0) emit_token(a, 0, s_tok < 0 ? 0 : s_tok);
 }
 
 }  // namespace tmoe::cuda
