@@ -179,6 +179,39 @@ TEST_CASE_TEMPLATE("quantized matmul matches the reference on every ISA (Int8Row
   });
 }
 
+// The FP8 GEMV scales x by a power of two chosen from max |x| (prep_fp8_x) so that its f32
+// products of e4m3 / 2^120 stay clear of f32 subnormals: tiny and huge activations keep the
+// float bound of check_format, and an Inf or NaN activation gives what the reference gives.
+TEST_CASE("FP8 GEMV keeps float precision for tiny, huge and non-finite activations") {
+  ThreadPool pool(2);
+  test::for_each_isa([&](const cpu::KernelTable& k) {
+    const std::size_t out = 6, in = 384 + 40;
+    const auto w = random_matrix<Fp8Block>(out, in, 77);
+    for (const float scale : {1e-35f, 1e-12f, 1.f, 1e25f, 1e34f}) {
+      Matrix<float> x(1, in), y(1, out), r(1, out);
+      const auto xf = test::random_floats(in, 78, -2.f, 2.f);
+      for (std::size_t i = 0; i < in; ++i) x(0, i) = xf[i] * scale;
+      cpu::matmul_quant<Fp8Block>(pool, w.view(), x.cview(), y.view(), k);
+      reference::matmul_quant<Fp8Block>(w.view(), x.cview(), r.view());
+      for (std::size_t o = 0; o < out; ++o) {
+        const double m = term_magnitude(w.view(), o, &x(0, 0));
+        CHECK(m > 0);
+        REQUIRE(std::abs(double(y(0, o)) - r(0, o)) <= 2 * (double(in) / 16 + 24) * kEps * m);
+      }
+      x(0, 200) = std::numeric_limits<float>::infinity();
+      cpu::matmul_quant<Fp8Block>(pool, w.view(), x.cview(), y.view(), k);
+      reference::matmul_quant<Fp8Block>(w.view(), x.cview(), r.view());
+      for (std::size_t o = 0; o < out; ++o) {
+        REQUIRE(!std::isfinite(r(0, o)));
+        if (std::isnan(r(0, o)))
+          CHECK(std::isnan(y(0, o)));
+        else
+          CHECK(y(0, o) == r(0, o));
+      }
+    }
+  });
+}
+
 TEST_CASE("edge values: max magnitudes, zeros, subnormal and NaN FP8") {
   ThreadPool pool(2);
   test::for_each_isa([&](const cpu::KernelTable& k) {

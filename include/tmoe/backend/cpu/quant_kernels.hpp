@@ -22,12 +22,17 @@
 //     kX8PrefetchBytes ahead. Per row the float terms are the plain kernels', summed in another
 //     order (see docs/quantization.md for the bound against the plain kernels).
 //   NF4: float activations; codes decoded with two 8-entry permutes and a blend on bit 3.
-//   Fp8Block: float activations; e4m3 decoded as f16 (S.EEEE.MMM -> S.0EEEE.MMM0000000, exact
-//     for normals and subnormals, value / 256) and widened by F16C; the 2^8 is folded into the
-//     128-column block's scale; the GEMV runs two rows per pass so each x vector is loaded once
-//     for both. The bit trick alone would decode the e4m3 NaN pattern (S.1111.111) as 480, so
-//     each 32-byte load also folds max(byte | 0x80) into a flag vector (two integer ops) and a
-//     row holding a NaN weight gives NaN, as in the reference.
+//   Fp8Block: float activations. The GEMV runs two rows per pass (dot_fp8_pair, each x vector
+//     loaded once for both) with a shuffle-free decode: byte k of each 32-bit lane shifted to the
+//     top, srai 4 and a mask give f32 bits S.0000EEEE.MMM0.. = the weight times 2^-120 (exact
+//     for normals and subnormals), against x prepared once per call (prep_fp8_x: 32 columns
+//     transposed 8 x 4 to match the lanes, times 2^e with e from max |x| so that products stay
+//     clear of f32 subnormals); 2^(120 - e) is folded into the 128-column block's scale.
+//     Single rows and the partial last block decode e4m3 as f16 (S.EEEE.MMM ->
+//     S.0EEEE.MMM0000000, value / 256) widened by F16C. The bit tricks alone would decode the
+//     e4m3 NaN pattern (S.1111.111) as a number, so each 32-byte load also folds
+//     max(byte | 0x80) into a flag vector (two integer ops) and a row holding a NaN weight gives
+//     NaN, as in the reference.
 //     rows_fp8_block_table is the same product with a 256-entry float table and gathers, kept to
 //     measure the two decodes against each other (bench_quant).
 // The portable TU runs scalar loops with the same arithmetic (integer block sums, float
@@ -40,6 +45,7 @@
 
 #include <algorithm>
 #include <bit>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -747,24 +753,25 @@ struct QuantImpl {
     return tail;
   }
 #if defined(TMOE_QUANT_AVX2)
-  // Two rows against one x (GEMV): each x vector is loaded once for both rows. Full 128-column
-  // blocks here, the partial last block by dot_fp8.
+  // Two rows against one x (GEMV): full 128-column blocks here, the partial last block by
+  // dot_fp8 on the plain x. xp is x prepared by prep_fp8_x (each 32 columns transposed 8 x 4,
+  // times 2^e) and xmul = 2^(120 - e).
+  // e4m3 -> f32 without a shuffle: each 32-bit lane of a 32-byte load holds 4 weights (columns
+  // 4j .. 4j + 3 of the 32); byte k is shifted to the top (slli 24 - 8k), then srai 4 and a mask
+  // keep S.EEEE.MMM as f32's sign, low 4 exponent bits and top 3 mantissa bits: the weight times
+  // 2^-120, exact for normals and subnormals (an f32 subnormal for e4m3's). The x scale 2^e puts
+  // the products far from f32's subnormal range. Per 32 weights: 7 shifts, 4 ands, 4 FMAs; the
+  // f16 decode + F16C conversion it replaced ran at ~0.7x its speed (docs/quantization.md).
   static void dot_fp8_pair(const f8_e4m3* w0, const f8_e4m3* w1, const float* s0, const float* s1,
-                           const float* x, std::size_t cols, float& y0, float& y1,
-                           const f8_e4m3* next0, const f8_e4m3* next1) {
-    const __m256i keep = _mm256_set1_epi16(static_cast<short>(0xbfff));
+                           const float* x, const float* xp, float xmul, std::size_t cols, float& y0,
+                           float& y1, const f8_e4m3* next0, const f8_e4m3* next1) {
     const __m256i top = _mm256_set1_epi8(static_cast<char>(0x80));
+    const __m256i fmask = _mm256_set1_epi32(static_cast<int>(0x87f00000u));
     const std::size_t nfull = cols / 128;
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
     __m256i nan0 = _mm256_setzero_si256(), nan1 = _mm256_setzero_si256();  // as in dot_fp8
-    // e4m3 -> f16 / 256 for 32 bytes; lanes as in dot_fp8 (0..7 | 16..23 and 8..15 | 24..31).
-    auto decode = [&](const std::uint8_t* p, __m256i& lo, __m256i& hi, __m256i& nan) {
-      const __m256i raw = load32(p);
-      nan = _mm256_max_epu8(nan, _mm256_or_si256(raw, top));
-      lo = _mm256_and_si256(_mm256_srai_epi16(_mm256_unpacklo_epi8(_mm256_setzero_si256(), raw), 1),
-                            keep);
-      hi = _mm256_and_si256(_mm256_srai_epi16(_mm256_unpackhi_epi8(_mm256_setzero_si256(), raw), 1),
-                            keep);
+    auto top_byte = [&](__m256i r) {
+      return _mm256_castsi256_ps(_mm256_and_si256(_mm256_srai_epi32(r, 4), fmask));
     };
     for (std::size_t kb = 0; kb < nfull; ++kb) {
       const auto* p0 = reinterpret_cast<const std::uint8_t*>(w0 + kb * 128);
@@ -774,23 +781,23 @@ struct QuantImpl {
       __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), c0 = _mm256_setzero_ps(),
              c1 = _mm256_setzero_ps();
       for (std::size_t i = 0; i < 128; i += 32) {
-        const float* xi = x + kb * 128 + i;
+        const float* xi = xp + kb * 128 + i;
         const __m256 x0 = _mm256_loadu_ps(xi), x1 = _mm256_loadu_ps(xi + 8),
                      x2 = _mm256_loadu_ps(xi + 16), x3 = _mm256_loadu_ps(xi + 24);
-        __m256i lo, hi;
-        decode(p0 + i, lo, hi, nan0);
-        a0 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm256_castsi256_si128(lo)), x0, a0);
-        a1 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm256_castsi256_si128(hi)), x1, a1);
-        a0 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm256_extracti128_si256(lo, 1)), x2, a0);
-        a1 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm256_extracti128_si256(hi, 1)), x3, a1);
-        decode(p1 + i, lo, hi, nan1);
-        c0 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm256_castsi256_si128(lo)), x0, c0);
-        c1 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm256_castsi256_si128(hi)), x1, c1);
-        c0 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm256_extracti128_si256(lo, 1)), x2, c0);
-        c1 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm256_extracti128_si256(hi, 1)), x3, c1);
+        const __m256i r0 = load32(p0 + i), r1 = load32(p1 + i);
+        nan0 = _mm256_max_epu8(nan0, _mm256_or_si256(r0, top));
+        nan1 = _mm256_max_epu8(nan1, _mm256_or_si256(r1, top));
+        a0 = _mm256_fmadd_ps(top_byte(_mm256_slli_epi32(r0, 24)), x0, a0);
+        a1 = _mm256_fmadd_ps(top_byte(_mm256_slli_epi32(r0, 16)), x1, a1);
+        a0 = _mm256_fmadd_ps(top_byte(_mm256_slli_epi32(r0, 8)), x2, a0);
+        a1 = _mm256_fmadd_ps(top_byte(r0), x3, a1);
+        c0 = _mm256_fmadd_ps(top_byte(_mm256_slli_epi32(r1, 24)), x0, c0);
+        c1 = _mm256_fmadd_ps(top_byte(_mm256_slli_epi32(r1, 16)), x1, c1);
+        c0 = _mm256_fmadd_ps(top_byte(_mm256_slli_epi32(r1, 8)), x2, c0);
+        c1 = _mm256_fmadd_ps(top_byte(r1), x3, c1);
       }
-      acc0 = _mm256_fmadd_ps(_mm256_add_ps(a0, a1), _mm256_set1_ps(s0[kb] * 256.f), acc0);
-      acc1 = _mm256_fmadd_ps(_mm256_add_ps(c0, c1), _mm256_set1_ps(s1[kb] * 256.f), acc1);
+      acc0 = _mm256_fmadd_ps(_mm256_add_ps(a0, a1), _mm256_set1_ps(s0[kb] * xmul), acc0);
+      acc1 = _mm256_fmadd_ps(_mm256_add_ps(c0, c1), _mm256_set1_ps(s1[kb] * xmul), acc1);
     }
     const __m256i ff = _mm256_set1_epi8(-1);
     y0 = _mm256_movemask_epi8(_mm256_cmpeq_epi8(nan0, ff)) ? std::numeric_limits<float>::quiet_NaN()
@@ -802,6 +809,41 @@ struct QuantImpl {
       y0 += dot_fp8<false>(w0 + c, s0 + nfull, x + c, cols - c);
       y1 += dot_fp8<false>(w1 + c, s1 + nfull, x + c, cols - c);
     }
+  }
+
+  // xp[0 .. cols rounded down to 128) = x for dot_fp8_pair: within each 32 columns,
+  // xp[8k + j] = x[4j + k] * 2^e, e chosen so that max |x| * 2^e is about 2^100 (e = 0 when x
+  // holds an Inf or NaN, or is all zero). Returns 2^(120 - e), the factor of each block's sum.
+  static float prep_fp8_x(const float* x, std::size_t cols, float* xp) {
+    const std::size_t n = cols / 128 * 128;
+    const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    __m256 mv = _mm256_setzero_ps();
+    for (std::size_t i = 0; i < n; i += 8)  // max_ps(m, NaN) keeps the NaN
+      mv = _mm256_max_ps(_mm256_and_ps(_mm256_loadu_ps(x + i), abs_mask), mv);
+    alignas(32) float mm[8];
+    _mm256_store_ps(mm, mv);
+    float m = 0;
+    for (float v : mm) m = std::isnan(v) ? v : std::max(m, v);
+    int e = 0;
+    if (m > 0 && std::isfinite(m)) e = std::clamp(100 - std::ilogb(m), 0, 127);
+    const __m256 f = _mm256_set1_ps(std::ldexp(1.0f, e));
+    for (std::size_t c = 0; c < n; c += 32) {
+      // rows (x0..3 | x16..19), (x4..7 | x20..23), (x8..11 | x24..27), (x12..15 | x28..31),
+      // then a 4 x 4 transpose in each 128-bit lane: out k = (x[k], x[4 + k], ..., x[28 + k]).
+      const __m256 v0 = _mm256_loadu_ps(x + c), v1 = _mm256_loadu_ps(x + c + 8),
+                   v2 = _mm256_loadu_ps(x + c + 16), v3 = _mm256_loadu_ps(x + c + 24);
+      const __m256 r0 = _mm256_permute2f128_ps(v0, v2, 0x20),
+                   r1 = _mm256_permute2f128_ps(v0, v2, 0x31),
+                   r2 = _mm256_permute2f128_ps(v1, v3, 0x20),
+                   r3 = _mm256_permute2f128_ps(v1, v3, 0x31);
+      const __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1),
+                   t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+      _mm256_storeu_ps(xp + c, _mm256_mul_ps(_mm256_shuffle_ps(t0, t2, 0x44), f));
+      _mm256_storeu_ps(xp + c + 8, _mm256_mul_ps(_mm256_shuffle_ps(t0, t2, 0xee), f));
+      _mm256_storeu_ps(xp + c + 16, _mm256_mul_ps(_mm256_shuffle_ps(t1, t3, 0x44), f));
+      _mm256_storeu_ps(xp + c + 24, _mm256_mul_ps(_mm256_shuffle_ps(t1, t3, 0xee), f));
+    }
+    return std::ldexp(1.0f, 120 - e);
   }
 #endif
 
@@ -1033,6 +1075,23 @@ struct QuantImpl {
   static void rows_plain(const quant::QuantMatrixView<F>& w, const QuantActs& a, float* y,
                          std::size_t ldy, std::size_t o_begin, std::size_t o_end) {
     constexpr std::size_t kRowTile = 16, kTokenTile = 32;
+#if defined(TMOE_QUANT_AVX2)
+    // Fp8Block: x prepared once per call for dot_fp8_pair (up to kFp8PairMaxT tokens; more
+    // run dot_fp8 row by row: only the table variant and direct calls get there, prefill
+    // takes the GEMM).
+    constexpr std::size_t kFp8PairMaxT = 32;
+    [[maybe_unused]] const float* xp = nullptr;
+    [[maybe_unused]] float xmul[kFp8PairMaxT] = {};
+    if constexpr (std::is_same_v<F, quant::Fp8Block> && !kTable) {
+      if (a.T <= kFp8PairMaxT && o_end - o_begin >= 2) {
+        thread_local detail::ScratchBuffer scratch;
+        float* p = scratch.get(a.T * w.cols);
+        for (std::size_t t = 0; t < a.T; ++t)
+          xmul[t] = prep_fp8_x(a.x + t * a.ldx, w.cols, p + t * w.cols);
+        xp = p;
+      }
+    }
+#endif
     for (std::size_t ob = o_begin; ob < o_end; ob += kRowTile) {
       const std::size_t oe = std::min(o_end, ob + kRowTile);
       for (std::size_t tb = 0; tb < a.T; tb += kTokenTile) {
@@ -1040,12 +1099,12 @@ struct QuantImpl {
         std::size_t o = ob;
 #if defined(TMOE_QUANT_AVX2)
         if constexpr (std::is_same_v<F, quant::Fp8Block> && !kTable)
-          for (; o + 2 <= oe; o += 2)
+          for (; xp && o + 2 <= oe; o += 2)
             for (std::size_t t = tb; t < te; ++t)
               dot_fp8_pair(w.row(o), w.row(o + 1), w.scales + (o / 128) * w.scale_stride,
-                           w.scales + ((o + 1) / 128) * w.scale_stride, a.x + t * a.ldx, w.cols,
-                           y[t * ldy + o], y[t * ldy + o + 1], w.row(o) + 2 * w.row_stride,
-                           w.row(o) + 3 * w.row_stride);
+                           w.scales + ((o + 1) / 128) * w.scale_stride, a.x + t * a.ldx,
+                           xp + t * w.cols, xmul[t], w.cols, y[t * ldy + o], y[t * ldy + o + 1],
+                           w.row(o) + 2 * w.row_stride, w.row(o) + 3 * w.row_stride);
         if constexpr (std::is_same_v<F, quant::Q4_0> || std::is_same_v<F, quant::Q8_0>)
           for (; o + 4 <= oe; o += 4)
             for (std::size_t t = tb; t < te; ++t) {
