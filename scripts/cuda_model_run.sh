@@ -7,6 +7,8 @@
 # same shapes in the same call. The command behind docs/cuda.md's model tables.
 #   scripts/cuda_model_run.sh [OUT_DIR]     (from the repository root; default build-cuda-model)
 #   BUILD_ONLY=1: build, run nothing. TEST_DATA=dir: the fixtures (default tests/data).
+#   PCRE_LIBS: how to link PCRE2 (default -lpcre2-8; e.g. -l:libpcre2-8.so.0 without the dev
+#   package's symlink).
 set -euo pipefail
 out=${1:-build-cuda-model}
 mkdir -p "$out"
@@ -28,7 +30,7 @@ fail=0
 for p in "${pids[@]}"; do wait "$p" || fail=1; done
 if [ "$fail" != 0 ]; then cat "$out/ptxas.txt"; echo "build failed"; exit 1; fi
 objs=$(for f in tests/cuda/*.cpp; do echo "$out/$(basename "$f").o"; done)
-"$NVCC" -o "$out/test_cuda" $objs "$out/api_impl.o" -lcublas
+"$NVCC" -o "$out/test_cuda" $objs "$out/api_impl.o" -lcublas ${PCRE_LIBS:--lpcre2-8}
 "$NVCC" -o "$out/bench_cuda_model" "$out/bench_model.cpp.o" "$out/api_impl.o" -lcublas
 "$NVCC" -o "$out/bench_cuda_deepseek" "$out/bench_deepseek.cpp.o" "$out/api_impl.o" -lcublas
 echo "built $out/test_cuda $out/bench_cuda_model $out/bench_cuda_deepseek $out/bench_cuda_mla $out/bench_cuda_gemm"

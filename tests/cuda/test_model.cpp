@@ -8,6 +8,7 @@
 // prefill rounds activations to bf16, within 3e-2 * max |cpu|.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <fstream>
@@ -18,7 +19,9 @@
 
 #include "tmoe/backend/cuda/gqa_model.hpp"
 #include "tmoe/io/safetensors.hpp"
+#include "tmoe/io/tokenizer.hpp"
 #include "tmoe/models/model.hpp"
+#include "tmoe/runtime/session.hpp"
 
 using namespace tmoe;
 
@@ -199,6 +202,60 @@ TEST_CASE("GPU sampled continuations (generate_sampled)") {
   }
   CHECK(got == host);
   WARN_MESSAGE(host != want, "the penalty did not change the continuation");
+}
+
+// Session::generate on a GPU model draws on the device (Model::generate_on_device ->
+// generate_sampled_stream): the tokens of generate_sampled with the same config, cut at a stop id
+// with the state holding exactly the session's tokens, and chunks of any size give the same ids.
+TEST_CASE("GPU Session generation (device sampling, streaming, stop ids)") {
+  std::ifstream f(fixture("qwen2") + "/greedy.json");
+  const auto j = nlohmann::json::parse(f);
+  const auto prompt = j["prompt_ids"].get<std::vector<std::int32_t>>();
+  const std::size_t n = 12;
+  auto m = gpu_model(fixture("qwen2"), {});
+  REQUIRE(m->has_device_generation());
+  SamplerConfig c;
+  c.temperature = 1.0f, c.top_p = 0.9f, c.seed = 11;
+  auto ref_state = m->new_state(prompt.size() + n);
+  const auto want = m->generate_sampled(*ref_state, prompt, n, c);
+  for (std::size_t chunk : {std::size_t{1}, std::size_t{5}, std::size_t{64}}) {
+    auto st = m->new_state(prompt.size() + n);
+    std::vector<std::int32_t> got;
+    const std::size_t k = m->generate_sampled_stream(
+        *st, prompt, n, c,
+        [&](std::int32_t id) {
+          got.push_back(id);
+          return true;
+        },
+        chunk);
+    CHECK(k == n);
+    CHECK(got == want);
+    CHECK(st->size() == prompt.size() + n - 1);
+  }
+  const auto tok = io::Tokenizer::from_file(std::string(TMOE_TEST_DATA_DIR) +
+                                            "/tokenizers/qwen3/tokenizer.json");
+  ThreadPool pool(1);
+  Session session(*m, pool, prompt.size() + n);
+  GenerateOptions g;
+  g.max_new_tokens = n;
+  g.sampler = c;
+  GenerateStats stats;
+  CHECK(session.generate(prompt, tok, g, nullptr, &stats) == want);
+  CHECK(stats.stop_reason == "length");
+  // Stop at the 5th token (an EOS id): the session holds prompt + the 4 tokens before it.
+  g.stop_ids = {want[4]};
+  Session s2(*m, pool, prompt.size() + n);
+  const auto cut = s2.generate(prompt, tok, g, nullptr, &stats);
+  const auto first = std::find(want.begin(), want.end(), want[4]) - want.begin();
+  CHECK(cut == std::vector<std::int32_t>(want.begin(), want.begin() + first + 1));
+  CHECK(stats.stop_reason == "eos");
+  CHECK(s2.tokens().size() == prompt.size() + std::size_t(first));
+  // A capacity below prompt + n stops with "context full" after the tokens that fit.
+  g.stop_ids.clear();
+  Session s3(*m, pool, prompt.size() + 3);
+  CHECK(s3.generate(prompt, tok, g, nullptr, &stats) ==
+        std::vector<std::int32_t>(want.begin(), want.begin() + 4));
+  CHECK(stats.stop_reason == "context full");
 }
 
 TEST_CASE("GPU bf16 weights agree with the CPU model on the same weights") {

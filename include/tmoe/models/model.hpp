@@ -34,6 +34,7 @@
 #include "tmoe/models/gguf_source.hpp"
 #include "tmoe/models/quantized_source.hpp"
 #include "tmoe/models/weights.hpp"
+#include "tmoe/runtime/sampler.hpp"
 
 namespace tmoe::models {
 
@@ -69,6 +70,17 @@ class Model {
   // Bytes of the decode GEMV's 8-row interleaved weight copies (Q4_0 / Q8_0 / Q4_K matrices of a
   // GGUF model, WeightLoader::any_matrix), held besides the stored weights; 0 when none.
   virtual std::size_t repacked_bytes() const { return 0; }
+  // Generation on the device (CUDA models with has_device_generation()): runs `prompt` (>= 1
+  // token) at state.size(), then draws up to n tokens with cfg's rules where the logits are,
+  // handing each to on_token as they come back; on_token returning false stops. Returns the
+  // number m of tokens handed out; the state then holds prompt and the first m - 1 of them.
+  // Session::generate uses it instead of copying every token's logits to the host.
+  virtual bool has_device_generation() const { return false; }
+  virtual std::size_t generate_on_device(State&, std::span<const std::int32_t>, std::size_t,
+                                         const SamplerConfig&,
+                                         const std::function<bool(std::int32_t)>&) const {
+    fail("model", "this model has no device generation");
+  }
 
  protected:
   Model(io::ModelConfig cfg, std::size_t max_context)

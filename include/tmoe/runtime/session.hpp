@@ -90,7 +90,10 @@ class Session {
   }
 
   // Generates after `ctx`. on_text(piece) receives whole UTF-8 characters as they complete and
-  // returns false to stop. Returns the generated ids.
+  // returns false to stop. Returns the generated ids. A model with device generation
+  // (Model::has_device_generation, the CUDA models) runs the last context token and draws every
+  // token on the device with opt.sampler's rules (the same distribution as the host Sampler, its
+  // own draws), sending back token ids instead of logits; last_logits() is then not updated.
   std::vector<std::int32_t> generate(std::span<const std::int32_t> ctx, const io::Tokenizer& tok,
                                      const GenerateOptions& opt,
                                      const std::function<bool(const std::string&)>& on_text,
@@ -98,48 +101,77 @@ class Session {
     using clock = std::chrono::steady_clock;
     GenerateStats st;
     reset_experts();
+    check(!ctx.empty(), "session", "empty context");
+    check(ctx.size() <= capacity(), "session", "context of ", ctx.size(),
+          " tokens exceeds the capacity of ", capacity());
+    const bool device = model_->has_device_generation() && opt.max_new_tokens > 0;
     const auto t0 = clock::now();
-    st.reused_tokens = set_context(ctx, opt.prefill_chunk);
+    if (!device) {
+      st.reused_tokens = set_context(ctx, opt.prefill_chunk);
+    } else if (ctx.size() > 1) {
+      st.reused_tokens = set_context(ctx.first(ctx.size() - 1), opt.prefill_chunk);
+    } else {
+      state_->truncate(0);
+      tokens_.clear();
+    }
     st.prompt_tokens = ctx.size() - st.reused_tokens;
     const auto t1 = clock::now();
     st.prefill_seconds = std::chrono::duration<double>(t1 - t0).count();
-    Sampler sampler(opt.sampler);
     io::StreamDecoder dec(tok, /*skip_special=*/false);
     std::vector<std::int32_t> out;
     std::string text;
     st.stop_reason = "length";
     auto t_first = t1;
-    for (std::size_t i = 0; i < opt.max_new_tokens; ++i) {
-      auto row = std::span<float>(logits_.row(0), logits_.cols());
-      const std::int32_t id = sampler.sample(row, tokens_);
+    // Takes generated token `id`; false when generation stops at it.
+    auto accept = [&](std::int32_t id) {
       out.push_back(id);
-      if (i == 0) {
+      if (out.size() == 1) {
         t_first = clock::now();
         st.first_token_seconds = std::chrono::duration<double>(t_first - t0).count();
       }
       if (std::find(opt.stop_ids.begin(), opt.stop_ids.end(), id) != opt.stop_ids.end()) {
         st.stop_reason = "eos";
-        break;
+        return false;
       }
       const std::string piece = dec.push(id);
       text += piece;
       if (!piece.empty() && on_text && !on_text(piece)) {
         st.stop_reason = "callback";
-        break;
+        return false;
       }
-      bool stop = false;
       for (const auto& s : opt.stop_strings)
-        if (!s.empty() && text.find(s) != std::string::npos) stop = true;
-      if (stop) {
-        st.stop_reason = "stop string";
-        break;
-      }
-      if (i + 1 < opt.max_new_tokens) {
-        if (tokens_.size() >= capacity()) {
-          st.stop_reason = "context full";
-          break;
+        if (!s.empty() && text.find(s) != std::string::npos) {
+          st.stop_reason = "stop string";
+          return false;
         }
-        push(id);
+      return true;
+    };
+    if (device) {
+      // The state holds ctx[0, size - 1); the last context token and the generated ones but the
+      // last run on the device, so at most capacity() - tokens_.size() tokens fit.
+      const std::size_t room = capacity() - tokens_.size();
+      const std::size_t n = std::min(opt.max_new_tokens, room);
+      bool stopped = false;
+      model_->generate_on_device(*state_, ctx.last(1), n, opt.sampler, [&](std::int32_t id) {
+        stopped = !accept(id);
+        return !stopped;
+      });
+      tokens_.push_back(ctx.back());
+      tokens_.insert(tokens_.end(), out.begin(), out.end() - 1);
+      if (!stopped && n < opt.max_new_tokens) st.stop_reason = "context full";
+      accumulate_experts();
+    } else {
+      Sampler sampler(opt.sampler);
+      for (std::size_t i = 0; i < opt.max_new_tokens; ++i) {
+        auto row = std::span<float>(logits_.row(0), logits_.cols());
+        if (!accept(sampler.sample(row, tokens_))) break;
+        if (i + 1 < opt.max_new_tokens) {
+          if (tokens_.size() >= capacity()) {
+            st.stop_reason = "context full";
+            break;
+          }
+          push(out.back());
+        }
       }
     }
     const std::string rest = dec.flush();

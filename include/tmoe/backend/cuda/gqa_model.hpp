@@ -32,6 +32,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -260,10 +261,32 @@ class GqaModel final : public models::Model {
   std::vector<std::int32_t> generate_sampled(models::State& state,
                                              std::span<const std::int32_t> prompt, std::size_t n,
                                              const SamplerConfig& cfg) const {
+    std::vector<std::int32_t> out;
+    out.reserve(n);
+    generate_sampled_stream(
+        state, prompt, n, cfg,
+        [&](std::int32_t id) {
+          out.push_back(id);
+          return true;
+        },
+        n);
+    return out;
+  }
+
+  // generate_sampled's tokens handed to on_token(id) as they come back from the device, `chunk`
+  // graph replays per copy (the GPU runs ahead of the host by up to one chunk); on_token
+  // returning false stops there. Returns the number of tokens handed out (m); the state then
+  // holds prompt + m - 1 positions, as after generate_sampled(state, prompt, m, cfg), whose
+  // tokens these are.
+  std::size_t generate_sampled_stream(models::State& state, std::span<const std::int32_t> prompt,
+                                      std::size_t n, const SamplerConfig& cfg,
+                                      const std::function<bool(std::int32_t)>& on_token,
+                                      std::size_t chunk = 16) const {
     CudaState& s = own(state);
     Sampler rng(cfg);  // checks cfg as the CPU does; its generator gives the uniforms
     check(!prompt.empty(), "cuda::GqaModel", "generate_sampled needs a prompt");
-    if (n == 0) return {};
+    check(chunk > 0, "cuda::GqaModel", "generate_sampled_stream needs chunk > 0");
+    if (n == 0) return 0;
     check(s.size_ + prompt.size() + n - 1 <= s.cap_, "cuda::GqaModel", "context full: ", s.size_,
           " + ", prompt.size(), " + ", n - 1, " positions exceed the capacity of ", s.cap_);
     float* first = const_cast<float*>(run(s, prompt, 1));  // our logits buffer
@@ -287,11 +310,25 @@ class GqaModel final : public models::Model {
       s.sampled_ = Graph(graph_capture_end(stream_));
       s.sampled_cfg_ = cfg;
     }
-    for (std::size_t i = 1; i < n; ++i) s.sampled_.launch(stream_);
-    std::vector<std::int32_t> out(n);
-    copy_to_host(out.data(), s.history_.data() + p0, n * sizeof(std::int32_t), stream_);
-    s.size_ += n - 1;
-    return out;
+    std::vector<std::int32_t> got(n);
+    std::size_t ready = 1, handed = 0;  // tokens on the device / handed to on_token
+    for (bool go = true; go && handed < n;) {
+      const std::size_t want = std::min(n, handed + chunk);
+      for (; ready < want; ++ready) s.sampled_.launch(stream_);
+      copy_to_host(got.data() + handed, s.history_.data() + p0 + handed,
+                   (want - handed) * sizeof(std::int32_t), stream_);
+      while (go && handed < want) go = on_token(got[handed++]);
+    }
+    s.size_ += handed - 1;
+    return handed;
+  }
+
+  // models::Model's device generation hook (runtime/session.hpp uses it for `tmoe generate`).
+  bool has_device_generation() const override { return true; }
+  std::size_t generate_on_device(models::State& state, std::span<const std::int32_t> prompt,
+                                 std::size_t n, const SamplerConfig& cfg,
+                                 const std::function<bool(std::int32_t)>& on_token) const override {
+    return generate_sampled_stream(state, prompt, n, cfg, on_token);
   }
 
   void synchronize() const { stream_.synchronize(); }
