@@ -9,6 +9,7 @@
 // fp32 activations).
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <fstream>
@@ -19,7 +20,9 @@
 
 #include "tmoe/backend/cuda/deepseek_model.hpp"
 #include "tmoe/io/safetensors.hpp"
+#include "tmoe/io/tokenizer.hpp"
 #include "tmoe/models/model.hpp"
+#include "tmoe/runtime/session.hpp"
 
 using namespace tmoe;
 
@@ -129,7 +132,75 @@ TEST_CASE("GPU DeepSeek-V3 greedy continuations match Hugging Face") {
     }
     INFO(family);
     CHECK(got == want);
+    // On the device (generate_sampled with a greedy config: step + draw graph replays).
+    SamplerConfig g;
+    g.temperature = 0.f;
+    auto sd = m->new_state(prompt.size() + want.size());
+    CHECK(m->generate_sampled(*sd, prompt, want.size(), g) == want);
+    CHECK(sd->size() == prompt.size() + want.size() - 1);
   }
+}
+
+// Sampling on the device (generate_sampled_stream, Session::generate through
+// Model::generate_on_device): a seed repeats its tokens, chunks of 1 and 64 give the same ids,
+// greedy with a repetition penalty gives the CPU Sampler's tokens over the GPU's own logits
+// (forward(), prompt in the penalty's window), and a Session stops at a stop id holding exactly
+// the prompt and the tokens before it.
+TEST_CASE("GPU DeepSeek sampled continuations and Session generation") {
+  std::ifstream f(ds_fixture("deepseek_v3") + "/greedy.json");
+  const auto j = nlohmann::json::parse(f);
+  const auto prompt = j["prompt_ids"].get<std::vector<std::int32_t>>();
+  const std::size_t n = 10;
+  auto m = ds_model(ds_fixture("deepseek_v3"));
+  REQUIRE(m->has_device_generation());
+  SamplerConfig c;
+  c.temperature = 1.0f, c.top_p = 0.9f, c.seed = 5;
+  auto a = m->new_state(prompt.size() + n);
+  const auto want = m->generate_sampled(*a, prompt, n, c);
+  for (std::int32_t t : want) CHECK((t >= 0 && std::size_t(t) < m->vocab_size()));
+  for (std::size_t chunk : {std::size_t{1}, std::size_t{64}}) {
+    auto st = m->new_state(prompt.size() + n);
+    std::vector<std::int32_t> got;
+    const std::size_t k = m->generate_sampled_stream(
+        *st, prompt, n, c,
+        [&](std::int32_t id) {
+          got.push_back(id);
+          return true;
+        },
+        chunk);
+    CHECK(k == n);
+    CHECK(got == want);
+  }
+  SamplerConfig pc;
+  pc.temperature = 0.f, pc.repetition_penalty = 3.f, pc.repetition_window = 8;
+  auto sp = m->new_state(prompt.size() + n);
+  const auto pen = m->generate_sampled(*sp, prompt, n, pc);
+  ThreadPool pool(1);
+  auto sh = m->new_state(prompt.size() + n);
+  Matrix<float> lg(1, m->vocab_size());
+  m->forward(pool, *sh, prompt, lg.view());
+  std::vector<std::int32_t> hist = prompt, host;
+  Sampler cpu(pc);
+  for (std::size_t i = 0; i < n; ++i) {
+    const std::int32_t t = cpu.sample(std::span<float>(lg.data(), m->vocab_size()), hist);
+    host.push_back(t);
+    hist.push_back(t);
+    if (i + 1 < n) m->forward(pool, *sh, std::span<const std::int32_t>(&t, 1), lg.view());
+  }
+  CHECK(pen == host);
+  const auto tok = io::Tokenizer::from_file(std::string(TMOE_TEST_DATA_DIR) +
+                                            "/tokenizers/deepseek_v3/tokenizer.json");
+  Session session(*m, pool, prompt.size() + n);
+  GenerateOptions g;
+  g.max_new_tokens = n;
+  g.sampler = c;
+  g.stop_ids = {want[3]};
+  GenerateStats stats;
+  const auto cut = session.generate(prompt, tok, g, nullptr, &stats);
+  const auto first = std::find(want.begin(), want.end(), want[3]) - want.begin();
+  CHECK(cut == std::vector<std::int32_t>(want.begin(), want.begin() + first + 1));
+  CHECK(stats.stop_reason == "eos");
+  CHECK(session.tokens().size() == prompt.size() + std::size_t(first));
 }
 
 TEST_CASE("GPU DeepSeek bf16 weights agree with the CPU model on the same weights") {

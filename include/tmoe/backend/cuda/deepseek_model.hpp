@@ -37,6 +37,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -67,8 +68,10 @@ class DeepseekModel final : public models::Model {
     friend class DeepseekModel;
     const DeepseekModel* owner_ = nullptr;
     std::size_t size_ = 0, cap_ = 0;
-    DeviceBuffer<float> cache_;   // (L, cap, R + Dr), float; or
-    DeviceBuffer<bf16> cache_b_;  // the same in bf16 (ModelOptions::mla_bf16_cache)
+    DeviceBuffer<float> cache_;           // (L, cap, R + Dr), float; or
+    DeviceBuffer<bf16> cache_b_;          // the same in bf16 (ModelOptions::mla_bf16_cache)
+    DeviceBuffer<std::int32_t> history_;  // every token by position (the repetition penalty's)
+    detail::DeviceDraws draws_;           // generate_sampled's uniforms and graph
     Graph step_;
   };
 
@@ -103,6 +106,7 @@ class DeepseekModel final : public models::Model {
       s->cache_b_ = DeviceBuffer<bf16>(L_ * capacity * (R_ + Dr_));
     else
       s->cache_ = DeviceBuffer<float>(L_ * capacity * (R_ + Dr_));
+    s->history_ = DeviceBuffer<std::int32_t>(capacity + 1);
     return s;
   }
 
@@ -254,6 +258,65 @@ class DeepseekModel final : public models::Model {
   // One decode step for `token` at the state's next position (through the state's graph); the
   // logits stay on the device (logits_device()). For benchmarks.
   void decode(models::State& state, std::int32_t token) const { run_one(own(state), token); }
+
+  // Sampled continuation on the device, as cuda::GqaModel::generate_sampled_stream: runs `prompt`
+  // (>= 1 token, one graph step each), then draws up to n tokens with cfg's rules
+  // (cuda::sample_step after each step in a second captured graph; uniforms from a Sampler seeded
+  // with cfg.seed; the repetition penalty sees every token of the state), handing them to
+  // on_token `chunk` at a time; on_token returning false stops. Returns the number of tokens
+  // handed out (m); the state then holds prompt + m - 1 positions. Greedy configs (temperature
+  // <= 0 or top_k == 1) give the argmax of each step's logits (first index on ties).
+  std::size_t generate_sampled_stream(models::State& state, std::span<const std::int32_t> prompt,
+                                      std::size_t n, const SamplerConfig& cfg,
+                                      const std::function<bool(std::int32_t)>& on_token,
+                                      std::size_t chunk = 16) const {
+    CudaState& s = own(state);
+    const char* op = "cuda::DeepseekModel";
+    [[maybe_unused]] const Sampler checked(cfg);  // checks cfg as the CPU does, first
+    check(!prompt.empty(), op, "generate_sampled needs a prompt");
+    check(chunk > 0, op, "generate_sampled_stream needs chunk > 0");
+    if (n == 0) return 0;
+    check(s.size_ + prompt.size() + n - 1 <= s.cap_, op, "context full: ", s.size_, " + ",
+          prompt.size(), " + ", n - 1, " positions exceed the capacity of ", s.cap_);
+    for (std::size_t i = 0; i < prompt.size(); ++i)
+      check(prompt[i] >= 0 && static_cast<std::size_t>(prompt[i]) < V_, op, "token id ", prompt[i],
+            " at index ", i, " is outside the vocabulary of ", V_);
+    for (std::int32_t t : prompt) run_one(s, t);
+    const std::size_t p0 = s.size_;  // position of the first generated token
+    detail::begin_draws(s.draws_, s.cap_, p0, n, cfg, logits1_.data(), V_, s.history_.data(),
+                        tok_.data(), pos_.data(), staging_, sample_ws_, stream_,
+                        [&](const double* u) {
+                          step(s);
+                          sample_step(logits1_.data(), V_, cfg, u, s.history_.data(), pos_.data(),
+                                      tok_.data(), sample_ws_.data(), stream_);
+                        });
+    const std::size_t handed =
+        detail::hand_out_draws(s.draws_, s.history_.data(), p0, n, chunk, stream_, on_token);
+    s.size_ += handed - 1;
+    return handed;
+  }
+  std::vector<std::int32_t> generate_sampled(models::State& state,
+                                             std::span<const std::int32_t> prompt, std::size_t n,
+                                             const SamplerConfig& cfg) const {
+    std::vector<std::int32_t> out;
+    out.reserve(n);
+    generate_sampled_stream(
+        state, prompt, n, cfg,
+        [&](std::int32_t id) {
+          out.push_back(id);
+          return true;
+        },
+        n);
+    return out;
+  }
+
+  // models::Model's device generation hook (runtime/session.hpp uses it for `tmoe generate`).
+  bool has_device_generation() const override { return true; }
+  std::size_t generate_on_device(models::State& state, std::span<const std::int32_t> prompt,
+                                 std::size_t n, const SamplerConfig& cfg,
+                                 const std::function<bool(std::int32_t)>& on_token) const override {
+    return generate_sampled_stream(state, prompt, n, cfg, on_token);
+  }
   const float* logits_device() const { return logits1_.data(); }
   void synchronize() const { stream_.synchronize(); }
   StreamHandle stream() const { return stream_; }
@@ -532,6 +595,7 @@ class DeepseekModel final : public models::Model {
     staging_[1] = static_cast<std::int32_t>(s.size_);
     copy_to_device(tok_.data(), staging_.data(), sizeof(std::int32_t), stream_);
     copy_to_device(pos_.data(), staging_.data() + 1, sizeof(std::int32_t), stream_);
+    copy_to_device(s.history_.data() + s.size_, staging_.data(), sizeof(std::int32_t), stream_);
     if (opt_.graphs) {
       if (!s.step_) {
         graph_capture_begin(stream_);
@@ -566,6 +630,7 @@ class DeepseekModel final : public models::Model {
   DeviceBuffer<std::int32_t> ridx_, tok_, pos_;
   DeviceBuffer<float> logits1_;
   mutable PinnedBuffer<std::int32_t> staging_;
+  mutable DeviceBuffer<std::byte> sample_ws_;  // cuda::sample's (allocated on first use)
 };
 
 // Loads a Hugging Face folder onto the GPU: DeepseekModel for MLA configs, GqaModel otherwise.

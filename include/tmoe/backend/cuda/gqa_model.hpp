@@ -74,6 +74,70 @@ struct ModelOptions {
   int device = 0;
 };
 
+namespace detail {
+// A device-sampled continuation, shared by GqaModel and DeepseekModel. Per state: every token by
+// position (history, capacity + 1) and the draws by position (uniforms); the model's step graph
+// reads the token and its position from `tok` / `pos` in device memory.
+struct DeviceDraws {
+  DeviceBuffer<double> uniforms;  // allocated on first use
+  Graph graph;                    // one step + sample_step, captured with cfg
+  SamplerConfig cfg;
+};
+
+inline bool same_sampler(const SamplerConfig& a, const SamplerConfig& b) {
+  return a.temperature == b.temperature && a.top_k == b.top_k && a.top_p == b.top_p &&
+         a.min_p == b.min_p && a.repetition_penalty == b.repetition_penalty &&
+         a.repetition_window == b.repetition_window;
+}
+
+// The first of n draws after the logits of position p0 - 1: n uniforms from a Sampler seeded with
+// cfg.seed into uniforms[p0 ..), the token into *tok and history[p0], *pos = p0; then (n > 1)
+// the step + sample_step graph is captured by capture_step() if cfg changed.
+template <class CaptureStep>
+void begin_draws(DeviceDraws& d, std::size_t cap, std::size_t p0, std::size_t n,
+                 const SamplerConfig& cfg, const float* logits, std::size_t V,
+                 std::int32_t* history, std::int32_t* tok, std::int32_t* pos,
+                 PinnedBuffer<std::int32_t>& staging, DeviceBuffer<std::byte>& ws,
+                 const Stream& stream, CaptureStep&& capture_step) {
+  Sampler rng(cfg);  // its generator gives the uniforms
+  std::vector<double> u(n);
+  for (double& v : u) v = rng.uniform();
+  if (d.uniforms.size() == 0) d.uniforms = DeviceBuffer<double>(cap + 1);
+  stream.synchronize();  // u goes away after the copy; staging may feed the last copy
+  copy_to_device(d.uniforms.data() + p0, u.data(), n * sizeof(double), stream);
+  if (ws.size() == 0) ws = DeviceBuffer<std::byte>(sample_workspace());
+  sample(const_cast<float*>(logits), 1, V, cfg, d.uniforms.data() + p0, history, p0, tok, ws.data(),
+         stream);
+  copy_device(history + p0, tok, sizeof(std::int32_t), stream);
+  staging[0] = static_cast<std::int32_t>(p0);
+  copy_to_device(pos, staging.data(), sizeof(std::int32_t), stream);
+  if (n > 1 && (!d.graph || !same_sampler(d.cfg, cfg))) {
+    graph_capture_begin(stream);
+    capture_step(d.uniforms.data());
+    d.graph = Graph(graph_capture_end(stream));
+    d.cfg = cfg;
+  }
+}
+
+// Replays d.graph (each runs the newest token and draws the next into history) and hands
+// history[p0 ..) to on_token, `chunk` replays per copy, until n tokens or on_token returns false.
+// Returns the number of tokens handed out.
+inline std::size_t hand_out_draws(const DeviceDraws& d, const std::int32_t* history, std::size_t p0,
+                                  std::size_t n, std::size_t chunk, const Stream& stream,
+                                  const std::function<bool(std::int32_t)>& on_token) {
+  std::vector<std::int32_t> got(n);
+  std::size_t ready = 1, handed = 0;  // tokens on the device / handed to on_token
+  for (bool go = true; go && handed < n;) {
+    const std::size_t want = std::min(n, handed + chunk);
+    for (; ready < want; ++ready) d.graph.launch(stream);
+    copy_to_host(got.data() + handed, history + p0 + handed, (want - handed) * sizeof(std::int32_t),
+                 stream);
+    while (go && handed < want) go = on_token(got[handed++]);
+  }
+  return handed;
+}
+}  // namespace detail
+
 class GqaModel final : public models::Model {
  public:
   // The KV caches of one sequence (device memory) and its captured step graphs.
@@ -92,9 +156,8 @@ class GqaModel final : public models::Model {
     std::size_t size_ = 0, cap_ = 0;
     DeviceBuffer<float> k_, v_;           // (L, Hkv, cap, D) each
     DeviceBuffer<std::int32_t> history_;  // every token by position
-    DeviceBuffer<double> uniforms_;       // generate_sampled's draws by position
-    Graph step_, greedy_, sampled_;
-    SamplerConfig sampled_cfg_;  // what sampled_ was captured with
+    detail::DeviceDraws draws_;           // generate_sampled's uniforms and graph
+    Graph step_, greedy_;
   };
 
   GqaModel(const io::ModelConfig& c, std::shared_ptr<const models::WeightSource> src,
@@ -283,42 +346,22 @@ class GqaModel final : public models::Model {
                                       const std::function<bool(std::int32_t)>& on_token,
                                       std::size_t chunk = 16) const {
     CudaState& s = own(state);
-    Sampler rng(cfg);  // checks cfg as the CPU does; its generator gives the uniforms
+    [[maybe_unused]] const Sampler checked(cfg);  // checks cfg as the CPU does, first
     check(!prompt.empty(), "cuda::GqaModel", "generate_sampled needs a prompt");
     check(chunk > 0, "cuda::GqaModel", "generate_sampled_stream needs chunk > 0");
     if (n == 0) return 0;
     check(s.size_ + prompt.size() + n - 1 <= s.cap_, "cuda::GqaModel", "context full: ", s.size_,
           " + ", prompt.size(), " + ", n - 1, " positions exceed the capacity of ", s.cap_);
-    float* first = const_cast<float*>(run(s, prompt, 1));  // our logits buffer
-    const std::size_t p0 = s.size_;                        // position of the first generated token
-    std::vector<double> u(n);
-    for (double& v : u) v = rng.uniform();
-    if (s.uniforms_.size() == 0) s.uniforms_ = DeviceBuffer<double>(s.cap_ + 1);
-    stream_.synchronize();  // u goes away after the copy; staging_ may feed run()'s last copy
-    copy_to_device(s.uniforms_.data() + p0, u.data(), n * sizeof(double), stream_);
-    if (sample_ws_.size() == 0) sample_ws_ = DeviceBuffer<std::byte>(sample_workspace());
-    sample(first, 1, V_, cfg, s.uniforms_.data() + p0, s.history_.data(), p0, tok_.data(),
-           sample_ws_.data(), stream_);
-    copy_device(s.history_.data() + p0, tok_.data(), sizeof(std::int32_t), stream_);
-    staging_[0] = static_cast<std::int32_t>(p0);
-    copy_to_device(pos_.data(), staging_.data(), sizeof(std::int32_t), stream_);
-    if (n > 1 && (!s.sampled_ || !same_sampler(s.sampled_cfg_, cfg))) {
-      graph_capture_begin(stream_);
-      step(s, 1, 0, logits1_.data());
-      sample_step(logits1_.data(), V_, cfg, s.uniforms_.data(), s.history_.data(), pos_.data(),
-                  tok_.data(), sample_ws_.data(), stream_);
-      s.sampled_ = Graph(graph_capture_end(stream_));
-      s.sampled_cfg_ = cfg;
-    }
-    std::vector<std::int32_t> got(n);
-    std::size_t ready = 1, handed = 0;  // tokens on the device / handed to on_token
-    for (bool go = true; go && handed < n;) {
-      const std::size_t want = std::min(n, handed + chunk);
-      for (; ready < want; ++ready) s.sampled_.launch(stream_);
-      copy_to_host(got.data() + handed, s.history_.data() + p0 + handed,
-                   (want - handed) * sizeof(std::int32_t), stream_);
-      while (go && handed < want) go = on_token(got[handed++]);
-    }
+    const float* first = run(s, prompt, 1);
+    const std::size_t p0 = s.size_;  // position of the first generated token
+    detail::begin_draws(s.draws_, s.cap_, p0, n, cfg, first, V_, s.history_.data(), tok_.data(),
+                        pos_.data(), staging_, sample_ws_, stream_, [&](const double* u) {
+                          step(s, 1, 0, logits1_.data());
+                          sample_step(logits1_.data(), V_, cfg, u, s.history_.data(), pos_.data(),
+                                      tok_.data(), sample_ws_.data(), stream_);
+                        });
+    const std::size_t handed =
+        detail::hand_out_draws(s.draws_, s.history_.data(), p0, n, chunk, stream_, on_token);
     s.size_ += handed - 1;
     return handed;
   }
@@ -407,12 +450,6 @@ class GqaModel final : public models::Model {
       std::copy(src + from * cols, src + (from + 1) * cols, dst.begin() + r * cols);
     }
     return dst;
-  }
-
-  static bool same_sampler(const SamplerConfig& a, const SamplerConfig& b) {
-    return a.temperature == b.temperature && a.top_k == b.top_k && a.top_p == b.top_p &&
-           a.min_p == b.min_p && a.repetition_penalty == b.repetition_penalty &&
-           a.repetition_window == b.repetition_window;
   }
 
   // Rows of several (rows_i, cols) matrices stacked into one device matrix; the first `paired`
