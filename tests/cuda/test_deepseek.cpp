@@ -141,6 +141,46 @@ TEST_CASE("GPU DeepSeek-V3 greedy continuations match Hugging Face") {
   }
 }
 
+// Expert load: the GPU routers' device counts (expert_stats) equal the CPU model's routing of the
+// same prompt, layer by layer, expert by expert; after a device generation of n tokens from a
+// p-token prompt they cover p + n - 1 steps (chunk 64: no run-ahead past n).
+TEST_CASE("GPU DeepSeek expert load statistics match the CPU model's routing") {
+  std::ifstream f(ds_fixture("deepseek_v3") + "/greedy.json");
+  const auto j = nlohmann::json::parse(f);
+  const auto prompt = j["prompt_ids"].get<std::vector<std::int32_t>>();
+  const std::string dir = ds_fixture("deepseek_v3");
+  auto gpu = ds_model(dir);
+  auto cpu = models::load_model(dir);
+  ThreadPool pool(2);
+  Matrix<float> lg(1, gpu->vocab_size());
+  auto gs = gpu->new_state(prompt.size());
+  auto cs = cpu->new_state(prompt.size());
+  gpu->forward(pool, *gs, prompt, lg.view());
+  cpu->forward(pool, *cs, prompt, lg.view());
+  const auto g = gpu->expert_stats(), c = cpu->expert_stats();
+  REQUIRE(!c.empty());
+  REQUIRE(g.size() == c.size());
+  for (std::size_t i = 0; i < c.size(); ++i) {
+    CAPTURE(c[i].layer);
+    CHECK(g[i].layer == c[i].layer);
+    CHECK(g[i].stats.tokens == prompt.size());
+    CHECK(g[i].stats.tokens_per_expert == c[i].stats.tokens_per_expert);
+    CHECK(g[i].stats.active_experts == c[i].stats.active_experts);
+    CHECK(g[i].stats.max_over_mean == doctest::Approx(c[i].stats.max_over_mean));
+  }
+  const std::size_t n = 6, k = gpu->config().num_experts_per_tok;
+  SamplerConfig sc;
+  sc.seed = 3;
+  auto st = gpu->new_state(prompt.size() + n);
+  gpu->generate_sampled(*st, prompt, n, sc);
+  for (const auto& l : gpu->expert_stats()) {
+    std::size_t sum = 0;
+    for (std::size_t v : l.stats.tokens_per_expert) sum += v;
+    CHECK(l.stats.tokens == prompt.size() + n - 1);
+    CHECK(sum == (prompt.size() + n - 1) * k);
+  }
+}
+
 // Sampling on the device (generate_sampled_stream, Session::generate through
 // Model::generate_on_device): a seed repeats its tokens, chunks of 1 and 64 give the same ids,
 // greedy with a repetition penalty gives the CPU Sampler's tokens over the GPU's own logits

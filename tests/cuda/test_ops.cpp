@@ -225,6 +225,14 @@ void check_routes(const std::vector<std::int32_t>& idx, const std::vector<float>
   }
 }
 
+// The routers' optional counts: base + the number of times each expert was chosen.
+void check_counts(const std::vector<std::int32_t>& idx, const std::vector<std::uint32_t>& counts,
+                  std::size_t E, std::uint32_t base) {
+  std::vector<std::uint32_t> want(E, base);
+  for (std::int32_t e : idx) ++want[std::size_t(e)];
+  CHECK(counts == want);
+}
+
 }  // namespace
 
 TEST_CASE("cuda router: sigmoid, group-limited top-k with selection bias") {
@@ -246,9 +254,12 @@ TEST_CASE("cuda router: sigmoid, group-limited top-k with selection bias") {
     auto db = test::to_device(bias);
     auto didx = test::poisoned<std::int32_t>(T * cfg.k);
     auto dw = test::poisoned<float>(T * cfg.k);
+    auto dcount = test::to_device(std::vector<std::uint32_t>(cfg.E, 5u));
     cuda::router_sigmoid_grouped_topk(dl.data(), db.data(), didx.data(), dw.data(), T, cfg.E,
-                                      cfg.n_group, cfg.topk_group, cfg.k, cfg.norm, cfg.scale);
+                                      cfg.n_group, cfg.topk_group, cfg.k, cfg.norm, cfg.scale,
+                                      nullptr, dcount.data());
     const auto idx = test::to_host(didx);
+    check_counts(idx, test::to_host(dcount), cfg.E, 5u);
     const auto w = test::to_host(dw);
     for (std::size_t t = 0; t < T; ++t)
       check_routes(idx, w, t, cfg.k,
@@ -272,9 +283,11 @@ TEST_CASE("cuda router: softmax top-k") {
     auto dl = test::to_device(logits);
     auto didx = test::poisoned<std::int32_t>(T * cfg.k);
     auto dw = test::poisoned<float>(T * cfg.k);
+    auto dcount = test::to_device(std::vector<std::uint32_t>(cfg.E, 0u));
     cuda::router_softmax_topk(dl.data(), didx.data(), dw.data(), T, cfg.E, cfg.k, cfg.norm,
-                              cfg.scale);
+                              cfg.scale, nullptr, dcount.data());
     const auto idx = test::to_host(didx);
+    check_counts(idx, test::to_host(dcount), cfg.E, 0u);
     const auto w = test::to_host(dw);
     for (std::size_t t = 0; t < T; ++t)
       check_routes(idx, w, t, cfg.k,

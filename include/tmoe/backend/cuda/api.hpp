@@ -490,14 +490,17 @@ void sample_step(float* logits, std::size_t V, const SamplerConfig& cfg, const d
 // excluded); pick the top_k largest c among the kept experts; w_k = s[idx_k], divided by
 // (sum_k w_k + 1e-20) when normalize, times scale. Writes idx (tokens, top_k) int32 and
 // weight (tokens, top_k) float, best first. experts <= 1024, n_group <= 32, top_k <= 32.
+// Both routers: with `counts` (experts, device), counts[e] += the number of tokens routed to e
+// (atomics: the expert load statistics, accumulated across calls until the caller zeroes them).
 void router_sigmoid_grouped_topk(const float* logits, const float* bias, std::int32_t* idx,
                                  float* weight, std::size_t tokens, std::size_t experts,
                                  std::size_t n_group, std::size_t topk_group, std::size_t top_k,
-                                 bool normalize, float scale, StreamHandle s = nullptr);
+                                 bool normalize, float scale, StreamHandle s = nullptr,
+                                 std::uint32_t* counts = nullptr);
 // Softmax top-k (Mixtral / DeepSeek-V2 "greedy"): p = softmax(logits) in fp32; pick the top_k
 // largest p; w_k = p[idx_k], renormalized to sum 1 when normalize, times scale.
 void router_softmax_topk(const float* logits, std::int32_t* idx, float* weight, std::size_t tokens,
                          std::size_t experts, std::size_t top_k, bool normalize, float scale,
-                         StreamHandle s = nullptr);
+                         StreamHandle s = nullptr, std::uint32_t* counts = nullptr);
 
 }  // namespace tmoe::cuda

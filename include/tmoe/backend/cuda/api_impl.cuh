@@ -991,7 +991,8 @@ void sample_step(float* logits, std::size_t V, const SamplerConfig& cfg, const d
 void router_sigmoid_grouped_topk(const float* logits, const float* bias, std::int32_t* idx,
                                  float* weight, std::size_t tokens, std::size_t experts,
                                  std::size_t n_group, std::size_t topk_group, std::size_t top_k,
-                                 bool normalize, float scale, StreamHandle s) {
+                                 bool normalize, float scale, StreamHandle s,
+                                 std::uint32_t* counts) {
   constexpr const char* op = "cuda::router_sigmoid_grouped_topk";
   check(experts >= 1 && experts <= std::size_t(kRouterMaxExperts), op, "experts: expected 1..",
         kRouterMaxExperts, ", got ", experts);
@@ -1008,15 +1009,15 @@ void router_sigmoid_grouped_topk(const float* logits, const float* bias, std::in
   api_detail::check_size(op, "tokens", tokens);
   if (tokens == 0) return;
   check(logits && idx && weight, op, "null pointer: logits, idx and weight are required");
-  const cudaError_t e =
-      launch_router_sigmoid_grouped(logits, bias, idx, weight, int(tokens), int(experts),
-                                    int(n_group), int(topk_group), int(top_k), normalize, scale, s);
+  const cudaError_t e = launch_router_sigmoid_grouped(
+      logits, bias, idx, weight, int(tokens), int(experts), int(n_group), int(topk_group),
+      int(top_k), normalize, scale, reinterpret_cast<unsigned*>(counts), s);
   if (e != cudaSuccess) fail_call(op, "kernel launch", e);
 }
 
 void router_softmax_topk(const float* logits, std::int32_t* idx, float* weight, std::size_t tokens,
                          std::size_t experts, std::size_t top_k, bool normalize, float scale,
-                         StreamHandle s) {
+                         StreamHandle s, std::uint32_t* counts) {
   constexpr const char* op = "cuda::router_softmax_topk";
   check(experts >= 1 && experts <= std::size_t(kRouterMaxExperts), op, "experts: expected 1..",
         kRouterMaxExperts, ", got ", experts);
@@ -1025,8 +1026,9 @@ void router_softmax_topk(const float* logits, std::int32_t* idx, float* weight, 
   api_detail::check_size(op, "tokens", tokens);
   if (tokens == 0) return;
   check(logits && idx && weight, op, "null pointer: logits, idx and weight are required");
-  const cudaError_t e = launch_router_softmax(logits, idx, weight, int(tokens), int(experts),
-                                              int(top_k), normalize, scale, s);
+  const cudaError_t e =
+      launch_router_softmax(logits, idx, weight, int(tokens), int(experts), int(top_k), normalize,
+                            scale, reinterpret_cast<unsigned*>(counts), s);
   if (e != cudaSuccess) fail_call(op, "kernel launch", e);
 }
 

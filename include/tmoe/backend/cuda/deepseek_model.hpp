@@ -16,7 +16,8 @@
 //   MoE layers: logits = gate x (float32 router weight); router on the device (sigmoid
 //     group-limited noaux_tc with e_score_correction_bias, or softmax top-k); the top-k experts'
 //     gate and up rows as two gathered GEMVs (only the chosen experts' weights are read), SwiGLU,
-//     the gathered down GEMV, then r = sum_k w_k y_k + shared experts' output (moe_combine).
+//     the gathered down GEMV, then r = sum_k w_k y_k + shared experts' output (moe_combine);
+//     the router kernel also counts tokens per expert on the device (expert_stats()).
 // then the final norm and the LM head. Tokens run one at a time: a one-token step is captured once
 // per state as a CUDA graph (token and position in device memory) and replayed for every token,
 // prompt included (a prefill with GEMMs is not written yet).
@@ -174,6 +175,8 @@ class DeepseekModel final : public models::Model {
         y.down = upload(w, m + "down_proj.weight", d_, I_);
         continue;
       }
+      y.moe_slot = moe_layers_.size();
+      moe_layers_.push_back(l);
       y.router = upload(w, m + "gate.weight", E_, d_, /*dense=*/true, /*f32=*/true);
       if (sigmoid_router_)
         y.router_bias = vec(w, m + "gate.e_score_correction_bias", E_, 0.f, 0.1f);
@@ -212,6 +215,8 @@ class DeepseekModel final : public models::Model {
     tok_ = DeviceBuffer<std::int32_t>(1), pos_ = DeviceBuffer<std::int32_t>(1);
     logits1_ = DeviceBuffer<float>(V_);
     staging_ = PinnedBuffer<std::int32_t>(2);
+    expert_counts_ = DeviceBuffer<std::uint32_t>(std::max<std::size_t>(moe_layers_.size() * E_, 1));
+    fill_bytes(expert_counts_.data(), 0, expert_counts_.size() * sizeof(std::uint32_t), stream_);
     const int sms = device_info(opt_.device).sm_count;
     if (opt_.mla_bf16_cache)
       check(R_ % 64 == 0 && R_ <= 512 && Dr_ % 16 == 0 && R_ + Dr_ <= 576, "cuda::DeepseekModel",
@@ -243,6 +248,7 @@ class DeepseekModel final : public models::Model {
     for (std::size_t i = 0; i < T; ++i)
       check(tokens[i] >= 0 && static_cast<std::size_t>(tokens[i]) < V_, op, "token id ", tokens[i],
             " at index ", i, " is outside the vocabulary of ", V_);
+    reset_expert_counts(T);
     for (std::size_t t = 0; t < T; ++t) {
       run_one(s, tokens[t]);
       if (t >= T - R)
@@ -250,7 +256,26 @@ class DeepseekModel final : public models::Model {
     }
   }
 
-  std::vector<models::LayerExpertStats> expert_stats() const override { return {}; }
+  // Tokens per routed expert of every MoE layer over the last forward() or device generation
+  // (every step run: prompt, generated tokens and up to one chunk run ahead of a stop), counted
+  // by the router kernels on the device; copied back here (a stream synchronization).
+  std::vector<models::LayerExpertStats> expert_stats() const override {
+    std::vector<std::uint32_t> c(moe_layers_.size() * E_);
+    if (!c.empty()) copy_to_host(c.data(), expert_counts_.data(), c.size() * sizeof(c[0]), stream_);
+    std::vector<models::LayerExpertStats> out;
+    for (std::size_t i = 0; i < moe_layers_.size(); ++i) {
+      MoeStats st;
+      st.tokens = counted_tokens_;
+      st.tokens_per_expert.assign(c.begin() + std::ptrdiff_t(i * E_),
+                                  c.begin() + std::ptrdiff_t((i + 1) * E_));
+      std::size_t mx = 0;
+      for (std::size_t n : st.tokens_per_expert) st.active_experts += n > 0, mx = std::max(mx, n);
+      const double mean = double(st.tokens * k_) / double(E_);
+      st.max_over_mean = mean > 0 ? double(mx) / mean : 0.0;
+      out.push_back({moe_layers_[i], std::move(st)});
+    }
+    return out;
+  }
   std::size_t decode_weight_bytes() const override { return decode_bytes_; }
   std::string weight_format() const override { return format_; }
 
@@ -281,6 +306,7 @@ class DeepseekModel final : public models::Model {
     for (std::size_t i = 0; i < prompt.size(); ++i)
       check(prompt[i] >= 0 && static_cast<std::size_t>(prompt[i]) < V_, op, "token id ", prompt[i],
             " at index ", i, " is outside the vocabulary of ", V_);
+    reset_expert_counts(prompt.size());
     for (std::int32_t t : prompt) run_one(s, t);
     const std::size_t p0 = s.size_;  // position of the first generated token
     detail::begin_draws(s.draws_, s.cap_, p0, n, cfg, logits1_.data(), V_, s.history_.data(),
@@ -290,8 +316,10 @@ class DeepseekModel final : public models::Model {
                           sample_step(logits1_.data(), V_, cfg, u, s.history_.data(), pos_.data(),
                                       tok_.data(), sample_ws_.data(), stream_);
                         });
-    const std::size_t handed =
-        detail::hand_out_draws(s.draws_, s.history_.data(), p0, n, chunk, stream_, on_token);
+    std::size_t replays = 0;
+    const std::size_t handed = detail::hand_out_draws(s.draws_, s.history_.data(), p0, n, chunk,
+                                                      stream_, on_token, &replays);
+    counted_tokens_ += replays;
     s.size_ += handed - 1;
     return handed;
   }
@@ -336,6 +364,7 @@ class DeepseekModel final : public models::Model {
     Mat q_a, q_b, q, kv_a, kv_b, o;
     DeviceBuffer<float> q_a_norm, kv_a_norm, norm1, norm2, router_bias;
     bool moe = false;
+    std::size_t moe_slot = 0;                             // this layer's row of expert_counts_
     Mat gate, up, down, router, sh_gate, sh_up, sh_down;  // experts stacked when moe
   };
 
@@ -568,13 +597,14 @@ class DeepseekModel final : public models::Model {
         continue;
       }
       gemv(y.router, x_.data(), rlog_.data());
+      std::uint32_t* counts = expert_counts_.data() + y.moe_slot * E_;
       if (sigmoid_router_)
         router_sigmoid_grouped_topk(rlog_.data(), y.router_bias.data(), ridx_.data(), rw_.data(), 1,
                                     E_, n_group_, topk_group_, k_, norm_topk_, routed_scale_,
-                                    stream_);
+                                    stream_, counts);
       else
         router_softmax_topk(rlog_.data(), ridx_.data(), rw_.data(), 1, E_, k_, norm_topk_,
-                            routed_scale_, stream_);
+                            routed_scale_, stream_, counts);
       gemv_gather(y.gate, ridx_.data(), k_, x_.data(), 0, g_.data());
       gemv_gather(y.up, ridx_.data(), k_, x_.data(), 0, u_.data());
       swiglu(g_.data(), 1, u_.data(), 1, act_.data(), 1, k_ * Im_, 1, stream_);
@@ -586,6 +616,11 @@ class DeepseekModel final : public models::Model {
     }
     add_rmsnorm(r_.data(), h_.data(), final_norm_.data(), x_.data(), 1, d_, eps_, stream_);
     gemv(head_, x_.data(), logits1_.data());
+  }
+
+  void reset_expert_counts(std::size_t tokens) const {
+    fill_bytes(expert_counts_.data(), 0, expert_counts_.size() * sizeof(std::uint32_t), stream_);
+    counted_tokens_ = tokens;
   }
 
   void run_one(CudaState& s, std::int32_t token) const {
@@ -630,7 +665,10 @@ class DeepseekModel final : public models::Model {
   DeviceBuffer<std::int32_t> ridx_, tok_, pos_;
   DeviceBuffer<float> logits1_;
   mutable PinnedBuffer<std::int32_t> staging_;
-  mutable DeviceBuffer<std::byte> sample_ws_;  // cuda::sample's (allocated on first use)
+  mutable DeviceBuffer<std::byte> sample_ws_;          // cuda::sample's (allocated on first use)
+  std::vector<std::size_t> moe_layers_;                // the layer index of each MoE layer
+  mutable DeviceBuffer<std::uint32_t> expert_counts_;  // (MoE layers, E): the routers' counts
+  mutable std::size_t counted_tokens_ = 0;             // steps the counts cover
 };
 
 // Loads a Hugging Face folder onto the GPU: DeepseekModel for MLA configs, GqaModel otherwise.

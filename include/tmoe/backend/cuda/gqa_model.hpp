@@ -121,10 +121,12 @@ void begin_draws(DeviceDraws& d, std::size_t cap, std::size_t p0, std::size_t n,
 
 // Replays d.graph (each runs the newest token and draws the next into history) and hands
 // history[p0 ..) to on_token, `chunk` replays per copy, until n tokens or on_token returns false.
-// Returns the number of tokens handed out.
+// Returns the number of tokens handed out; *replays = the graph replays run (up to chunk - 1
+// more than handed out - 1 after a stop).
 inline std::size_t hand_out_draws(const DeviceDraws& d, const std::int32_t* history, std::size_t p0,
                                   std::size_t n, std::size_t chunk, const Stream& stream,
-                                  const std::function<bool(std::int32_t)>& on_token) {
+                                  const std::function<bool(std::int32_t)>& on_token,
+                                  std::size_t* replays = nullptr) {
   std::vector<std::int32_t> got(n);
   std::size_t ready = 1, handed = 0;  // tokens on the device / handed to on_token
   for (bool go = true; go && handed < n;) {
@@ -134,6 +136,7 @@ inline std::size_t hand_out_draws(const DeviceDraws& d, const std::int32_t* hist
                  stream);
     while (go && handed < want) go = on_token(got[handed++]);
   }
+  if (replays) *replays = ready - 1;
   return handed;
 }
 }  // namespace detail

@@ -55,7 +55,7 @@ __global__ void __launch_bounds__(kWarpSize)
     router_sigmoid_grouped_kernel(const float* __restrict__ logits, const float* __restrict__ bias,
                                   std::int32_t* __restrict__ out_idx, float* __restrict__ out_w,
                                   int experts, int n_group, int topk_group, int top_k,
-                                  bool normalize, float scale) {
+                                  bool normalize, float scale, unsigned* __restrict__ counts) {
   __shared__ float s[kMaxExperts];  // sigmoid scores (weights)
   __shared__ float c[kMaxExperts];  // biased scores (selection)
   __shared__ int idx[kRouterMaxTopK];
@@ -100,6 +100,7 @@ __global__ void __launch_bounds__(kWarpSize)
   if (lane < top_k) {
     out_idx[std::size_t(t) * top_k + lane] = idx[lane];
     out_w[std::size_t(t) * top_k + lane] = w * scale;
+    if (counts) atomicAdd(counts + idx[lane], 1u);
   }
 }
 
@@ -107,7 +108,7 @@ template <int kMaxExperts = kRouterMaxExperts>
 __global__ void __launch_bounds__(kWarpSize)
     router_softmax_kernel(const float* __restrict__ logits, std::int32_t* __restrict__ out_idx,
                           float* __restrict__ out_w, int experts, int top_k, bool normalize,
-                          float scale) {
+                          float scale, unsigned* __restrict__ counts) {
   __shared__ float p[kMaxExperts];
   __shared__ float sel[kMaxExperts];
   __shared__ int idx[kRouterMaxTopK];
@@ -131,6 +132,7 @@ __global__ void __launch_bounds__(kWarpSize)
   if (lane < top_k) {
     out_idx[std::size_t(t) * top_k + lane] = idx[lane];
     out_w[std::size_t(t) * top_k + lane] = w * scale;
+    if (counts) atomicAdd(counts + idx[lane], 1u);
   }
 }
 
@@ -138,19 +140,19 @@ inline cudaError_t launch_router_sigmoid_grouped(const float* logits, const floa
                                                  std::int32_t* idx, float* w, int tokens,
                                                  int experts, int n_group, int topk_group,
                                                  int top_k, bool normalize, float scale,
-                                                 cudaStream_t stream) {
+                                                 unsigned* counts, cudaStream_t stream) {
   if (tokens <= 0) return cudaSuccess;
   router_sigmoid_grouped_kernel<><<<tokens, kWarpSize, 0, stream>>>(
-      logits, bias, idx, w, experts, n_group, topk_group, top_k, normalize, scale);
+      logits, bias, idx, w, experts, n_group, topk_group, top_k, normalize, scale, counts);
   return cudaGetLastError();
 }
 
 inline cudaError_t launch_router_softmax(const float* logits, std::int32_t* idx, float* w,
                                          int tokens, int experts, int top_k, bool normalize,
-                                         float scale, cudaStream_t stream) {
+                                         float scale, unsigned* counts, cudaStream_t stream) {
   if (tokens <= 0) return cudaSuccess;
   router_softmax_kernel<>
-      <<<tokens, kWarpSize, 0, stream>>>(logits, idx, w, experts, top_k, normalize, scale);
+      <<<tokens, kWarpSize, 0, stream>>>(logits, idx, w, experts, top_k, normalize, scale, counts);
   return cudaGetLastError();
 }
 
