@@ -18,6 +18,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "model_test_util.hpp"
 #include "tmoe/backend/cuda/deepseek_model.hpp"
 #include "tmoe/io/safetensors.hpp"
 #include "tmoe/io/tokenizer.hpp"
@@ -215,21 +216,11 @@ TEST_CASE("GPU DeepSeek sampled continuations and Session generation") {
   pc.temperature = 0.f, pc.repetition_penalty = 3.f, pc.repetition_window = 8;
   auto sp = m->new_state(prompt.size() + n);
   const auto pen = m->generate_sampled(*sp, prompt, n, pc);
-  ThreadPool pool(1);
-  auto sh = m->new_state(prompt.size() + n);
-  Matrix<float> lg(1, m->vocab_size());
-  m->forward(pool, *sh, prompt, lg.view());
-  std::vector<std::int32_t> hist = prompt, host;
-  Sampler cpu(pc);
-  for (std::size_t i = 0; i < n; ++i) {
-    const std::int32_t t = cpu.sample(std::span<float>(lg.data(), m->vocab_size()), hist);
-    host.push_back(t);
-    hist.push_back(t);
-    if (i + 1 < n) m->forward(pool, *sh, std::span<const std::int32_t>(&t, 1), lg.view());
-  }
+  const auto host = test::host_sampled(*m, prompt, n, pc);
   CHECK(pen == host);
   const auto tok = io::Tokenizer::from_file(std::string(TMOE_TEST_DATA_DIR) +
                                             "/tokenizers/deepseek_v3/tokenizer.json");
+  ThreadPool pool(1);
   Session session(*m, pool, prompt.size() + n);
   GenerateOptions g;
   g.max_new_tokens = n;

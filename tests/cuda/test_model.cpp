@@ -17,6 +17,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "model_test_util.hpp"
 #include "tmoe/backend/cuda/gqa_model.hpp"
 #include "tmoe/io/safetensors.hpp"
 #include "tmoe/io/tokenizer.hpp"
@@ -188,18 +189,7 @@ TEST_CASE("GPU sampled continuations (generate_sampled)") {
   pc.temperature = 0.f, pc.repetition_penalty = 3.f, pc.repetition_window = 8;
   auto sp = m->new_state(prompt.size() + n);
   const auto got = m->generate_sampled(*sp, prompt, n, pc);
-  ThreadPool pool(1);
-  auto sh = m->new_state(prompt.size() + n);
-  Matrix<float> lg(1, m->vocab_size());
-  m->forward(pool, *sh, prompt, lg.view());
-  std::vector<std::int32_t> hist = prompt, host;
-  Sampler cpu(pc);
-  for (std::size_t i = 0; i < n; ++i) {
-    const std::int32_t t = cpu.sample(std::span<float>(lg.data(), m->vocab_size()), hist);
-    host.push_back(t);
-    hist.push_back(t);
-    if (i + 1 < n) m->forward(pool, *sh, std::span<const std::int32_t>(&t, 1), lg.view());
-  }
+  const auto host = test::host_sampled(*m, prompt, n, pc);
   CHECK(got == host);
   WARN_MESSAGE(host != want, "the penalty did not change the continuation");
 }
