@@ -9,7 +9,8 @@
 // BM_gemv Arg 2 (x8 only): the same GEMV cycling through 8 copies of the interleaved matrix, so
 // that no part of it is still in the L3 (32 MiB here) from the previous call, as in a decode step
 // (Arg 1 re-reads one 74-140 MB matrix). BM_decode_sequence: the 197 matrices of one decode step
-// of the Qwen-1.5B shape (28 x q, k, v, o, gate, up, down and the 151936-row head), each its own
+// of the Qwen-1.5B shape (28 x q, k, v, o, gate, up, down and the 151936-row head; Args 1-4: parts
+// of it, see below), each its own
 // buffer on huge pages (core/huge_arena.hpp, as the loader allocates them), one matmul_quant call
 // each as the model makes them (x quantized per call), nothing else: the decode step's GEMV time
 // alone, against which `tmoe bench`'s decode time shows what the rest of the step costs.
@@ -136,12 +137,18 @@ void BM_decode_sequence(benchmark::State& state) {
   src.repack();
   const auto sv = src.view();
   const std::size_t src_bytes = repacked_x8_bytes(sv);
+  // Arg 0: the whole step; 1: the MLP matrices only (gate, up, down); 2: gate and up only (1536
+  // columns); 3: down only (8960 columns); 4: attention only (q, k, v, o).
+  const auto part = state.range(0);
   std::vector<std::pair<std::size_t, std::size_t>> shapes;
-  for (std::size_t l = 0; l < L; ++l)
-    for (const auto& s : {std::pair{d, d}, std::pair{kv, d}, std::pair{kv, d}, std::pair{d, d},
-                          std::pair{I, d}, std::pair{I, d}, std::pair{d, I}})
-      shapes.push_back(s);
-  shapes.push_back({V, d});
+  for (std::size_t l = 0; l < L; ++l) {
+    if (part == 0 || part == 4)
+      for (const auto& s : {std::pair{d, d}, std::pair{kv, d}, std::pair{kv, d}, std::pair{d, d}})
+        shapes.push_back(s);
+    if (part <= 2) shapes.push_back({I, d}), shapes.push_back({I, d});
+    if (part <= 1 || part == 3) shapes.push_back({d, I});
+  }
+  if (part == 0) shapes.push_back({V, d});
   HugeArena arena;
   std::vector<QuantMatrixView<F>> mats;
   double bytes = 0;
@@ -180,8 +187,8 @@ void BM_decode_sequence(benchmark::State& state) {
 }
 }  // namespace
 
-BENCHMARK(BM_decode_sequence<Q4_0>)->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK(BM_decode_sequence<Q8_0>)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_decode_sequence<Q4_0>)->DenseRange(0, 4)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_decode_sequence<Q8_0>)->DenseRange(0, 4)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_gemv<Q8_0, false, true>)->Arg(2)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_gemv<Q4_0, false, true>)->Arg(2)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_read_bandwidth)->Unit(benchmark::kMillisecond)->UseRealTime();
