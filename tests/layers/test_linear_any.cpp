@@ -133,3 +133,48 @@ TEST_CASE("MoE<AnyFormat> with experts in different formats equals per-expert ty
   // Same kernels on the same data; only the order of the weighted sum may differ.
   CHECK(err <= 1e-5 * scale);
 }
+
+TEST_CASE("SharedQ8Input: q/k/v-style products over one quantized x equal Linear::forward") {
+  // Three matrices over the same x, as attention's q/k/v: a Q4_0 one with its 8-row interleaved
+  // copy (the decode kernels), a Q8_0 one without, an F16 one (not quantized: runs on the float
+  // rows); biases on two. Decode-sized T share one quantization, T >= kQuantGemmMinT does not
+  // quantize at all; every product must be bit-identical to the per-matrix forward.
+  ThreadPool pool(2);
+  const std::size_t in = 256;
+  auto q4 = quant::quantize<quant::Q4_0>(test::random_matrix<float>(40, in, 31).data(), 40, in);
+  q4.repack();
+  const auto q8 =
+      quant::quantize<quant::Q8_0>(test::random_matrix<float>(24, in, 32).data(), 24, in);
+  const auto wf16 = test::random_matrix<f16>(16, in, 33);
+  const auto b4 = test::random_floats(40, 34), b16 = test::random_floats(16, 35);
+  AnyMatrixView a4 = AnyMatrixView::of(AnyKind::q4_0, q4.view().blocks, 40, in);
+  a4.packed = q4.view().packed;
+  REQUIRE(a4.packed != nullptr);
+  const Linear<AnyFormat> l4(a4, b4.data()),
+      l8(AnyMatrixView::of(AnyKind::q8_0, q8.view().blocks, 24, in)),
+      l16(AnyMatrixView::of(wf16.cview()), b16.data());
+  CHECK(l4.reads_q8_acts());
+  CHECK(l8.reads_q8_acts());
+  CHECK_FALSE(l16.reads_q8_acts());
+  CHECK_FALSE(Linear<float>().reads_q8_acts());
+  SharedQ8Input shared;
+  for (const std::size_t T : {std::size_t{1}, std::size_t{3}, cpu::kQuantGemmMinT}) {
+    CAPTURE(T);
+    const auto x = test::random_matrix<float>(T, in, 36 + T, -2.f, 2.f);
+    shared.prepare<AnyFormat>(pool, x.cview(), {&l4, &l8, &l16});
+    for (const Linear<AnyFormat>* l : {&l4, &l8, &l16}) {
+      Matrix<float> y(T, l->out_features()), r(T, l->out_features());
+      shared.forward(pool, *l, x.cview(), y.view());
+      l->forward(pool, x.cview(), r.view());
+      for (std::size_t i = 0; i < y.size(); ++i) CHECK(y.data()[i] == r.data()[i]);
+    }
+  }
+  // Typed block format, no bias.
+  const Linear<quant::Q4_0> t4(q4.view());
+  const auto x = test::random_matrix<float>(2, in, 40, -2.f, 2.f);
+  shared.prepare<quant::Q4_0>(pool, x.cview(), {&t4});
+  Matrix<float> y(2, 40), r(2, 40);
+  shared.forward(pool, t4, x.cview(), y.view());
+  t4.forward(pool, x.cview(), r.view());
+  for (std::size_t i = 0; i < y.size(); ++i) CHECK(y.data()[i] == r.data()[i]);
+}

@@ -144,9 +144,10 @@ class GqaAttention {
     }
     auto q = q_buf_.view().row_range(0, T), kk = k_buf_.view().row_range(0, T),
          vv = v_buf_.view().row_range(0, T), ctx = ctx_.view().row_range(0, T);
-    q_.forward(pool, x, q, k);
-    k_.forward(pool, x, kk, k);
-    v_.forward(pool, x, vv, k);
+    xq_.prepare(pool, x, {&q_, &k_, &v_}, k);  // decode: x quantized once for q, k and v
+    xq_.forward(pool, q_, x, q, k);
+    xq_.forward(pool, k_, x, kk, k);
+    xq_.forward(pool, v_, x, vv, k);
     rope_->apply(q, H, D, 0, pos0);
     rope_->apply(kk, Hkv, D, 0, pos0);
     for (std::size_t t = 0; t < T; ++t)
@@ -212,6 +213,7 @@ class GqaAttention {
   Linear<F> q_, k_, v_, o_;
   const Rope* rope_ = nullptr;
   static constexpr std::size_t kMinSplitKeys = 256;
+  mutable SharedQ8Input xq_;
   mutable std::vector<float> part_acc_;          // (H * splits, D) split-K partial accumulators
   mutable std::vector<cpu::AttnPartial> parts_;  // (H * splits)
   mutable Matrix<float> q_buf_{std::size_t{0}, std::size_t{0}},

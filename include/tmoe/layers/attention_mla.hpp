@@ -190,15 +190,18 @@ class MlaAttention {
     }
     auto q = q_buf_.view().row_range(0, T), kv = kv_buf_.view().row_range(0, T),
          c = c_buf_.view().row_range(0, T), ctx = ctx_.view().row_range(0, T);
+    // Decode: x quantized once for the two matrices that read it (q_a or q, and kv_a).
     if (cfg_.q_lora_rank) {
       auto cq = cq_.view().row_range(0, T);
-      q_a_.forward(pool, x, cq, k);
+      xq_.prepare(pool, x, {&q_a_, &kv_a_}, k);
+      xq_.forward(pool, q_a_, x, cq, k);
       q_a_norm_.forward(pool, cq, cq, k);
       q_b_.forward(pool, cq, q, k);
     } else {
-      q_.forward(pool, x, q, k);
+      xq_.prepare(pool, x, {&q_, &kv_a_}, k);
+      xq_.forward(pool, q_, x, q, k);
     }
-    kv_a_.forward(pool, x, kv, k);
+    xq_.forward(pool, kv_a_, x, kv, k);
     for (std::size_t t = 0; t < T; ++t) kv_a_norm_.row(k, kv.row(t), c.row(t));
     rope_->apply(q, H, Dq, Dn, pos0);
     rope_->apply(kv, 1, R + Dr, R, pos0);
@@ -297,6 +300,7 @@ class MlaAttention {
   MlaConfig cfg_{};
   MlaForm form_ = MlaForm::absorbed;
   Linear<F> q_a_, q_b_, q_, kv_a_, kv_b_, o_;
+  mutable SharedQ8Input xq_;
   RMSNorm<NW> q_a_norm_, kv_a_norm_;
   typename LinearTraits<F>::weight_view kv_b_w_ =
       empty_view<typename LinearTraits<F>::weight_view>();

@@ -9,13 +9,18 @@
 // by specializing LinearTraits<Q> next to its type (weight_view = its block view,
 // matmul = cpu::matmul_quant<Q>); Linear, SwigluMlp, MoE and the attention layers then accept it
 // unchanged. The LinearFormat concept names the requirement.
+// Optional traits: matmul_acts(pool, w, acts, y, kernels) (the product over activations quantized
+// once, cpu::Q8Acts) and reads_q8_acts(w) (whether w's kernels read those Q8 blocks); with them,
+// SharedQ8Input quantizes an x read by several matrices (q/k/v, gate/up) once per decode step.
 #pragma once
 
 #include <concepts>
 #include <cstddef>
+#include <initializer_list>
 
 #include "tmoe/backend/cpu/kernel_table.hpp"
 #include "tmoe/backend/cpu/ops.hpp"
+#include "tmoe/backend/cpu/quant.hpp"
 #include "tmoe/core/dtype.hpp"
 #include "tmoe/core/error.hpp"
 #include "tmoe/core/tensor.hpp"
@@ -85,9 +90,61 @@ class Linear {
     traits::matmul(pool, w_, x, y, bias_, k);
   }
 
+  // Whether the weight's kernels read Q8-quantized activations (traits::reads_q8_acts).
+  bool reads_q8_acts() const {
+    if constexpr (requires { traits::reads_q8_acts(w_); })
+      return traits::reads_q8_acts(w_);
+    else
+      return false;
+  }
+  // forward() over x already quantized (a = cpu::Q8Acts::acts() of x); only for formats with
+  // traits::matmul_acts and reads_q8_acts(). Bit-identical to forward(pool, x, y, k).
+  void forward_acts(ThreadPool& pool, const cpu::QuantActs& a, MatrixView<float> y,
+                    const cpu::KernelTable& k = cpu::kernels()) const {
+    if constexpr (requires { traits::matmul_acts(pool, w_, a, y, k); }) {
+      traits::matmul_acts(pool, w_, a, y, k);
+      if (bias_)
+        for (std::size_t t = 0; t < y.rows(); ++t)
+          for (std::size_t o = 0; o < y.cols(); ++o) y(t, o) += bias_[o];
+    } else {
+      fail("linear", "forward_acts needs a format with matmul_acts");
+    }
+  }
+
  private:
   weight_view w_ = empty_view<weight_view>();
   const float* bias_ = nullptr;
+};
+
+// Several Linears reading the same x (attention's q/k/v, the MLP's gate/up): prepare() quantizes x
+// once (cpu::Q8Acts) when T is decode-sized (< cpu::kQuantGemmMinT, where the quantized matmul
+// runs its GEMV kernels) and one of the weights reads Q8 activations; forward() then runs those
+// weights on the shared blocks (Linear::forward_acts) and the others on x. Results are
+// bit-identical to Linear::forward: the per-matrix path quantizes the same x the same way.
+// Owns its buffers (one prepare/forward sequence at a time).
+class SharedQ8Input {
+ public:
+  template <LinearFormat F>
+  void prepare(ThreadPool& pool, MatrixView<const float> x,
+               std::initializer_list<const Linear<F>*> users,
+               const cpu::KernelTable& k = cpu::kernels()) {
+    on_ = false;
+    if (x.rows() >= cpu::kQuantGemmMinT || x.stride(1) != 1) return;
+    for (const Linear<F>* l : users) on_ = on_ || l->reads_q8_acts();
+    if (on_) acts_.quantize(pool, x, k);
+  }
+  template <LinearFormat F>
+  void forward(ThreadPool& pool, const Linear<F>& l, MatrixView<const float> x, MatrixView<float> y,
+               const cpu::KernelTable& k = cpu::kernels()) const {
+    if (on_ && l.reads_q8_acts() && acts_.cols() == l.in_features() && acts_.rows() == x.rows())
+      l.forward_acts(pool, acts_.acts(), y, k);
+    else
+      l.forward(pool, x, y, k);
+  }
+
+ private:
+  cpu::Q8Acts acts_;
+  bool on_ = false;
 };
 
 }  // namespace tmoe

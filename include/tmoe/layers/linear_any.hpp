@@ -187,6 +187,8 @@ struct LinearTraits<AnyFormat> {
       }
     });
   }
+  // Block kinds read Q8 activation blocks (all of AnyFormat's block kinds are integer formats).
+  static bool reads_q8_acts(const weight_view& w) { return !any_kind_dense(w.kind); }
   // fn(MatrixView<const float|bf16|f16>) for dense kinds; block kinds are an error.
   template <class Fn>
   static void with_dense_rows(const weight_view& w, Fn&& fn) {

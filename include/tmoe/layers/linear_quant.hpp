@@ -9,7 +9,8 @@
 //                 the 8-row interleaved copy (view.packed, Q4_0 / Q8_0 / Q4_K) is kept when begin
 //                 is a multiple of 8, dropped otherwise (the GEMV then reads the blocks)
 //   matmul_acts = the same product over activations quantized once (cpu::Q8Acts), shared by
-//                 several matmuls (MoE experts); bit-identical to matmul
+//                 several matmuls (MoE experts, q/k/v, gate/up); bit-identical to matmul
+//   reads_q8_acts = whether the kernels read Q8 activation blocks (all but NF4 / Fp8Block)
 //   decode_row  = quant::dequantize_row (embedding lookup of one token)
 #pragma once
 
@@ -59,6 +60,7 @@ struct LinearTraits<Q> {
                           MatrixView<float> y, const cpu::KernelTable& k) {
     cpu::matmul_quant<Q>(pool, w, a, w.cols, y, k);
   }
+  static constexpr bool reads_q8_acts(const weight_view&) { return quant::kUsesQ8Act<Q>; }
 };
 
 template <quant::QuantFormat Q>

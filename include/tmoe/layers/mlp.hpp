@@ -42,8 +42,9 @@ class SwigluMlp {
     const std::size_t T = x.rows(), I = intermediate();
     if (g_.rows() < T || g_.cols() != I) g_ = Matrix<float>(T, I), u_ = Matrix<float>(T, I);
     auto g = g_.view().row_range(0, T), u = u_.view().row_range(0, T);
-    gate_.forward(pool, x, g, k);
-    up_.forward(pool, x, u, k);
+    xq_.prepare(pool, x, {&gate_, &up_}, k);  // decode: x quantized once for both
+    xq_.forward(pool, gate_, x, g, k);
+    xq_.forward(pool, up_, x, u, k);
     pool.parallel_for(T * I, 4096, [&](std::size_t b, std::size_t e, int) {
       // rows are contiguous and packed, so the (T, I) block is one flat range
       k.vec.silu_mul(g.data() + b, u.data() + b, g.data() + b, e - b);
@@ -53,6 +54,7 @@ class SwigluMlp {
 
  private:
   Linear<F> gate_, up_, down_;
+  mutable SharedQ8Input xq_;
   mutable Matrix<float> g_{std::size_t{0}, std::size_t{0}},
       u_{std::size_t{0}, std::size_t{0}};  // (T, inter) scratch
 };

@@ -21,6 +21,7 @@
 
 #include "tmoe/core/dtype.hpp"
 #include "tmoe/core/error.hpp"
+#include "tmoe/core/huge_arena.hpp"
 #include "tmoe/core/tensor.hpp"
 #include "tmoe/io/safetensors.hpp"
 #include "tmoe/layers/linear_any.hpp"
@@ -138,7 +139,8 @@ class WeightLoader {
   // `repack` (matrices multiplied by Linear, not embedding tables): Q4_0, Q8_0 and Q4_K get an
   // 8-row interleaved copy for the decode GEMV (quant/formats.hpp, repack_x8), made once per
   // tensor, owned by the loader and counted in repacked_bytes; `data` stays the stored bytes.
-  // TMOE_REPACK=0 in the environment turns it off (A/B measurements).
+  // TMOE_REPACK=0 in the environment turns it off (A/B measurements). The copies live in a
+  // HugeArena (2 MiB pages where THP allows; TMOE_HUGEPAGES=0 keeps 4 KiB pages).
   AnyMatrixView any_matrix(const std::string& name, std::size_t rows, std::size_t cols,
                            bool dense = false, bool repack = true) {
     const RawTensor& t = raw(name);
@@ -311,12 +313,13 @@ class WeightLoader {
     auto it = packed_.find(name);
     if (it == packed_.end()) {
       const auto q = v.blocks<Q>();
-      auto buf = std::make_shared<std::vector<std::byte>>(quant::repacked_x8_bytes(q));
-      quant::repack_x8(q, reinterpret_cast<typename quant::RepackedX8<Q>::Block*>(buf->data()));
-      repacked_bytes_ += buf->size();
-      it = packed_.emplace(name, std::move(buf)).first;
+      const std::size_t n = quant::repacked_x8_bytes(q);
+      std::byte* buf = arena_.allocate(n);
+      quant::repack_x8(q, reinterpret_cast<typename quant::RepackedX8<Q>::Block*>(buf));
+      repacked_bytes_ += n;
+      it = packed_.emplace(name, buf).first;
     }
-    v.packed = it->second->data();
+    v.packed = it->second;
     return v;
   }
 
@@ -335,7 +338,10 @@ class WeightLoader {
   std::shared_ptr<const WeightSource> src_;
   std::vector<std::shared_ptr<void>> owned_;
   std::size_t converted_bytes_ = 0;
-  std::map<std::string, std::shared_ptr<std::vector<std::byte>>, std::less<>> packed_;
+  // The interleaved copies, on transparent huge pages (core/huge_arena.hpp): a decode step
+  // streams all of them once, and 4 KiB pages cost a TLB miss every 4 KiB of that stream.
+  HugeArena arena_;
+  std::map<std::string, std::byte*, std::less<>> packed_;
   std::size_t repacked_bytes_ = 0;
   std::map<std::string, std::size_t> kinds_;
 };
