@@ -150,6 +150,21 @@ TEST_CASE("activation quantization is bit-identical to the reference on every IS
     reference::quantize_act(x.data(), x.size(), r.data());
     CHECK(std::memcmp(a.data(), r.data(), 4 * sizeof(BlockQ8Act)) == 0);
   });
+  // Many blocks, among them near-ties of x / d: the FMA TUs once rounded x * (1 / d) + 1.5 * 2^23
+  // as one fused op (random_floats(864, 28) holds such a case, found by the x8 prefill test).
+  for (const auto& y : {test::random_floats(864, 28, -2.f, 2.f),
+                        test::random_floats(std::size_t{1} << 16, 3, -2.f, 2.f)}) {
+    const std::size_t nb = y.size() / 32;
+    test::for_each_isa([&](const cpu::KernelTable& k) {
+      std::vector<BlockQ8Act> a(nb), r(nb);
+      k.quant.quantize_act(y.data(), y.size(), a.data());
+      reference::quantize_act(y.data(), y.size(), r.data());
+      std::size_t differ = 0;
+      for (std::size_t b = 0; b < nb; ++b)
+        differ += std::memcmp(&a[b], &r[b], sizeof(BlockQ8Act)) != 0;
+      CHECK(differ == 0);
+    });
+  }
 }
 
 TEST_CASE_TEMPLATE("quantized matmul matches the reference on every ISA (block formats)", F, Q8_0,
@@ -439,16 +454,18 @@ TEST_CASE("the 8-row interleaved copy holds the blocks' bytes and survives Q8 ex
 // the T = 1 decode of its token bit for bit (whole groups: x8_model above; the rows % 8 tail: the
 // plain kernels), so the decode bound against reference::matmul_quant_q8act holds,
 //   |y - r| <= (in / 16 + 24) * eps * M   (check_format's bound).
-// Token counts that are not multiples of the 4-token tile, rows not multiples of 8 or 16, one and
-// two threads, the shared-activation overload (Q8Acts): all the same bits. The portable TU keeps
-// the float GEMM (checked by check_format).
+// Token counts leaving 0 .. 4 tokens after the 5-token tiles, rows not multiples of 8 or 16, one
+// and two threads, the shared-activation overload (Q8Acts): all the same bits. The portable TU
+// keeps the float GEMM (checked by check_format).
 TEST_CASE_TEMPLATE("the x8 integer prefill equals the decode GEMV per token", F, Q8_0, Q4_0) {
+  static_assert(cpu::kQuantGemmMinT <= 24, "the token counts below must be prefill sizes");
   test::for_each_isa([&](const cpu::KernelTable& k) {
     if (!k.quant.x8_int_prefill) return;
     ThreadPool one(1), two(2);
     for (std::size_t out : {9u, 40u, 67u})
       for (std::size_t nb : {1u, 7u})
-        for (std::size_t T : {cpu::kQuantGemmMinT, std::size_t{29}, std::size_t{50}}) {
+        for (std::size_t T : {std::size_t{24}, std::size_t{26}, std::size_t{27}, std::size_t{33},
+                              std::size_t{50}}) {
           const std::size_t in = nb * 32;
           auto m = random_matrix<F>(out, in, out * 13 + nb * 7 + T);
           m.repack();

@@ -41,7 +41,6 @@
 // per row and token the same integer block sums and float steps as dot_x8 (the decode result bit
 // for bit), measured 1.3-1.7x the float GEMM's FLOP/s at T = 64 / 512 (bench_quant BM_prefill_x8).
 #pragma once
-
 #include <algorithm>
 #include <bit>
 #include <cstddef>
@@ -132,7 +131,13 @@ struct QuantImpl {
       a.d = d;
       int s0 = 0, s1 = 0;
       for (int j = 0; j < 32; ++j) {
-        const float f = v[j] * id + 12582912.f;  // round half even, |v * id| <= 127.5
+        float p = v[j] * id;
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+        // p rounded to float here: with FMA enabled, GCC contracted v * id + 12582912 into one
+        // fused op (product unrounded) and near-ties rounded otherwise than the reference.
+        __asm__("" : "+x"(p));
+#endif
+        const float f = p + 12582912.f;  // round half even, |v * id| <= 127.5
         const int q = static_cast<int>(std::bit_cast<std::uint32_t>(f) & 0x007fffffu) - 0x00400000;
         a.qs[j] = static_cast<std::int8_t>(q);
         (j < 16 ? s0 : s1) += q;
@@ -515,6 +520,15 @@ struct QuantImpl {
   //     4-byte chunk, int32 sums over the block;
   //   then acc = fma(float(isum), float(d_w) * d_a, acc) block by block.
   // a: token 0's blocks, token j's at a + j * lda; y: token j's 8 outputs at y + j * ldy.
+  // An empty asm on v: the compiler must have v in a register here. gemm_x8_tile pins its
+  // accumulators with it after each chunk; without it GCC 12 hoisted all the tile's maddubs of a
+  // block ahead of the adds (integer adds reassociate) and spilled ~20 vectors per block.
+  static TMOE_INLINE void pin(__m256i& v) {
+#if defined(__GNUC__)
+    __asm__("" : "+x"(v));
+#endif
+  }
+
   template <class F, int NT>
   static void gemm_x8_tile(const typename quant::RepackedX8<F>::Block* w, const Act* a,
                            std::size_t lda, std::size_t nb, float* y, std::size_t ldy,
@@ -537,22 +551,26 @@ struct QuantImpl {
             const std::int8_t* q = a[j * lda + b].qs;
             isum[j] = _mm256_add_epi16(isum[j], _mm256_maddubs_epi16(lo, bcast4(q + 4 * k)));
             isum[j] = _mm256_add_epi16(isum[j], _mm256_maddubs_epi16(hi, bcast4(q + 16 + 4 * k)));
+            pin(isum[j]);
           }
         }
         for (int j = 0; j < NT; ++j) {
           const Act& ab = a[j * lda + b];
-          isum[j] = _mm256_sub_epi32(_mm256_madd_epi16(isum[j], ones),
-                                     _mm256_set1_epi32(8 * (ab.sum[0] + ab.sum[1])));
+          // 8 * (sum[0] + sum[1]) in every lane: the two int16 sums broadcast, madd by 8.
+          isum[j] = _mm256_sub_epi32(
+              _mm256_madd_epi16(isum[j], ones),
+              _mm256_madd_epi16(bcast4(reinterpret_cast<const std::int8_t*>(ab.sum)),
+                                _mm256_set1_epi16(8)));
         }
       } else {
         for (int k = 0; k < 8; ++k) {
           const __m256i wq = load32(w[b].qs + 32 * k), aw = _mm256_sign_epi8(wq, wq);
-          for (int j = 0; j < NT; ++j)
-            isum[j] = _mm256_add_epi32(
-                isum[j],
-                _mm256_madd_epi16(_mm256_maddubs_epi16(
-                                      aw, _mm256_sign_epi8(bcast4(a[j * lda + b].qs + 4 * k), wq)),
-                                  ones));
+          for (int j = 0; j < NT; ++j) {
+            const __m256i s = _mm256_sign_epi8(bcast4(a[j * lda + b].qs + 4 * k), wq);
+            isum[j] =
+                _mm256_add_epi32(isum[j], _mm256_madd_epi16(_mm256_maddubs_epi16(aw, s), ones));
+            pin(isum[j]);
+          }
         }
       }
       const __m256 wd = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w[b].d)));
@@ -563,35 +581,37 @@ struct QuantImpl {
     for (int j = 0; j < NT; ++j) _mm256_storeu_ps(y + j * ldy, acc[j]);
   }
 
-  // Tokens per gemm_x8_tile pass (measured, bench_quant BM_prefill_x8).
-  static constexpr std::size_t kX8TileTokens = 4;
+  // Tokens per gemm_x8_tile pass: measured one core, 1024 x 7168, T = 128 (bench_cputime
+  // qgemm_*_x8, loaded machine): 4 -> 5 +13 % (Q4_0) / +30 % (Q8_0), 6 below 5; processing the
+  // columns in chunks of 16-64 blocks (the weights in L1, the activations in L2) gained nothing.
+  static constexpr std::size_t kX8TileTokens = 5;
 
-  // One group (8 rows at y + 8 g... the caller's y) x tokens [0, T): tiles of kX8TileTokens, the
-  // rest in one narrower tile.
+  // One group (8 rows, y: token 0's 8 outputs) x tokens [0, T): tiles of kX8TileTokens, the rest
+  // in one narrower tile; pf: prefetch pointer of the first tile (the group's weights come from
+  // memory once, the later tiles find them cached).
   template <class F>
-  static void gemm_x8_group(const typename quant::RepackedX8<F>::Block* w, const QuantActs& a,
-                            std::size_t nb, float* y, std::size_t ldy, const char* pf) {
+  static void gemm_x8_group(const typename quant::RepackedX8<F>::Block* w, const Act* q,
+                            std::size_t ldq, std::size_t T, std::size_t nb, float* y,
+                            std::size_t ldy, const char* pf) {
     constexpr std::size_t NT = kX8TileTokens;
+    static_assert(NT == 5, "the switch below covers 1 .. NT - 1 remaining tokens");
     std::size_t t = 0;
-    for (; t + NT <= a.T; t += NT, pf = nullptr)
-      gemm_x8_tile<F, NT>(w, a.q + t * a.ldq, a.ldq, nb, y + t * ldy, ldy, pf);
-    const Act* q = a.q + t * a.ldq;
+    for (; t + NT <= T; t += NT, pf = nullptr)
+      gemm_x8_tile<F, NT>(w, q + t * ldq, ldq, nb, y + t * ldy, ldy, pf);
+    const Act* qt = q + t * ldq;
     float* yt = y + t * ldy;
-    switch (a.T - t) {
+    switch (T - t) {
       case 1:
-        gemm_x8_tile<F, 1>(w, q, a.ldq, nb, yt, ldy, pf);
+        gemm_x8_tile<F, 1>(w, qt, ldq, nb, yt, ldy, pf);
         break;
       case 2:
-        gemm_x8_tile<F, 2>(w, q, a.ldq, nb, yt, ldy, pf);
+        gemm_x8_tile<F, 2>(w, qt, ldq, nb, yt, ldy, pf);
         break;
       case 3:
-        gemm_x8_tile<F, 3>(w, q, a.ldq, nb, yt, ldy, pf);
+        gemm_x8_tile<F, 3>(w, qt, ldq, nb, yt, ldy, pf);
         break;
       case 4:
-        gemm_x8_tile<F, 4>(w, q, a.ldq, nb, yt, ldy, pf);
-        break;
-      case 5:
-        gemm_x8_tile<F, 5>(w, q, a.ldq, nb, yt, ldy, pf);
+        gemm_x8_tile<F, 4>(w, qt, ldq, nb, yt, ldy, pf);
         break;
       default:
         break;
@@ -1111,7 +1131,7 @@ struct QuantImpl {
           if (a.T > 1) {
             // Several tokens: gemm_x8_tile (the same bits per row and token as dot_x8).
             for (std::size_t g = g0; g < g1; ++g)
-              gemm_x8_group<F>(pk + g * nb, a, nb, y + 8 * g, ldy,
+              gemm_x8_group<F>(pk + g * nb, a.q, a.ldq, a.T, nb, y + 8 * g, ldy,
                                reinterpret_cast<const char*>(pk + g * nb) + kX8PrefetchBytes);
             rows_plain<F, kTable>(w, a, y, ldy, 8 * g1, o_end);
             return;
