@@ -39,8 +39,10 @@
 // matmul_quant): rows<F> runs gemm_x8_tile for T > 1, one group of 8 rows x kX8TileTokens tokens
 // per pass on the Q8 activations, each weight load and nibble split shared by the tile's tokens;
 // per row and token the same integer block sums and float steps as dot_x8 (the decode result bit
-// for bit), measured 1.3-1.7x the float GEMM's FLOP/s at T = 64 / 512 (bench_quant BM_prefill_x8).
+// for bit); one core, T = 128: Q4_0 1.8x, Q8_0 1.4x the float GEMM's FLOP/s (bench_cputime), pp512
+// Qwen-1.5B Q4_0 2.1x, Q8_0 1.06x (docs/performance.md, "Integer prefill").
 #pragma once
+
 #include <algorithm>
 #include <bit>
 #include <cstddef>
