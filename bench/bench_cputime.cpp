@@ -9,7 +9,8 @@
 //  - qgemv_<format>: the decode GEMV over 1024 x 7168 weights (3.7-7.3 MB, from L3: the kernel's
 //    compute ceiling, bytes/s of quantized weights + scales per CPU-second; 1024 rows so that
 //    quantizing the activations once per call weighs as little as in a real GEMV);
-//    qgemv_<format>_x8: the same on the 8-row interleaved copy (Q8_0, Q4_0, Q4_K).
+//    qgemv_<format>_x8: the same on the 8-row interleaved copy (Q8_0, Q4_0, Q4_K);
+//    qgemm_<format>_x8: the prefill on it (Q8_0, Q4_0: the integer multi-token kernel).
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
@@ -133,6 +134,19 @@ BENCHMARK(BM_quant<Q4_K, true>)
     ->Arg(1)
     ->MeasureProcessCPUTime()
     ->Unit(benchmark::kMicrosecond);
+
+// The prefill on the interleaved copy: Q4_0 / Q8_0 run the integer multi-token kernel
+// (Q8 activations) instead of the dequantizing float GEMM of qgemm_q8_0 / qgemm_q4_0.
+BENCHMARK(BM_quant<Q8_0, true>)
+    ->Name("qgemm_q8_0_x8")
+    ->Arg(128)
+    ->MeasureProcessCPUTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_quant<Q4_0, true>)
+    ->Name("qgemm_q4_0_x8")
+    ->Arg(128)
+    ->MeasureProcessCPUTime()
+    ->Unit(benchmark::kMillisecond);
 
 }  // namespace
 

@@ -14,6 +14,8 @@
 // buffer on huge pages (core/huge_arena.hpp, as the loader allocates them), one matmul_quant call
 // each as the model makes them (x quantized per call), nothing else: the decode step's GEMV time
 // alone, against which `tmoe bench`'s decode time shows what the rest of the step costs.
+// BM_prefill_x8: Q4_0 / Q8_0 prefill at T = 64 and 512 over 4096 rows, the float GEMM against
+// the integer kernel on the interleaved copy, in FLOP/s.
 //   build/bench/bench_quant --benchmark_min_time=2
 #include <benchmark/benchmark.h>
 
@@ -185,6 +187,32 @@ void BM_decode_sequence(benchmark::State& state) {
       benchmark::Counter(bytes * double(state.iterations()) / bw, benchmark::Counter::kIsRate);
   state.SetLabel(std::string(F::kName) + " x8, " + std::to_string(mats.size()) + " matrices");
 }
+
+// Prefill (T = state.range(0) tokens) of Q4_0 / Q8_0 over 4096 x kIn: arg 1 selects the path,
+// 0 = the dequantizing float GEMM (no interleaved copy), 1 = the integer kernel on the 8-row
+// interleaved copy (QuantMatrix::repack, Q8 activations), both in the same run.
+template <class F>
+void BM_prefill_x8(benchmark::State& state) {
+  constexpr std::size_t out = 4096;
+  const auto T = static_cast<std::size_t>(state.range(0));
+  const bool x8 = state.range(1) != 0;
+  auto w = random_quant_matrix<F>(out, kIn);
+  if (x8) w.repack();
+  Matrix<float> x(T, kIn), y(T, out);  // (T, in), (T, out)
+  std::mt19937 rng(1);
+  std::uniform_real_distribution<float> d(-1.f, 1.f);
+  for (std::size_t i = 0; i < T * kIn; ++i) x.data()[i] = d(rng);
+  const auto& k = cpu::kernels();
+  for (auto _ : state) {
+    cpu::matmul_quant<F>(pool(), w.view(), x.cview(), y.view(), k);
+    benchmark::DoNotOptimize(y.data());
+  }
+  state.counters["FLOP/s"] =
+      benchmark::Counter(2.0 * double(out) * kIn * double(T) * double(state.iterations()),
+                         benchmark::Counter::kIsRate);
+  state.SetLabel(std::string(F::kName) + " " + std::string(cpu::isa_name(k.isa)) +
+                 (x8 ? " x8 int" : " float gemm"));
+}
 }  // namespace
 
 BENCHMARK(BM_decode_sequence<Q4_0>)->DenseRange(0, 4)->Unit(benchmark::kMillisecond)->UseRealTime();
@@ -217,5 +245,14 @@ BENCHMARK(BM_gemv<Fp8Block, true>)->Arg(0)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gemv<Q8_0>)->Arg(64)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_gemv<Q4_K>)->Arg(64)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_gemv<Fp8Block>)->Arg(64)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+BENCHMARK(BM_prefill_x8<Q4_0>)
+    ->ArgsProduct({{64, 512}, {0, 1}})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK(BM_prefill_x8<Q8_0>)
+    ->ArgsProduct({{64, 512}, {0, 1}})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
 
 BENCHMARK_MAIN();

@@ -150,6 +150,21 @@ TEST_CASE("activation quantization is bit-identical to the reference on every IS
     reference::quantize_act(x.data(), x.size(), r.data());
     CHECK(std::memcmp(a.data(), r.data(), 4 * sizeof(BlockQ8Act)) == 0);
   });
+  // Many blocks, among them near-ties of x / d: the FMA TUs once rounded x * (1 / d) + 1.5 * 2^23
+  // as one fused op (random_floats(864, 28) holds such a case, found by the x8 prefill test).
+  for (const auto& y : {test::random_floats(864, 28, -2.f, 2.f),
+                        test::random_floats(std::size_t{1} << 16, 3, -2.f, 2.f)}) {
+    const std::size_t nb = y.size() / 32;
+    test::for_each_isa([&](const cpu::KernelTable& k) {
+      std::vector<BlockQ8Act> a(nb), r(nb);
+      k.quant.quantize_act(y.data(), y.size(), a.data());
+      reference::quantize_act(y.data(), y.size(), r.data());
+      std::size_t differ = 0;
+      for (std::size_t b = 0; b < nb; ++b)
+        differ += std::memcmp(&a[b], &r[b], sizeof(BlockQ8Act)) != 0;
+      CHECK(differ == 0);
+    });
+  }
 }
 
 TEST_CASE_TEMPLATE("quantized matmul matches the reference on every ISA (block formats)", F, Q8_0,
@@ -463,5 +478,62 @@ TEST_CASE("the 8-row interleaved copy holds the blocks' bytes and survives Q8 ex
     cpu::matmul_quant<Q8_0>(pool, q.view(), x.cview(), y.view(), k);
     for (std::size_t r = 0; r < 8; ++r)  // 32 * (-128 or 127) * 127 * (1 / 127)
       CHECK(y(0, r) == doctest::Approx(r % 2 ? 4064.0 : -4096.0).epsilon(1e-6));
+  });
+}
+
+// The prefill (T >= kQuantGemmMinT) of Q4_0 / Q8_0 with the interleaved copy on the SIMD ISAs
+// (QuantKernels::x8_int_prefill): Q8 activations and the integer multi-token kernel
+// (gemm_x8_tile), whose per-row, per-token arithmetic is the decode GEMV's: every output equals
+// the T = 1 decode of its token bit for bit (whole groups: x8_model above; the rows % 8 tail: the
+// plain kernels), so the decode bound against reference::matmul_quant_q8act holds,
+//   |y - r| <= (in / 16 + 24) * eps * M   (check_format's bound).
+// Token counts leaving 0 .. 4 tokens after the 5-token tiles, rows not multiples of 8 or 16, one
+// and two threads, the shared-activation overload (Q8Acts): all the same bits. The portable TU
+// keeps the float GEMM (checked by check_format).
+TEST_CASE_TEMPLATE("the x8 integer prefill equals the decode GEMV per token", F, Q8_0, Q4_0) {
+  static_assert(cpu::kQuantGemmMinT <= 24, "the token counts below must be prefill sizes");
+  test::for_each_isa([&](const cpu::KernelTable& k) {
+    if (!k.quant.x8_int_prefill) return;
+    ThreadPool one(1), two(2);
+    for (std::size_t out : {9u, 40u, 67u})
+      for (std::size_t nb : {1u, 7u})
+        for (std::size_t T : {std::size_t{24}, std::size_t{26}, std::size_t{27}, std::size_t{33},
+                              std::size_t{50}}) {
+          const std::size_t in = nb * 32;
+          auto m = random_matrix<F>(out, in, out * 13 + nb * 7 + T);
+          m.repack();
+          const auto w = m.view();
+          Matrix<float> x(T, in), y(T, out), y2(T, out), y3(T, out), r8(T, out);
+          const auto xf = test::random_floats(T * in, T + nb, -2.f, 2.f);
+          std::copy(xf.begin(), xf.end(), x.data());
+          for (std::size_t i = 0; i < in; ++i) x(2, i) = 0.f;  // an all-zero activation row
+          cpu::matmul_quant<F>(two, w, x.cview(), y.view(), k);
+          cpu::matmul_quant<F>(one, w, x.cview(), y2.view(), k);
+          cpu::Q8Acts qa;
+          qa.quantize(two, x.cview(), k);
+          cpu::matmul_quant<F>(two, w, qa.acts(), in, y3.view(), k);
+          reference::matmul_quant_q8act<F>(w, x.cview(), r8.view());
+          std::vector<BlockQ8Act> act(nb);
+          std::vector<float> xq(in);
+          Matrix<float> y1(1, out);
+          for (std::size_t t = 0; t < T; ++t) {
+            cpu::matmul_quant<F>(one, w, x.cview().row_range(t, 1), y1.view(), k);  // decode
+            reference::quantize_act(&x(t, 0), in, act.data());
+            for (std::size_t i = 0; i < in; ++i) xq[i] = act[i / 32].d * act[i / 32].qs[i % 32];
+            for (std::size_t o = 0; o < out; ++o) {
+              REQUIRE(y(t, o) == y1(0, o));
+              REQUIRE(y2(t, o) == y1(0, o));
+              REQUIRE(y3(t, o) == y1(0, o));
+              if (o < out / 8 * 8) {
+                double mag;
+                REQUIRE(y(t, o) == x8_model(w, o, act.data(), &mag));
+              }
+              const double m8 = term_magnitude(w, o, xq.data());
+              REQUIRE(std::abs(double(y(t, o)) - r8(t, o)) <=
+                      (double(in) / 16 + 24) * kEps * m8 + 1e-30);
+              if (t == 2) REQUIRE(y(t, o) == 0.f);
+            }
+          }
+        }
   });
 }

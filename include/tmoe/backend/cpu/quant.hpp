@@ -10,6 +10,11 @@
 //     per-thread scratch buffer), so the result differs from the float product by at most
 //     sum_i |w_i| * d_act(i) / 2 (d_act: the activation block's scale, max|x| / 127 over its 32
 //     elements), plus float rounding. The GEMM keeps X in float: float rounding only.
+//     Exception: Q4_0 / Q8_0 with the 8-row interleaved copy (w.packed) on the SIMD ISAs
+//     (QuantKernels::x8_int_prefill) run every T on the Q8 path: prefill then uses the integer
+//     multi-token kernel (quant_kernels.hpp gemm_x8_tile), each output bit-identical to the T = 1
+//     decode of its token (so the Q8 bound above applies); measured faster than the float GEMM
+//     (bench_quant BM_prefill_x8, docs/performance.md).
 //     Output rows are split across the pool's threads (in whole groups of 8 rows when w has the
 //     8-row interleaved copy, w.packed: Q4_0 / Q8_0 / Q4_K, QuantMatrix::repack / the loader). `k`
 //     selects the ISA; `fn` (optional) overrides the row kernel (bench_quant uses it to time
@@ -52,6 +57,14 @@ QuantGemmFn<F> quant_gemm_fn(const KernelTable& k) {
     return k.quant.gemm_fp8_block;
   else
     static_assert(sizeof(F) == 0, "matmul_quant: unsupported format");
+}
+
+// Whether the prefill (T >= kQuantGemmMinT) of w runs the integer kernel on the interleaved copy
+// (Q8 activations, QuantKernels::x8_int_prefill) instead of the dequantizing float GEMM.
+template <class F>
+bool int_prefill(const quant::QuantMatrixView<F>& w, const KernelTable& k) {
+  return (std::is_same_v<F, quant::Q4_0> || std::is_same_v<F, quant::Q8_0>)&&w.packed &&
+         k.quant.x8_int_prefill;
 }
 
 template <class F>
@@ -150,12 +163,11 @@ void matmul_quant_rows(ThreadPool& pool, const quant::QuantMatrixView<F>& w, con
   // With an 8-row interleaved copy the ranges are whole groups of 8 rows (the kernel runs rows
   // of a group split between two ranges on the plain blocks).
   const std::size_t unit = w.packed ? 8 : 1;
-  pool.parallel_for(
-      (out + unit - 1) / unit, 16 / unit,
-      [&](std::size_t b, std::size_t e, int) {
-        fn(w, a, y.data(), ldy, b * unit, std::min(e * unit, out));
-      },
-      4);
+  pool.parallel_for((out + unit - 1) / unit, 16 / unit,
+                    [&](std::size_t b, std::size_t e, int) {
+                      fn(w, a, y.data(), ldy, b * unit, std::min(e * unit, out));
+                    },
+                    4);
 }
 }  // namespace detail
 
@@ -167,7 +179,7 @@ void matmul_quant(ThreadPool& pool, const quant::QuantMatrixView<F>& w, MatrixVi
   detail::check_matmul_quant(w, x.cols(), T, y);
   check(x.stride(1) == 1, "matmul_quant", "rows of x and y must be contiguous");
   const auto ldy = static_cast<std::size_t>(y.stride(0));
-  if (!fn && T >= kQuantGemmMinT) {
+  if (!fn && T >= kQuantGemmMinT && !detail::int_prefill(w, k)) {
     // Prefill: X packed once (in 4 parts per thread), then the dequantizing GEMM
     // over chunks of rows of W, as cpu::matmul (ops.hpp) does.
     thread_local detail::ScratchBuffer x_packed;
@@ -201,7 +213,7 @@ void matmul_quant(ThreadPool& pool, const quant::QuantMatrixView<F>& w, MatrixVi
 template <quant::QuantFormat F>
 void matmul_quant(ThreadPool& pool, const quant::QuantMatrixView<F>& w, const QuantActs& a,
                   std::size_t cols, MatrixView<float> y, const KernelTable& k = kernels()) {
-  if (a.T >= kQuantGemmMinT || !quant::kUsesQ8Act<F>) {
+  if ((a.T >= kQuantGemmMinT && !detail::int_prefill(w, k)) || !quant::kUsesQ8Act<F>) {
     const MatrixView<const float> x(a.x, DExtents<2>(a.T, cols),
                                     {static_cast<std::ptrdiff_t>(a.ldx), 1});
     matmul_quant<F>(pool, w, x, y, k);
