@@ -10,15 +10,14 @@
 //     per-thread scratch buffer), so the result differs from the float product by at most
 //     sum_i |w_i| * d_act(i) / 2 (d_act: the activation block's scale, max|x| / 127 over its 32
 //     elements), plus float rounding. The GEMM keeps X in float: float rounding only.
-//     Exception: Q4_0 / Q8_0 with the 8-row interleaved copy (w.packed) on the SIMD ISAs
-//     (QuantKernels::x8_int_prefill) run every T on the Q8 path: prefill then uses the integer
-//     multi-token kernel (quant_kernels.hpp gemm_x8_tile), each output bit-identical to the T = 1
-//     decode of its token (so the Q8 bound above applies); measured faster than the float GEMM
-//     (bench_quant BM_prefill_x8, docs/performance.md).
-//     Output rows are split across the pool's threads (in whole groups of 8 rows when w has the
-//     8-row interleaved copy, w.packed: Q4_0 / Q8_0 / Q4_K, QuantMatrix::repack / the loader). `k`
-//     selects the ISA; `fn` (optional) overrides the row kernel (bench_quant uses it to time
-//     rows_fp8_block_table).
+//     Exception: Q4_0 with the 8-row interleaved copy (w.packed) on the SIMD ISAs
+//     (QuantKernels::x8_int_prefill, cpu::int_prefill) runs every T on the Q8 path: prefill then
+//     uses the integer multi-token kernel (quant_kernels.hpp gemm_x8_tile), each output
+//     bit-identical to the T = 1 decode of its token (so the Q8 bound above applies); measured
+//     faster than the float GEMM (bench_quant BM_prefill_x8, docs/performance.md). Output rows are
+//     split across the pool's threads (in whole groups of 8 rows when w has the 8-row interleaved
+//     copy, w.packed: Q4_0 / Q8_0 / Q4_K, QuantMatrix::repack / the loader). `k` selects the ISA;
+//     `fn` (optional) overrides the row kernel (bench_quant uses it to time rows_fp8_block_table).
 //   Q8Acts / matmul_quant<F>(pool, W, acts, Y): the same product with X quantized once by
 //     Q8Acts::quantize and shared by several matmuls (a MoE layer's experts and their gate/up
 //     pairs); the result is bit-identical to matmul_quant over the same X.
@@ -60,11 +59,13 @@ QuantGemmFn<F> quant_gemm_fn(const KernelTable& k) {
 }
 
 // Whether the prefill (T >= kQuantGemmMinT) of w runs the integer kernel on the interleaved copy
-// (Q8 activations, QuantKernels::x8_int_prefill) instead of the dequantizing float GEMM.
+// (Q8 activations, QuantKernels::x8_int_prefill) instead of the dequantizing float GEMM: Q4_0
+// only. Q8_0's integer tile (sign trick per token) measured slower than the float GEMM on 2 quiet
+// cores (bench_quant BM_prefill_x8, T = 512: 128 against 169 GFLOP/s; Q4_0 231 against 157,
+// docs/performance.md), so Q8_0 uses it only below kQuantGemmMinT (rows<F>, T > 1).
 template <class F>
 bool int_prefill(const quant::QuantMatrixView<F>& w, const KernelTable& k) {
-  return (std::is_same_v<F, quant::Q4_0> || std::is_same_v<F, quant::Q8_0>)&&w.packed &&
-         k.quant.x8_int_prefill;
+  return std::is_same_v<F, quant::Q4_0> && w.packed && k.quant.x8_int_prefill;
 }
 
 template <class F>
