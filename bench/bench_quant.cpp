@@ -88,9 +88,11 @@ void BM_gemv(benchmark::State& state) {
   std::size_t T = static_cast<std::size_t>(state.range(0));
   if (T == 2) T = 1;
   // T == 1: the decode GEMV over all 18432 rows; T == 0: 32 rows that stay in L2 (the kernel's
-  // compute ceiling, no memory limit); T > 1: prefill over 4096 rows.
-  const std::size_t out = T == 1 ? kOut : T == 0 ? 32 : 4096;
-  if (T == 0) T = 1;
+  // compute ceiling, no memory limit, per-call costs included); T == 3: 1536 rows (7-14 MB)
+  // that stay in the L3, the ceiling with per-call costs amortized; T > 3: prefill over 4096
+  // rows.
+  const std::size_t out = T == 1 ? kOut : T == 0 ? 32 : T == 3 ? 1536 : 4096;
+  if (T == 0 || T == 3) T = 1;
   auto wv = w.view();
   wv.rows = out;
   // Arg 2: 8 copies of the interleaved matrix, one per call in turn.
@@ -231,6 +233,10 @@ BENCHMARK(BM_gemv<NF4>)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_gemv<Int8Row>)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_gemv<Fp8Block>)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_gemv<Fp8Block, true>)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_gemv<Q8_0, false, true>)->Arg(3)->Unit(benchmark::kMicrosecond)->UseRealTime();
+BENCHMARK(BM_gemv<Q4_0, false, true>)->Arg(3)->Unit(benchmark::kMicrosecond)->UseRealTime();
+BENCHMARK(BM_gemv<Q4_K, false, true>)->Arg(3)->Unit(benchmark::kMicrosecond)->UseRealTime();
+BENCHMARK(BM_gemv<Fp8Block>)->Arg(3)->Unit(benchmark::kMicrosecond)->UseRealTime();
 BENCHMARK(BM_gemv<Q8_0>)->Arg(0)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gemv<Q4_0>)->Arg(0)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gemv<Q8_0, false, true>)->Arg(0)->Unit(benchmark::kMicrosecond);

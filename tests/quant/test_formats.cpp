@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <vector>
 
 #include "test_util.hpp"
 #include "tmoe/quant/formats.hpp"
@@ -126,6 +127,33 @@ TEST_CASE("NF4, Int8Row and Fp8Block dequantize exactly") {
   dequantize_row(q.view(), 1, r3);
   CHECK(r3[0] == -2.f);
   CHECK(r3[2] == -10.f);
+}
+
+TEST_CASE("fp8_find_nan finds each NaN code at every column; quantize and repack certify") {
+  const std::size_t rows = 3, cols = 21;  // two 8-byte words and a 5-byte tail per row
+  QuantMatrix<Fp8Block> m(rows, cols);
+  for (std::size_t i = 0; i < rows * cols; ++i)  // every non-NaN code (0x7e, 0xfe, 0x80, ...)
+    m.blocks()[i] = f8_e4m3::from_bits(static_cast<std::uint8_t>((i * 37) % 256));
+  for (std::size_t i = 0; i < rows * cols; ++i)
+    if ((m.blocks()[i].bits & 0x7f) == 0x7f) m.blocks()[i] = f8_e4m3::from_bits(0x7e);
+  std::size_t r = 99, c = 99;
+  CHECK(!fp8_find_nan(m.view(), r, c));
+  m.repack();
+  CHECK(m.view().nan_free);
+  for (std::size_t at = 0; at < rows * cols; ++at)
+    for (std::uint8_t nan : {std::uint8_t{0x7f}, std::uint8_t{0xff}}) {
+      auto q = m;
+      q.blocks()[at] = f8_e4m3::from_bits(nan);
+      CHECK(!q.view().nan_free);  // writable access drops the check
+      REQUIRE(fp8_find_nan(q.view(), r, c));
+      CHECK(r == at / cols);
+      CHECK(c == at % cols);
+      q.repack();
+      CHECK(!q.view().nan_free);
+    }
+  std::vector<float> x(200 * 130);
+  for (std::size_t i = 0; i < x.size(); ++i) x[i] = std::sin(float(i)) * 1e3f;
+  CHECK(quantize<Fp8Block>(x.data(), 200, 130).view().nan_free);
 }
 
 TEST_CASE("quantizers give the values derived from the definitions") {

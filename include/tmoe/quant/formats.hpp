@@ -201,6 +201,10 @@ constexpr QuantTypeInfo quant_type_info(QuantType t) {
 //               (RepackedX8<F>, below) for the decode GEMV; covers rows [0, 8 * (rows / 8)), the
 //               tail rows are read from `blocks`. nullptr: the kernels read `blocks` only. Whoever
 //               sets it owns the copy (quant::QuantMatrix::repack, models::WeightLoader).
+//   nan_free:   Fp8Block only: the weights are known to hold no NaN code (0x7f / 0xff), checked
+//               once (quant::fp8_find_nan: QuantMatrix::repack, quantize). The CPU GEMV then
+//               leaves out its per-load NaN test (~10% of its work, docs/quantization.md);
+//               unchecked views keep it, so NaN weights give NaN outputs as in the reference.
 template <class F>
 struct QuantMatrixView {
   using Block = typename F::Block;
@@ -210,6 +214,7 @@ struct QuantMatrixView {
   const float* scales = nullptr;
   std::size_t scale_stride = 0;
   const void* packed = nullptr;
+  bool nan_free = false;
 
   const Block* row(std::size_t r) const { return blocks + r * row_stride; }
   std::size_t blocks_per_row() const { return cols / F::kBlockSize; }
@@ -237,6 +242,29 @@ struct QuantMatrixView {
     }
   }
 };
+
+// Whether w holds an FP8 NaN code (0x7f or 0xff); if so, (row, col) of the first one. One pass
+// over the weights, 8 bytes at a time.
+inline bool fp8_find_nan(const QuantMatrixView<Fp8Block>& w, std::size_t& row, std::size_t& col) {
+  constexpr std::uint64_t kLow7 = 0x7f7f7f7f7f7f7f7full, kHigh = 0x8080808080808080ull;
+  for (std::size_t r = 0; r < w.rows; ++r) {
+    const auto* p = reinterpret_cast<const std::uint8_t*>(w.row(r));
+    std::size_t c = 0;
+    for (; c + 8 <= w.cols; c += 8) {
+      std::uint64_t v;
+      std::memcpy(&v, p + c, 8);
+      // Per byte: low 7 bits all set <=> (b & 0x7f) + 1 carries into bit 7.
+      if (((v & kLow7) + 0x0101010101010101ull) & kHigh) break;
+    }
+    for (; c < w.cols; ++c)
+      if ((p[c] & 0x7f) == 0x7f) {
+        row = r;
+        col = c;
+        return true;
+      }
+  }
+  return false;
+}
 
 // Q4_K's 6-bit scale and min of sub-block s (0..7).
 TMOE_INLINE void q4k_scale_min(const std::uint8_t* sc, int s, int& scale, int& min) {

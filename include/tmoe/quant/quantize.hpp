@@ -307,7 +307,11 @@ class QuantMatrix {
   }
   std::size_t rows() const { return rows_; }
   std::size_t cols() const { return cols_; }
-  Block* blocks() { return blocks_.data(); }
+  // Writable blocks; drops the FP8 NaN check (nan_free) until the next repack().
+  Block* blocks() {
+    nan_free_ = false;
+    return blocks_.data();
+  }
   float* scales() { return scales_.data(); }
   QuantMatrixView<F> view() const {
     QuantMatrixView<F> v{blocks_.data(),
@@ -318,16 +322,22 @@ class QuantMatrix {
                          scale_stride_};
     if constexpr (kRepackX8<F>)
       if (!packed_.empty()) v.packed = packed_.data();
+    v.nan_free = nan_free_;
     return v;
   }
-  // Builds the 8-row interleaved copy the decode GEMV reads (formats.hpp, repack_x8) from the
-  // current blocks; call again after changing them. No-op for formats without one.
+  // Prepares what the decode GEMV reads besides the blocks, from the current blocks; call again
+  // after changing them. Q4_0 / Q8_0 / Q4_K: the 8-row interleaved copy (formats.hpp, repack_x8);
+  // Fp8Block: the check that no weight is a NaN code (view().nan_free; no copy). No-op otherwise.
   void repack() {
     if constexpr (kRepackX8<F>) {
       QuantMatrixView<F> v = view();
       v.packed = nullptr;
       packed_.resize(repacked_x8_bytes(v));
       repack_x8(v, reinterpret_cast<typename RepackedX8<F>::Block*>(packed_.data()));
+    }
+    if constexpr (std::is_same_v<F, Fp8Block>) {
+      std::size_t r, c;
+      nan_free_ = !fp8_find_nan(view(), r, c);
     }
   }
   // Drops the interleaved copy (the kernels then read the blocks only).
@@ -338,6 +348,7 @@ class QuantMatrix {
   std::vector<std::byte> packed_;  // 8-row interleaved copy (repack())
   std::vector<float> scales_;
   std::size_t rows_ = 0, cols_ = 0, scale_stride_ = 0;
+  bool nan_free_ = false;  // Fp8Block: checked by repack()
 };
 
 // Quantizes the (rows, cols) row-major float matrix x (row stride ldx) to format F.
@@ -374,6 +385,7 @@ QuantMatrix<F> quantize(const float* x, std::size_t rows, std::size_t cols, std:
           for (std::size_t c = cb * 128; c < c1; ++c)
             q.blocks()[r * cols + c] = f8_e4m3::from_float(s > 0 ? x[r * ldx + c] / s : 0.f);
       }
+    q.repack();  // checks for NaN codes (there are none: |x / s| <= 448)
   } else {
     const std::size_t nb = cols / F::kBlockSize;
     for (std::size_t r = 0; r < rows; ++r)

@@ -882,11 +882,16 @@ struct QuantImpl {
   // dot_fp8 on the plain x. xp is x prepared by prep_fp8_x (each 32 columns transposed 8 x 4,
   // times 2^e) and xmul = 2^(120 - e).
   // e4m3 -> f32 without a shuffle: each 32-bit lane of a 32-byte load holds 4 weights (columns
-  // 4j .. 4j + 3 of the 32); byte k is shifted to the top (slli 24 - 8k), then srai 4 and a mask
-  // keep S.EEEE.MMM as f32's sign, low 4 exponent bits and top 3 mantissa bits: the weight times
-  // 2^-120, exact for normals and subnormals (an f32 subnormal for e4m3's). The x scale 2^e puts
-  // the products far from f32's subnormal range. Per 32 weights: 7 shifts, 4 ands, 4 FMAs; the
-  // f16 decode + F16C conversion it replaced ran at ~0.7x its speed (docs/quantization.md).
+  // 4j .. 4j + 3 of the 32). A 16-bit srai 4 puts bytes 1 and 3 (each at the top of a 16-bit
+  // half) as S.SSSS.EEEE.MMM.xxxx in their halves; bytes 0 and 2 get there with a 16-bit slli 8
+  // first. The high half is then the top of an f32 as it stands, the low half after a 32-bit
+  // slli 16, and a mask keeps S.EEEE.MMM as f32's sign, low 4 exponent bits and top 3 mantissa
+  // bits: the weight times 2^-120, exact for normals and subnormals (an f32 subnormal for
+  // e4m3's). The x scale 2^e puts the products far from f32's subnormal range. Per 32 weights:
+  // 5 shifts, 4 ands, 4 FMAs (+ 2 ops of NaN test unless kCheckNan is false: w.nan_free). The
+  // 32-bit variant (byte k shifted to the top, 7 shifts) ran ~8% slower, the f16 decode + F16C
+  // conversion before it at ~0.7x (docs/quantization.md).
+  template <bool kCheckNan>
   static void dot_fp8_pair(const f8_e4m3* w0, const f8_e4m3* w1, const float* s0, const float* s1,
                            const float* x, const float* xp, float xmul, std::size_t cols, float& y0,
                            float& y1, const f8_e4m3* next0, const f8_e4m3* next1) {
@@ -895,9 +900,7 @@ struct QuantImpl {
     const std::size_t nfull = cols / 128;
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
     __m256i nan0 = _mm256_setzero_si256(), nan1 = _mm256_setzero_si256();  // as in dot_fp8
-    auto top_byte = [&](__m256i r) {
-      return _mm256_castsi256_ps(_mm256_and_si256(_mm256_srai_epi32(r, 4), fmask));
-    };
+    auto as_f32 = [&](__m256i r) { return _mm256_castsi256_ps(_mm256_and_si256(r, fmask)); };
     for (std::size_t kb = 0; kb < nfull; ++kb) {
       const auto* p0 = reinterpret_cast<const std::uint8_t*>(w0 + kb * 128);
       const auto* p1 = reinterpret_cast<const std::uint8_t*>(w1 + kb * 128);
@@ -910,16 +913,21 @@ struct QuantImpl {
         const __m256 x0 = _mm256_loadu_ps(xi), x1 = _mm256_loadu_ps(xi + 8),
                      x2 = _mm256_loadu_ps(xi + 16), x3 = _mm256_loadu_ps(xi + 24);
         const __m256i r0 = load32(p0 + i), r1 = load32(p1 + i);
-        nan0 = _mm256_max_epu8(nan0, _mm256_or_si256(r0, top));
-        nan1 = _mm256_max_epu8(nan1, _mm256_or_si256(r1, top));
-        a0 = _mm256_fmadd_ps(top_byte(_mm256_slli_epi32(r0, 24)), x0, a0);
-        a1 = _mm256_fmadd_ps(top_byte(_mm256_slli_epi32(r0, 16)), x1, a1);
-        a0 = _mm256_fmadd_ps(top_byte(_mm256_slli_epi32(r0, 8)), x2, a0);
-        a1 = _mm256_fmadd_ps(top_byte(r0), x3, a1);
-        c0 = _mm256_fmadd_ps(top_byte(_mm256_slli_epi32(r1, 24)), x0, c0);
-        c1 = _mm256_fmadd_ps(top_byte(_mm256_slli_epi32(r1, 16)), x1, c1);
-        c0 = _mm256_fmadd_ps(top_byte(_mm256_slli_epi32(r1, 8)), x2, c0);
-        c1 = _mm256_fmadd_ps(top_byte(r1), x3, c1);
+        if constexpr (kCheckNan) {
+          nan0 = _mm256_max_epu8(nan0, _mm256_or_si256(r0, top));
+          nan1 = _mm256_max_epu8(nan1, _mm256_or_si256(r1, top));
+        }
+        const __m256i h0 = _mm256_srai_epi16(r0, 4), h1 = _mm256_srai_epi16(r1, 4);
+        const __m256i l0 = _mm256_srai_epi16(_mm256_slli_epi16(r0, 8), 4),
+                      l1 = _mm256_srai_epi16(_mm256_slli_epi16(r1, 8), 4);
+        a0 = _mm256_fmadd_ps(as_f32(_mm256_slli_epi32(l0, 16)), x0, a0);
+        a1 = _mm256_fmadd_ps(as_f32(_mm256_slli_epi32(h0, 16)), x1, a1);
+        a0 = _mm256_fmadd_ps(as_f32(l0), x2, a0);
+        a1 = _mm256_fmadd_ps(as_f32(h0), x3, a1);
+        c0 = _mm256_fmadd_ps(as_f32(_mm256_slli_epi32(l1, 16)), x0, c0);
+        c1 = _mm256_fmadd_ps(as_f32(_mm256_slli_epi32(h1, 16)), x1, c1);
+        c0 = _mm256_fmadd_ps(as_f32(l1), x2, c0);
+        c1 = _mm256_fmadd_ps(as_f32(h1), x3, c1);
       }
       acc0 = _mm256_fmadd_ps(_mm256_add_ps(a0, a1), _mm256_set1_ps(s0[kb] * xmul), acc0);
       acc1 = _mm256_fmadd_ps(_mm256_add_ps(c0, c1), _mm256_set1_ps(s1[kb] * xmul), acc1);
@@ -1247,10 +1255,14 @@ struct QuantImpl {
         if constexpr (std::is_same_v<F, quant::Fp8Block> && !kTable)
           for (; xp && o + 2 <= oe; o += 2)
             for (std::size_t t = tb; t < te; ++t)
-              dot_fp8_pair(w.row(o), w.row(o + 1), w.scales + (o / 128) * w.scale_stride,
-                           w.scales + ((o + 1) / 128) * w.scale_stride, a.x + t * a.ldx,
-                           xp + t * w.cols, xmul[t], w.cols, y[t * ldy + o], y[t * ldy + o + 1],
-                           w.row(o) + 2 * w.row_stride, w.row(o) + 3 * w.row_stride);
+              (w.nan_free ? &dot_fp8_pair<false>
+                          : &dot_fp8_pair<true>)(w.row(o), w.row(o + 1),
+                                                 w.scales + (o / 128) * w.scale_stride,
+                                                 w.scales + ((o + 1) / 128) * w.scale_stride,
+                                                 a.x + t * a.ldx, xp + t * w.cols, xmul[t], w.cols,
+                                                 y[t * ldy + o], y[t * ldy + o + 1],
+                                                 w.row(o) + 2 * w.row_stride,
+                                                 w.row(o) + 3 * w.row_stride);
         if constexpr (std::is_same_v<F, quant::Q4_0> || std::is_same_v<F, quant::Q8_0>)
           for (; o + 4 <= oe; o += 4)
             for (std::size_t t = tb; t < te; ++t) {
