@@ -8,18 +8,26 @@
 //    FMA loop of bench_limits (fma_loop.hpp), run as 8 tasks per thread through the same pool so
 //    that a thread which loses its core leaves tasks to the other, as the GEMM's chunks do;
 //  - gemv_bf16_vs_read/threads: cpu::matmul<bf16> 18432 x 7168, T = 1 (bytes of W per second)
-//    against the read-bandwidth probe (a 512 MiB sum, tmoe/runtime/read_bandwidth.hpp).
+//    against the read-bandwidth probe (a 512 MiB sum, tmoe/runtime/read_bandwidth.hpp);
+//  - gemv_<format>_vs_read/threads (issue 4's table): cpu::matmul_quant 18432 x 7168, T = 1, for
+//    Q8_0, Q4_0 and Q4_K on their 8-row interleaved copy and FP8 blocks checked for NaN codes
+//    (what the loader reads), in bytes of quantized weights and scales per second, against the
+//    same probe; the weights on huge pages (HugeArena) like the loader's copies and the probe.
 // One benchmark iteration is one pair; scripts/bench_report.sh prints these counters.
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <vector>
 
 #include "fma_loop.hpp"
+#include "random_quant.hpp"
 #include "tmoe/backend/cpu/ops.hpp"
+#include "tmoe/backend/cpu/quant.hpp"
+#include "tmoe/core/huge_arena.hpp"
 #include "tmoe/runtime/read_bandwidth.hpp"
 
 namespace {
@@ -142,6 +150,61 @@ BENCHMARK(BM_gemv_bf16_vs_read)
     ->Iterations(15)
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
+
+template <class F>
+void BM_gemv_quant_vs_read(benchmark::State& state) {
+  using namespace tmoe;
+  const int threads = static_cast<int>(state.range(0));
+  const std::size_t out = 18432, in = 7168;
+  ThreadPool pool(threads);
+  ReadBandwidthProbe probe(pool, std::size_t{512} << 20);
+  auto m = tmoe_bench::random_quant_matrix<F>(out, in);
+  m.repack();  // Q8_0 / Q4_0 / Q4_K: the interleaved copy; Fp8Block: the NaN check
+  auto w = m.view();
+  // Onto huge pages, as the loader places what the GEMV streams.
+  HugeArena arena;
+  if constexpr (quant::kRepackX8<F>) {
+    const std::size_t n = quant::repacked_x8_bytes(w);
+    std::byte* p = arena.allocate(n);
+    std::memcpy(p, w.packed, n);
+    w.packed = p;
+  } else {
+    const std::size_t n = out * in * sizeof(typename F::Block);
+    std::byte* p = arena.allocate(n);
+    std::memcpy(p, w.blocks, n);
+    w.blocks = reinterpret_cast<const typename F::Block*>(p);
+  }
+  Matrix<float> x(1, in), y(1, out);
+  for (std::size_t i = 0; i < in; ++i) x.data()[i] = static_cast<float>(i % 13) * 0.1f - 0.6f;
+  const auto& k = cpu::kernels();
+  const double bytes = double(w.weight_bytes());
+  auto gemv = [&] {
+    const double s = seconds([&] { cpu::matmul_quant<F>(pool, w, x.cview(), y.view(), k); });
+    benchmark::DoNotOptimize(y.data());
+    return bytes / s;
+  };
+  auto read = [&] {
+    const double r = probe.pass();
+    benchmark::DoNotOptimize(probe.sink().data());
+    return r;
+  };
+  gemv();
+  interleave(state, read, gemv);
+  state.SetLabel(std::string(F::kName) + " " + std::string(cpu::isa_name(k.isa)) +
+                 (quant::kRepackX8<F> ? " x8" : " nan_free"));
+}
+#define TMOE_QUANT_INTERLEAVED(F, name) \
+  BENCHMARK(BM_gemv_quant_vs_read<F>)   \
+      ->Name("gemv_" name "_vs_read")   \
+      ->ArgName("threads")              \
+      ->Arg(2)                          \
+      ->Iterations(15)                  \
+      ->UseRealTime()                   \
+      ->Unit(benchmark::kMillisecond)
+TMOE_QUANT_INTERLEAVED(tmoe::quant::Q8_0, "q8_0");
+TMOE_QUANT_INTERLEAVED(tmoe::quant::Q4_0, "q4_0");
+TMOE_QUANT_INTERLEAVED(tmoe::quant::Q4_K, "q4_k");
+TMOE_QUANT_INTERLEAVED(tmoe::quant::Fp8Block, "fp8_block");
 
 }  // namespace
 

@@ -14,8 +14,9 @@
 // buffer on huge pages (core/huge_arena.hpp, as the loader allocates them), one matmul_quant call
 // each as the model makes them (x quantized per call), nothing else: the decode step's GEMV time
 // alone, against which `tmoe bench`'s decode time shows what the rest of the step costs.
-// BM_prefill_x8: Q4_0 / Q8_0 prefill at T = 64 and 512 over 4096 rows, the float GEMM against
-// the integer kernel on the interleaved copy, in FLOP/s.
+// BM_prefill_x8: Q4_0 / Q8_0 prefill at T = 64 and 512 over 4096 rows, the float GEMM on the
+// stored blocks against the interleaved copy (Q4_0: the integer kernel; Q8_0: the float GEMM
+// dequantizing from the copy, cpu::int_prefill), in FLOP/s.
 //   build/bench/bench_quant --benchmark_min_time=2
 #include <benchmark/benchmark.h>
 
@@ -213,7 +214,9 @@ void BM_prefill_x8(benchmark::State& state) {
       benchmark::Counter(2.0 * double(out) * kIn * double(T) * double(state.iterations()),
                          benchmark::Counter::kIsRate);
   state.SetLabel(std::string(F::kName) + " " + std::string(cpu::isa_name(k.isa)) +
-                 (x8 ? " x8 int" : " float gemm"));
+                 (!x8                                     ? " float gemm"
+                  : cpu::detail::int_prefill(w.view(), k) ? " x8 int"
+                                                          : " float gemm on the x8 copy"));
 }
 }  // namespace
 

@@ -4,10 +4,14 @@
 // Bound: max |logit - ref| <= 1e-4 * max |ref| (float32 compute in a different order).
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <memory>
+#include <span>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -151,6 +155,82 @@ TEST_CASE("the built-in default model runs the whole pipeline and records expert
   g.max_new_tokens = 1;
   s2.generate(more, tok, g, {}, &st2);
   CHECK(st2.reused_tokens == ids.size() + out.size() - 1);
+}
+
+namespace {
+// A CPU model that claims device generation and runs it on the host, greedily (forward + argmax):
+// Session::generate's device path (the CUDA models') without a GPU.
+class HostDeviceModel : public models::Model {
+ public:
+  HostDeviceModel(const models::Model& m, ThreadPool& pool)
+      : Model(m.config(), m.max_context()), m_(&m), pool_(&pool) {}
+  std::unique_ptr<models::State> new_state(std::size_t capacity) const override {
+    return m_->new_state(capacity);
+  }
+  void forward(ThreadPool& pool, models::State& st, std::span<const std::int32_t> tokens,
+               MatrixView<float> logits) const override {
+    m_->forward(pool, st, tokens, logits);
+  }
+  std::vector<models::LayerExpertStats> expert_stats() const override { return m_->expert_stats(); }
+  std::size_t decode_weight_bytes() const override { return m_->decode_weight_bytes(); }
+  std::string weight_format() const override { return m_->weight_format(); }
+  bool has_device_generation() const override { return true; }
+  std::size_t generate_on_device(models::State& st, std::span<const std::int32_t> prompt,
+                                 std::size_t n, const SamplerConfig& cfg,
+                                 const std::function<bool(std::int32_t)>& on) const override {
+    REQUIRE(cfg.temperature == 0.f);
+    Matrix<float> logits(1, vocab_size());
+    m_->forward(*pool_, st, prompt, logits.view());
+    std::size_t m = 0;
+    while (m < n) {
+      const float* row = logits.row(0);
+      const auto id = static_cast<std::int32_t>(std::max_element(row, row + vocab_size()) - row);
+      ++m;
+      if (!on(id) || m == n) break;
+      m_->forward(*pool_, st, std::span<const std::int32_t>(&id, 1), logits.view());
+    }
+    return m;
+  }
+
+ private:
+  const models::Model* m_;
+  ThreadPool* pool_;
+};
+}  // namespace
+
+// Session::generate through Model::generate_on_device: the same tokens and bookkeeping as the
+// host path, and a callback that throws leaves the session where its tokens() say it is.
+TEST_CASE("Session's device-generation path keeps tokens() and the cache in step") {
+  ThreadPool pool(2);
+  auto model = models::default_model();
+  HostDeviceModel dev(*model, pool);
+  const auto tok = models::default_tokenizer();
+  const auto ids = tok.encode("<｜begin▁of▁sentence｜><｜User｜>Hi<｜Assistant｜><think>\n");
+  GenerateOptions g;
+  g.max_new_tokens = 6;
+  g.sampler.temperature = 0.f;
+  Session host(*model, pool, 64), device(dev, pool, 64);
+  const auto out = host.generate(ids, tok, g, {});
+  CHECK(device.generate(ids, tok, g, {}) == out);
+  // Both hold the context and the generated tokens but the last (not run yet).
+  CHECK(device.tokens() == host.tokens());
+  REQUIRE(device.tokens().size() == ids.size() + out.size() - 1);
+  // A callback that throws at the first piece of text (after the device ran the last context
+  // token and drew at least one).
+  Session s(dev, pool, 64);
+  g.max_new_tokens = 32;
+  CHECK_THROWS_WITH(
+      s.generate(ids, tok, g,
+                 [&](const std::string&) -> bool { throw std::runtime_error("stop here"); }),
+      "stop here");
+  CHECK(s.tokens().size() == ids.size() - 1);
+  // The cache holds what tokens() lists: pushing the last context token gives the logits of a
+  // fresh session over the whole context.
+  s.push(ids.back());
+  Session fresh(*model, pool, 64);
+  fresh.set_context(ids);
+  for (std::size_t v = 0; v < model->vocab_size(); ++v)
+    REQUIRE(s.last_logits()(0, v) == fresh.last_logits()(0, v));
 }
 
 TEST_CASE("bad model folders fail with one clear error") {

@@ -496,6 +496,41 @@ TEST_CASE("the 8-row interleaved copy holds the blocks' bytes and survives Q8 ex
   });
 }
 
+// unpack_x8 is repack_x8's exact inverse (every row of every block, random bytes: all Q4_K
+// 6-bit scale / min combinations appear), and the prefill GEMM (float path: Q8_0, Q4_K; Q4_0 on
+// the portable ISA) reads whole groups from the copy: with the stored blocks of those rows
+// zeroed after repacking it gives the same bits as before (the rows % 8 tail still reads them).
+TEST_CASE_TEMPLATE("the prefill GEMM reads the interleaved copy, unpack_x8 inverts repack_x8", F,
+                   Q8_0, Q4_0, Q4_K) {
+  const std::size_t out = 21, nb = 3, in = nb * F::kBlockSize, T = 30;
+  static_assert(T >= cpu::kQuantGemmMinT);
+  auto m = random_matrix<F>(out, in, 91);
+  m.repack();
+  const auto w = m.view();
+  const auto* pk = static_cast<const typename RepackedX8<F>::Block*>(w.packed);
+  for (std::size_t r = 0; r < out / 8 * 8; ++r)
+    for (std::size_t b = 0; b < nb; ++b) {
+      const auto blk = unpack_x8<F>(pk[(r / 8) * nb + b], r % 8);
+      REQUIRE(std::memcmp(&blk, &w.row(r)[b], sizeof(blk)) == 0);
+    }
+  Matrix<float> x(T, in), y(T, out), y2(T, out);
+  const auto xf = test::random_floats(T * in, 92, -2.f, 2.f);
+  std::copy(xf.begin(), xf.end(), x.data());
+  ThreadPool pool(2);
+  test::for_each_isa([&](const cpu::KernelTable& k) {
+    if (cpu::detail::int_prefill(w, k)) return;  // Q4_0's integer prefill: tested below
+    auto poisoned = m;
+    poisoned.repack();
+    std::memset(static_cast<void*>(poisoned.blocks()), 0,
+                out / 8 * 8 * nb * sizeof(typename F::Block));
+    cpu::matmul_quant<F>(pool, w, x.cview(), y.view(), k);
+    cpu::matmul_quant<F>(pool, poisoned.view(), x.cview(), y2.view(), k);
+    for (std::size_t t = 0; t < T; ++t)
+      for (std::size_t o = 0; o < out; ++o)
+        REQUIRE(std::bit_cast<std::uint32_t>(y2(t, o)) == std::bit_cast<std::uint32_t>(y(t, o)));
+  });
+}
+
 // The prefill (T >= kQuantGemmMinT) of Q4_0 / Q8_0 with the interleaved copy on the SIMD ISAs
 // (QuantKernels::x8_int_prefill): Q8 activations and the integer multi-token kernel
 // (gemm_x8_tile), whose per-row, per-token arithmetic is the decode GEMV's: every output equals

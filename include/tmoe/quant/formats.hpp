@@ -364,6 +364,37 @@ void repack_x8(const QuantMatrixView<F>& w, typename RepackedX8<F>::Block* out) 
     }
 }
 
+// Row r (0..7) of an interleaved block as the stored block it came from (the exact inverse of
+// repack_x8): lets kernels that read stored blocks (the prefill GEMM's dequantization) read the
+// copy instead, so that after loading only the copy's pages are touched.
+template <class F>
+requires kRepackX8<F>
+typename F::Block unpack_x8(const typename RepackedX8<F>::Block& x, std::size_t r) {
+  using Block = typename F::Block;
+  constexpr std::size_t kRowBytes = sizeof(Block{}.qs);
+  Block b;
+  b.d = x.d[r];
+  for (std::size_t k = 0; k < kRowBytes / 4; ++k)
+    std::memcpy(b.qs + 4 * k, x.qs + 32 * k + 4 * r, 4);
+  if constexpr (std::is_same_v<F, Q4_K>) {
+    b.dmin = x.dmin[r];
+    int sc[8], m[8];
+    for (int s = 0; s < 8; ++s) {
+      const int v = x.sc[8 * s + r], lo = x.mlo[8 * (s / 2) + r];
+      sc[s] = v & 63;
+      m[s] = (s % 2 ? lo >> 4 : lo & 15) | (v >> 6) << 4;
+    }
+    // q4k_scale_min's layout: bytes 0-3 scale s | (scale s+4 >> 4) << 6, bytes 4-7 min s |
+    // (min s+4 >> 4) << 6, bytes 8-11 (scale s+4 & 15) | (min s+4 & 15) << 4.
+    for (int s = 0; s < 4; ++s) {
+      b.scales[s] = static_cast<std::uint8_t>(sc[s] | (sc[s + 4] >> 4) << 6);
+      b.scales[s + 4] = static_cast<std::uint8_t>(m[s] | (m[s + 4] >> 4) << 6);
+      b.scales[s + 8] = static_cast<std::uint8_t>((sc[s + 4] & 15) | (m[s + 4] & 15) << 4);
+    }
+  }
+  return b;
+}
+
 // Per-format traits: the scalar definition of each format (ground truth for every kernel).
 template <class F>
 struct QuantTraits;

@@ -152,10 +152,17 @@ class Session {
       const std::size_t room = capacity() - tokens_.size();
       const std::size_t n = std::min(opt.max_new_tokens, room);
       bool stopped = false;
-      model_->generate_on_device(*state_, ctx.last(1), n, opt.sampler, [&](std::int32_t id) {
-        stopped = !accept(id);
-        return !stopped;
-      });
+      try {
+        model_->generate_on_device(*state_, ctx.last(1), n, opt.sampler, [&](std::int32_t id) {
+          stopped = !accept(id);
+          return !stopped;
+        });
+      } catch (...) {
+        // The device ran tokens that tokens_ does not list (on_text threw, or the device
+        // failed): back to what tokens_ holds, so that push / set_context stay consistent.
+        state_->truncate(tokens_.size());
+        throw;
+      }
       tokens_.push_back(ctx.back());
       tokens_.insert(tokens_.end(), out.begin(), out.end() - 1);
       if (!stopped && n < opt.max_new_tokens) st.stop_reason = "context full";

@@ -1003,9 +1003,27 @@ struct QuantImpl {
 
   // out[0 .. n) = dequantized columns [c0, c0 + n) of row o; c0 is a multiple of KC (so of the
   // block size), n a multiple of the block size or the rest of the row.
+  // Rows inside the interleaved copy's groups (w.packed) are read from the copy (quant::unpack_x8,
+  // the same blocks): after loading, decode and prefill touch only the copy, and the stored
+  // blocks' pages (a mapped file's) can leave memory instead of doubling the resident weights.
   template <class F>
   static void dequant_segment(const quant::QuantMatrixView<F>& w, std::size_t o, std::size_t c0,
                               std::size_t n, float* out) {
+    if constexpr (quant::kRepackX8<F>) {
+      if (w.packed && o < w.rows / 8 * 8) {
+        const std::size_t nbr = w.blocks_per_row(), b0 = c0 / F::kBlockSize,
+                          nb = (n + F::kBlockSize - 1) / F::kBlockSize;
+        const auto* pk =
+            static_cast<const typename quant::RepackedX8<F>::Block*>(w.packed) + (o / 8) * nbr;
+        typename F::Block blk[kUnpackBatch];
+        for (std::size_t b = 0; b < nb; b += kUnpackBatch) {
+          const std::size_t m = std::min(kUnpackBatch, nb - b);
+          for (std::size_t i = 0; i < m; ++i) blk[i] = quant::unpack_x8<F>(pk[b0 + b + i], o % 8);
+          dequant_blocks<F>(blk, m, out + b * F::kBlockSize);
+        }
+        return;
+      }
+    }
     const auto* row = w.row(o);
     if constexpr (std::is_same_v<F, quant::Int8Row>) {
       const float s = w.scales[o];
@@ -1037,93 +1055,99 @@ struct QuantImpl {
       for (; c < n; ++c) out[c] = row[c0 + c].to_float() * s[(c0 + c) / 128];
     } else {
       const std::size_t b0 = c0 / F::kBlockSize, nb = (n + F::kBlockSize - 1) / F::kBlockSize;
-#if defined(TMOE_QUANT_AVX2)
-      if constexpr (std::is_same_v<F, quant::Q8_0>) {
-        for (std::size_t b = 0; b < nb; ++b, out += 32) {
-          const __m256 d = _mm256_set1_ps(half(row[b0 + b].d.bits));
-          for (int j = 0; j < 32; j += 8) {
-            const __m128i q = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(row[b0 + b].qs + j));
-            _mm256_storeu_ps(out + j,
-                             _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), d));
-          }
-        }
-        return;
-      } else if constexpr (std::is_same_v<F, quant::Q4_0>) {
-        const __m128i m4 = _mm_set1_epi8(15), k8 = _mm_set1_epi8(8);
-        for (std::size_t b = 0; b < nb; ++b, out += 32) {
-          const __m256 d = _mm256_set1_ps(half(row[b0 + b].d.bits));
-          const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row[b0 + b].qs));
-          const __m128i lo = _mm_sub_epi8(_mm_and_si128(raw, m4), k8);
-          const __m128i hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(raw, 4), m4), k8);
-          auto put = [&](__m128i q, float* p) {
-            _mm256_storeu_ps(p, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), d));
-            _mm256_storeu_ps(
-                p + 8,
-                _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q, 8))), d));
-          };
-          put(lo, out);
-          put(hi, out + 16);
-        }
-        return;
-      } else if constexpr (std::is_same_v<F, quant::Q4_K>) {
-        // Sub-block 2c: low nibbles of qs[32c .. 32c + 32), sub-block 2c + 1: high nibbles.
-        for (std::size_t b = 0; b < nb; ++b, out += 256) {
-          const quant::BlockQ4_K& x = row[b0 + b];
-          const float d = half(x.d.bits), dmin = half(x.dmin.bits);
-          for (int sb = 0; sb < 8; ++sb) {
-            int sc, m;
-            quant::q4k_scale_min(x.scales, sb, sc, m);
-            const __m256 vd = _mm256_set1_ps(d * static_cast<float>(sc)),
-                         vm = _mm256_set1_ps(dmin * static_cast<float>(m));
-            const std::uint8_t* q = x.qs + 32 * (sb / 2);
-            for (int j = 0; j < 32; j += 8) {
-              __m256i v =
-                  _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q + j)));
-              v = sb % 2 ? _mm256_srli_epi32(v, 4) : _mm256_and_si256(v, _mm256_set1_epi32(15));
-              _mm256_storeu_ps(out + 32 * sb + j, _mm256_fmsub_ps(_mm256_cvtepi32_ps(v), vd, vm));
-            }
-          }
-        }
-        return;
-      } else if constexpr (std::is_same_v<F, quant::Q6_K>) {
-        // Codes of 32 consecutive elements as in dot(BlockQ6_K): q[g] covers 128h + 32g .. + 32.
-        const __m256i m4 = _mm256_set1_epi8(15), m30 = _mm256_set1_epi8(0x30);
-        for (std::size_t b = 0; b < nb; ++b, out += 256) {
-          const quant::BlockQ6_K& x = row[b0 + b];
-          const float d = half(x.d.bits);
-          for (int h = 0; h < 2; ++h) {
-            const __m256i ql0 = load32(x.ql + 64 * h), ql1 = load32(x.ql + 64 * h + 32);
-            const __m256i qh = load32(x.qh + 32 * h);
-            alignas(32) std::uint8_t q[4][32];
-            _mm256_store_si256(reinterpret_cast<__m256i*>(q[0]),
-                               _mm256_or_si256(_mm256_and_si256(ql0, m4),
-                                               _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30)));
-            _mm256_store_si256(reinterpret_cast<__m256i*>(q[1]),
-                               _mm256_or_si256(_mm256_and_si256(ql1, m4),
-                                               _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30)));
-            _mm256_store_si256(reinterpret_cast<__m256i*>(q[2]),
-                               _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
-                                               _mm256_and_si256(qh, m30)));
-            _mm256_store_si256(reinterpret_cast<__m256i*>(q[3]),
-                               _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
-                                               _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30)));
-            for (int g = 0; g < 4; ++g)
-              for (int j = 0; j < 32; j += 8) {
-                const int e = 128 * h + 32 * g + j;
-                const __m256 sc = _mm256_set1_ps(d * static_cast<float>(x.scales[e / 16]));
-                const __m256i v = _mm256_sub_epi32(_mm256_cvtepu8_epi32(_mm_loadl_epi64(
-                                                       reinterpret_cast<const __m128i*>(q[g] + j))),
-                                                   _mm256_set1_epi32(32));
-                _mm256_storeu_ps(out + e, _mm256_mul_ps(_mm256_cvtepi32_ps(v), sc));
-              }
-          }
-        }
-        return;
-      }
-#endif
-      for (std::size_t b = 0; b < nb; ++b)
-        quant::QuantTraits<F>::dequantize_block(row[b0 + b], out + b * F::kBlockSize);
+      dequant_blocks<F>(row + b0, nb, out);
     }
+  }
+
+  // out[0 .. nb * kBlockSize) = the nb blocks at row, dequantized (block formats).
+  static constexpr std::size_t kUnpackBatch = 8;
+  template <class F>
+  static void dequant_blocks(const typename F::Block* row, std::size_t nb, float* out) {
+#if defined(TMOE_QUANT_AVX2)
+    if constexpr (std::is_same_v<F, quant::Q8_0>) {
+      for (std::size_t b = 0; b < nb; ++b, out += 32) {
+        const __m256 d = _mm256_set1_ps(half(row[b].d.bits));
+        for (int j = 0; j < 32; j += 8) {
+          const __m128i q = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(row[b].qs + j));
+          _mm256_storeu_ps(out + j, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), d));
+        }
+      }
+      return;
+    } else if constexpr (std::is_same_v<F, quant::Q4_0>) {
+      const __m128i m4 = _mm_set1_epi8(15), k8 = _mm_set1_epi8(8);
+      for (std::size_t b = 0; b < nb; ++b, out += 32) {
+        const __m256 d = _mm256_set1_ps(half(row[b].d.bits));
+        const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row[b].qs));
+        const __m128i lo = _mm_sub_epi8(_mm_and_si128(raw, m4), k8);
+        const __m128i hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(raw, 4), m4), k8);
+        auto put = [&](__m128i q, float* p) {
+          _mm256_storeu_ps(p, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), d));
+          _mm256_storeu_ps(
+              p + 8,
+              _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q, 8))), d));
+        };
+        put(lo, out);
+        put(hi, out + 16);
+      }
+      return;
+    } else if constexpr (std::is_same_v<F, quant::Q4_K>) {
+      // Sub-block 2c: low nibbles of qs[32c .. 32c + 32), sub-block 2c + 1: high nibbles.
+      for (std::size_t b = 0; b < nb; ++b, out += 256) {
+        const quant::BlockQ4_K& x = row[b];
+        const float d = half(x.d.bits), dmin = half(x.dmin.bits);
+        for (int sb = 0; sb < 8; ++sb) {
+          int sc, m;
+          quant::q4k_scale_min(x.scales, sb, sc, m);
+          const __m256 vd = _mm256_set1_ps(d * static_cast<float>(sc)),
+                       vm = _mm256_set1_ps(dmin * static_cast<float>(m));
+          const std::uint8_t* q = x.qs + 32 * (sb / 2);
+          for (int j = 0; j < 32; j += 8) {
+            __m256i v =
+                _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q + j)));
+            v = sb % 2 ? _mm256_srli_epi32(v, 4) : _mm256_and_si256(v, _mm256_set1_epi32(15));
+            _mm256_storeu_ps(out + 32 * sb + j, _mm256_fmsub_ps(_mm256_cvtepi32_ps(v), vd, vm));
+          }
+        }
+      }
+      return;
+    } else if constexpr (std::is_same_v<F, quant::Q6_K>) {
+      // Codes of 32 consecutive elements as in dot(BlockQ6_K): q[g] covers 128h + 32g .. + 32.
+      const __m256i m4 = _mm256_set1_epi8(15), m30 = _mm256_set1_epi8(0x30);
+      for (std::size_t b = 0; b < nb; ++b, out += 256) {
+        const quant::BlockQ6_K& x = row[b];
+        const float d = half(x.d.bits);
+        for (int h = 0; h < 2; ++h) {
+          const __m256i ql0 = load32(x.ql + 64 * h), ql1 = load32(x.ql + 64 * h + 32);
+          const __m256i qh = load32(x.qh + 32 * h);
+          alignas(32) std::uint8_t q[4][32];
+          _mm256_store_si256(reinterpret_cast<__m256i*>(q[0]),
+                             _mm256_or_si256(_mm256_and_si256(ql0, m4),
+                                             _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30)));
+          _mm256_store_si256(reinterpret_cast<__m256i*>(q[1]),
+                             _mm256_or_si256(_mm256_and_si256(ql1, m4),
+                                             _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30)));
+          _mm256_store_si256(reinterpret_cast<__m256i*>(q[2]),
+                             _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
+                                             _mm256_and_si256(qh, m30)));
+          _mm256_store_si256(reinterpret_cast<__m256i*>(q[3]),
+                             _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                                             _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30)));
+          for (int g = 0; g < 4; ++g)
+            for (int j = 0; j < 32; j += 8) {
+              const int e = 128 * h + 32 * g + j;
+              const __m256 sc = _mm256_set1_ps(d * static_cast<float>(x.scales[e / 16]));
+              const __m256i v = _mm256_sub_epi32(
+                  _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q[g] + j))),
+                  _mm256_set1_epi32(32));
+              _mm256_storeu_ps(out + e, _mm256_mul_ps(_mm256_cvtepi32_ps(v), sc));
+            }
+        }
+      }
+      return;
+    }
+#endif
+    for (std::size_t b = 0; b < nb; ++b)
+      quant::QuantTraits<F>::dequantize_block(row[b], out + b * F::kBlockSize);
   }
 
   // y[t * ldy + o] for o in [o_begin, o_end), t < T, from X packed by BlasKernels::gemm_pack_x.
