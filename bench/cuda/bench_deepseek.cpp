@@ -18,7 +18,8 @@
 // token (one decode graph replay per token, as forward() with prefill_gemm = false) and as one
 // batched forward() (chunk = prefill: GEMMs, MLA of all tokens, per-expert GEMMs); wall time from
 // the first upload to the last token's logits on the host (token by token: to the last replay's
-// end), best of 3, in tokens/s.
+// end), best of 3, in tokens/s; and the R1 pair with the bf16 latent cache (tensor-core MLA), whose
+// difference to the float cache row is mostly attention time.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -78,8 +79,10 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 }
 
 // Token-by-token and batched prefill of T tokens, best of 3 each; one table row.
-void prefill_row(const char* shape, const io::ModelConfig& cfg, bool fp8, std::size_t T) {
+void prefill_row(const char* shape, const io::ModelConfig& cfg, bool fp8, std::size_t T,
+                 bool bf16_cache = false) {
   cuda::ModelOptions opt;
+  opt.mla_bf16_cache = bf16_cache;
   opt.max_context = T + 1;
   opt.chunk = T;
   cuda::DeepseekModel::RandomWeights rw;
@@ -173,6 +176,7 @@ int main(int argc, char** argv) {
                 false, prefill);
     prefill_row("R1 layer pair", cfg, false, prefill);
     prefill_row("R1 layer pair", cfg, true, prefill);
+    prefill_row("R1 layer pair, bf16 latent cache", cfg, false, prefill, true);
   }
   return 0;
 }
