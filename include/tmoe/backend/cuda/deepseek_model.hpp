@@ -18,9 +18,13 @@
 //     gate and up rows as two gathered GEMVs (only the chosen experts' weights are read), SwiGLU,
 //     the gathered down GEMV, then r = sum_k w_k y_k + shared experts' output (moe_combine);
 //     the router kernel also counts tokens per expert on the device (expert_stats()).
-// then the final norm and the LM head. Tokens run one at a time: a one-token step is captured once
-// per state as a CUDA graph (token and position in device memory) and replayed for every token,
-// prompt included (a prefill with GEMMs is not written yet).
+// then the final norm and the LM head. One token: a one-token step is captured once per state as a
+// CUDA graph (token and position in device memory) and replayed. Several tokens (a prompt; unless
+// ModelOptions::prefill_gemm is false) run as a batched prefill in chunks of ModelOptions::chunk:
+// cuBLAS GEMMs for every projection (bf16 / FP8 weights: bf16 operands, FP8 dequantized per
+// matrix), all T latents into the cache then mla_attention of the T queries with W_UK / W_UV as
+// per-head batched GEMMs, the router for all T tokens, and per active expert its GEMMs over the
+// rows routed to it (the routing sorted on the host: one synchronization per MoE layer).
 //
 // Weights come through models::WeightSource and are uploaded once, kept in their stored format:
 // bf16 stays bf16, F8_E4M3 with weight_scale_inv blocks stays FP8 (block-scaled GEMVs dequantize in
