@@ -32,7 +32,8 @@ if [ "$fail" != 0 ]; then cat "$out/ptxas.txt"; echo "build failed"; exit 1; fi
 objs=$(for f in tests/cuda/*.cpp; do echo "$out/$(basename "$f").o"; done)
 "$NVCC" -o "$out/test_cuda" $objs "$out/api_impl.o" -lcublas ${PCRE_LIBS:--lpcre2-8}
 "$NVCC" -o "$out/bench_cuda_model" "$out/bench_model.cpp.o" "$out/api_impl.o" -lcublas
-"$NVCC" -o "$out/bench_cuda_deepseek" "$out/bench_deepseek.cpp.o" "$out/api_impl.o" -lcublas
+"$NVCC" -o "$out/bench_cuda_deepseek" "$out/bench_deepseek.cpp.o" "$out/api_impl.o" -lcublas \
+  ${PCRE_LIBS:--lpcre2-8}
 echo "built $out/test_cuda $out/bench_cuda_model $out/bench_cuda_deepseek $out/bench_cuda_mla $out/bench_cuda_gemm"
 [ -n "${BUILD_ONLY:-}" ] && exit 0
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv || true

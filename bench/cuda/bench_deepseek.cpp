@@ -5,20 +5,30 @@
 // on the device (never zeros), bf16 and FP8-block (kv_b, embedding and head bf16, the router
 // float32, as in R1's checkpoint).
 //
-//   bench_cuda_deepseek [--context N] [--tokens N] [--layers N]
+//   bench_cuda_deepseek [--context N] [--tokens N] [--layers N] [--prefill N]
 //
 // Per format: feeds `context` tokens through the one-token decode graph, then times `tokens` more
 // decode steps, each between two CUDA events on the model's stream (token and position upload,
 // graph replay), and prints the median and the 10th / 90th percentiles; the weight bytes one
 // token reads (active experts only) over the median gives the achieved bandwidth, and over the
 // device-to-device copy bandwidth measured first (2 GiB, bytes read + written) the bytes floor.
+//
+// Prefill (`prefill` tokens, default 512; 0 skips): the built-in default model's shape (random
+// weights, bf16) and the R1 layer pair (bf16, FP8-block), each prompt into a fresh state token by
+// token (one decode graph replay per token, as forward() with prefill_gemm = false) and as one
+// batched forward() (chunk = prefill: GEMMs, MLA of all tokens, per-expert GEMMs); wall time from
+// the first upload to the last token's logits on the host (token by token: to the last replay's
+// end), best of 3, in tokens/s; and the R1 pair with the bf16 latent cache (tensor-core MLA), whose
+// difference to the float cache row is mostly attention time.
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <vector>
 
 #include "tmoe/backend/cuda/deepseek_model.hpp"
+#include "tmoe/models/default_model.hpp"
 
 using namespace tmoe;
 
@@ -64,14 +74,51 @@ double copy_gbs() {
   return 2.0 * double(bytes) / (ms[ms.size() / 2] * 1e-3) / 1e9;
 }
 
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// Token-by-token and batched prefill of T tokens, best of 3 each; one table row.
+void prefill_row(const char* shape, const io::ModelConfig& cfg, bool fp8, std::size_t T,
+                 bool bf16_cache = false) {
+  cuda::ModelOptions opt;
+  opt.mla_bf16_cache = bf16_cache;
+  opt.max_context = T + 1;
+  opt.chunk = T;
+  cuda::DeepseekModel::RandomWeights rw;
+  rw.seed = 11, rw.fp8 = fp8;
+  cuda::DeepseekModel m(cfg, rw, opt);
+  std::vector<std::int32_t> ids(T);
+  for (std::size_t t = 0; t < T; ++t) ids[t] = std::int32_t((t * 7919 + 13) % cfg.vocab_size);
+  ThreadPool pool(1);
+  Matrix<float> lg(1, cfg.vocab_size);
+  double tok = 1e30, bat = 1e30;
+  for (int rep = 0; rep < 4; ++rep) {  // rep 0 warms up (graph capture, cuBLAS heuristics)
+    auto st = m.new_state(T + 1);
+    m.synchronize();
+    auto t0 = std::chrono::steady_clock::now();
+    for (std::int32_t id : ids) m.decode(*st, id);
+    m.synchronize();
+    if (rep > 0) tok = std::min(tok, seconds_since(t0));
+    auto sb = m.new_state(T + 1);
+    m.synchronize();
+    t0 = std::chrono::steady_clock::now();
+    m.forward(pool, *sb, ids, lg.view());
+    if (rep > 0) bat = std::min(bat, seconds_since(t0));
+  }
+  std::printf("| %s | %s | %zu | %.1f | %.1f | %.2f | %.1f |\n", shape, m.weight_format().c_str(),
+              T, double(T) / tok, double(T) / bat, tok / bat, 1e3 * bat);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::size_t context = 512, tokens = 64, layers = 2;
+  std::size_t context = 512, tokens = 64, layers = 2, prefill = 512;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!std::strcmp(argv[i], "--context")) context = std::strtoul(argv[i + 1], nullptr, 10);
     if (!std::strcmp(argv[i], "--tokens")) tokens = std::strtoul(argv[i + 1], nullptr, 10);
     if (!std::strcmp(argv[i], "--layers")) layers = std::strtoul(argv[i + 1], nullptr, 10);
+    if (!std::strcmp(argv[i], "--prefill")) prefill = std::strtoul(argv[i + 1], nullptr, 10);
   }
   if (cuda::device_count() == 0) {
     std::printf("bench_cuda_deepseek: skipped: no CUDA device\n");
@@ -118,6 +165,18 @@ int main(int argc, char** argv) {
     std::printf("| %s%s | %.3f | %.3f | %.3f | %.1f | %.1f | %.3f | %.3f |\n",
                 m.weight_format().c_str(), opt.mla_bf16_cache ? ", bf16 latent cache" : "", med,
                 p10, p90, mb, mb * 1e6 / (med * 1e-3) / 1e9, floor_ms, floor_ms / med);
+  }
+  if (prefill > 0 && prefill <= 4096) {
+    std::printf(
+        "\nprefill of %zu tokens into a fresh state, best of 3\n\n| shape | weights | tokens | "
+        "token by token tok/s | batched tok/s | speed-up | batched ms |\n| --- | --- | --- | --- "
+        "| --- | --- | --- |\n",
+        prefill);
+    prefill_row("default model (d 512, 4 layers, 16 experts)", models::default_model_config(),
+                false, prefill);
+    prefill_row("R1 layer pair", cfg, false, prefill);
+    prefill_row("R1 layer pair", cfg, true, prefill);
+    prefill_row("R1 layer pair, bf16 latent cache", cfg, false, prefill, true);
   }
   return 0;
 }

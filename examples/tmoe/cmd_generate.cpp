@@ -52,9 +52,6 @@ int cmd_generate(const Argv& argv) {
   const std::string path = args.str("--model");
   if (!builtin) check_model_path(path, "generate");
   const bool cuda = want_cuda(args.str("--device", "cpu"), "generate");
-  check(!(cuda && builtin), "generate",
-        "--device cuda needs --model (the built-in default model is a DeepSeek MoE, which runs on "
-        "the CPU only)");
   const long long n = args.integer("-n", 64), threads = args.integer("-t", 2);
   check(n >= 0 && n <= 1000000, "generate", "-n must be in [0, 1000000], got ", n);
   check(threads >= 1 && threads <= 1024, "generate", "-t must be in [1, 1024], got ", threads);
@@ -65,9 +62,11 @@ int cmd_generate(const Argv& argv) {
   io::Tokenizer tok;
   io::ChatTemplate chat;
   if (builtin) {
+    // Made first, so that a failure (no CUDA) is the only line on stderr.
+    model = cuda ? cuda_default_model(0x7a0e, opt, "generate") : models::default_model(0x7a0e, opt);
     std::fprintf(stderr,
-                 "[tmoe] no --model: running the built-in default model (random weights)\n");
-    model = models::default_model(0x7a0e, opt);
+                 "[tmoe] no --model: running the built-in default model (random weights%s)\n",
+                 cuda ? ", on the GPU" : "");
     tok = models::default_tokenizer();
     chat = models::default_chat_template();
   } else {

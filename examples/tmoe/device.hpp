@@ -1,10 +1,11 @@
 // examples/tmoe/device.hpp: `--device cpu|cuda` for the commands that run a model. With CUDA
 // (tmoe built with TMOE_ENABLE_CUDA and a CUDA toolkit: TMOE_WITH_CUDA), `cuda` loads the model
 // onto the GPU as cuda::GqaModel (dense Qwen2 / Llama) or cuda::DeepseekModel (MLA configs:
-// DeepSeek-V3 / R1, V2); without it, `--device cuda` fails with one
-// line saying so.
+// DeepSeek-V3 / R1, V2), and the built-in default model as a cuda::DeepseekModel; without it,
+// `--device cuda` fails with one line saying so.
 #pragma once
 
+#include <cstdint>
 #include <memory>
 #include <string>
 
@@ -12,6 +13,7 @@
 #include "tmoe/models/model.hpp"
 #if defined(TMOE_WITH_CUDA)
 #include "tmoe/backend/cuda/deepseek_model.hpp"
+#include "tmoe/backend/cuda/default_model.hpp"
 #endif
 
 namespace tmoe::cli {
@@ -31,6 +33,21 @@ inline std::unique_ptr<models::Model> load_cuda_model([[maybe_unused]] const std
   cuda::ModelOptions co;
   co.max_context = o.max_context;
   return cuda::load_any_model(path, co);
+#else
+  fail(op,
+       "--device cuda: this tmoe was built without CUDA (configure with a CUDA toolkit and "
+       "TMOE_ENABLE_CUDA=ON)");
+#endif
+}
+
+// The built-in default model (random weights from `seed`) on the GPU.
+inline std::unique_ptr<models::Model> cuda_default_model(
+    [[maybe_unused]] std::uint64_t seed, [[maybe_unused]] const models::LoadOptions& o,
+    [[maybe_unused]] const char* op) {
+#if defined(TMOE_WITH_CUDA)
+  cuda::ModelOptions co;
+  co.max_context = o.max_context;
+  return cuda::default_model(seed, co);
 #else
   fail(op,
        "--device cuda: this tmoe was built without CUDA (configure with a CUDA toolkit and "

@@ -35,7 +35,8 @@ commands:
             preset's sizes or a model's formats and decode bytes
 
 PATH is a Hugging Face model folder (config.json, *.safetensors, tokenizer.json) or a .gguf file.
---device cuda (tmoe built with CUDA): dense Qwen2 / Llama and DeepSeek (MLA, MoE) models on the GPU.
+--device cuda (tmoe built with CUDA): dense Qwen2 / Llama and DeepSeek (MLA, MoE) models, and the
+built-in default model, on the GPU.
 Environment: TMOE_ISA=portable|avx2|avx512|avx512_vnni_bf16 forces a CPU kernel set.
 )";
 

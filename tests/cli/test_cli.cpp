@@ -233,6 +233,29 @@ TEST_CASE("bad inputs exit with status 1 and one line on stderr") {
   }
 }
 
+// The built-in default model with --device cuda: a tmoe built without CUDA says so in one line;
+// one built with CUDA runs it on the GPU (status 0, the prompt and the generated text on stdout)
+// or, where there is no device, names the missing device in one line. Never the old refusal
+// ("--device cuda needs --model").
+TEST_CASE("tmoe generate --device cuda without --model: the default model on the GPU, or why not") {
+  const Result r = run_tmoe("generate --device cuda -n 4 --temp 0");
+  INFO("stderr: " << r.err);
+  CHECK(r.err.find("needs --model") == std::string::npos);
+  if (!TMOE_CLI_CUDA) {
+    CHECK(r.status == 1);
+    CHECK(lines(r.err) == 1);
+    CHECK(r.err.find("built without CUDA") != std::string::npos);
+  } else if (r.status == 0) {
+    CHECK(r.out.starts_with("Hello, tmoe!"));
+    CHECK(r.out.size() > std::string("Hello, tmoe!").size());
+    CHECK(r.err.find("built-in default model") != std::string::npos);
+  } else {
+    CHECK(r.status == 1);
+    CHECK(lines(r.err) == 1);
+    CHECK(r.err.find("no CUDA device") != std::string::npos);
+  }
+}
+
 TEST_CASE("tmoe init --preset writes a model tmoe runs; tmoe info --preset counts it") {
   const fs::path dir = scratch("init_preset");
   Result r = run_tmoe("init --preset tiny-mixtral --dtype f32 --seed 3 --output '" +

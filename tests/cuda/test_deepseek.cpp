@@ -100,10 +100,12 @@ TEST_CASE("GPU DeepSeek-V3 models match Hugging Face logits") {
       const double e = ds_rel_err(ds_logits(*m, r, per_token), r.logits);
       MESSAGE(std::string(family) << (per_token ? " token by token" : " whole sequence")
                                   << ": max |err| / max |ref| = " << e);
-      CHECK(e <= 1e-4);
+      // The FP8 model's whole sequence runs the batched prefill on bf16 operands
+      // (test_deepseek_prefill.cpp's bound).
+      CHECK(e <= (!per_token && std::string(family) == "deepseek_v3_fp8" ? 3e-2 : 1e-4));
     }
-    cuda::ModelOptions no_graphs;
-    no_graphs.graphs = false;
+    cuda::ModelOptions no_graphs;  // token by token without the decode graph
+    no_graphs.graphs = false, no_graphs.prefill_gemm = false;
     auto mg = ds_model(ds_fixture(family), no_graphs);
     const double e = ds_rel_err(ds_logits(*mg, r, false), r.logits);
     INFO(family << " without graphs: " << e);
@@ -256,11 +258,18 @@ TEST_CASE("GPU DeepSeek bf16 weights agree with the CPU model on the same weight
   const DsRef r = ds_load_ref("deepseek_v3");
   auto cpu = models::build_model(cfg, mem);
   const auto want = ds_logits(*cpu, r, false);
-  cuda::DeepseekModel gpu(cfg, mem);
+  cuda::ModelOptions token;
+  token.prefill_gemm = false;
+  cuda::DeepseekModel gpu(cfg, mem, token);
   CHECK(gpu.weight_format() == "bf16");
   const double e = ds_rel_err(ds_logits(gpu, r, false), want);
   MESSAGE("bf16: max |err| / max |cpu| = " << e);
   CHECK(e <= 1e-4);
+  // The batched prefill rounds the activations to bf16 for the GEMMs: GqaModel's 3e-2 bound.
+  cuda::DeepseekModel batched(cfg, mem);
+  const double eb = ds_rel_err(ds_logits(batched, r, false), want);
+  MESSAGE("bf16, batched prefill: max |err| / max |cpu| = " << eb);
+  CHECK(eb <= 3e-2);
 }
 
 TEST_CASE("GPU DeepSeek with the bf16 latent cache (tensor-core MLA) stays near the logits") {

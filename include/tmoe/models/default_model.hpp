@@ -87,12 +87,16 @@ inline io::ChatTemplate default_chat_template() {
   return io::ChatTemplate{};
 }
 
+// The default model's bf16 weights for `seed` (the same on every platform): what default_model()
+// runs on the CPU and cuda::default_model() uploads to the GPU.
+inline std::shared_ptr<MemoryWeights> default_model_weights(std::uint64_t seed = 0x7a0e) {
+  return std::make_shared<MemoryWeights>(
+      random_weights<bf16>(default_model_config(), seed, 1.0f, "built-in default model"));
+}
+
 inline std::unique_ptr<Model> default_model(std::uint64_t seed = 0x7a0e,
                                             const LoadOptions& opt = {}) {
-  const io::ModelConfig c = default_model_config();
-  auto w = std::make_shared<MemoryWeights>(
-      random_weights<bf16>(c, seed, 1.0f, "built-in default model"));
-  return build_model(c, std::move(w), opt);
+  return build_model(default_model_config(), default_model_weights(seed), opt);
 }
 
 }  // namespace tmoe::models

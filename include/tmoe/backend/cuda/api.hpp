@@ -359,6 +359,29 @@ void gemm_bf16(const bf16* w, std::size_t ldw, const bf16* x, std::size_t ldx, f
                StreamHandle s = nullptr);
 // y[i] = bf16(x[i]) (round to nearest even), i < n.
 void to_bf16(const float* x, bf16* y, std::size_t n, StreamHandle s = nullptr);
+// Strided batched GEMM (cuBLAS; the per-head products of MLA's absorbed prefill): for b < batch,
+//   y_b (T, out) = x_b (T, in) op(W_b),  W_b = w + b stride_w, x_b = x + b stride_x,
+//   y_b = y + b stride_y (elements; row strides ldw, ldx, ldy),
+// w_t false: W_b is (out, in) row-major (ldw >= in) and op(W) = W^T, as gemm_f32 / gemm_bf16;
+// w_t true:  W_b is (in, out) row-major (ldw >= out) and op(W) = W.
+// fp32 accumulation; the float version in full fp32 (no TF32), the bf16 one writes float.
+void gemm_batched_f32(const float* w, std::size_t ldw, std::size_t stride_w, bool w_t,
+                      const float* x, std::size_t ldx, std::size_t stride_x, float* y,
+                      std::size_t ldy, std::size_t stride_y, std::size_t T, std::size_t out,
+                      std::size_t in, std::size_t batch, StreamHandle s = nullptr);
+void gemm_batched_bf16(const bf16* w, std::size_t ldw, std::size_t stride_w, bool w_t,
+                       const bf16* x, std::size_t ldx, std::size_t stride_x, float* y,
+                       std::size_t ldy, std::size_t stride_y, std::size_t T, std::size_t out,
+                       std::size_t in, std::size_t batch, StreamHandle s = nullptr);
+// w (rows, cols) = bf16(float(e4m3 wq[o, i]) * scale_inv[(o / 128) ceil(cols / 128) + i / 128]),
+// rounded once: an FP8-block matrix (gemv_fp8_block's layout, row stride ldw) as the bf16
+// operand of a prefill GEMM. w is dense (row stride cols).
+void dequant_fp8_block(const f8_e4m3* wq, std::size_t ldw, const float* scale_inv, bf16* w,
+                       std::size_t rows, std::size_t cols, StreamHandle s = nullptr);
+// rows rows of `width` bytes from src (row pitch spitch bytes) to dst (pitch dpitch), on the
+// device (cudaMemcpy2DAsync).
+void copy_device_2d(void* dst, std::size_t dpitch, const void* src, std::size_t spitch,
+                    std::size_t width, std::size_t rows, StreamHandle s = nullptr);
 
 // ---- decoder plumbing ---------------------------------------------------------------------------
 // out[t, :] = float(table[tokens[t], :]) for t < T; table (vocab, dim). Token ids are not checked

@@ -591,6 +591,86 @@ void to_bf16(const float* x, bf16* y, std::size_t n, StreamHandle s) {
   if (e != cudaSuccess) fail_call("cuda::to_bf16", "kernel launch", e);
 }
 
+namespace api_detail {
+// Column-major view: y^T (out, T) = op(W) (out, in) x^T (in, T); op(W) = W as (in, out)^T when
+// !w_t (lda ldw), W as (out, in) when w_t (its row-major (in, out) storage, lda ldw).
+void check_gemm_batched(const char* op, std::size_t ldw, bool w_t, std::size_t ldx, std::size_t ldy,
+                        std::size_t T, std::size_t out, std::size_t in, std::size_t batch,
+                        std::size_t sw, std::size_t sx, std::size_t sy) {
+  check(ldw >= (w_t ? out : in) && ldx >= in && ldy >= out, op,
+        "strides: expected ldw >= ", w_t ? "out = " : "in = ", w_t ? out : in, ", ldx >= in = ", in,
+        ", ldy >= out = ", out, ", got ", ldw, ", ", ldx, ", ", ldy);
+  for (std::size_t v : {T, out, in, ldw, ldx, ldy, batch}) check_size(op, "a size", v);
+  constexpr std::size_t big = std::size_t(1) << 62;
+  check(sw < big && sx < big && sy < big, op, "batch strides too large");
+}
+}  // namespace api_detail
+void gemm_batched_f32(const float* w, std::size_t ldw, std::size_t stride_w, bool w_t,
+                      const float* x, std::size_t ldx, std::size_t stride_x, float* y,
+                      std::size_t ldy, std::size_t stride_y, std::size_t T, std::size_t out,
+                      std::size_t in, std::size_t batch, StreamHandle s) {
+  constexpr const char* op = "cuda::gemm_batched_f32";
+  api_detail::check_gemm_batched(op, ldw, w_t, ldx, ldy, T, out, in, batch, stride_w, stride_x,
+                                 stride_y);
+  if (T == 0 || out == 0 || batch == 0) return;
+  check(w && x && y, op, "null pointer: w, x and y must be device pointers");
+  const float one = 1.f, zero = 0.f;
+  const cublasStatus_t st = cublasSgemmStridedBatched(
+      api_detail::cublas(s), w_t ? CUBLAS_OP_N : CUBLAS_OP_T, CUBLAS_OP_N, int(out), int(T),
+      int(in), &one, w, int(ldw), static_cast<long long>(stride_w), x, int(ldx),
+      static_cast<long long>(stride_x), &zero, y, int(ldy), static_cast<long long>(stride_y),
+      int(batch));
+  if (st != CUBLAS_STATUS_SUCCESS)
+    fail(op, "cublasSgemmStridedBatched: ", cublasGetStatusString(st));
+}
+void gemm_batched_bf16(const bf16* w, std::size_t ldw, std::size_t stride_w, bool w_t,
+                       const bf16* x, std::size_t ldx, std::size_t stride_x, float* y,
+                       std::size_t ldy, std::size_t stride_y, std::size_t T, std::size_t out,
+                       std::size_t in, std::size_t batch, StreamHandle s) {
+  constexpr const char* op = "cuda::gemm_batched_bf16";
+  api_detail::check_gemm_batched(op, ldw, w_t, ldx, ldy, T, out, in, batch, stride_w, stride_x,
+                                 stride_y);
+  if (T == 0 || out == 0 || batch == 0) return;
+  check(w && x && y, op, "null pointer: w, x and y must be device pointers");
+  const float one = 1.f, zero = 0.f;
+  const cublasStatus_t st = cublasGemmStridedBatchedEx(
+      api_detail::cublas(s), w_t ? CUBLAS_OP_N : CUBLAS_OP_T, CUBLAS_OP_N, int(out), int(T),
+      int(in), &one, w, CUDA_R_16BF, int(ldw), static_cast<long long>(stride_w), x, CUDA_R_16BF,
+      int(ldx), static_cast<long long>(stride_x), &zero, y, CUDA_R_32F, int(ldy),
+      static_cast<long long>(stride_y), int(batch), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+  if (st != CUBLAS_STATUS_SUCCESS)
+    fail(op, "cublasGemmStridedBatchedEx: ", cublasGetStatusString(st));
+}
+void dequant_fp8_block(const f8_e4m3* wq, std::size_t ldw, const float* scale_inv, bf16* w,
+                       std::size_t rows, std::size_t cols, StreamHandle s) {
+  constexpr const char* op = "cuda::dequant_fp8_block";
+  check(ldw >= cols, op, "ldw: expected >= cols = ", cols, ", got ", ldw);
+  if (rows == 0 || cols == 0) return;
+  check(wq && scale_inv && w, op, "null pointer: wq, scale_inv and w must be device pointers");
+  const bool vec = cols % 16 == 0 && ldw % 16 == 0 &&
+                   reinterpret_cast<std::uintptr_t>(wq) % 16 == 0 &&
+                   reinterpret_cast<std::uintptr_t>(w) % 16 == 0;
+  const std::size_t n = rows * cols / (vec ? 16 : 1);
+  const unsigned blocks = unsigned(std::min<std::size_t>((n + 255) / 256, 8 * 65535));
+  const cudaError_t e = vec ? launch(dequant_fp8_block_vec_kernel, dim3(blocks), dim3(256), 0, s,
+                                     reinterpret_cast<const uint4*>(wq), ldw / 16, scale_inv,
+                                     reinterpret_cast<uint4*>(w), rows, cols / 16)
+                            : launch(dequant_fp8_block_kernel, dim3(blocks), dim3(256), 0, s, wq,
+                                     ldw, scale_inv, w, rows, cols);
+  if (e != cudaSuccess) fail_call(op, "kernel launch", e);
+}
+void copy_device_2d(void* dst, std::size_t dpitch, const void* src, std::size_t spitch,
+                    std::size_t width, std::size_t rows, StreamHandle s) {
+  constexpr const char* op = "cuda::copy_device_2d";
+  check(width <= dpitch && width <= spitch, op, "width ", width, " exceeds a pitch (", dpitch, ", ",
+        spitch, ")");
+  if (width == 0 || rows == 0) return;
+  check(dst && src, op, "null pointer: dst and src must be device pointers");
+  const cudaError_t e =
+      cudaMemcpy2DAsync(dst, dpitch, src, spitch, width, rows, cudaMemcpyDeviceToDevice, s);
+  if (e != cudaSuccess) fail_call(op, "cudaMemcpy2DAsync", e);
+}
+
 // ---- decoder plumbing -----------------------------------------------------------------------
 namespace api_detail {
 template <class T>

@@ -18,9 +18,13 @@
 //     gate and up rows as two gathered GEMVs (only the chosen experts' weights are read), SwiGLU,
 //     the gathered down GEMV, then r = sum_k w_k y_k + shared experts' output (moe_combine);
 //     the router kernel also counts tokens per expert on the device (expert_stats()).
-// then the final norm and the LM head. Tokens run one at a time: a one-token step is captured once
-// per state as a CUDA graph (token and position in device memory) and replayed for every token,
-// prompt included (a prefill with GEMMs is not written yet).
+// then the final norm and the LM head. One token: a one-token step is captured once per state as a
+// CUDA graph (token and position in device memory) and replayed. Several tokens (a prompt; unless
+// ModelOptions::prefill_gemm is false) run as a batched prefill in chunks of ModelOptions::chunk:
+// cuBLAS GEMMs for every projection (bf16 / FP8 weights: bf16 operands, FP8 dequantized per
+// matrix), all T latents into the cache then mla_attention of the T queries with W_UK / W_UV as
+// per-head batched GEMMs, the router for all T tokens, and per active expert its GEMMs over the
+// rows routed to it (the routing sorted on the host: one synchronization per MoE layer).
 //
 // Weights come through models::WeightSource and are uploaded once, kept in their stored format:
 // bf16 stays bf16, F8_E4M3 with weight_scale_inv blocks stays FP8 (block-scaled GEMVs dequantize in
@@ -231,7 +235,48 @@ class DeepseekModel final : public models::Model {
     workspace_ = DeviceBuffer<float>(mla_attention_workspace(1, H_, R_, split_));
     n_group_ = c.n_group, topk_group_ = c.topk_group, norm_topk_ = c.norm_topk_prob;
     routed_scale_ = static_cast<float>(c.routed_scaling_factor);
+    sms_ = std::size_t(sms), head_blocks_ = head_blocks;
+    check(opt_.chunk >= 1 && opt_.chunk <= 4096, op, "chunk: expected 1..4096, got ", opt_.chunk);
+    prefill_ = opt_.prefill_gemm && opt_.chunk > 1;
+    if (prefill_) init_prefill(S);
     stream_.synchronize();
+  }
+
+  // The batched prefill's buffers for chunks of up to C = opt_.chunk tokens.
+  void init_prefill(std::size_t S) {
+    const std::size_t C = opt_.chunk, K = R_ + Dr_, Dq = Dn_ + Dr_,
+                      N = C * std::max<std::size_t>(k_, 1);
+    P& p = p_;
+    p.h = DeviceBuffer<float>(C * d_), p.x = DeviceBuffer<float>(C * d_),
+    p.r = DeviceBuffer<float>(C * d_);
+    if (Ql_ > 0) p.cq = DeviceBuffer<float>(C * Ql_), p.cqn = DeviceBuffer<float>(C * Ql_);
+    p.q = DeviceBuffer<float>(C * H_ * Dq), p.kv = DeviceBuffer<float>(C * K);
+    p.qa = DeviceBuffer<float>(C * H_ * K), p.ctx = DeviceBuffer<float>(C * H_ * R_);
+    p.o = DeviceBuffer<float>(C * H_ * Dv_);
+    const std::size_t wide = std::max({C * I_, C * S, E_ ? N * Im_ : 0});
+    p.g = DeviceBuffer<float>(wide), p.u = DeviceBuffer<float>(wide),
+    p.act = DeviceBuffer<float>(wide);
+    std::size_t xb = std::max({C * d_, C * Ql_, C * H_ * Dq, C * H_ * R_, C * H_ * Dv_, wide});
+    if (E_) {
+      p.rlog = DeviceBuffer<float>(C * E_), p.rw = DeviceBuffer<float>(N);
+      p.ridx = DeviceBuffer<std::int32_t>(N), p.rs = DeviceBuffer<std::int32_t>(2 * N);
+      p.xs = DeviceBuffer<float>(N * d_), p.ys = DeviceBuffer<float>(N * d_),
+      p.ye = DeviceBuffer<float>(N * d_), p.sh = DeviceBuffer<float>(C * d_);
+      p.route = PinnedBuffer<std::int32_t>(3 * N);
+      xb = std::max(xb, N * d_);
+    }
+    p.xb = DeviceBuffer<bf16>(xb);
+    if (max_fp8_elems_) p.wdq = DeviceBuffer<bf16>(max_fp8_elems_);
+    p.tok = DeviceBuffer<std::int32_t>(C), p.pos = DeviceBuffer<std::int32_t>(C);
+    p.stage = PinnedBuffer<std::int32_t>(2 * C);
+    std::size_t ws = 0;
+    for (std::size_t t = 1; t <= C; ++t)
+      ws = std::max(ws, mla_attention_workspace(t, H_, R_, prefill_split(t)));
+    p.ws = DeviceBuffer<float>(std::max<std::size_t>(ws, 1));
+  }
+  // Attention slices for a T-token chunk: enough blocks for about two waves over the SMs.
+  std::size_t prefill_split(std::size_t T) const {
+    return std::clamp<std::size_t>(2 * sms_ / (head_blocks_ * T), 1, split_);
   }
 
  public:
@@ -249,6 +294,12 @@ class DeepseekModel final : public models::Model {
       check(tokens[i] >= 0 && static_cast<std::size_t>(tokens[i]) < V_, op, "token id ", tokens[i],
             " at index ", i, " is outside the vocabulary of ", V_);
     reset_expert_counts(T);
+    if (T > 1 && prefill_) {
+      const float* rows = prefill(s, tokens, R);
+      for (std::size_t r = 0; r < R; ++r)
+        copy_to_host(logits.row(r), rows + r * V_, V_ * sizeof(float), stream_);
+      return;
+    }
     for (std::size_t t = 0; t < T; ++t) {
       run_one(s, tokens[t]);
       if (t >= T - R)
@@ -307,7 +358,12 @@ class DeepseekModel final : public models::Model {
       check(prompt[i] >= 0 && static_cast<std::size_t>(prompt[i]) < V_, op, "token id ", prompt[i],
             " at index ", i, " is outside the vocabulary of ", V_);
     reset_expert_counts(prompt.size());
-    for (std::int32_t t : prompt) run_one(s, t);
+    if (prompt.size() > 1 && prefill_) {  // the prompt as a batched prefill; its last logits
+      const float* last = prefill(s, prompt, 1);  // where the first draw reads them
+      copy_device(logits1_.data(), last, V_ * sizeof(float), stream_);
+    } else {
+      for (std::int32_t t : prompt) run_one(s, t);
+    }
     const std::size_t p0 = s.size_;  // position of the first generated token
     detail::begin_draws(s.draws_, s.cap_, p0, n, cfg, logits1_.data(), V_, s.history_.data(),
                         tok_.data(), pos_.data(), staging_, sample_ws_, stream_,
@@ -468,6 +524,7 @@ class DeepseekModel final : public models::Model {
     }
     stream_.synchronize();
     note(m, name.find("embed_tokens") != std::string::npos ? 0 : 1);
+    if (m.fmt == Fmt::fp8) max_fp8_elems_ = std::max(max_fp8_elems_, m.elems());
     return m;
   }
   Mat upload_experts(models::WeightLoader* w, const std::string& p, const std::string& suffix,
@@ -496,6 +553,7 @@ class DeepseekModel final : public models::Model {
     }
     stream_.synchronize();
     note(m, k_);
+    if (m.fmt == Fmt::fp8) max_fp8_elems_ = std::max(max_fp8_elems_, m.elems());
     return m;
   }
 
@@ -618,6 +676,212 @@ class DeepseekModel final : public models::Model {
     gemv(head_, x_.data(), logits1_.data());
   }
 
+  // ---- batched prefill ----
+  // y (T, m.rows) = x (T, m.cols) M_e^T (expert e of a stacked matrix; 0 otherwise) on cuBLAS:
+  // float weights: Sgemm in fp32 on x; bf16: the bf16 GEMM on xb (x rounded to bf16 by the
+  // caller, or here when xb is null); FP8: M_e dequantized to bf16 first (p_.wdq).
+  void pgemm(const Mat& m, std::size_t e, const float* x, const bf16* xb, float* y,
+             std::size_t T) const {
+    if (T == 0) return;
+    const std::size_t n = m.elems();
+    if (m.fmt == Fmt::f32) {
+      gemm_f32(reinterpret_cast<const float*>(m.buf.data()) + e * n, m.cols, x, m.cols, y, m.rows,
+               T, m.rows, m.cols, stream_);
+      return;
+    }
+    if (!xb) {
+      to_bf16(x, p_.xb.data(), T * m.cols, stream_);
+      xb = p_.xb.data();
+    }
+    const bf16* w = reinterpret_cast<const bf16*>(m.buf.data()) + e * n;
+    if (m.fmt == Fmt::fp8) {
+      dequant_fp8_block(reinterpret_cast<const f8_e4m3*>(m.buf.data()) + e * n, m.cols,
+                        m.scale.data() + e * m.scale_elems(), p_.wdq.data(), m.rows, m.cols,
+                        stream_);
+      w = p_.wdq.data();
+    }
+    gemm_bf16(w, m.cols, xb, m.cols, y, m.rows, T, m.rows, m.cols, stream_);
+  }
+  // out (T, d) = down(silu(gate x) * up x) for x (T, d).
+  void pmlp(const Mat& gate, const Mat& up, const Mat& down, const float* x, float* out,
+            std::size_t T) const {
+    const bool same = gate.fmt != Fmt::f32 && up.fmt != Fmt::f32;
+    if (same) to_bf16(x, p_.xb.data(), T * d_, stream_);
+    pgemm(gate, 0, x, same ? p_.xb.data() : nullptr, p_.g.data(), T);
+    pgemm(up, 0, x, same ? p_.xb.data() : nullptr, p_.u.data(), T);
+    swiglu(p_.g.data(), 1, p_.u.data(), 1, p_.act.data(), 1, T * gate.rows, 1, stream_);
+    pgemm(down, 0, p_.act.data(), nullptr, out, T);
+  }
+  // Routed experts of T tokens: the router's choices come back to the host (one synchronization),
+  // which sorts the T k (token, expert) pairs by expert; the rows of x are gathered in that order,
+  // every active expert runs its gate / up / down GEMMs over its own rows only (the others'
+  // weights are not read), and the outputs are gathered back to (T, k, d) for moe_combine.
+  void prouted(const Layer& y, std::size_t T) const {
+    const std::size_t N = T * k_;
+    std::int32_t* h = p_.route.data();  // [idx (N) | rows (N) | slot (N)]
+    copy_to_host(h, p_.ridx.data(), N * sizeof(std::int32_t), stream_);
+    seg_.assign(E_ + 1, 0);
+    for (std::size_t i = 0; i < N; ++i) {
+      check(h[i] >= 0 && std::size_t(h[i]) < E_, "cuda::DeepseekModel", "router chose expert ",
+            h[i], " of ", E_);
+      ++seg_[std::size_t(h[i]) + 1];
+    }
+    for (std::size_t e = 0; e < E_; ++e) seg_[e + 1] += seg_[e];
+    fill_.assign(seg_.begin(), seg_.end() - 1);
+    for (std::size_t i = 0; i < N; ++i) {  // i = t k + b, in token order within each expert
+      const std::size_t at = fill_[std::size_t(h[i])]++;
+      h[N + at] = static_cast<std::int32_t>(i / k_);
+      h[2 * N + i] = static_cast<std::int32_t>(at);
+    }
+    copy_to_device(p_.rs.data(), h + N, 2 * N * sizeof(std::int32_t), stream_);  // rows, slot
+    embedding(p_.x.data(), d_, p_.rs.data(), N, p_.xs.data(), stream_);          // gathered x rows
+    const bool b16 = y.gate.fmt != Fmt::f32;
+    if (b16) to_bf16(p_.xs.data(), p_.xb.data(), N * d_, stream_);
+    for (std::size_t e = 0; e < E_; ++e) {
+      const std::size_t o = seg_[e], n = seg_[e + 1] - o;
+      if (n == 0) continue;
+      pgemm(y.gate, e, p_.xs.data() + o * d_, b16 ? p_.xb.data() + o * d_ : nullptr,
+            p_.g.data() + o * Im_, n);
+      pgemm(y.up, e, p_.xs.data() + o * d_, b16 ? p_.xb.data() + o * d_ : nullptr,
+            p_.u.data() + o * Im_, n);
+    }
+    swiglu(p_.g.data(), 1, p_.u.data(), 1, p_.act.data(), 1, N * Im_, 1, stream_);
+    if (y.down.fmt != Fmt::f32) to_bf16(p_.act.data(), p_.xb.data(), N * Im_, stream_);
+    for (std::size_t e = 0; e < E_; ++e) {
+      const std::size_t o = seg_[e], n = seg_[e + 1] - o;
+      if (n == 0) continue;
+      pgemm(y.down, e, p_.act.data() + o * Im_,
+            y.down.fmt != Fmt::f32 ? p_.xb.data() + o * Im_ : nullptr, p_.ys.data() + o * d_, n);
+    }
+    embedding(p_.ys.data(), d_, p_.rs.data() + N, N, p_.ye.data(), stream_);  // to (T, k, d)
+  }
+  // MLA for the T tokens of the chunk (p_.tok at p_.pos): latents into the cache, then the
+  // absorbed attention of all T queries (causal through their positions) with W_UK / W_UV as
+  // per-head batched GEMMs; o (T, H Dv) into p_.o.
+  void pattention(const Layer& y, CudaState& s, std::size_t l, std::size_t T) const {
+    const std::size_t K = R_ + Dr_, Dq = Dn_ + Dr_, HB = (Dn_ + Dv_) * R_;
+    float* cache = opt_.mla_bf16_cache ? nullptr : s.cache_.data() + l * s.cap_ * K;
+    bf16* cache_b = opt_.mla_bf16_cache ? s.cache_b_.data() + l * s.cap_ * K : nullptr;
+    if (Ql_ > 0) {
+      pgemm(y.q_a, 0, p_.x.data(), nullptr, p_.cq.data(), T);
+      add_rmsnorm(static_cast<const float*>(nullptr), p_.cq.data(), y.q_a_norm.data(),
+                  p_.cqn.data(), T, Ql_, eps_, stream_);
+      pgemm(y.q_b, 0, p_.cqn.data(), nullptr, p_.q.data(), T);
+    } else {
+      pgemm(y.q, 0, p_.x.data(), nullptr, p_.q.data(), T);
+    }
+    pgemm(y.kv_a, 0, p_.x.data(), nullptr, p_.kv.data(), T);
+    rope(p_.q.data(), T, H_, H_ * Dq, Dq, Dn_, Dr_, p_.pos.data(), inv_freq_.data(), attn_factor_,
+         layout_, stream_);
+    if (cache_b)
+      mla_kv_store(p_.kv.data(), K, y.kv_a_norm.data(), eps_, T, R_, Dr_, p_.pos.data(),
+                   inv_freq_.data(), attn_factor_, layout_, cache_b, stream_);
+    else
+      mla_kv_store(p_.kv.data(), K, y.kv_a_norm.data(), eps_, T, R_, Dr_, p_.pos.data(),
+                   inv_freq_.data(), attn_factor_, layout_, cache, stream_);
+    // qa[t, h] = [q_nope[t, h] W_UK[h] | q_pe[t, h]]: W_UK[h] (Dn, R) is used as stored (w_t).
+    if (y.kv_b.fmt == Fmt::bf16) {
+      to_bf16(p_.q.data(), p_.xb.data(), T * H_ * Dq, stream_);
+      gemm_batched_bf16(reinterpret_cast<const bf16*>(y.kv_b.buf.data()), R_, HB, true,
+                        p_.xb.data(), H_ * Dq, Dq, p_.qa.data(), H_ * K, K, T, R_, Dn_, H_,
+                        stream_);
+    } else {
+      gemm_batched_f32(reinterpret_cast<const float*>(y.kv_b.buf.data()), R_, HB, true, p_.q.data(),
+                       H_ * Dq, Dq, p_.qa.data(), H_ * K, K, T, R_, Dn_, H_, stream_);
+    }
+    copy_device_2d(p_.qa.data() + R_, K * sizeof(float), p_.q.data() + Dn_, Dq * sizeof(float),
+                   Dr_ * sizeof(float), T * H_, stream_);
+    const std::size_t split = prefill_split(T);
+    if (cache_b)
+      mla_attention(p_.qa.data(), cache_b, p_.pos.data(), T, H_, R_, Dr_, scale_, p_.ctx.data(),
+                    split, p_.ws.data(), stream_);
+    else
+      mla_attention(p_.qa.data(), cache, p_.pos.data(), T, H_, R_, Dr_, scale_, p_.ctx.data(),
+                    split, p_.ws.data(), stream_);
+    // o[t, h] = ctx[t, h] W_UV[h]^T, W_UV[h] = kv_b rows [h (Dn + Dv) + Dn, + Dv).
+    if (y.kv_b.fmt == Fmt::bf16) {
+      to_bf16(p_.ctx.data(), p_.xb.data(), T * H_ * R_, stream_);
+      gemm_batched_bf16(reinterpret_cast<const bf16*>(y.kv_b.buf.data()) + Dn_ * R_, R_, HB, false,
+                        p_.xb.data(), H_ * R_, R_, p_.o.data(), H_ * Dv_, Dv_, T, Dv_, R_, H_,
+                        stream_);
+    } else {
+      gemm_batched_f32(reinterpret_cast<const float*>(y.kv_b.buf.data()) + Dn_ * R_, R_, HB, false,
+                       p_.ctx.data(), H_ * R_, R_, p_.o.data(), H_ * Dv_, Dv_, T, Dv_, R_, H_,
+                       stream_);
+    }
+  }
+  // Enqueues the T tokens in p_.tok (positions p_.pos) through every layer, then the logits of
+  // rows [r0, T) into dst (T - r0 rows).
+  void pstep(CudaState& s, std::size_t T, std::size_t r0, float* dst) const {
+    if (embed_.fmt == Fmt::bf16)
+      embedding(reinterpret_cast<const bf16*>(embed_.buf.data()), d_, p_.tok.data(), T, p_.h.data(),
+                stream_);
+    else
+      embedding(reinterpret_cast<const float*>(embed_.buf.data()), d_, p_.tok.data(), T,
+                p_.h.data(), stream_);
+    for (std::size_t l = 0; l < L_; ++l) {
+      const Layer& y = layers_[l];
+      add_rmsnorm(l == 0 ? nullptr : p_.r.data(), p_.h.data(), y.norm1.data(), p_.x.data(), T, d_,
+                  eps_, stream_);
+      pattention(y, s, l, T);
+      pgemm(y.o, 0, p_.o.data(), nullptr, p_.r.data(), T);
+      add_rmsnorm(p_.r.data(), p_.h.data(), y.norm2.data(), p_.x.data(), T, d_, eps_, stream_);
+      if (!y.moe) {
+        pmlp(y.gate, y.up, y.down, p_.x.data(), p_.r.data(), T);
+        continue;
+      }
+      pgemm(y.router, 0, p_.x.data(), nullptr, p_.rlog.data(), T);
+      std::uint32_t* counts = expert_counts_.data() + y.moe_slot * E_;
+      if (sigmoid_router_)
+        router_sigmoid_grouped_topk(p_.rlog.data(), y.router_bias.data(), p_.ridx.data(),
+                                    p_.rw.data(), T, E_, n_group_, topk_group_, k_, norm_topk_,
+                                    routed_scale_, stream_, counts);
+      else
+        router_softmax_topk(p_.rlog.data(), p_.ridx.data(), p_.rw.data(), T, E_, k_, norm_topk_,
+                            routed_scale_, stream_, counts);
+      prouted(y, T);
+      const bool shared = y.sh_gate.rows > 0;
+      if (shared) pmlp(y.sh_gate, y.sh_up, y.sh_down, p_.x.data(), p_.sh.data(), T);
+      moe_combine(p_.ye.data(), p_.rw.data(), k_, shared ? p_.sh.data() : nullptr, p_.r.data(), d_,
+                  T, stream_);
+    }
+    const std::size_t n = T - r0;
+    add_rmsnorm(p_.r.data() + r0 * d_, p_.h.data() + r0 * d_, final_norm_.data(),
+                p_.x.data() + r0 * d_, n, d_, eps_, stream_);
+    pgemm(head_, 0, p_.x.data() + r0 * d_, nullptr, dst, n);
+  }
+  // Runs tokens (checked by the caller) through the state in chunks of opt_.chunk positions;
+  // returns the device address of the logits of the last R tokens (R rows, valid until the next
+  // call).
+  const float* prefill(CudaState& s, std::span<const std::int32_t> tokens, std::size_t R) const {
+    const std::size_t T = tokens.size(), C = opt_.chunk;
+    const bool gather = T > C;  // wanted rows may span chunks: collect them in p_.logits_rows
+    if (gather && p_.logits_rows.size() < R * V_) p_.logits_rows = DeviceBuffer<float>(R * V_);
+    const float* last = nullptr;
+    for (std::size_t b = 0; b < T; b += C) {
+      const std::size_t n = std::min(C, T - b);
+      stream_.synchronize();  // the staging buffer may still feed the previous chunk's copy
+      for (std::size_t t = 0; t < n; ++t) {
+        p_.stage[t] = tokens[b + t];
+        p_.stage[C + t] = static_cast<std::int32_t>(s.size_ + t);
+      }
+      copy_to_device(p_.tok.data(), p_.stage.data(), n * sizeof(std::int32_t), stream_);
+      copy_to_device(p_.pos.data(), p_.stage.data() + C, n * sizeof(std::int32_t), stream_);
+      copy_device(s.history_.data() + s.size_, p_.tok.data(), n * sizeof(std::int32_t), stream_);
+      const std::size_t first = std::max(b, T - R);  // rows wanted: global index >= T - R
+      const bool has = first < b + n;
+      const std::size_t r0 = has ? first - b : n - 1;
+      if (p_.logits.size() < (n - r0) * V_) p_.logits = DeviceBuffer<float>((n - r0) * V_);
+      pstep(s, n, r0, p_.logits.data());
+      s.size_ += n;
+      if (gather && has)
+        copy_device(p_.logits_rows.data() + (first - (T - R)) * V_, p_.logits.data(),
+                    (b + n - first) * V_ * sizeof(float), stream_);
+      last = p_.logits.data();
+    }
+    return gather ? p_.logits_rows.data() : last;
+  }
+
   void reset_expert_counts(std::size_t tokens) const {
     fill_bytes(expert_counts_.data(), 0, expert_counts_.size() * sizeof(std::uint32_t), stream_);
     counted_tokens_ = tokens;
@@ -669,6 +933,21 @@ class DeepseekModel final : public models::Model {
   std::vector<std::size_t> moe_layers_;                // the layer index of each MoE layer
   mutable DeviceBuffer<std::uint32_t> expert_counts_;  // (MoE layers, E): the routers' counts
   mutable std::size_t counted_tokens_ = 0;             // steps the counts cover
+  // The batched prefill (ModelOptions::prefill_gemm): buffers for chunks of up to opt_.chunk
+  // tokens (C); N = C k routed (token, expert) pairs.
+  struct P {
+    DeviceBuffer<float> h, x, r, cq, cqn, q, kv, qa, ctx, o, g, u, act, rlog, rw, xs, ys, ye, sh,
+        ws;
+    DeviceBuffer<bf16> xb;                          // bf16 GEMM operands (activations)
+    DeviceBuffer<bf16> wdq;                         // an FP8-block matrix dequantized for its GEMM
+    DeviceBuffer<std::int32_t> tok, pos, ridx, rs;  // rs: [rows (N) | slot (N)], one upload
+    PinnedBuffer<std::int32_t> stage, route;
+    DeviceBuffer<float> logits, logits_rows;
+  };
+  bool prefill_ = false;
+  std::size_t sms_ = 1, head_blocks_ = 1, max_fp8_elems_ = 0;
+  mutable P p_;
+  mutable std::vector<std::size_t> seg_, fill_;  // prouted's expert segments
 };
 
 // Loads a Hugging Face folder onto the GPU: DeepseekModel for MLA configs, GqaModel otherwise.

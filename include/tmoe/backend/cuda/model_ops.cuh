@@ -1,13 +1,15 @@
 // tmoe/backend/cuda/model_ops.cuh: the small per-token kernels of a decoder step that sit between
 // the GEMVs: embedding lookup, the fused q/k/v epilogue (bias, RoPE, KV-cache store), greedy
-// argmax (which also advances the step's position, so a captured decode graph feeds itself) and
-// float -> bf16 conversion (prefill GEMM inputs).
+// argmax (which also advances the step's position, so a captured decode graph feeds itself),
+// float -> bf16 conversion and FP8-block -> bf16 dequantization (prefill GEMM operands).
 #pragma once
 #if !defined(__CUDACC__)
 #error \
     "tmoe/backend/cuda/model_ops.cuh is for nvcc only; include tmoe/backend/cuda/api.hpp elsewhere"
 #endif
 
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -207,6 +209,51 @@ __global__ void to_bf16_kernel(const float* __restrict__ x, bf16* __restrict__ y
   for (std::size_t i = blockIdx.x * std::size_t(blockDim.x) + threadIdx.x; i < n;
        i += std::size_t(gridDim.x) * blockDim.x)
     y[i] = bf16::from_float(x[i]);
+}
+
+// FP8 e4m3 with 128x128 block scales -> bf16 (one rounding), grid-stride over rows x cols.
+__global__ void dequant_fp8_block_kernel(const f8_e4m3* __restrict__ wq, std::size_t ldw,
+                                         const float* __restrict__ scale, bf16* __restrict__ w,
+                                         std::size_t rows, std::size_t cols) {
+  pdl_trigger();
+  pdl_wait();
+  const std::size_t nb = (cols + 127) / 128, n = rows * cols;
+  for (std::size_t i = blockIdx.x * std::size_t(blockDim.x) + threadIdx.x; i < n;
+       i += std::size_t(gridDim.x) * blockDim.x) {
+    const std::size_t o = i / cols, c = i - o * cols;
+    w[i] = bf16::from_float(to_float(wq[o * ldw + c]) * scale[(o / 128) * nb + c / 128]);
+  }
+}
+// The same, 16 weights per step (cols and ldw multiples of 16, 16-byte aligned wq and w): one
+// 16-byte load, the hardware e4m3x2 -> f16x2 conversion (exact: every e4m3 value is an f16),
+// f32 products with the block scale, 32 bytes of bf16 stored. Results equal the kernel above.
+__global__ void dequant_fp8_block_vec_kernel(const uint4* __restrict__ wq, std::size_t ldw16,
+                                             const float* __restrict__ scale, uint4* __restrict__ w,
+                                             std::size_t rows, std::size_t cols16) {
+  pdl_trigger();
+  pdl_wait();
+  const std::size_t nb = (cols16 * 16 + 127) / 128, n = rows * cols16;
+  for (std::size_t i = blockIdx.x * std::size_t(blockDim.x) + threadIdx.x; i < n;
+       i += std::size_t(gridDim.x) * blockDim.x) {
+    const std::size_t o = i / cols16, c = i - o * cols16;
+    const uint4 v = __ldg(wq + o * ldw16 + c);
+    const float sc = scale[(o / 128) * nb + c / 8];
+    const std::uint32_t in[4] = {v.x, v.y, v.z, v.w};
+    std::uint32_t out[8];
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const __half2_raw r = __nv_cvt_fp8x2_to_halfraw2(
+            static_cast<__nv_fp8x2_storage_t>((in[q] >> (16 * h)) & 0xffffu), __NV_E4M3);
+        const float2 f = __half22float2(__half2(r));
+        out[2 * q + h] = std::uint32_t(bf16::from_float(f.x * sc).bits) |
+                         (std::uint32_t(bf16::from_float(f.y * sc).bits) << 16);
+      }
+    }
+    w[2 * i] = make_uint4(out[0], out[1], out[2], out[3]);
+    w[2 * i + 1] = make_uint4(out[4], out[5], out[6], out[7]);
+  }
 }
 
 }  // namespace tmoe::cuda
