@@ -49,6 +49,13 @@ double quantile(std::vector<double> v, double q) {
   return i + 1 < v.size() ? v[i] * (1 - f) + v[i + 1] * f : v[i];
 }
 
+// One pass of the read probe, in bytes/s.
+double read_rate(tmoe::ReadBandwidthProbe& probe) {
+  const double r = probe.pass();
+  benchmark::DoNotOptimize(probe.sink().data());
+  return r;
+}
+
 // Runs limit, (kernel, limit) per iteration; limit() and kernel() return their rate.
 template <class Limit, class Kernel>
 void interleave(benchmark::State& state, Limit&& limit, Kernel&& kernel) {
@@ -134,11 +141,7 @@ void BM_gemv_bf16_vs_read(benchmark::State& state) {
     benchmark::DoNotOptimize(y.data());
     return double(out * in * sizeof(tmoe::bf16)) / s;
   };
-  auto read = [&] {
-    const double r = probe.pass();
-    benchmark::DoNotOptimize(probe.sink().data());
-    return r;
-  };
+  auto read = [&] { return read_rate(probe); };
   gemv();
   interleave(state, read, gemv);
   state.SetLabel(std::string(tmoe::cpu::isa_name(tmoe::cpu::kernels().isa)));
@@ -183,11 +186,7 @@ void BM_gemv_quant_vs_read(benchmark::State& state) {
     benchmark::DoNotOptimize(y.data());
     return bytes / s;
   };
-  auto read = [&] {
-    const double r = probe.pass();
-    benchmark::DoNotOptimize(probe.sink().data());
-    return r;
-  };
+  auto read = [&] { return read_rate(probe); };
   gemv();
   interleave(state, read, gemv);
   state.SetLabel(std::string(F::kName) + " " + std::string(cpu::isa_name(k.isa)) +

@@ -1,6 +1,9 @@
-// Helpers shared by the GPU model tests (test_model.cpp, test_deepseek.cpp).
+// Helpers shared by the GPU model tests (test_model.cpp, test_deepseek.cpp,
+// test_deepseek_prefill.cpp).
 #pragma once
 
+#include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <span>
@@ -32,6 +35,19 @@ inline std::vector<std::int32_t> host_sampled(const models::Model& m,
     if (i + 1 < n) m.forward(pool, *st, std::span<const std::int32_t>(&t, 1), lg.view());
   }
   return out;
+}
+
+// max |got - want| / max |want| (infinite when got holds a non-finite value or the sizes
+// differ).
+inline double rel_err(const std::vector<float>& got, const std::vector<float>& want) {
+  if (got.size() != want.size()) return INFINITY;
+  double e = 0, m = 0;
+  for (std::size_t i = 0; i < want.size(); ++i) {
+    if (!std::isfinite(got[i])) return INFINITY;
+    e = std::max(e, std::abs(double(got[i]) - want[i]));
+    m = std::max(m, std::abs(double(want[i])));
+  }
+  return e / m;
 }
 
 }  // namespace tmoe::test

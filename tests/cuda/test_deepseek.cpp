@@ -55,16 +55,6 @@ DsRef ds_load_ref(const std::string& family) {
   return r;
 }
 
-double ds_rel_err(const std::vector<float>& got, const std::vector<float>& want) {
-  double e = 0, m = 0;
-  for (std::size_t i = 0; i < want.size(); ++i) {
-    if (!std::isfinite(got[i])) return INFINITY;
-    e = std::max(e, std::abs(double(got[i]) - want[i]));
-    m = std::max(m, std::abs(double(want[i])));
-  }
-  return e / m;
-}
-
 std::vector<float> ds_logits(models::Model& m, const DsRef& r, bool per_token) {
   ThreadPool pool(1);
   std::vector<float> out;
@@ -97,7 +87,7 @@ TEST_CASE("GPU DeepSeek-V3 models match Hugging Face logits") {
     auto m = ds_model(ds_fixture(family));
     CHECK(m->weight_format() == (std::string(family) == "deepseek_v3_fp8" ? "fp8_block" : "float"));
     for (bool per_token : {false, true}) {
-      const double e = ds_rel_err(ds_logits(*m, r, per_token), r.logits);
+      const double e = test::rel_err(ds_logits(*m, r, per_token), r.logits);
       MESSAGE(std::string(family) << (per_token ? " token by token" : " whole sequence")
                                   << ": max |err| / max |ref| = " << e);
       // The FP8 model's whole sequence runs the batched prefill on bf16 operands
@@ -107,7 +97,7 @@ TEST_CASE("GPU DeepSeek-V3 models match Hugging Face logits") {
     cuda::ModelOptions no_graphs;  // token by token without the decode graph
     no_graphs.graphs = false, no_graphs.prefill_gemm = false;
     auto mg = ds_model(ds_fixture(family), no_graphs);
-    const double e = ds_rel_err(ds_logits(*mg, r, false), r.logits);
+    const double e = test::rel_err(ds_logits(*mg, r, false), r.logits);
     INFO(family << " without graphs: " << e);
     CHECK(e <= 1e-4);
   }
@@ -262,12 +252,12 @@ TEST_CASE("GPU DeepSeek bf16 weights agree with the CPU model on the same weight
   token.prefill_gemm = false;
   cuda::DeepseekModel gpu(cfg, mem, token);
   CHECK(gpu.weight_format() == "bf16");
-  const double e = ds_rel_err(ds_logits(gpu, r, false), want);
+  const double e = test::rel_err(ds_logits(gpu, r, false), want);
   MESSAGE("bf16: max |err| / max |cpu| = " << e);
   CHECK(e <= 1e-4);
   // The batched prefill rounds the activations to bf16 for the GEMMs: GqaModel's 3e-2 bound.
   cuda::DeepseekModel batched(cfg, mem);
-  const double eb = ds_rel_err(ds_logits(batched, r, false), want);
+  const double eb = test::rel_err(ds_logits(batched, r, false), want);
   MESSAGE("bf16, batched prefill: max |err| / max |cpu| = " << eb);
   CHECK(eb <= 3e-2);
 }
@@ -282,7 +272,7 @@ TEST_CASE("GPU DeepSeek with the bf16 latent cache (tensor-core MLA) stays near 
     o.mla_bf16_cache = true;
     auto m = ds_model(ds_fixture(family), o);
     for (bool per_token : {false, true}) {
-      const double e = ds_rel_err(ds_logits(*m, r, per_token), r.logits);
+      const double e = test::rel_err(ds_logits(*m, r, per_token), r.logits);
       MESSAGE(std::string(family) << " bf16 cache"
                                   << std::string(per_token ? " token by token" : "")
                                   << ": max |err| / max |ref| = " << e);

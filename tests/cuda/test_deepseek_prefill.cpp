@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "cuda_test_util.hpp"
+#include "model_test_util.hpp"
 #include "tmoe/backend/cuda/deepseek_model.hpp"
 #include "tmoe/backend/cuda/default_model.hpp"
 #include "tmoe/io/safetensors.hpp"
@@ -35,17 +36,6 @@ namespace {
 
 std::string pf_fixture(const std::string& family) {
   return std::string(TMOE_TEST_DATA_DIR) + "/models/" + family;
-}
-
-double pf_rel_err(const std::vector<float>& got, const std::vector<float>& want) {
-  REQUIRE(got.size() == want.size());
-  double e = 0, m = 0;
-  for (std::size_t i = 0; i < want.size(); ++i) {
-    if (!std::isfinite(got[i])) return INFINITY;
-    e = std::max(e, std::abs(double(got[i]) - want[i]));
-    m = std::max(m, std::abs(double(want[i])));
-  }
-  return e / m;
 }
 
 // Logits of every position of `ids`, run as calls of `parts` tokens (0: one call), each
@@ -96,7 +86,7 @@ TEST_CASE("GPU DeepSeek batched prefill matches HF logits and the token-by-token
         for (std::size_t v = 0; v < V; ++v) hf.push_back(want(b, t, v));
       }
       const auto tok = pf_logits(*mt, seq, {});
-      const double et = pf_rel_err(tok, hf);
+      const double et = test::rel_err(tok, hf);
       CHECK(et <= 1e-4);
       for (const auto& [m, parts, what] :
            {std::tuple{mw.get(), std::vector<std::size_t>{}, "whole, chunk 256"},
@@ -104,7 +94,7 @@ TEST_CASE("GPU DeepSeek batched prefill matches HF logits and the token-by-token
             std::tuple{mc.get(), std::vector<std::size_t>{}, "whole, chunk 4"},
             std::tuple{mc.get(), std::vector<std::size_t>{5, 6}, "5 + 6, chunk 4"}}) {
         const auto got = pf_logits(*m, seq, parts);
-        const double eh = pf_rel_err(got, hf), ep = pf_rel_err(got, tok);
+        const double eh = test::rel_err(got, hf), ep = test::rel_err(got, tok);
         MESSAGE(family << " row " << b << ", " << what << ": vs HF " << eh << ", vs token by token "
                        << ep << " (token by token vs HF " << et << ")");
         CHECK(eh <= bound);
@@ -121,7 +111,7 @@ TEST_CASE("GPU DeepSeek batched prefill matches HF logits and the token-by-token
     const auto tok = pf_logits(*mt, seq, {});
     std::vector<float> got(last.data(), last.data() + 2 * V),
         exp(tok.end() - std::ptrdiff_t(2 * V), tok.end());
-    CHECK(pf_rel_err(got, exp) <= bound);
+    CHECK(test::rel_err(got, exp) <= bound);
   }
 }
 
@@ -139,7 +129,7 @@ TEST_CASE("GPU DeepSeek prefill with the bf16 latent cache stays near the logits
     seq.push_back(static_cast<std::int32_t>(ids(0, t)));
     for (std::size_t v = 0; v < want.extent(2); ++v) hf.push_back(want(0, t, v));
   }
-  const double e = pf_rel_err(pf_logits(*m, seq, {5, 6}), hf);
+  const double e = test::rel_err(pf_logits(*m, seq, {5, 6}), hf);
   MESSAGE("bf16 cache, 5 + 6, chunk 4: " << e);
   CHECK(e <= 1e-2);
 }
@@ -206,11 +196,11 @@ TEST_CASE("GPU default model shape: batched prefill of float32 weights matches t
   for (char c : std::string("Hello, tmoe! The default model on the GPU."))
     ids.push_back(static_cast<unsigned char>(c));
   const auto want = pf_logits(mt, ids, {});
-  const double e = pf_rel_err(pf_logits(mc, ids, {20, 3, ids.size() - 23}), want);
+  const double e = test::rel_err(pf_logits(mc, ids, {20, 3, ids.size() - 23}), want);
   MESSAGE("default model in float32, prefill vs token by token: " << e);
   CHECK(e <= 1e-4);
   auto cpu = models::build_model(cfg, fw);
-  CHECK(pf_rel_err(want, pf_logits(*cpu, ids, {})) <= 1e-4);
+  CHECK(test::rel_err(want, pf_logits(*cpu, ids, {})) <= 1e-4);
 }
 
 TEST_CASE("GPU default model matches the CPU default model on the same weights") {
@@ -228,9 +218,9 @@ TEST_CASE("GPU default model matches the CPU default model on the same weights")
   for (char c : std::string("Hello, tmoe! The default model on the GPU."))
     ids.push_back(static_cast<unsigned char>(c));
   const auto want = pf_logits(*cpu, ids, {});
-  const double et = pf_rel_err(pf_logits(*gt, ids, {}), want);
-  const double ep = pf_rel_err(pf_logits(*gp, ids, {}), want);
-  const double ec = pf_rel_err(pf_logits(*gc, ids, {20, 3, ids.size() - 23}), want);
+  const double et = test::rel_err(pf_logits(*gt, ids, {}), want);
+  const double ep = test::rel_err(pf_logits(*gp, ids, {}), want);
+  const double ec = test::rel_err(pf_logits(*gc, ids, {20, 3, ids.size() - 23}), want);
   MESSAGE("default model vs CPU: token by token " << et << ", prefill " << ep
                                                   << ", 20 + 3 + rest in chunks of 16 " << ec);
   CHECK(et <= 1e-4);
@@ -247,7 +237,7 @@ TEST_CASE("GPU default model matches the CPU default model on the same weights")
     const std::vector<float> a(pl.begin() + std::ptrdiff_t(t * V),
                                pl.begin() + std::ptrdiff_t((t + 1) * V)),
         b(want.begin() + std::ptrdiff_t(t * V), want.begin() + std::ptrdiff_t((t + 1) * V));
-    const double e = pf_rel_err(a, b);
+    const double e = test::rel_err(a, b);
     within += e <= 3e-2, worst = std::max(worst, e);
   }
   MESSAGE("default model prefill: " << within << " of " << ids.size()
@@ -257,5 +247,5 @@ TEST_CASE("GPU default model matches the CPU default model on the same weights")
   CHECK(ec <= ep + 1e-6);
   // Another seed gives other weights (the seed reaches the GPU model).
   auto other = cuda::default_model(7, token);
-  CHECK(pf_rel_err(pf_logits(*other, ids, {}), want) > 1e-2);
+  CHECK(test::rel_err(pf_logits(*other, ids, {}), want) > 1e-2);
 }

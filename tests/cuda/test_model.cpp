@@ -55,16 +55,6 @@ Ref load_ref(const std::string& family) {
 }
 
 // Max |got - want| / max |want| over the B x T x V logits.
-double rel_err(const std::vector<float>& got, const std::vector<float>& want) {
-  double e = 0, m = 0;
-  for (std::size_t i = 0; i < want.size(); ++i) {
-    if (!std::isfinite(got[i])) return INFINITY;
-    e = std::max(e, std::abs(double(got[i]) - want[i]));
-    m = std::max(m, std::abs(double(want[i])));
-  }
-  return e / m;
-}
-
 enum class Path { gemm, gemv, tokens };
 
 // Logits of every position of every reference sequence.
@@ -106,20 +96,20 @@ TEST_CASE("GPU GQA models match Hugging Face logits") {
     for (Path path : {Path::gemm, Path::gemv, Path::tokens}) {
       auto m = gpu_model(fixture(family), options(path));
       CHECK(m->weight_format() == "float");
-      const double e = rel_err(all_logits(*m, r, path), r.logits);
+      const double e = test::rel_err(all_logits(*m, r, path), r.logits);
       INFO(family << " path " << int(path) << ": max |err| / max |ref| = " << e);
       CHECK(e <= 1e-4);
     }
     // Chunks of 4 positions: the rows of several chunks are gathered.
     auto m = gpu_model(fixture(family), options(Path::gemm, 4));
-    const double e = rel_err(all_logits(*m, r, Path::gemm), r.logits);
+    const double e = test::rel_err(all_logits(*m, r, Path::gemm), r.logits);
     INFO(family << " chunk 4: " << e);
     CHECK(e <= 1e-4);
   }
   // The sharded copy of qwen2 loads through the index.
   const Ref r = load_ref("qwen2");
   auto m = gpu_model(fixture("qwen2") + "/sharded", options(Path::gemm));
-  CHECK(rel_err(all_logits(*m, r, Path::gemm), r.logits) <= 1e-4);
+  CHECK(test::rel_err(all_logits(*m, r, Path::gemm), r.logits) <= 1e-4);
 }
 
 TEST_CASE("GPU greedy continuations match Hugging Face") {
@@ -275,7 +265,7 @@ TEST_CASE("GPU bf16 weights agree with the CPU model on the same weights") {
   for (Path path : {Path::gemv, Path::tokens, Path::gemm}) {
     cuda::GqaModel gpu(cfg, mem, options(path));
     CHECK(gpu.weight_format() == "bf16");
-    const double e = rel_err(all_logits(gpu, r, path), want);
+    const double e = test::rel_err(all_logits(gpu, r, path), want);
     INFO("bf16 path " << int(path) << ": max |err| / max |cpu| = " << e);
     CHECK(e <= (path == Path::gemm ? 3e-2 : 1e-4));
   }
