@@ -62,14 +62,20 @@ struct MlaTcArgs {
   float scale;
 };
 
+// Key tiles in flight per block: four for 16-head blocks (one block per SM, 179 KB at R1), two
+// for 64-head blocks (their q and partial scores leave room for two: 192 KB).
+inline constexpr int mla_tc_stages(int MT) {
+  return MT == 1 ? 4 : 2;
+}
+
 // Shared memory of mla_attention_tc_kernel<MT>, in bytes, for K = R + Dr.
 inline constexpr std::size_t mla_tc_smem_bytes(int MT, int K) {
   const std::size_t rows = 16 * std::size_t(MT), kp = std::size_t(K) + 8;
-  return rows * kp * 2              // q, bf16
-         + 2 * kMlaTcKeys * kp * 2  // two key tiles, bf16
-         + 4 * rows * kMlaTcSp * 4  // the four quarters' partial scores
-         + rows * kMlaTcPp * 2      // p, bf16
-         + 3 * rows * 4;            // correction, max, sum
+  return rows * kp * 2                              // q, bf16
+         + mla_tc_stages(MT) * kMlaTcKeys * kp * 2  // the key tiles, bf16
+         + 4 * rows * kMlaTcSp * 4                  // the four quarters' partial scores
+         + rows * kMlaTcPp * 2                      // p, bf16
+         + 3 * rows * 4;                            // correction, max, sum
 }
 
 __device__ TMOE_INLINE void ldsm_x4(unsigned (&r)[4], const void* p) {
@@ -96,16 +102,17 @@ __device__ TMOE_INLINE void mma_bf16(float (&c)[4], const unsigned (&a)[4], unsi
 
 template <int MT>
 __global__ void __launch_bounds__(128 * MT, 1) mla_attention_tc_kernel(MlaTcArgs a) {
-  constexpr int kRows = 16 * MT, kThreads = 128 * MT;
+  constexpr int kRows = 16 * MT, kThreads = 128 * MT, kStages = mla_tc_stages(MT);
   const int hb = blockIdx.x, split = blockIdx.y, t = blockIdx.z;
   const int R = a.R, K = a.R + a.Dr, kp = K + 8;
   const int h0 = hb * kRows, nh = min(kRows, a.H - h0);
   const int tid = threadIdx.x, lane = tid % kWarpSize, warp = tid / kWarpSize;
   const int mt = warp % MT, quarter = warp / MT;
   extern __shared__ __align__(16) unsigned char mla_tc_smem[];
-  __nv_bfloat16* sq = reinterpret_cast<__nv_bfloat16*>(mla_tc_smem);    // (rows, kp)
-  __nv_bfloat16* tile = sq + kRows * kp;                                // 2 x (32, kp)
-  float* spart = reinterpret_cast<float*>(tile + 2 * kMlaTcKeys * kp);  // 4 x (rows, kMlaTcSp)
+  __nv_bfloat16* sq = reinterpret_cast<__nv_bfloat16*>(mla_tc_smem);  // (rows, kp)
+  __nv_bfloat16* tile = sq + kRows * kp;                              // kStages x (32, kp)
+  float* spart =
+      reinterpret_cast<float*>(tile + kStages * kMlaTcKeys * kp);  // 4 x (rows, kMlaTcSp)
   __nv_bfloat16* sp = reinterpret_cast<__nv_bfloat16*>(spart + 4 * kRows * kMlaTcSp);
   float* scorr = reinterpret_cast<float*>(sp + kRows * kMlaTcPp);  // (rows)
   float* sm = scorr + kRows;                                       // (rows)
@@ -132,7 +139,13 @@ __global__ void __launch_bounds__(128 * MT, 1) mla_attention_tc_kernel(MlaTcArgs
     }
     cp_async_commit();
   };
-  if (ntiles > 0) load_tile(0, 0);
+  // The first kStages - 1 tiles (one commit group each, empty past the slice).
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s)
+    if (s < ntiles)
+      load_tile(s, s);
+    else
+      cp_async_commit();
 
   const float* qsrc = a.qa + (std::size_t(t) * a.H + h0) * K;
   // q: 16-byte loads, 8 in flight per thread (a 64-head block reads 147 KB of q from L2; one
@@ -181,16 +194,21 @@ __global__ void __launch_bounds__(128 * MT, 1) mla_attention_tc_kernel(MlaTcArgs
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[p][n][e] = 0.f;
 
+  // Three barriers per tile: (a) tile it has landed, and every warp is done with tile it - 1 (its
+  // buffer is refilled with tile it + kStages - 1 right after) and with sp / scorr; (b) the
+  // partial scores are complete; (c) p and the correction are complete. spart is rewritten only
+  // after the next (a), which every warp reaches after reading it in the softmax.
   for (int it = 0; it < ntiles; ++it) {
-    const int buf = it & 1;
-    if (it + 1 < ntiles) {
-      load_tile(it + 1, buf ^ 1);
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
+    cp_async_wait<kStages - 2>();
     __syncthreads();
-    const __nv_bfloat16* kt = tile + buf * kMlaTcKeys * kp;
+    {
+      const int nx = it + kStages - 1;
+      if (nx < ntiles)
+        load_tile(nx, nx % kStages);
+      else
+        cp_async_commit();
+    }
+    const __nv_bfloat16* kt = tile + (it % kStages) * kMlaTcKeys * kp;
     // Scores, this warp's quarter of the k-steps, all 32 keys (4 n8 tiles).
     {
       float s[4][4];
@@ -277,7 +295,6 @@ __global__ void __launch_bounds__(128 * MT, 1) mla_attention_tc_kernel(MlaTcArgs
         }
       }
     }
-    __syncthreads();  // the buffer is refilled and spart / sp / scorr rewritten next round
   }
 
   // Output: rows g, g + 8 of m-tile mt, dims d0 + 16 p + 8 n + 2 (lane % 4) + {0, 1}.
@@ -311,6 +328,63 @@ __global__ void __launch_bounds__(128 * MT, 1) mla_attention_tc_kernel(MlaTcArgs
   }
 }
 
+// Merge of the slices (grid (T H, R / 64), 256 threads): thread (g, c) = (tid / 16, tid % 16)
+// sums the slices g, g + 16, ... of dims 4 c .. 4 c + 3 of the block's 64 (16-byte loads, all
+// slices' loads of a thread independent), the 16 groups are added through shared memory. The
+// same weights as mla_merge_kernel (exp(lse_s - max) / sum); with one thread per dim and ns
+// dependent rounds of loads that kernel took ~10 us at 16 heads and 256 slices.
+inline constexpr int kMlaTcMergeThreads = 256, kMlaTcMergeDims = 64;
+__global__ void __launch_bounds__(kMlaTcMergeThreads) mla_tc_merge_kernel(MlaTcArgs a) {
+  constexpr int kGroups = kMlaTcMergeThreads / (kMlaTcMergeDims / 4);  // 16
+  pdl_trigger();
+  pdl_wait();
+  const int th = blockIdx.x, t = th / a.H, tid = threadIdx.x;
+  const int ns = mla_slices(a.pos[t] + 1, a.n_split);
+  if (ns == 1) return;  // the attention kernel wrote ctx
+  __shared__ float w[kMlaMaxSplit];
+  __shared__ float red[kMlaTcMergeThreads / kWarpSize];
+  __shared__ float4 acc[kGroups][kMlaTcMergeDims / 4];
+  const float* lse = a.part_lse + std::size_t(th) * a.n_split;
+  const float l = tid < ns ? lse[tid] : -INFINITY;  // ns <= kMlaMaxSplit = the block size
+  float M = warp_max(l);
+  if (tid % kWarpSize == 0) red[tid / kWarpSize] = M;
+  __syncthreads();
+  M = red[0];
+#pragma unroll
+  for (int i = 1; i < kMlaTcMergeThreads / kWarpSize; ++i) M = fmaxf(M, red[i]);
+  const float e = tid < ns ? expf(l - M) : 0.f;  // M finite: slice 0 has keys
+  if (tid < ns) w[tid] = e;
+  const float part = warp_sum(e);
+  __syncthreads();  // red read above
+  if (tid % kWarpSize == 0) red[tid / kWarpSize] = part;
+  __syncthreads();  // red and w complete
+  float W = 0.f;
+#pragma unroll
+  for (int i = 0; i < kMlaTcMergeThreads / kWarpSize; ++i) W += red[i];
+  const int g = tid / (kMlaTcMergeDims / 4), c = tid % (kMlaTcMergeDims / 4);
+  const int d = blockIdx.y * kMlaTcMergeDims + 4 * c;
+  const float4* po =
+      reinterpret_cast<const float4*>(a.part_o + std::size_t(th) * a.n_split * a.R + d);
+  const int R4 = a.R / 4;
+  float4 o = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll 4
+  for (int s = g; s < ns; s += kGroups) {
+    const float4 v = po[std::size_t(s) * R4];
+    const float ws = w[s];
+    o.x = fmaf(ws, v.x, o.x), o.y = fmaf(ws, v.y, o.y), o.z = fmaf(ws, v.z, o.z),
+    o.w = fmaf(ws, v.w, o.w);
+  }
+  acc[g][c] = o;
+  __syncthreads();
+  if (tid < kMlaTcMergeDims) {
+    const float* af = reinterpret_cast<const float*>(&acc[0][0]);
+    float O = 0.f;
+#pragma unroll
+    for (int i = 0; i < kGroups; ++i) O += af[i * kMlaTcMergeDims + tid];
+    a.ctx[std::size_t(th) * a.R + blockIdx.y * kMlaTcMergeDims + tid] = O / W;
+  }
+}
+
 // Head rows per block: 64 (four m16 tiles) when there are more than 32 heads, else 16.
 inline int mla_tc_mtiles(int H) {
   return H > 32 ? 4 : 1;
@@ -326,12 +400,10 @@ inline cudaError_t launch_mla_attention_tc(MlaTcArgs a, int T, cudaStream_t stre
   if (e != cudaSuccess) return e;
   const dim3 grid((a.H + 16 * MT - 1) / (16 * MT), a.n_split, T);
   e = launch(kernel, grid, dim3(128 * MT), smem, stream, a);
-  if (e == cudaSuccess && a.n_split > 1) {
-    const MlaAttnArgs m{a.qa, nullptr, a.pos, a.ctx,     a.part_o, a.part_lse,
-                        a.H,  a.R,     a.Dr,  a.n_split, a.scale};
-    e = launch(mla_merge_kernel, dim3(T * a.H, (a.R + kMlaMergeDims - 1) / kMlaMergeDims),
-               dim3(kMlaMergeDims), 0, stream, m);
-  }
+  static_assert(kMlaMaxSplit <= kMlaTcMergeThreads, "mla_tc_merge_kernel: one lse per thread");
+  if (e == cudaSuccess && a.n_split > 1)  // R % 64 == 0 (checked by the caller)
+    e = launch(mla_tc_merge_kernel, dim3(T * a.H, a.R / kMlaTcMergeDims), dim3(kMlaTcMergeThreads),
+               0, stream, a);
   return e;
 }
 
