@@ -47,9 +47,8 @@ namespace tmoe::cuda {
 inline constexpr int kMlaTcKeys = 32;  // keys per tile
 inline constexpr int kMlaTcMaxK = 576;
 inline constexpr int kMlaTcMaxR = 512;
-inline constexpr int kMlaTcMaxKs = (kMlaTcMaxK / 16 + 3) / 4;  // k-steps per quarter: 9
-inline constexpr int kMlaTcSp = kMlaTcKeys + 4;                // fp32 score row pitch (floats)
-inline constexpr int kMlaTcPp = kMlaTcKeys + 8;                // bf16 p row pitch (elements)
+inline constexpr int kMlaTcSp = kMlaTcKeys + 4;  // fp32 score row pitch (floats)
+inline constexpr int kMlaTcPp = kMlaTcKeys + 8;  // bf16 p row pitch (elements)
 
 struct MlaTcArgs {
   const float* qa;    // (T, H, K)
@@ -67,13 +66,20 @@ struct MlaTcArgs {
 inline constexpr int mla_tc_stages(int MT) {
   return MT == 1 ? 4 : 2;
 }
+// Warps per m-tile (each owns 1 / Q of the k-steps and of the latent dims): 8 for 16-head blocks
+// when R % 128 == 0 (256 threads: the per-tile critical path of 4 warps was ~2 us, longer than
+// the tile's 1.5 us share of HBM), else 4 (R / 4 is then a whole number of n8-tile pairs); 4 for
+// 64-head blocks (512 threads).
+inline int mla_tc_groups(int MT, int R) {
+  return MT == 1 && R % 128 == 0 ? 8 : 4;
+}
 
-// Shared memory of mla_attention_tc_kernel<MT>, in bytes, for K = R + Dr.
-inline constexpr std::size_t mla_tc_smem_bytes(int MT, int K) {
+// Shared memory of mla_attention_tc_kernel<MT, Q>, in bytes, for K = R + Dr.
+inline constexpr std::size_t mla_tc_smem_bytes(int MT, int Q, int K) {
   const std::size_t rows = 16 * std::size_t(MT), kp = std::size_t(K) + 8;
   return rows * kp * 2                              // q, bf16
          + mla_tc_stages(MT) * kMlaTcKeys * kp * 2  // the key tiles, bf16
-         + 4 * rows * kMlaTcSp * 4                  // the four quarters' partial scores
+         + std::size_t(Q) * rows * kMlaTcSp * 4     // the groups' partial scores
          + rows * kMlaTcPp * 2                      // p, bf16
          + 3 * rows * 4;                            // correction, max, sum
 }
@@ -100,20 +106,25 @@ __device__ TMOE_INLINE void mma_bf16(float (&c)[4], const unsigned (&a)[4], unsi
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-template <int MT>
-__global__ void __launch_bounds__(128 * MT, 1) mla_attention_tc_kernel(MlaTcArgs a) {
-  constexpr int kRows = 16 * MT, kThreads = 128 * MT, kStages = mla_tc_stages(MT);
+template <int MT, int Q>
+__global__ void __launch_bounds__(32 * MT * Q, 1) mla_attention_tc_kernel(MlaTcArgs a) {
+  constexpr int kQ = Q, kRows = 16 * MT, kThreads = 32 * MT * kQ;
+  constexpr int kStages = mla_tc_stages(MT);
+  constexpr int kTpr = kThreads / kRows, kKpt = kMlaTcKeys / kTpr;  // softmax: threads, keys
+  constexpr int kMaxKs = (kMlaTcMaxK / 16 + kQ - 1) / kQ;           // k-steps per group
+  constexpr int kMaxPairs = kMlaTcMaxR / (16 * kQ);                 // n8-tile pairs per group
+  static_assert(kKpt == 4 || kKpt == 2, "softmax: 2 or 4 keys per thread");
   const int hb = blockIdx.x, split = blockIdx.y, t = blockIdx.z;
   const int R = a.R, K = a.R + a.Dr, kp = K + 8;
   const int h0 = hb * kRows, nh = min(kRows, a.H - h0);
   const int tid = threadIdx.x, lane = tid % kWarpSize, warp = tid / kWarpSize;
-  const int mt = warp % MT, quarter = warp / MT;
+  const int mt = warp % MT, quarter = warp / MT;  // quarter: the group, 0 .. kQ - 1
   extern __shared__ __align__(16) unsigned char mla_tc_smem[];
   __nv_bfloat16* sq = reinterpret_cast<__nv_bfloat16*>(mla_tc_smem);  // (rows, kp)
   __nv_bfloat16* tile = sq + kRows * kp;                              // kStages x (32, kp)
   float* spart =
-      reinterpret_cast<float*>(tile + kStages * kMlaTcKeys * kp);  // 4 x (rows, kMlaTcSp)
-  __nv_bfloat16* sp = reinterpret_cast<__nv_bfloat16*>(spart + 4 * kRows * kMlaTcSp);
+      reinterpret_cast<float*>(tile + kStages * kMlaTcKeys * kp);  // kQ x (rows, kMlaTcSp)
+  __nv_bfloat16* sp = reinterpret_cast<__nv_bfloat16*>(spart + kQ * kRows * kMlaTcSp);
   float* scorr = reinterpret_cast<float*>(sp + kRows * kMlaTcPp);  // (rows)
   float* sm = scorr + kRows;                                       // (rows)
   float* sl = sm + kRows;                                          // (rows)
@@ -176,19 +187,21 @@ __global__ void __launch_bounds__(128 * MT, 1) mla_attention_tc_kernel(MlaTcArgs
 
   // This warp's q: m-tile mt, k-steps [ks0, ks1) (A fragments read from shared memory per tile:
   // holding them in registers spilled at 512 threads' 128-register cap).
-  const int nks = K / 16, ks0 = quarter * nks / 4, ks1 = (quarter + 1) * nks / 4;
+  const int nks = K / 16, ks0 = quarter * nks / kQ, ks1 = (quarter + 1) * nks / kQ;
   const __nv_bfloat16* qrow = sq + (mt * 16 + lane % 16) * kp + (lane / 16) * 8;
 
-  // Softmax role: row sr, keys 4 sub .. 4 sub + 3; running max / sum (base 2) in registers.
-  const int sr = tid / 8, sub = tid % 8;
+  // Softmax role: row sr, keys kKpt sub .. kKpt (sub + 1) - 1; running max / sum (base 2) in
+  // registers.
+  const int sr = tid / kTpr, sub = tid % kTpr;
   float run_m = -INFINITY, run_l = 0.f;
   const float scale2 = a.scale * 1.4426950408889634f;
 
-  // Value role: m-tile mt, latent dims [d0, d0 + R / 4): R / 64 pairs of n8 tiles.
-  const int dq = R / 4, d0 = quarter * dq, npairs = dq / 16;
-  float acc[kMlaTcMaxR / 64][2][4];
+  // Value role: m-tile mt, latent dims [d0, d0 + R / kQ): R / (16 kQ) pairs of n8 tiles (whole:
+  // mla_tc_groups takes 8 only for R % 128 == 0).
+  const int dq = R / kQ, d0 = quarter * dq, npairs = dq / 16;
+  float acc[kMaxPairs][2][4];
 #pragma unroll
-  for (int p = 0; p < kMlaTcMaxR / 64; ++p)
+  for (int p = 0; p < kMaxPairs; ++p)
 #pragma unroll
     for (int n = 0; n < 2; ++n)
 #pragma unroll
@@ -217,7 +230,7 @@ __global__ void __launch_bounds__(128 * MT, 1) mla_attention_tc_kernel(MlaTcArgs
 #pragma unroll
         for (int e = 0; e < 4; ++e) s[n][e] = 0.f;
 #pragma unroll
-      for (int i = 0; i < kMlaTcMaxKs; ++i) {
+      for (int i = 0; i < kMaxKs; ++i) {
         if (ks0 + i < ks1) {
           const int k0 = (ks0 + i) * 16 + ((lane / 8) % 2) * 8;
           unsigned qf[4];
@@ -239,42 +252,49 @@ __global__ void __launch_bounds__(128 * MT, 1) mla_attention_tc_kernel(MlaTcArgs
       }
     }
     __syncthreads();
-    // Online softmax: 8 threads per row (consecutive lanes), 4 keys each.
+    // Online softmax: kTpr threads per row (consecutive lanes), kKpt keys each.
     {
-      const int base = j0 + it * kMlaTcKeys + 4 * sub;
-      float4 v = *reinterpret_cast<const float4*>(spart + sr * kMlaTcSp + 4 * sub);
+      const int base = j0 + it * kMlaTcKeys + kKpt * sub;
+      float v[kKpt];
 #pragma unroll
-      for (int q = 1; q < 4; ++q) {
-        const float4 w =
-            *reinterpret_cast<const float4*>(spart + (q * kRows + sr) * kMlaTcSp + 4 * sub);
-        v.x += w.x, v.y += w.y, v.z += w.z, v.w += w.w;
+      for (int k = 0; k < kKpt; ++k) v[k] = 0.f;
+#pragma unroll
+      for (int q = 0; q < kQ; ++q) {
+        const float* src = spart + (q * kRows + sr) * kMlaTcSp + kKpt * sub;
+        if constexpr (kKpt == 4) {
+          const float4 w = *reinterpret_cast<const float4*>(src);
+          v[0] += w.x, v[1] += w.y, v[2] += w.z, v[3] += w.w;
+        } else {
+          const float2 w = *reinterpret_cast<const float2*>(src);
+          v[0] += w.x, v[1] += w.y;
+        }
       }
-      float s[4] = {base < j1 ? v.x * scale2 : -INFINITY, base + 1 < j1 ? v.y * scale2 : -INFINITY,
-                    base + 2 < j1 ? v.z * scale2 : -INFINITY,
-                    base + 3 < j1 ? v.w * scale2 : -INFINITY};
-      float mx = fmaxf(fmaxf(s[0], s[1]), fmaxf(s[2], s[3]));
+      float s[kKpt], mx = -INFINITY;
 #pragma unroll
-      for (int o = 1; o < 8; o *= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+      for (int k = 0; k < kKpt; ++k)
+        mx = fmaxf(mx, s[k] = base + k < j1 ? v[k] * scale2 : -INFINITY);
+#pragma unroll
+      for (int o = 1; o < kTpr; o *= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
       const float m_new = fmaxf(run_m, mx);  // finite: a tile has at least one valid key
-      float p[4], ps = 0.f;
+      float p[kKpt], ps = 0.f;
 #pragma unroll
-      for (int k = 0; k < 4; ++k) ps += (p[k] = exp2f(s[k] - m_new));
+      for (int k = 0; k < kKpt; ++k) ps += (p[k] = exp2f(s[k] - m_new));
 #pragma unroll
-      for (int o = 1; o < 8; o *= 2) ps += __shfl_xor_sync(0xffffffffu, ps, o);
+      for (int o = 1; o < kTpr; o *= 2) ps += __shfl_xor_sync(0xffffffffu, ps, o);
       const float corr = exp2f(run_m - m_new);  // 0 on the first tile
       run_l = fmaf(run_l, corr, ps);
       run_m = m_new;
-      __nv_bfloat162* pd = reinterpret_cast<__nv_bfloat162*>(sp + sr * kMlaTcPp + 4 * sub);
-      pd[0] = __floats2bfloat162_rn(p[0], p[1]);
-      pd[1] = __floats2bfloat162_rn(p[2], p[3]);
+      __nv_bfloat162* pd = reinterpret_cast<__nv_bfloat162*>(sp + sr * kMlaTcPp + kKpt * sub);
+#pragma unroll
+      for (int k = 0; k < kKpt / 2; ++k) pd[k] = __floats2bfloat162_rn(p[2 * k], p[2 * k + 1]);
       if (sub == 0) scorr[sr] = corr, sm[sr] = run_m, sl[sr] = run_l;
     }
     __syncthreads();
-    // Values: acc = acc * corr + p tile[:, d0 .. d0 + R / 4).
+    // Values: acc = acc * corr + p tile[:, d0 .. d0 + R / kQ).
     {
       const float c0 = scorr[mt * 16 + lane / 4], c1 = scorr[mt * 16 + lane / 4 + 8];
 #pragma unroll
-      for (int p = 0; p < kMlaTcMaxR / 64; ++p)
+      for (int p = 0; p < kMaxPairs; ++p)
 #pragma unroll
         for (int n = 0; n < 2; ++n)
           acc[p][n][0] *= c0, acc[p][n][1] *= c0, acc[p][n][2] *= c1, acc[p][n][3] *= c1;
@@ -285,7 +305,7 @@ __global__ void __launch_bounds__(128 * MT, 1) mla_attention_tc_kernel(MlaTcArgs
         const __nv_bfloat16* vrow =
             kt + (ks * 16 + lane % 8 + ((lane / 8) % 2) * 8) * kp + d0 + (lane / 16) * 8;
 #pragma unroll
-        for (int p = 0; p < kMlaTcMaxR / 64; ++p) {
+        for (int p = 0; p < kMaxPairs; ++p) {
           if (p < npairs) {
             unsigned b[4];
             ldsm_x4_t(b, vrow + p * 16);
@@ -315,7 +335,7 @@ __global__ void __launch_bounds__(128 * MT, 1) mla_attention_tc_kernel(MlaTcArgs
         a.part_lse[ps] = L > 0.f ? (sm[row] + log2f(L)) * 0.6931471805599453f : -INFINITY;
     }
 #pragma unroll
-    for (int p = 0; p < kMlaTcMaxR / 64; ++p) {
+    for (int p = 0; p < kMaxPairs; ++p) {
       if (p < npairs) {
 #pragma unroll
         for (int n = 0; n < 2; ++n) {
@@ -392,14 +412,16 @@ inline int mla_tc_mtiles(int H) {
 
 inline cudaError_t launch_mla_attention_tc(MlaTcArgs a, int T, cudaStream_t stream) {
   if (T <= 0) return cudaSuccess;
-  const int MT = mla_tc_mtiles(a.H), K = a.R + a.Dr;
-  const std::size_t smem = mla_tc_smem_bytes(MT, K);
-  auto kernel = MT == 4 ? mla_attention_tc_kernel<4> : mla_attention_tc_kernel<1>;
+  const int MT = mla_tc_mtiles(a.H), Q = mla_tc_groups(MT, a.R), K = a.R + a.Dr;
+  const std::size_t smem = mla_tc_smem_bytes(MT, Q, K);
+  auto kernel = MT == 4  ? mla_attention_tc_kernel<4, 4>
+                : Q == 8 ? mla_attention_tc_kernel<1, 8>
+                         : mla_attention_tc_kernel<1, 4>;
   cudaError_t e =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
   if (e != cudaSuccess) return e;
   const dim3 grid((a.H + 16 * MT - 1) / (16 * MT), a.n_split, T);
-  e = launch(kernel, grid, dim3(128 * MT), smem, stream, a);
+  e = launch(kernel, grid, dim3(32 * MT * Q), smem, stream, a);
   static_assert(kMlaMaxSplit <= kMlaTcMergeThreads, "mla_tc_merge_kernel: one lse per thread");
   if (e == cudaSuccess && a.n_split > 1)  // R % 64 == 0 (checked by the caller)
     e = launch(mla_tc_merge_kernel, dim3(T * a.H, a.R / kMlaTcMergeDims), dim3(kMlaTcMergeThreads),
