@@ -302,6 +302,7 @@ TEST_CASE("MLA decode attention over a bf16 latent cache (tensor cores) within i
   }
   SUBCASE("16 heads, and 20 (a partial second block)") {
     for (std::size_t ns : {1, 32}) check_kernels(r1_tp8, {31, 33, 2047}, ns, 61 + ns, true);
+    check_kernels(r1_tp8, {16383}, 256, 60, true);  // 256 slices: every merge slot in use
     check_kernels({20, 128, 64, 128, 512}, {63, 65, 700}, 3, 67, true);
   }
   SUBCASE("16 heads at R 192 (R % 128 != 0: 16-head blocks of 4 warps instead of 8)") {

@@ -159,22 +159,29 @@ __global__ void __launch_bounds__(32 * MT * Q, 1) mla_attention_tc_kernel(MlaTcA
       cp_async_commit();
 
   const float* qsrc = a.qa + (std::size_t(t) * a.H + h0) * K;
-  // q: 16-byte loads, 8 in flight per thread (a 64-head block reads 147 KB of q from L2; one
-  // dependent 4-byte load at a time cost ~20 us per block).
+  // q: 16-byte loads, kQu in flight per thread (a 64-head block reads 147 KB of q from L2; one
+  // dependent 4-byte load at a time cost ~20 us per block); a 16-head block takes all of its
+  // q (36 KB at R1) in one round, and, since every slice reads the same q, starts at its own
+  // offset (rot) so that the SMs' requests do not all meet on the same L2 lines at once (64-head
+  // blocks: unchanged, as measured before).
   {
-    const int K4 = K / 4, n4 = kRows * K4;
+    constexpr int kQu = MT == 1 ? (16 * kMlaTcMaxK / 4 + kThreads - 1) / kThreads : 8;
+    const int K4 = K / 4, n4 = kRows * K4, rot = MT == 1 ? (split * 64) % n4 : 0;
     const float4* q4 = reinterpret_cast<const float4*>(qsrc);
-    for (int i0 = tid; i0 < n4; i0 += 8 * kThreads) {
-      float4 v[8];
+    for (int i0 = tid; i0 < n4; i0 += kQu * kThreads) {
+      float4 v[kQu];
 #pragma unroll
-      for (int u = 0; u < 8; ++u) {
-        const int i = i0 + u * kThreads;
-        v[u] = i < n4 && i / K4 < nh ? __ldg(q4 + i) : make_float4(0.f, 0.f, 0.f, 0.f);
+      for (int u = 0; u < kQu; ++u) {
+        int i = i0 + u * kThreads;
+        i = i + rot < n4 ? i + rot : i + rot - n4;
+        v[u] =
+            i0 + u * kThreads < n4 && i / K4 < nh ? __ldg(q4 + i) : make_float4(0.f, 0.f, 0.f, 0.f);
       }
 #pragma unroll
-      for (int u = 0; u < 8; ++u) {
-        const int i = i0 + u * kThreads;
-        if (i < n4) {
+      for (int u = 0; u < kQu; ++u) {
+        int i = i0 + u * kThreads;
+        i = i + rot < n4 ? i + rot : i + rot - n4;
+        if (i0 + u * kThreads < n4) {
           __nv_bfloat162* d = reinterpret_cast<__nv_bfloat162*>(sq + (i / K4) * kp + 4 * (i % K4));
           d[0] = __floats2bfloat162_rn(v[u].x, v[u].y);
           d[1] = __floats2bfloat162_rn(v[u].z, v[u].w);
@@ -351,8 +358,10 @@ __global__ void __launch_bounds__(32 * MT * Q, 1) mla_attention_tc_kernel(MlaTcA
 // Merge of the slices (grid (T H, R / 64), 256 threads): thread (g, c) = (tid / 16, tid % 16)
 // sums the slices g, g + 16, ... of dims 4 c .. 4 c + 3 of the block's 64 (16-byte loads, all
 // slices' loads of a thread independent), the 16 groups are added through shared memory. The
-// same weights as mla_merge_kernel (exp(lse_s - max) / sum); with one thread per dim and ns
-// dependent rounds of loads that kernel took ~10 us at 16 heads and 256 slices.
+// same weights as mla_merge_kernel (exp(lse_s - max) / sum), whose one thread per dim and ns
+// dependent rounds of loads took ~4 us more per call at 128 heads and 66 slices (H100, 4K
+// context: 24.8 against 28.6 us). Loading all of a thread's slices before the weights (16
+// registers of float4) was no faster at 16 heads and 3 us slower at 128.
 inline constexpr int kMlaTcMergeThreads = 256, kMlaTcMergeDims = 64;
 __global__ void __launch_bounds__(kMlaTcMergeThreads) mla_tc_merge_kernel(MlaTcArgs a) {
   constexpr int kGroups = kMlaTcMergeThreads / (kMlaTcMergeDims / 4);  // 16
