@@ -198,7 +198,7 @@ int main(int argc, char** argv) {
                     core_bytes / (core_ms * 1e-3) / 1e9 / read_gbs);
       }
       // The bf16 cache on the tensor cores (mla_tc.cuh): 64-head blocks when H > 32, else 16;
-      // one block per SM (their shared memory: 192 KB and 179 KB at R1).
+      // one block per SM (their shared memory: 192 KB and 188 KB at R1).
       const std::size_t tc_blocks = H > 32 ? (H + 63) / 64 : (H + 15) / 16;
       const std::size_t tc_wave = std::max<std::size_t>(1, dev.sm_count / tc_blocks);
       for (const std::size_t ns :

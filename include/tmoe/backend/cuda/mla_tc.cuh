@@ -4,24 +4,28 @@
 //   ctx[t, h] = sum_{j <= pos[t]} softmax_j(scale qa[t, h] . cache[j]) cache[j, 0:R]
 //
 // cache (cap, K) bf16, K = R + Dr; qa (T, H, K) float (rounded to bf16 once per block); ctx,
-// the slices' partials and their log-sum-exp float, as mla.cuh writes them, so mla_merge_kernel
-// combines the slices.
+// the slices' partials and their log-sum-exp float, as mla.cuh writes them; mla_tc_merge_kernel
+// combines the slices (mla_merge_kernel's weights, more loads in flight).
 //
-// mla_attention_tc_kernel<MT> (grid (ceil(H / 16 MT), n_split, T), 128 MT threads = 4 MT warps):
-// a block takes 16 MT heads (the mma's M dimension: MT m16 tiles; MT = 4 for R1's 128 heads, two
-// head blocks per slice; MT = 1 for 16 heads) and one slice of the keys 0..pos[t]. Tiles of 32
-// keys (K bf16 each, rows padded by 16 bytes so that ldmatrix rows hit distinct banks) are
-// double-buffered with cp.async (rows past the slice zero-filled). All products are
-// mma.sync.m16n8k16 bf16 x bf16 -> fp32:
+// mla_attention_tc_kernel<MT, Q> (grid (ceil(H / 16 MT), n_split, T), 32 MT Q threads = MT Q
+// warps): a block takes 16 MT heads (the mma's M dimension: MT m16 tiles; MT = 4 for R1's 128
+// heads, two head blocks per slice; MT = 1 for up to 32 heads, e.g. R1's 16 per GPU under 8-way
+// tensor parallelism) and one slice of the keys 0..pos[t]. Q warps per m-tile: 4 for MT = 4
+// (512 threads), 8 for MT = 1 when R % 128 == 0 (256 threads), else 4. Tiles of 32 keys (K bf16
+// each, rows padded by 16 bytes so that ldmatrix rows hit distinct banks) stream through a
+// cp.async ring of mla_tc_stages(MT) buffers (4 for MT = 1: 3 tiles in flight while one is used,
+// 188 KB per block at R1; 2 for MT = 4, whose q and partial scores leave room for no more), rows
+// past the slice zero-filled; three barriers per tile. All products are mma.sync.m16n8k16 bf16 x
+// bf16 -> fp32:
 //   scores (16 MT x 32) = q (16 MT x K) key^T: warp (mt, kq) = (w % MT, w / MT) takes m-tile mt
-//     and the quarter kq of the K / 16 k-steps (q's A fragments read from shared memory per
-//     tile: held in registers they spilled); the four quarters' partials are added through
-//     shared memory;
-//   softmax: 8 threads per head row, 4 keys each, running max and sum in registers (base 2: the
-//     scale times log2(e) multiplies the fp32 scores), p rounded to bf16 into shared memory;
+//     and the share kq (of Q) of the K / 16 k-steps (q's A fragments read from shared memory per
+//     tile: held in registers they spilled); the Q partials are added through shared memory;
+//   softmax: 2 Q threads per head row, 16 / Q keys each, running max and sum in registers (base
+//     2: the scale times log2(e) multiplies the fp32 scores), p rounded to bf16 into shared
+//     memory;
 //   values (16 MT x R) += p (16 MT x 32) tile[:, 0:R]: warp (mt, dq) takes m-tile mt and the
-//     quarter dq of the R latent dims (ldmatrix.trans gives the B fragments of the key-major tile),
-//     R / 32 n8 tiles of fp32 accumulators in registers, rescaled by the tile's correction.
+//     share dq of the R latent dims (ldmatrix.trans gives the B fragments of the key-major tile),
+//     R / (8 Q) n8 tiles of fp32 accumulators in registers, rescaled by the tile's correction.
 // Errors against exact arithmetic on the stored (bf16) cache: q rounded to bf16 (each score off
 // by at most scale 2^-9 sum_i |q_i k_i|) and p rounded to bf16 (relative 2^-9; the softmax sum
 // stays fp32); tests/cuda/test_mla.cpp bounds ctx by both.
@@ -61,7 +65,7 @@ struct MlaTcArgs {
   float scale;
 };
 
-// Key tiles in flight per block: four for 16-head blocks (one block per SM, 179 KB at R1), two
+// Key tiles in flight per block: four for 16-head blocks (one block per SM, 188 KB at R1), two
 // for 64-head blocks (their q and partial scores leave room for two: 192 KB).
 inline constexpr int mla_tc_stages(int MT) {
   return MT == 1 ? 4 : 2;
