@@ -7,8 +7,11 @@
 // partials) and the whole attention core mla_absorb_q + mla_attention + mla_absorb_out (bytes +
 // kv_b, bf16, both halves). Each figure is the median of many batches of 10 launches timed with
 // CUDA events; the cache is rotated over enough copies to exceed the L2 (50 MB) when it is
-// smaller; inputs are random (never zeros). Also prints the fp32 FMA floor of the attention
-// (2 K + 2 R flops per head and key at the measured FMA rate of a register-only kernel).
+// smaller; inputs are random (never zeros). For the bf16 cache also the same 10 launches
+// replayed from a CUDA graph (graph us: device time without the host's launch cost, as
+// cuda::DeepseekModel decodes), with and without the partials' bytes (g/read, g cache). Also prints
+// the fp32 FMA floor of the attention (2 K + 2 R flops per head and key at the measured FMA rate of
+// a register-only kernel).
 //
 //   bench_cuda_mla [--reps N] [--heads H] [--ctx N]   (H: 128 or 16; N: 4096 .. 65536)
 #include <algorithm>
