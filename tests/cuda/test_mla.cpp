@@ -323,6 +323,9 @@ TEST_CASE("MLA decode attention over a bf16 latent cache (tensor cores) within i
     CHECK_THROWS_WITH_AS(
         cuda::mla_attention(b.data(), c.data(), p.data(), 1, 4, 512, 72, 1.f, b.data(), 1, nullptr),
         doctest::Contains("qk_rope_head_dim: the bf16 cache"), tmoe::Error);
+    CHECK_THROWS_WITH_AS(cuda::mla_attention(b.data(), c.data(), p.data(), 1, 4, 512, 64, 1.f,
+                                             b.data(), 2, b.data() + 1),
+                         doctest::Contains("workspace: expected 16-byte alignment"), tmoe::Error);
   }
 }
 
