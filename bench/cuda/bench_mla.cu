@@ -7,8 +7,11 @@
 // partials) and the whole attention core mla_absorb_q + mla_attention + mla_absorb_out (bytes +
 // kv_b, bf16, both halves). Each figure is the median of many batches of 10 launches timed with
 // CUDA events; the cache is rotated over enough copies to exceed the L2 (50 MB) when it is
-// smaller; inputs are random (never zeros). Also prints the fp32 FMA floor of the attention
-// (2 K + 2 R flops per head and key at the measured FMA rate of a register-only kernel).
+// smaller; inputs are random (never zeros). For the bf16 cache also the same 10 launches
+// replayed from a CUDA graph (graph us: device time without the host's launch cost, as
+// cuda::DeepseekModel decodes), with and without the partials' bytes (g/read, g cache). Also prints
+// the fp32 FMA floor of the attention (2 K + 2 R flops per head and key at the measured FMA rate of
+// a register-only kernel).
 //
 //   bench_cuda_mla [--reps N] [--heads H] [--ctx N]   (H: 128 or 16; N: 4096 .. 65536)
 #include <algorithm>
@@ -40,6 +43,22 @@ double median_ms(F&& launch, int reps) {
     ms.push_back(b.since(a) / kBatch);
   }
   TMOE_CUDA_CHECK("bench", cudaGetLastError());
+  std::sort(ms.begin(), ms.end());
+  return ms[ms.size() / 2];
+}
+
+// The same, for kBatch launches captured into a graph (no host launch cost between them).
+double graph_median_ms(const cuda::Graph& g, const cuda::Stream& s, int reps) {
+  cuda::Event a, b;
+  g.launch(s);
+  g.launch(s);
+  std::vector<float> ms;
+  for (int i = 0; i < reps; ++i) {
+    a.record(s);
+    g.launch(s);
+    b.record(s);
+    ms.push_back(b.since(a) / kBatch);
+  }
   std::sort(ms.begin(), ms.end());
   return ms[ms.size() / 2];
 }
@@ -120,8 +139,9 @@ int main(int argc, char** argv) {
   std::printf("fp32 FMA rate (registers only):            %.1f TFLOP/s\n\n", fma_tflops);
 
   const std::size_t Dn = 128, Dr = 64, Dv = 128, R = 512, K = R + Dr;
-  std::printf("%-8s %5s %7s %4s %10s %9s %7s %7s %10s %12s %9s\n", "what", "H", "context", "ns",
-              "us", "GB/s", "/read", "/copy", "FMA-floor", "core us", "core/read");
+  std::printf("%-8s %5s %7s %4s %10s %9s %7s %7s %10s %12s %9s %9s %7s %7s\n", "what", "H",
+              "context", "ns", "us", "GB/s", "/read", "/copy", "FMA-floor", "core us", "core/read",
+              "graph us", "g/read", "g cache");
   for (const std::size_t H : {std::size_t(128), std::size_t(16)}) {
     if (g_heads && std::size_t(g_heads) != H) continue;
     for (const int ctx_len : {4096, 8192, 32768, 65536}) {
@@ -181,10 +201,9 @@ int main(int argc, char** argv) {
                     core_bytes / (core_ms * 1e-3) / 1e9 / read_gbs);
       }
       // The bf16 cache on the tensor cores (mla_tc.cuh): 64-head blocks when H > 32, else 16;
-      // one 64-head block per SM (its shared memory), two 16-head blocks.
+      // one block per SM (their shared memory: 192 KB and 188 KB at R1).
       const std::size_t tc_blocks = H > 32 ? (H + 63) / 64 : (H + 15) / 16;
-      const std::size_t tc_wave =
-          std::max<std::size_t>(1, dev.sm_count * (H > 32 ? 1 : 2) / tc_blocks);
+      const std::size_t tc_wave = std::max<std::size_t>(1, dev.sm_count / tc_blocks);
       for (const std::size_t ns :
            {std::min<std::size_t>(256, tc_wave / 2), std::min<std::size_t>(256, tc_wave),
             std::min<std::size_t>(256, 2 * tc_wave)}) {
@@ -208,9 +227,21 @@ int main(int argc, char** argv) {
             },
             g_reps);
         const double core_bytes = bytes + double(kvb.bytes());
-        std::printf("%-8s %5zu %7d %4zu %10.1f %9.1f %7.3f %7.3f %10s %12.1f %9.3f\n", "mla-bf16",
-                    H, ctx_len, ns, ms * 1e3, gbs, gbs / read_gbs, gbs / copy_gbs, "-",
-                    core_ms * 1e3, core_bytes / (core_ms * 1e-3) / 1e9 / read_gbs);
+        // The same kBatch launches from a graph (as cuda::DeepseekModel decodes): device time
+        // without the host's launch cost; g/read with the partials, g cache the cache alone.
+        cuda::Stream st;
+        cuda::graph_capture_begin(st);
+        for (int j = 0; j < kBatch; ++j)
+          cuda::mla_attention(qa.data(), caches_b[j % copies].data(), pos.data(), 1, H, R, Dr,
+                              scale, ctx.data(), ns, ws.data(), st);
+        const cuda::Graph g(cuda::graph_capture_end(st));
+        const double g_ms = graph_median_ms(g, st, g_reps);
+        const double g_bw = 1e-9 / (g_ms * 1e-3) / read_gbs;
+        std::printf(
+            "%-8s %5zu %7d %4zu %10.1f %9.1f %7.3f %7.3f %10s %12.1f %9.3f %9.1f %7.3f %7.3f\n",
+            "mla-bf16", H, ctx_len, ns, ms * 1e3, gbs, gbs / read_gbs, gbs / copy_gbs, "-",
+            core_ms * 1e3, core_bytes / (core_ms * 1e-3) / 1e9 / read_gbs, g_ms * 1e3, bytes * g_bw,
+            double(cache_bytes) / 2 * g_bw);
       }
     }
   }

@@ -5,12 +5,13 @@
 //    against the absorbed form evaluated in double on the same stored values (equal to the naive
 //    form in real arithmetic). Bounds: ctx within 1e-5 absolute (latent values in [-1, 1]: ctx is
 //    an average of them), o within 1e-6 * max_i sum_c |W_UV[h, i, c]| (one W_UV row times ctx).
-//  - The bf16 latent cache on the tensor cores (mla_tc.cuh) at R1's dims (128, 20 and 16 heads)
-//    and the fixture's (R 128, Dr 32), several n_split, against the double reference on the
-//    rounded cache. Bound per head and position: 2^-9 max|c| (p rounded to bf16) + 3 max|c| scale
-//    2^-9 max_j sum_i |qa_i k_ji| (q rounded to bf16, first order x 1.5) + 1e-5; and, since that
-//    bound is loose, ctx within 2.5e-2 absolute. Measured on the H100: ctx <= 9.2e-3 (2.8% of the
-//    bound) at R1's dims, <= 2.0e-3 at the fixture's.
+//  - The bf16 latent cache on the tensor cores (mla_tc.cuh) at R1's dims (128, 20 and 16 heads),
+//    16 heads at R 192 (the 4-warp 16-head kernel) and the fixture's (R 128, Dr 32), several
+//    n_split, against the double reference on the rounded cache. Bound per head and position: 2^-9
+//    max|c| (p rounded to bf16) + 3 max|c| scale 2^-9 max_j sum_i |qa_i k_ji| (q rounded to bf16,
+//    first order x 1.5) + 1e-5; and, since that bound is loose, ctx within 2.5e-2 absolute.
+//    Measured on the H100: ctx <= 9.2e-3 (2.8% of the bound) at R1's dims, <= 2.0e-3 at the
+//    fixture's.
 //  - The whole layer, one token at a time: q-LoRA (or a single q_proj), kv_a, mla_kv_store,
 //    interleaved YaRN RoPE, the three MLA ops and o_proj, with the GPU's float GEMVs, against
 //    reference::mla_attention (the naive HF form over the whole sequence, double softmax) at the
@@ -301,7 +302,12 @@ TEST_CASE("MLA decode attention over a bf16 latent cache (tensor cores) within i
   }
   SUBCASE("16 heads, and 20 (a partial second block)") {
     for (std::size_t ns : {1, 32}) check_kernels(r1_tp8, {31, 33, 2047}, ns, 61 + ns, true);
+    check_kernels(r1_tp8, {16383}, 256, 60, true);  // 256 slices: every merge slot in use
     check_kernels({20, 128, 64, 128, 512}, {63, 65, 700}, 3, 67, true);
+  }
+  SUBCASE("16 heads at R 192 (R % 128 != 0: 16-head blocks of 4 warps instead of 8)") {
+    for (std::size_t ns : {1, 5})
+      check_kernels({16, 64, 32, 64, 192}, {40, 900}, ns, 81 + ns, true);
   }
   SUBCASE("the fixture's dims (R 128, Dr 32)") {
     for (std::size_t ns : {1, 2, 16})
@@ -317,6 +323,9 @@ TEST_CASE("MLA decode attention over a bf16 latent cache (tensor cores) within i
     CHECK_THROWS_WITH_AS(
         cuda::mla_attention(b.data(), c.data(), p.data(), 1, 4, 512, 72, 1.f, b.data(), 1, nullptr),
         doctest::Contains("qk_rope_head_dim: the bf16 cache"), tmoe::Error);
+    CHECK_THROWS_WITH_AS(cuda::mla_attention(b.data(), c.data(), p.data(), 1, 4, 512, 64, 1.f,
+                                             b.data(), 2, b.data() + 1),
+                         doctest::Contains("workspace: expected 16-byte alignment"), tmoe::Error);
   }
 }
 

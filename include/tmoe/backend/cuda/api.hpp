@@ -462,8 +462,8 @@ void mla_attention(const float* qa, const float* cache, const std::int32_t* pos,
                    std::size_t H, std::size_t R, std::size_t Dr, float scale, float* ctx,
                    std::size_t n_split, float* workspace, StreamHandle s = nullptr);
 // The same over a bf16 cache, on the tensor cores (mla_tc.cuh: q and the softmax weights rounded
-// to bf16, fp32 accumulation; same slices and workspace). Needs R % 64 == 0, R <= 512,
-// Dr % 16 == 0 and R + Dr <= 576 (R1: 512 + 64).
+// to bf16, fp32 accumulation; same slices and workspace, the workspace 16-byte aligned). Needs
+// R % 64 == 0, R <= 512, Dr % 16 == 0 and R + Dr <= 576 (R1: 512 + 64).
 void mla_attention(const float* qa, const bf16* cache, const std::int32_t* pos, std::size_t T,
                    std::size_t H, std::size_t R, std::size_t Dr, float scale, float* ctx,
                    std::size_t n_split, float* workspace, StreamHandle s = nullptr);

@@ -903,6 +903,8 @@ void mla_attention(const float* qa, const bf16* cache, const std::int32_t* pos, 
   if (T == 0) return;
   check(qa && cache && pos && ctx, op, "null pointer: qa, cache, pos and ctx are required");
   check(n_split == 1 || workspace, op, "n_split > 1 needs a workspace");
+  check(n_split == 1 || reinterpret_cast<std::uintptr_t>(workspace) % 16 == 0, op,
+        "workspace: expected 16-byte alignment (the merge reads it in 16-byte loads)");
   MlaTcArgs a{qa,           cache,     pos,
               ctx,          workspace, workspace ? workspace + T * H * n_split * R : nullptr,
               int(H),       int(R),    int(Dr),

@@ -4,24 +4,28 @@
 //   ctx[t, h] = sum_{j <= pos[t]} softmax_j(scale qa[t, h] . cache[j]) cache[j, 0:R]
 //
 // cache (cap, K) bf16, K = R + Dr; qa (T, H, K) float (rounded to bf16 once per block); ctx,
-// the slices' partials and their log-sum-exp float, as mla.cuh writes them, so mla_merge_kernel
-// combines the slices.
+// the slices' partials and their log-sum-exp float, as mla.cuh writes them; mla_tc_merge_kernel
+// combines the slices (mla_merge_kernel's weights, more loads in flight).
 //
-// mla_attention_tc_kernel<MT> (grid (ceil(H / 16 MT), n_split, T), 128 MT threads = 4 MT warps):
-// a block takes 16 MT heads (the mma's M dimension: MT m16 tiles; MT = 4 for R1's 128 heads, two
-// head blocks per slice; MT = 1 for 16 heads) and one slice of the keys 0..pos[t]. Tiles of 32
-// keys (K bf16 each, rows padded by 16 bytes so that ldmatrix rows hit distinct banks) are
-// double-buffered with cp.async (rows past the slice zero-filled). All products are
-// mma.sync.m16n8k16 bf16 x bf16 -> fp32:
+// mla_attention_tc_kernel<MT, Q> (grid (ceil(H / 16 MT), n_split, T), 32 MT Q threads = MT Q
+// warps): a block takes 16 MT heads (the mma's M dimension: MT m16 tiles; MT = 4 for R1's 128
+// heads, two head blocks per slice; MT = 1 for up to 32 heads, e.g. R1's 16 per GPU under 8-way
+// tensor parallelism) and one slice of the keys 0..pos[t]. Q warps per m-tile: 4 for MT = 4
+// (512 threads), 8 for MT = 1 when R % 128 == 0 (256 threads), else 4. Tiles of 32 keys (K bf16
+// each, rows padded by 16 bytes so that ldmatrix rows hit distinct banks) stream through a
+// cp.async ring of mla_tc_stages(MT) buffers (4 for MT = 1: 3 tiles in flight while one is used,
+// 188 KB per block at R1; 2 for MT = 4, whose q and partial scores leave room for no more), rows
+// past the slice zero-filled; three barriers per tile. All products are mma.sync.m16n8k16 bf16 x
+// bf16 -> fp32:
 //   scores (16 MT x 32) = q (16 MT x K) key^T: warp (mt, kq) = (w % MT, w / MT) takes m-tile mt
-//     and the quarter kq of the K / 16 k-steps (q's A fragments read from shared memory per
-//     tile: held in registers they spilled); the four quarters' partials are added through
-//     shared memory;
-//   softmax: 8 threads per head row, 4 keys each, running max and sum in registers (base 2: the
-//     scale times log2(e) multiplies the fp32 scores), p rounded to bf16 into shared memory;
+//     and the share kq (of Q) of the K / 16 k-steps (q's A fragments read from shared memory per
+//     tile: held in registers they spilled); the Q partials are added through shared memory;
+//   softmax: 2 Q threads per head row, 16 / Q keys each, running max and sum in registers (base
+//     2: the scale times log2(e) multiplies the fp32 scores), p rounded to bf16 into shared
+//     memory;
 //   values (16 MT x R) += p (16 MT x 32) tile[:, 0:R]: warp (mt, dq) takes m-tile mt and the
-//     quarter dq of the R latent dims (ldmatrix.trans gives the B fragments of the key-major tile),
-//     R / 32 n8 tiles of fp32 accumulators in registers, rescaled by the tile's correction.
+//     share dq of the R latent dims (ldmatrix.trans gives the B fragments of the key-major tile),
+//     R / (8 Q) n8 tiles of fp32 accumulators in registers, rescaled by the tile's correction.
 // Errors against exact arithmetic on the stored (bf16) cache: q rounded to bf16 (each score off
 // by at most scale 2^-9 sum_i |q_i k_i|) and p rounded to bf16 (relative 2^-9; the softmax sum
 // stays fp32); tests/cuda/test_mla.cpp bounds ctx by both.
@@ -47,9 +51,8 @@ namespace tmoe::cuda {
 inline constexpr int kMlaTcKeys = 32;  // keys per tile
 inline constexpr int kMlaTcMaxK = 576;
 inline constexpr int kMlaTcMaxR = 512;
-inline constexpr int kMlaTcMaxKs = (kMlaTcMaxK / 16 + 3) / 4;  // k-steps per quarter: 9
-inline constexpr int kMlaTcSp = kMlaTcKeys + 4;                // fp32 score row pitch (floats)
-inline constexpr int kMlaTcPp = kMlaTcKeys + 8;                // bf16 p row pitch (elements)
+inline constexpr int kMlaTcSp = kMlaTcKeys + 4;  // fp32 score row pitch (floats)
+inline constexpr int kMlaTcPp = kMlaTcKeys + 8;  // bf16 p row pitch (elements)
 
 struct MlaTcArgs {
   const float* qa;    // (T, H, K)
@@ -62,14 +65,27 @@ struct MlaTcArgs {
   float scale;
 };
 
-// Shared memory of mla_attention_tc_kernel<MT>, in bytes, for K = R + Dr.
-inline constexpr std::size_t mla_tc_smem_bytes(int MT, int K) {
+// Key tiles in flight per block: four for 16-head blocks (one block per SM, 188 KB at R1), two
+// for 64-head blocks (their q and partial scores leave room for two: 192 KB).
+inline constexpr int mla_tc_stages(int MT) {
+  return MT == 1 ? 4 : 2;
+}
+// Warps per m-tile (each owns 1 / Q of the k-steps and of the latent dims): 8 for 16-head blocks
+// when R % 128 == 0 (256 threads: the per-tile critical path of 4 warps was ~2 us, longer than
+// the tile's 1.5 us share of HBM), else 4 (R / 4 is then a whole number of n8-tile pairs); 4 for
+// 64-head blocks (512 threads).
+inline int mla_tc_groups(int MT, int R) {
+  return MT == 1 && R % 128 == 0 ? 8 : 4;
+}
+
+// Shared memory of mla_attention_tc_kernel<MT, Q>, in bytes, for K = R + Dr.
+inline constexpr std::size_t mla_tc_smem_bytes(int MT, int Q, int K) {
   const std::size_t rows = 16 * std::size_t(MT), kp = std::size_t(K) + 8;
-  return rows * kp * 2              // q, bf16
-         + 2 * kMlaTcKeys * kp * 2  // two key tiles, bf16
-         + 4 * rows * kMlaTcSp * 4  // the four quarters' partial scores
-         + rows * kMlaTcPp * 2      // p, bf16
-         + 3 * rows * 4;            // correction, max, sum
+  return rows * kp * 2                              // q, bf16
+         + mla_tc_stages(MT) * kMlaTcKeys * kp * 2  // the key tiles, bf16
+         + std::size_t(Q) * rows * kMlaTcSp * 4     // the groups' partial scores
+         + rows * kMlaTcPp * 2                      // p, bf16
+         + 3 * rows * 4;                            // correction, max, sum
 }
 
 __device__ TMOE_INLINE void ldsm_x4(unsigned (&r)[4], const void* p) {
@@ -94,19 +110,25 @@ __device__ TMOE_INLINE void mma_bf16(float (&c)[4], const unsigned (&a)[4], unsi
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-template <int MT>
-__global__ void __launch_bounds__(128 * MT, 1) mla_attention_tc_kernel(MlaTcArgs a) {
-  constexpr int kRows = 16 * MT, kThreads = 128 * MT;
+template <int MT, int Q>
+__global__ void __launch_bounds__(32 * MT * Q, 1) mla_attention_tc_kernel(MlaTcArgs a) {
+  constexpr int kQ = Q, kRows = 16 * MT, kThreads = 32 * MT * kQ;
+  constexpr int kStages = mla_tc_stages(MT);
+  constexpr int kTpr = kThreads / kRows, kKpt = kMlaTcKeys / kTpr;  // softmax: threads, keys
+  constexpr int kMaxKs = (kMlaTcMaxK / 16 + kQ - 1) / kQ;           // k-steps per group
+  constexpr int kMaxPairs = kMlaTcMaxR / (16 * kQ);                 // n8-tile pairs per group
+  static_assert(kKpt == 4 || kKpt == 2, "softmax: 2 or 4 keys per thread");
   const int hb = blockIdx.x, split = blockIdx.y, t = blockIdx.z;
   const int R = a.R, K = a.R + a.Dr, kp = K + 8;
   const int h0 = hb * kRows, nh = min(kRows, a.H - h0);
   const int tid = threadIdx.x, lane = tid % kWarpSize, warp = tid / kWarpSize;
-  const int mt = warp % MT, quarter = warp / MT;
+  const int mt = warp % MT, quarter = warp / MT;  // quarter: the group, 0 .. kQ - 1
   extern __shared__ __align__(16) unsigned char mla_tc_smem[];
-  __nv_bfloat16* sq = reinterpret_cast<__nv_bfloat16*>(mla_tc_smem);    // (rows, kp)
-  __nv_bfloat16* tile = sq + kRows * kp;                                // 2 x (32, kp)
-  float* spart = reinterpret_cast<float*>(tile + 2 * kMlaTcKeys * kp);  // 4 x (rows, kMlaTcSp)
-  __nv_bfloat16* sp = reinterpret_cast<__nv_bfloat16*>(spart + 4 * kRows * kMlaTcSp);
+  __nv_bfloat16* sq = reinterpret_cast<__nv_bfloat16*>(mla_tc_smem);  // (rows, kp)
+  __nv_bfloat16* tile = sq + kRows * kp;                              // kStages x (32, kp)
+  float* spart =
+      reinterpret_cast<float*>(tile + kStages * kMlaTcKeys * kp);  // kQ x (rows, kMlaTcSp)
+  __nv_bfloat16* sp = reinterpret_cast<__nv_bfloat16*>(spart + kQ * kRows * kMlaTcSp);
   float* scorr = reinterpret_cast<float*>(sp + kRows * kMlaTcPp);  // (rows)
   float* sm = scorr + kRows;                                       // (rows)
   float* sl = sm + kRows;                                          // (rows)
@@ -132,25 +154,38 @@ __global__ void __launch_bounds__(128 * MT, 1) mla_attention_tc_kernel(MlaTcArgs
     }
     cp_async_commit();
   };
-  if (ntiles > 0) load_tile(0, 0);
+  // The first kStages - 1 tiles (one commit group each, empty past the slice).
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s)
+    if (s < ntiles)
+      load_tile(s, s);
+    else
+      cp_async_commit();
 
   const float* qsrc = a.qa + (std::size_t(t) * a.H + h0) * K;
-  // q: 16-byte loads, 8 in flight per thread (a 64-head block reads 147 KB of q from L2; one
-  // dependent 4-byte load at a time cost ~20 us per block).
+  // q: 16-byte loads, kQu in flight per thread (a 64-head block reads 147 KB of q from L2; one
+  // dependent 4-byte load at a time cost ~20 us per block); a 16-head block takes all of its
+  // q (36 KB at R1) in one round, and, since every slice reads the same q, starts at its own
+  // offset (rot) so that the SMs' requests do not all meet on the same L2 lines at once (64-head
+  // blocks: unchanged, as measured before).
   {
-    const int K4 = K / 4, n4 = kRows * K4;
+    constexpr int kQu = MT == 1 ? (16 * kMlaTcMaxK / 4 + kThreads - 1) / kThreads : 8;
+    const int K4 = K / 4, n4 = kRows * K4, rot = MT == 1 ? (split * 64) % n4 : 0;
     const float4* q4 = reinterpret_cast<const float4*>(qsrc);
-    for (int i0 = tid; i0 < n4; i0 += 8 * kThreads) {
-      float4 v[8];
+    for (int i0 = tid; i0 < n4; i0 += kQu * kThreads) {
+      float4 v[kQu];
 #pragma unroll
-      for (int u = 0; u < 8; ++u) {
-        const int i = i0 + u * kThreads;
-        v[u] = i < n4 && i / K4 < nh ? __ldg(q4 + i) : make_float4(0.f, 0.f, 0.f, 0.f);
+      for (int u = 0; u < kQu; ++u) {
+        int i = i0 + u * kThreads;
+        i = i + rot < n4 ? i + rot : i + rot - n4;
+        v[u] =
+            i0 + u * kThreads < n4 && i / K4 < nh ? __ldg(q4 + i) : make_float4(0.f, 0.f, 0.f, 0.f);
       }
 #pragma unroll
-      for (int u = 0; u < 8; ++u) {
-        const int i = i0 + u * kThreads;
-        if (i < n4) {
+      for (int u = 0; u < kQu; ++u) {
+        int i = i0 + u * kThreads;
+        i = i + rot < n4 ? i + rot : i + rot - n4;
+        if (i0 + u * kThreads < n4) {
           __nv_bfloat162* d = reinterpret_cast<__nv_bfloat162*>(sq + (i / K4) * kp + 4 * (i % K4));
           d[0] = __floats2bfloat162_rn(v[u].x, v[u].y);
           d[1] = __floats2bfloat162_rn(v[u].z, v[u].w);
@@ -163,34 +198,41 @@ __global__ void __launch_bounds__(128 * MT, 1) mla_attention_tc_kernel(MlaTcArgs
 
   // This warp's q: m-tile mt, k-steps [ks0, ks1) (A fragments read from shared memory per tile:
   // holding them in registers spilled at 512 threads' 128-register cap).
-  const int nks = K / 16, ks0 = quarter * nks / 4, ks1 = (quarter + 1) * nks / 4;
+  const int nks = K / 16, ks0 = quarter * nks / kQ, ks1 = (quarter + 1) * nks / kQ;
   const __nv_bfloat16* qrow = sq + (mt * 16 + lane % 16) * kp + (lane / 16) * 8;
 
-  // Softmax role: row sr, keys 4 sub .. 4 sub + 3; running max / sum (base 2) in registers.
-  const int sr = tid / 8, sub = tid % 8;
+  // Softmax role: row sr, keys kKpt sub .. kKpt (sub + 1) - 1; running max / sum (base 2) in
+  // registers.
+  const int sr = tid / kTpr, sub = tid % kTpr;
   float run_m = -INFINITY, run_l = 0.f;
   const float scale2 = a.scale * 1.4426950408889634f;
 
-  // Value role: m-tile mt, latent dims [d0, d0 + R / 4): R / 64 pairs of n8 tiles.
-  const int dq = R / 4, d0 = quarter * dq, npairs = dq / 16;
-  float acc[kMlaTcMaxR / 64][2][4];
+  // Value role: m-tile mt, latent dims [d0, d0 + R / kQ): R / (16 kQ) pairs of n8 tiles (whole:
+  // mla_tc_groups takes 8 only for R % 128 == 0).
+  const int dq = R / kQ, d0 = quarter * dq, npairs = dq / 16;
+  float acc[kMaxPairs][2][4];
 #pragma unroll
-  for (int p = 0; p < kMlaTcMaxR / 64; ++p)
+  for (int p = 0; p < kMaxPairs; ++p)
 #pragma unroll
     for (int n = 0; n < 2; ++n)
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[p][n][e] = 0.f;
 
+  // Three barriers per tile: (a) tile it has landed, and every warp is done with tile it - 1 (its
+  // buffer is refilled with tile it + kStages - 1 right after) and with sp / scorr; (b) the
+  // partial scores are complete; (c) p and the correction are complete. spart is rewritten only
+  // after the next (a), which every warp reaches after reading it in the softmax.
   for (int it = 0; it < ntiles; ++it) {
-    const int buf = it & 1;
-    if (it + 1 < ntiles) {
-      load_tile(it + 1, buf ^ 1);
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
+    cp_async_wait<kStages - 2>();
     __syncthreads();
-    const __nv_bfloat16* kt = tile + buf * kMlaTcKeys * kp;
+    {
+      const int nx = it + kStages - 1;
+      if (nx < ntiles)
+        load_tile(nx, nx % kStages);
+      else
+        cp_async_commit();
+    }
+    const __nv_bfloat16* kt = tile + (it % kStages) * kMlaTcKeys * kp;
     // Scores, this warp's quarter of the k-steps, all 32 keys (4 n8 tiles).
     {
       float s[4][4];
@@ -199,7 +241,7 @@ __global__ void __launch_bounds__(128 * MT, 1) mla_attention_tc_kernel(MlaTcArgs
 #pragma unroll
         for (int e = 0; e < 4; ++e) s[n][e] = 0.f;
 #pragma unroll
-      for (int i = 0; i < kMlaTcMaxKs; ++i) {
+      for (int i = 0; i < kMaxKs; ++i) {
         if (ks0 + i < ks1) {
           const int k0 = (ks0 + i) * 16 + ((lane / 8) % 2) * 8;
           unsigned qf[4];
@@ -221,42 +263,49 @@ __global__ void __launch_bounds__(128 * MT, 1) mla_attention_tc_kernel(MlaTcArgs
       }
     }
     __syncthreads();
-    // Online softmax: 8 threads per row (consecutive lanes), 4 keys each.
+    // Online softmax: kTpr threads per row (consecutive lanes), kKpt keys each.
     {
-      const int base = j0 + it * kMlaTcKeys + 4 * sub;
-      float4 v = *reinterpret_cast<const float4*>(spart + sr * kMlaTcSp + 4 * sub);
+      const int base = j0 + it * kMlaTcKeys + kKpt * sub;
+      float v[kKpt];
 #pragma unroll
-      for (int q = 1; q < 4; ++q) {
-        const float4 w =
-            *reinterpret_cast<const float4*>(spart + (q * kRows + sr) * kMlaTcSp + 4 * sub);
-        v.x += w.x, v.y += w.y, v.z += w.z, v.w += w.w;
+      for (int k = 0; k < kKpt; ++k) v[k] = 0.f;
+#pragma unroll
+      for (int q = 0; q < kQ; ++q) {
+        const float* src = spart + (q * kRows + sr) * kMlaTcSp + kKpt * sub;
+        if constexpr (kKpt == 4) {
+          const float4 w = *reinterpret_cast<const float4*>(src);
+          v[0] += w.x, v[1] += w.y, v[2] += w.z, v[3] += w.w;
+        } else {
+          const float2 w = *reinterpret_cast<const float2*>(src);
+          v[0] += w.x, v[1] += w.y;
+        }
       }
-      float s[4] = {base < j1 ? v.x * scale2 : -INFINITY, base + 1 < j1 ? v.y * scale2 : -INFINITY,
-                    base + 2 < j1 ? v.z * scale2 : -INFINITY,
-                    base + 3 < j1 ? v.w * scale2 : -INFINITY};
-      float mx = fmaxf(fmaxf(s[0], s[1]), fmaxf(s[2], s[3]));
+      float s[kKpt], mx = -INFINITY;
 #pragma unroll
-      for (int o = 1; o < 8; o *= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+      for (int k = 0; k < kKpt; ++k)
+        mx = fmaxf(mx, s[k] = base + k < j1 ? v[k] * scale2 : -INFINITY);
+#pragma unroll
+      for (int o = 1; o < kTpr; o *= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
       const float m_new = fmaxf(run_m, mx);  // finite: a tile has at least one valid key
-      float p[4], ps = 0.f;
+      float p[kKpt], ps = 0.f;
 #pragma unroll
-      for (int k = 0; k < 4; ++k) ps += (p[k] = exp2f(s[k] - m_new));
+      for (int k = 0; k < kKpt; ++k) ps += (p[k] = exp2f(s[k] - m_new));
 #pragma unroll
-      for (int o = 1; o < 8; o *= 2) ps += __shfl_xor_sync(0xffffffffu, ps, o);
+      for (int o = 1; o < kTpr; o *= 2) ps += __shfl_xor_sync(0xffffffffu, ps, o);
       const float corr = exp2f(run_m - m_new);  // 0 on the first tile
       run_l = fmaf(run_l, corr, ps);
       run_m = m_new;
-      __nv_bfloat162* pd = reinterpret_cast<__nv_bfloat162*>(sp + sr * kMlaTcPp + 4 * sub);
-      pd[0] = __floats2bfloat162_rn(p[0], p[1]);
-      pd[1] = __floats2bfloat162_rn(p[2], p[3]);
+      __nv_bfloat162* pd = reinterpret_cast<__nv_bfloat162*>(sp + sr * kMlaTcPp + kKpt * sub);
+#pragma unroll
+      for (int k = 0; k < kKpt / 2; ++k) pd[k] = __floats2bfloat162_rn(p[2 * k], p[2 * k + 1]);
       if (sub == 0) scorr[sr] = corr, sm[sr] = run_m, sl[sr] = run_l;
     }
     __syncthreads();
-    // Values: acc = acc * corr + p tile[:, d0 .. d0 + R / 4).
+    // Values: acc = acc * corr + p tile[:, d0 .. d0 + R / kQ).
     {
       const float c0 = scorr[mt * 16 + lane / 4], c1 = scorr[mt * 16 + lane / 4 + 8];
 #pragma unroll
-      for (int p = 0; p < kMlaTcMaxR / 64; ++p)
+      for (int p = 0; p < kMaxPairs; ++p)
 #pragma unroll
         for (int n = 0; n < 2; ++n)
           acc[p][n][0] *= c0, acc[p][n][1] *= c0, acc[p][n][2] *= c1, acc[p][n][3] *= c1;
@@ -267,7 +316,7 @@ __global__ void __launch_bounds__(128 * MT, 1) mla_attention_tc_kernel(MlaTcArgs
         const __nv_bfloat16* vrow =
             kt + (ks * 16 + lane % 8 + ((lane / 8) % 2) * 8) * kp + d0 + (lane / 16) * 8;
 #pragma unroll
-        for (int p = 0; p < kMlaTcMaxR / 64; ++p) {
+        for (int p = 0; p < kMaxPairs; ++p) {
           if (p < npairs) {
             unsigned b[4];
             ldsm_x4_t(b, vrow + p * 16);
@@ -277,7 +326,6 @@ __global__ void __launch_bounds__(128 * MT, 1) mla_attention_tc_kernel(MlaTcArgs
         }
       }
     }
-    __syncthreads();  // the buffer is refilled and spart / sp / scorr rewritten next round
   }
 
   // Output: rows g, g + 8 of m-tile mt, dims d0 + 16 p + 8 n + 2 (lane % 4) + {0, 1}.
@@ -298,7 +346,7 @@ __global__ void __launch_bounds__(128 * MT, 1) mla_attention_tc_kernel(MlaTcArgs
         a.part_lse[ps] = L > 0.f ? (sm[row] + log2f(L)) * 0.6931471805599453f : -INFINITY;
     }
 #pragma unroll
-    for (int p = 0; p < kMlaTcMaxR / 64; ++p) {
+    for (int p = 0; p < kMaxPairs; ++p) {
       if (p < npairs) {
 #pragma unroll
         for (int n = 0; n < 2; ++n) {
@@ -311,6 +359,65 @@ __global__ void __launch_bounds__(128 * MT, 1) mla_attention_tc_kernel(MlaTcArgs
   }
 }
 
+// Merge of the slices (grid (T H, R / 64), 256 threads): thread (g, c) = (tid / 16, tid % 16)
+// sums the slices g, g + 16, ... of dims 4 c .. 4 c + 3 of the block's 64 (16-byte loads, all
+// slices' loads of a thread independent), the 16 groups are added through shared memory. The
+// same weights as mla_merge_kernel (exp(lse_s - max) / sum), whose one thread per dim and ns
+// dependent rounds of loads took ~4 us more per call at 128 heads and 66 slices (H100, 4K
+// context: 24.8 against 28.6 us). Loading all of a thread's slices before the weights (16
+// registers of float4) was no faster at 16 heads and 3 us slower at 128.
+inline constexpr int kMlaTcMergeThreads = 256, kMlaTcMergeDims = 64;
+__global__ void __launch_bounds__(kMlaTcMergeThreads) mla_tc_merge_kernel(MlaTcArgs a) {
+  constexpr int kGroups = kMlaTcMergeThreads / (kMlaTcMergeDims / 4);  // 16
+  pdl_trigger();
+  pdl_wait();
+  const int th = blockIdx.x, t = th / a.H, tid = threadIdx.x;
+  const int ns = mla_slices(a.pos[t] + 1, a.n_split);
+  if (ns == 1) return;  // the attention kernel wrote ctx
+  __shared__ float w[kMlaMaxSplit];
+  __shared__ float red[kMlaTcMergeThreads / kWarpSize];
+  __shared__ float4 acc[kGroups][kMlaTcMergeDims / 4];
+  const float* lse = a.part_lse + std::size_t(th) * a.n_split;
+  const float l = tid < ns ? lse[tid] : -INFINITY;  // ns <= kMlaMaxSplit = the block size
+  float M = warp_max(l);
+  if (tid % kWarpSize == 0) red[tid / kWarpSize] = M;
+  __syncthreads();
+  M = red[0];
+#pragma unroll
+  for (int i = 1; i < kMlaTcMergeThreads / kWarpSize; ++i) M = fmaxf(M, red[i]);
+  const float e = tid < ns ? expf(l - M) : 0.f;  // M finite: slice 0 has keys
+  if (tid < ns) w[tid] = e;
+  const float part = warp_sum(e);
+  __syncthreads();  // red read above
+  if (tid % kWarpSize == 0) red[tid / kWarpSize] = part;
+  __syncthreads();  // red and w complete
+  float W = 0.f;
+#pragma unroll
+  for (int i = 0; i < kMlaTcMergeThreads / kWarpSize; ++i) W += red[i];
+  const int g = tid / (kMlaTcMergeDims / 4), c = tid % (kMlaTcMergeDims / 4);
+  const int d = blockIdx.y * kMlaTcMergeDims + 4 * c;
+  const float4* po =
+      reinterpret_cast<const float4*>(a.part_o + std::size_t(th) * a.n_split * a.R + d);
+  const int R4 = a.R / 4;
+  float4 o = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll 4
+  for (int s = g; s < ns; s += kGroups) {
+    const float4 v = po[std::size_t(s) * R4];
+    const float ws = w[s];
+    o.x = fmaf(ws, v.x, o.x), o.y = fmaf(ws, v.y, o.y), o.z = fmaf(ws, v.z, o.z),
+    o.w = fmaf(ws, v.w, o.w);
+  }
+  acc[g][c] = o;
+  __syncthreads();
+  if (tid < kMlaTcMergeDims) {
+    const float* af = reinterpret_cast<const float*>(&acc[0][0]);
+    float O = 0.f;
+#pragma unroll
+    for (int i = 0; i < kGroups; ++i) O += af[i * kMlaTcMergeDims + tid];
+    a.ctx[std::size_t(th) * a.R + blockIdx.y * kMlaTcMergeDims + tid] = O / W;
+  }
+}
+
 // Head rows per block: 64 (four m16 tiles) when there are more than 32 heads, else 16.
 inline int mla_tc_mtiles(int H) {
   return H > 32 ? 4 : 1;
@@ -318,20 +425,20 @@ inline int mla_tc_mtiles(int H) {
 
 inline cudaError_t launch_mla_attention_tc(MlaTcArgs a, int T, cudaStream_t stream) {
   if (T <= 0) return cudaSuccess;
-  const int MT = mla_tc_mtiles(a.H), K = a.R + a.Dr;
-  const std::size_t smem = mla_tc_smem_bytes(MT, K);
-  auto kernel = MT == 4 ? mla_attention_tc_kernel<4> : mla_attention_tc_kernel<1>;
+  const int MT = mla_tc_mtiles(a.H), Q = mla_tc_groups(MT, a.R), K = a.R + a.Dr;
+  const std::size_t smem = mla_tc_smem_bytes(MT, Q, K);
+  auto kernel = MT == 4  ? mla_attention_tc_kernel<4, 4>
+                : Q == 8 ? mla_attention_tc_kernel<1, 8>
+                         : mla_attention_tc_kernel<1, 4>;
   cudaError_t e =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
   if (e != cudaSuccess) return e;
   const dim3 grid((a.H + 16 * MT - 1) / (16 * MT), a.n_split, T);
-  e = launch(kernel, grid, dim3(128 * MT), smem, stream, a);
-  if (e == cudaSuccess && a.n_split > 1) {
-    const MlaAttnArgs m{a.qa, nullptr, a.pos, a.ctx,     a.part_o, a.part_lse,
-                        a.H,  a.R,     a.Dr,  a.n_split, a.scale};
-    e = launch(mla_merge_kernel, dim3(T * a.H, (a.R + kMlaMergeDims - 1) / kMlaMergeDims),
-               dim3(kMlaMergeDims), 0, stream, m);
-  }
+  e = launch(kernel, grid, dim3(32 * MT * Q), smem, stream, a);
+  static_assert(kMlaMaxSplit <= kMlaTcMergeThreads, "mla_tc_merge_kernel: one lse per thread");
+  if (e == cudaSuccess && a.n_split > 1)  // R % 64 == 0 (checked by the caller)
+    e = launch(mla_tc_merge_kernel, dim3(T * a.H, a.R / kMlaTcMergeDims), dim3(kMlaTcMergeThreads),
+               0, stream, a);
   return e;
 }
 
