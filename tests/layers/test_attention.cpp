@@ -5,6 +5,7 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <tuple>
 #include <vector>
 
 #include "layer_test_util.hpp"
@@ -73,6 +74,7 @@ TEST_CASE_TEMPLATE("GQA prefill + decode matches the reference on every ISA", WT
       {16, 3, 1, 64, 70, 150, false, RopeLayout::half_split, {100, 1}},    // window across tiles
       {16, 2, 1, 64, 0, 600, false, RopeLayout::half_split, {590, 1}},     // split-K decode
       {16, 2, 2, 128, 530, 600, true, RopeLayout::interleaved, {590, 1}},  // split-K + window
+      {8, 34, 1, 64, 0, 40, false, RopeLayout::half_split, {37, 1}},       // group 34 > block rows
   };
   test::for_each_isa([&](const cpu::KernelTable& k) {
     for (const auto& c : cases) {
@@ -157,17 +159,21 @@ TEST_CASE_TEMPLATE("MLA naive and absorbed match the reference and each other", 
   const RopeConfig rc = yarn_rope(32);
   const Rope rope(rc, 256);
   test::for_each_isa([&](const cpu::KernelTable& k) {
-    for (std::size_t q_lora : {48u, 0u}) {
+    // T = 9: a 6-token prefill block then decode steps; T = 150: prefill blocks of 32 tokens
+    // over 3 key tiles, a second prefill chunk after the first, then decode.
+    for (auto [q_lora, T, chunks] : {std::tuple{48u, 9u, std::vector<std::size_t>{6, 1}},
+                                     std::tuple{0u, 9u, std::vector<std::size_t>{6, 1}},
+                                     std::tuple{0u, 150u, std::vector<std::size_t>{100, 45, 1}}}) {
+      CAPTURE(T);
       MlaFixture<WT> f(40, 4, q_lora, 128, 64, 32, 64);
-      const std::size_t T = 9;
       auto x = test::random_matrix<float>(T, 40, 10 + q_lora);
       Matrix<float> r(T, 40);
       reference::mla_attention<WT>(f.cfg, f.weights(), rc, x.cview(), r.view());
       MlaAttention<WT> naive(f.cfg, f.weights(), rope, MlaForm::naive);
       MlaAttention<WT> absorbed(f.cfg, f.weights(), rope, MlaForm::absorbed);
       MlaCache nc = naive.make_cache(T), ac = absorbed.make_cache(T);
-      Matrix<float> yn = run_chunks(naive, nc, pool, x.cview(), {6, 1}, k);
-      Matrix<float> ya = run_chunks(absorbed, ac, pool, x.cview(), {6, 1}, k);
+      Matrix<float> yn = run_chunks(naive, nc, pool, x.cview(), chunks, k);
+      Matrix<float> ya = run_chunks(absorbed, ac, pool, x.cview(), chunks, k);
       CHECK(test::rel_error(yn.cview(), r.cview()) <= kAttnBound);
       CHECK(test::rel_error(ya.cview(), r.cview()) <= kAttnBound);
       CHECK(test::rel_error(ya.cview(), yn.cview()) <= kAttnBound);

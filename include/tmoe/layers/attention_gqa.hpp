@@ -21,6 +21,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -191,7 +192,37 @@ class GqaAttention {
                                         ctx.row(0) + h * D);
         return;
       }
-      // Work item = (token, head): one flash row. Decode has H items, prefill T * H.
+      if (T > 1) {
+        // Prefill: blocks of query rows that read the same KV head (hc of its `group` query
+        // heads over tb tokens, <= kAttnBlockRows rows), so that each key and value load serves
+        // every row of the block (cpu::flash_attend_rows).
+        const std::size_t hc = std::min(group, cpu::kAttnBlockRows), nhc = (group + hc - 1) / hc;
+        const std::size_t tb = cpu::kAttnBlockRows / hc, nblk = (T + tb - 1) / tb;
+        pool.parallel_for(Hkv * nhc * nblk, 1, [&](std::size_t b, std::size_t e, int) {
+          alignas(64) float qb[cpu::kAttnBlockRows * kD], ob[cpu::kAttnBlockRows * kD];
+          std::size_t lo[cpu::kAttnBlockRows], hi[cpu::kAttnBlockRows];
+          for (std::size_t it = b; it < e; ++it) {
+            const std::size_t kvh = it / (nhc * nblk), c = it / nblk % nhc, blk = it % nblk;
+            const std::size_t t0 = blk * tb, t1 = std::min(T, t0 + tb);
+            const std::size_t h0 = kvh * group + c * hc, h1 = std::min((kvh + 1) * group, h0 + hc);
+            std::size_t m = 0;
+            for (std::size_t t = t0; t < t1; ++t)
+              for (std::size_t h = h0; h < h1; ++h, ++m) {
+                std::copy(q.row(t) + h * D, q.row(t) + (h + 1) * D, qb + m * kD);
+                std::tie(lo[m], hi[m]) = key_range(pos0 + t);
+              }
+            const cpu::AttnKeys keys{cache.k(kvh, 0), D, nullptr, 0, cache.v(kvh, 0), D};
+            cpu::flash_attend_rows<kD, 0, kD>(k.attn, qb, kD, nullptr, 0, m, keys, lo, hi,
+                                              cfg_.softmax_scale, ob, kD);
+            m = 0;
+            for (std::size_t t = t0; t < t1; ++t)
+              for (std::size_t h = h0; h < h1; ++h, ++m)
+                std::copy(ob + m * kD, ob + (m + 1) * kD, ctx.row(t) + h * D);
+          }
+        });
+        return;
+      }
+      // Decode without a split: work item = one head's flash row.
       pool.parallel_for(
           T * H, 1,
           [&](std::size_t b, std::size_t e, int) {

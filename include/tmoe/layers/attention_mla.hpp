@@ -222,6 +222,26 @@ class MlaAttention {
           dispatch<kHeadDims>(op, "v_head_dim", Dv, [&](auto dv) {
             constexpr std::size_t kDn = decltype(dn)::value, kDr = decltype(dr)::value,
                                   kDv = decltype(dv)::value;
+            if (T > 1) {  // prefill: one head over kAttnBlockRows tokens per work item
+              constexpr std::size_t kB = cpu::kAttnBlockRows;
+              const std::size_t nblk = (T + kB - 1) / kB;
+              const auto ldq = static_cast<std::size_t>(q.stride(0)),
+                         ldo = static_cast<std::size_t>(ctx.stride(0));
+              pool.parallel_for(H * nblk, 1, [&](std::size_t b, std::size_t e, int) {
+                std::size_t lo[kB], hi[kB];
+                for (std::size_t it = b; it < e; ++it) {
+                  const std::size_t h = it / nblk, t0 = it % nblk * kB, m = std::min(kB, T - t0);
+                  for (std::size_t i = 0; i < m; ++i) lo[i] = 0, hi[i] = pos0 + t0 + i + 1;
+                  const float* qh = q.row(t0) + h * Dq;
+                  const cpu::AttnKeys keys{cache.k_nope(h, 0), kDn, cache.k_pe(0), kDr,
+                                           cache.v(h, 0),      kDv};
+                  cpu::flash_attend_rows<kDn, kDr, kDv>(k.attn, qh, ldq, qh + kDn, ldq, m, keys, lo,
+                                                        hi, cfg_.softmax_scale,
+                                                        ctx.row(t0) + h * kDv, ldo);
+                }
+              });
+              return;
+            }
             pool.parallel_for(
                 T * H, 1,
                 [&](std::size_t b, std::size_t e, int) {
@@ -270,6 +290,39 @@ class MlaAttention {
     dispatch<kLatentRanks>(op, "kv_lora_rank", R, [&](auto r) {
       dispatch<kRopeDims>(op, "qk_rope_head_dim", Dr, [&](auto dr) {
         constexpr std::size_t kR = decltype(r)::value, kDr = decltype(dr)::value;
+        if (T > 1) {
+          // Prefill: one head over blocks of kAttnBlockRows tokens per work item; all rows read
+          // the same latent cache, each key / value load serving the block
+          // (cpu::flash_attend_rows).
+          constexpr std::size_t kB = cpu::kAttnBlockRows;
+          const std::size_t nblk = (T + kB - 1) / kB;
+          pool.parallel_for(H * nblk, 1, [&](std::size_t b, std::size_t e, int) {
+            alignas(64) float q_lat[kB * kR], q_pe[kB * kDr], lat_ctx[kB * kR];
+            std::size_t lo[kB], hi[kB];
+            for (std::size_t it = b; it < e; ++it) {
+              const std::size_t h = it / nblk, t0 = it % nblk * kB, m = std::min(kB, T - t0);
+              for (std::size_t i = 0; i < m; ++i) {
+                const float* qh = q.row(t0 + i) + h * (Dn + kDr);
+                float* ql = q_lat + i * kR;
+                std::fill(ql, ql + kR, 0.f);
+                for (std::size_t dd = 0; dd < Dn; ++dd)
+                  axpy(qh[dd], kv_b_w.row(h * (Dn + Dv) + dd), ql, kR);
+                std::copy(qh + Dn, qh + Dn + kDr, q_pe + i * kDr);
+                lo[i] = 0, hi[i] = pos0 + t0 + i + 1;
+              }
+              const cpu::AttnKeys keys{cache.latent(0), kR, cache.k_pe(0), kDr,
+                                       cache.latent(0), kR};
+              cpu::flash_attend_rows<kR, kDr, kR>(k.attn, q_lat, kR, q_pe, kDr, m, keys, lo, hi,
+                                                  cfg_.softmax_scale, lat_ctx, kR);
+              for (std::size_t i = 0; i < m; ++i) {
+                float* o = ctx.row(t0 + i) + h * Dv;
+                for (std::size_t dd = 0; dd < Dv; ++dd)
+                  o[dd] = dot(kv_b_w.row(h * (Dn + Dv) + Dn + dd), lat_ctx + i * kR, kR);
+              }
+            }
+          });
+          return;
+        }
         pool.parallel_for(
             T * H, 1,
             [&](std::size_t b, std::size_t e, int) {
