@@ -23,6 +23,7 @@
 #include <cmath>
 #include <cstddef>
 #include <type_traits>
+#include <vector>
 
 #include "tmoe/backend/cpu/attention.hpp"
 #include "tmoe/core/compiled_sets.hpp"
@@ -291,34 +292,53 @@ class MlaAttention {
       dispatch<kRopeDims>(op, "qk_rope_head_dim", Dr, [&](auto dr) {
         constexpr std::size_t kR = decltype(r)::value, kDr = decltype(dr)::value;
         if (T > 1) {
-          // Prefill: one head over blocks of kAttnBlockRows tokens per work item; all rows read
-          // the same latent cache, each key / value load serving the block
-          // (cpu::flash_attend_rows).
+          // Prefill: one head over blocks of kAttnBlockRows tokens per work item, three small
+          // register-tiled products per block instead of per-row vector loops:
+          //   q_lat (m x R) = q_nope (m x Dn) W_UK_h (Dn x R)            (accumulate_rows)
+          //   lat_ctx (m x R) = attention over the shared latent cache   (flash_attend_rows)
+          //   o (m x Dv) = lat_ctx W_UV_h^T                               (scores_rows)
+          // W_UK_h / W_UV_h (kv_b rows of head h) in float: as stored for a float kv_b, else
+          // widened once per head and thread (work items run head-major).
           constexpr std::size_t kB = cpu::kAttnBlockRows;
-          const std::size_t nblk = (T + kB - 1) / kB;
-          pool.parallel_for(H * nblk, 1, [&](std::size_t b, std::size_t e, int) {
-            alignas(64) float q_lat[kB * kR], q_pe[kB * kDr], lat_ctx[kB * kR];
+          const std::size_t nblk = (T + kB - 1) / kB, wsz = (Dn + Dv) * kR;
+          const auto nthreads = static_cast<std::size_t>(pool.size());
+          if constexpr (!std::is_same_v<E, float>)
+            if (w_float_.size() < nthreads * wsz) w_float_.resize(nthreads * wsz);
+          std::vector<std::size_t> w_head(nthreads, ~std::size_t{0});  // head held per thread
+          const auto ldq = static_cast<std::size_t>(q.stride(0)),
+                     ldo = static_cast<std::size_t>(ctx.stride(0));
+          pool.parallel_for(H * nblk, 1, [&](std::size_t b, std::size_t e, int thread) {
+            alignas(64) float q_lat[kB * kR], lat_ctx[kB * kR];
             std::size_t lo[kB], hi[kB];
+            float ones[kB];
+            std::fill(ones, ones + kB, 1.f);
             for (std::size_t it = b; it < e; ++it) {
               const std::size_t h = it / nblk, t0 = it % nblk * kB, m = std::min(kB, T - t0);
-              for (std::size_t i = 0; i < m; ++i) {
-                const float* qh = q.row(t0 + i) + h * (Dn + kDr);
-                float* ql = q_lat + i * kR;
-                std::fill(ql, ql + kR, 0.f);
-                for (std::size_t dd = 0; dd < Dn; ++dd)
-                  axpy(qh[dd], kv_b_w.row(h * (Dn + Dv) + dd), ql, kR);
-                std::copy(qh + Dn, qh + Dn + kDr, q_pe + i * kDr);
-                lo[i] = 0, hi[i] = pos0 + t0 + i + 1;
+              const float* w_uk;  // Dn + Dv rows of R floats, kR apart (float kv_b: its stride)
+              std::size_t ldw = kR;
+              if constexpr (std::is_same_v<E, float>) {
+                w_uk = kv_b_w.row(h * (Dn + Dv));
+                ldw = static_cast<std::size_t>(kv_b_w.stride(0));
+              } else {
+                float* wf = w_float_.data() + static_cast<std::size_t>(thread) * wsz;
+                if (w_head[thread] != h) {
+                  std::fill(wf, wf + wsz, 0.f);  // widened exactly: 0 + 1 * w
+                  for (std::size_t rr = 0; rr < Dn + Dv; ++rr)
+                    axpy(1.f, kv_b_w.row(h * (Dn + Dv) + rr), wf + rr * kR, kR);
+                  w_head[thread] = h;
+                }
+                w_uk = wf;
               }
+              const float* qh = q.row(t0) + h * (Dn + kDr);
+              std::fill(q_lat, q_lat + m * kR, 0.f);
+              k.attn.accumulate_rows(qh, ldq, m, w_uk, ldw, Dn, kR, ones, q_lat, kR);
+              for (std::size_t i = 0; i < m; ++i) lo[i] = 0, hi[i] = pos0 + t0 + i + 1;
               const cpu::AttnKeys keys{cache.latent(0), kR, cache.k_pe(0), kDr,
                                        cache.latent(0), kR};
-              cpu::flash_attend_rows<kR, kDr, kR>(k.attn, q_lat, kR, q_pe, kDr, m, keys, lo, hi,
+              cpu::flash_attend_rows<kR, kDr, kR>(k.attn, q_lat, kR, qh + Dn, ldq, m, keys, lo, hi,
                                                   cfg_.softmax_scale, lat_ctx, kR);
-              for (std::size_t i = 0; i < m; ++i) {
-                float* o = ctx.row(t0 + i) + h * Dv;
-                for (std::size_t dd = 0; dd < Dv; ++dd)
-                  o[dd] = dot(kv_b_w.row(h * (Dn + Dv) + Dn + dd), lat_ctx + i * kR, kR);
-              }
+              k.attn.scores_rows(lat_ctx, kR, m, w_uk + Dn * ldw, ldw, Dv, kR, ctx.row(t0) + h * Dv,
+                                 ldo, false);
             }
           });
           return;
@@ -362,6 +382,7 @@ class MlaAttention {
       kv_buf_{std::size_t{0}, std::size_t{0}}, c_buf_{std::size_t{0}, std::size_t{0}},
       ctx_{std::size_t{0}, std::size_t{0}}, cq_{std::size_t{0}, std::size_t{0}},
       u_{std::size_t{0}, std::size_t{0}};
+  mutable std::vector<float> w_float_;  // prefill: per thread, W_UK_h and W_UV_h widened
 };
 
 }  // namespace tmoe
