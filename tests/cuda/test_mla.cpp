@@ -303,6 +303,12 @@ TEST_CASE("MLA decode attention over a bf16 latent cache (tensor cores) within i
   SUBCASE("16 heads, and 20 (a partial second block)") {
     for (std::size_t ns : {1, 32}) check_kernels(r1_tp8, {31, 33, 2047}, ns, 61 + ns, true);
     check_kernels(r1_tp8, {16383}, 256, 60, true);  // 256 slices: every merge slot in use
+    // 16-head clusters of 8 slices: 10 slices (a second cluster of 2), 128 (16 clusters), 9
+    // slices asked for (two clusters of 8), 3 tokens of 1, 16 and 4 clusters.
+    check_kernels(r1_tp8, {600}, 32, 62, true);
+    check_kernels(r1_tp8, {16383}, 128, 63, true);
+    check_kernels(r1_tp8, {8191}, 9, 64, true);
+    check_kernels(r1_tp8, {100, 8191, 2047}, 128, 65, true);
     check_kernels({20, 128, 64, 128, 512}, {63, 65, 700}, 3, 67, true);
   }
   SUBCASE("16 heads at R 192 (R % 128 != 0: 16-head blocks of 4 warps instead of 8)") {
@@ -327,6 +333,61 @@ TEST_CASE("MLA decode attention over a bf16 latent cache (tensor cores) within i
                                              b.data(), 2, b.data() + 1),
                          doctest::Contains("workspace: expected 16-byte alignment"), tmoe::Error);
   }
+}
+
+TEST_CASE("MLA bf16 cache: repeated calls and graph replays on one workspace agree bit for bit") {
+  // 16 heads (clusters of 8 slices; the last cluster of a token merges and resets its counter):
+  // two tokens with 16 and 2 cluster partials, then 2 and 1, alternated over direct calls and
+  // replays of one captured call (pos read from device memory), all on one workspace.
+  const std::size_t H = 16, R = 512, Dr = 64, K = R + Dr, T = 2, n_split = 128;
+  const auto qa = random_floats(T * H * K, 91);
+  const auto cache = rounded<bf16>(random_floats(16384 * K, 92));
+  auto d_qa = to_device(qa);
+  auto d_cache = to_device(cache);
+  const std::vector<std::int32_t> pa{16383, 600}, pb{1000, 70};
+  auto d_pos = to_device(pa);
+  cuda::DeviceBuffer<float> ws(cuda::mla_attention_workspace(T, H, R, n_split));
+  auto d_ctx = poisoned<float>(T * H * R);
+  cuda::Stream st;
+  auto call = [&](cuda::StreamHandle s) {
+    cuda::mla_attention(d_qa.data(), d_cache.data(), d_pos.data(), T, H, R, Dr, 0.0625f,
+                        d_ctx.data(), n_split, ws.data(), s);
+  };
+  auto direct = [&](const std::vector<std::int32_t>& p) {
+    d_pos.upload(p.data(), st);
+    cuda::fill_bytes(d_ctx.data(), 0xff, d_ctx.bytes(), st);
+    call(st);
+    std::vector<float> h(d_ctx.size());
+    d_ctx.download(h.data(), st);
+    st.synchronize();
+    return h;
+  };
+  const auto ref_a = direct(pa), ref_b = direct(pb);
+  for (const float v : ref_a) REQUIRE(std::isfinite(v));
+  for (const float v : ref_b) REQUIRE(std::isfinite(v));
+  CHECK(ref_a != ref_b);
+  for (int i = 0; i < 3; ++i) {
+    CHECK(direct(pa) == ref_a);
+    CHECK(direct(pb) == ref_b);
+  }
+  cuda::graph_capture_begin(st);
+  call(st);
+  const cuda::Graph g(cuda::graph_capture_end(st));
+  auto replay = [&](const std::vector<std::int32_t>& p) {
+    d_pos.upload(p.data(), st);
+    cuda::fill_bytes(d_ctx.data(), 0xff, d_ctx.bytes(), st);
+    g.launch(st);
+    std::vector<float> h(d_ctx.size());
+    d_ctx.download(h.data(), st);
+    st.synchronize();
+    return h;
+  };
+  for (int i = 0; i < 3; ++i) {
+    CHECK(replay(pa) == ref_a);
+    CHECK(replay(pb) == ref_b);
+    CHECK(replay(pb) == ref_b);
+  }
+  CHECK(direct(pa) == ref_a);
 }
 
 TEST_CASE("MLA launchers reject bad arguments with one-line errors") {
