@@ -208,7 +208,6 @@ int main(int argc, char** argv) {
            {std::min<std::size_t>(256, tc_wave / 2), std::min<std::size_t>(256, tc_wave),
             std::min<std::size_t>(256, 2 * tc_wave)}) {
         cuda::DeviceBuffer<float> ws(cuda::mla_attention_workspace(1, H, R, ns));
-        cuda::fill_bytes(ws.data(), 0, ws.bytes());  // the counters (TMOE_CUDA_MLA_FUSE=2)
         const double ms = median_ms(
             [&](int i) {
               cuda::mla_attention(qa.data(), caches_b[i % copies].data(), pos.data(), 1, H, R, Dr,

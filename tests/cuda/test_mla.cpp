@@ -303,8 +303,7 @@ TEST_CASE("MLA decode attention over a bf16 latent cache (tensor cores) within i
   SUBCASE("16 heads, and 20 (a partial second block)") {
     for (std::size_t ns : {1, 32}) check_kernels(r1_tp8, {31, 33, 2047}, ns, 61 + ns, true);
     check_kernels(r1_tp8, {16383}, 256, 60, true);  // 256 slices: every merge slot in use
-    // 16-head clusters of 8 slices: 10 slices (a second cluster of 2), 128 (16 clusters), 9
-    // slices asked for (two clusters of 8), 3 tokens of 1, 16 and 4 clusters.
+    // 10 slices, 128, 9 asked for at 8191 keys, and 3 tokens of 2, 128 and 32 slices.
     check_kernels(r1_tp8, {600}, 32, 62, true);
     check_kernels(r1_tp8, {16383}, 128, 63, true);
     check_kernels(r1_tp8, {8191}, 9, 64, true);
@@ -336,9 +335,9 @@ TEST_CASE("MLA decode attention over a bf16 latent cache (tensor cores) within i
 }
 
 TEST_CASE("MLA bf16 cache: repeated calls and graph replays on one workspace agree bit for bit") {
-  // 16 heads (clusters of 8 slices; the last cluster of a token merges and resets its counter):
-  // two tokens with 16 and 2 cluster partials, then 2 and 1, alternated over direct calls and
-  // replays of one captured call (pos read from device memory), all on one workspace.
+  // 16 heads: two tokens of 128 and 10 slices, then 16 and 2, alternated over direct calls and
+  // replays of one captured call (pos read from device memory), all on one workspace (the slices
+  // and merge state of one call must not leak into the next).
   const std::size_t H = 16, R = 512, Dr = 64, K = R + Dr, T = 2, n_split = 128;
   const auto qa = random_floats(T * H * K, 91);
   const auto cache = rounded<bf16>(random_floats(16384 * K, 92));

@@ -859,9 +859,7 @@ void mla_absorb_out(const float* kv_b, const float* ctx, float* o, std::size_t l
 }
 std::size_t mla_attention_workspace(std::size_t T, std::size_t H, std::size_t R,
                                     std::size_t n_split) {
-  // The slices' partials and log-sum-exps, then one word per token and head (the bf16 path's
-  // arrival counters).
-  return n_split <= 1 ? 0 : T * H * n_split * (R + 1) + T * H;
+  return n_split <= 1 ? 0 : T * H * n_split * (R + 1);
 }
 void mla_attention(const float* qa, const float* cache, const std::int32_t* pos, std::size_t T,
                    std::size_t H, std::size_t R, std::size_t Dr, float scale, float* ctx,

@@ -63,26 +63,4 @@ cudaError_t launch(void (*kernel)(P...), dim3 grid, dim3 block, std::size_t smem
   return cudaLaunchKernelEx(&cfg, kernel, std::forward<A>(args)...);
 }
 
-// The same as a grid of thread-block clusters of cluster blocks (grid a multiple of cluster in
-// each dimension), PDL allowed as above.
-template <class... P, class... A>
-cudaError_t launch_clusters(void (*kernel)(P...), dim3 grid, dim3 block, dim3 cluster,
-                            std::size_t smem, cudaStream_t stream, A&&... args) {
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = grid;
-  cfg.blockDim = block;
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[2];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = cluster.x;
-  attr[0].val.clusterDim.y = cluster.y;
-  attr[0].val.clusterDim.z = cluster.z;
-  attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[1].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = pdl_enabled() ? 2 : 1;
-  return cudaLaunchKernelEx(&cfg, kernel, std::forward<A>(args)...);
-}
-
 }  // namespace tmoe::cuda

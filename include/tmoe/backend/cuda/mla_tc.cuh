@@ -38,12 +38,9 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
-#include <atomic>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
 
 #include "tmoe/backend/cuda/launch.cuh"
 #include "tmoe/backend/cuda/mla.cuh"
@@ -66,18 +63,7 @@ struct MlaTcArgs {
   float* part_lse;  // (T, H, n_split)
   int H, R, Dr, n_split;
   float scale;
-  // Set by launch_mla_attention_tc: the slices' upper bound (the grid's y; n_split, or a multiple
-  // of the cluster size), and the blocks per cluster (1: every slice writes its own partial).
-  int n_slices = 0, cluster = 1;
-  // Clustered launch only, or nullptr: one arrival counter per token and head block (zero before
-  // the call; the last cluster resets it); the last cluster of a token merges the clusters'
-  // partials itself (no merge kernel).
-  unsigned* counters = nullptr;
 };
-
-// Slices per cluster of the 16-head kernel: 8 blocks (one per SM) merge their slices through
-// distributed shared memory, so a token has ceil(ns / 8) partials instead of ns.
-inline constexpr int kMlaTcCluster = 8;
 
 // Key tiles in flight per block: four for 16-head blocks (one block per SM, 188 KB at R1), two
 // for 64-head blocks (their q and partial scores leave room for two: 192 KB).
@@ -124,199 +110,7 @@ __device__ TMOE_INLINE void mma_bf16(float (&c)[4], const unsigned (&a)[4], unsi
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// The end of a clustered block (C blocks = C consecutive slices of one token and head block):
-// each block puts its unnormalized accumulators into its own shared memory (the key ring, free
-// now) beside its running max and sum (sm, sl: base 2); after a cluster barrier block r combines
-// dims [r R / C, (r + 1) R / C) of all rows over the C blocks' shared memory (weights
-// exp2(m_b - M), M the blocks' max: the merge kernel's weights) and writes the cluster's partial
-// (normalized, with its natural log-sum-exp) to slot split / C, or ctx when the token has one
-// cluster; a second barrier keeps every block's shared memory alive until all have read it.
-// Thread-block clusters in PTX (cooperative_groups.h would bring a namespace cuda into files
-// that use namespace tmoe): the barrier of all the cluster's threads (release / acquire: shared
-// memory written before it is visible to every block after it), this block's rank, and loads
-// from the shared memory of the block of rank r at the address p has in this block.
-__device__ TMOE_INLINE void cluster_sync() {
-  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::
-                   : "memory");
-}
-__device__ TMOE_INLINE int cluster_rank() {
-  unsigned r;
-  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
-  return int(r);
-}
-__device__ TMOE_INLINE unsigned cluster_map(const void* p, int r) {
-  unsigned d;
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n"
-               : "=r"(d)
-               : "r"(static_cast<unsigned>(__cvta_generic_to_shared(p))), "r"(r));
-  return d;
-}
-__device__ TMOE_INLINE float cluster_ld(unsigned a) {
-  float v;
-  asm volatile("ld.shared::cluster.f32 %0, [%1];\n" : "=f"(v) : "r"(a) : "memory");
-  return v;
-}
-__device__ TMOE_INLINE void cluster_st(unsigned a, float v) {
-  asm volatile("st.shared::cluster.f32 [%0], %1;\n" ::"r"(a), "f"(v) : "memory");
-}
-__device__ TMOE_INLINE float4 cluster_ld4(unsigned a) {
-  float4 v;
-  asm volatile("ld.shared::cluster.v4.f32 {%0,%1,%2,%3}, [%4];\n"
-               : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
-               : "r"(a)
-               : "memory");
-  return v;
-}
-
-template <int kRows, int kThreads, int kMaxPairs, int C>
-__device__ TMOE_INLINE void mla_tc_cluster_merge(const MlaTcArgs& a,
-                                                 const float (&acc)[kMaxPairs][2][4],
-                                                 __nv_bfloat16* tile, float* sm, float* sl, int t,
-                                                 int h0, int nh, int split, int ns, int d0,
-                                                 int npairs) {
-  const int R = a.R, Rp = R + 4, tid = threadIdx.x, lane = tid % kWarpSize;
-  const int mt = (tid / kWarpSize) % (kRows / 16);
-  float* sacc = reinterpret_cast<float*>(tile);  // (rows, R + 4)
-  cp_async_wait<0>();
-  __syncthreads();  // every warp is done with the last tile
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const int row = mt * 16 + lane / 4 + 8 * half;
-#pragma unroll
-    for (int p = 0; p < kMaxPairs; ++p)
-      if (p < npairs)
-#pragma unroll
-        for (int n = 0; n < 2; ++n) {
-          const int d = d0 + 16 * p + 8 * n + 2 * (lane % 4);
-          *reinterpret_cast<float2*>(sacc + row * Rp + d) =
-              make_float2(acc[p][n][2 * half], acc[p][n][2 * half + 1]);
-        }
-  }
-  cluster_sync();  // sacc, sm and sl of every block of the cluster are complete and visible
-  const int rank = cluster_rank(), c = split / C, nc = (ns + C - 1) / C;
-  const int Rc4 = R / (4 * C);
-  if (c < nc)
-    for (int i = tid; i < kRows * Rc4; i += kThreads) {
-      const int row = i / Rc4, d = rank * 4 * Rc4 + 4 * (i % Rc4);
-      if (row >= nh) break;
-      float mb[C], lb[C];
-      float4 ob[C];
-#pragma unroll
-      for (int b = 0; b < C; ++b) {
-        mb[b] = cluster_ld(cluster_map(sm + row, b));
-        lb[b] = cluster_ld(cluster_map(sl + row, b));
-        ob[b] = cluster_ld4(cluster_map(sacc + row * Rp + d, b));
-      }
-      float M = mb[0];
-#pragma unroll
-      for (int b = 1; b < C; ++b) M = fmaxf(M, mb[b]);
-      float L = 0.f;
-      float4 o = make_float4(0.f, 0.f, 0.f, 0.f);
-      if (M > -INFINITY)  // else no block of the cluster has keys
-#pragma unroll
-        for (int b = 0; b < C; ++b) {
-          const float w = exp2f(mb[b] - M);  // 0 for a block without keys
-          L = fmaf(w, lb[b], L);
-          o.x = fmaf(w, ob[b].x, o.x), o.y = fmaf(w, ob[b].y, o.y), o.z = fmaf(w, ob[b].z, o.z),
-          o.w = fmaf(w, ob[b].w, o.w);
-        }
-      const float inv = L > 0.f ? 1.f / L : 0.f;
-      o.x *= inv, o.y *= inv, o.z *= inv, o.w *= inv;
-      const int h = h0 + row;
-      if (nc == 1) {
-        *reinterpret_cast<float4*>(a.ctx + (std::size_t(t) * a.H + h) * R + d) = o;
-      } else {
-        const std::size_t ps = (std::size_t(t) * a.H + h) * a.n_split + c;
-        *reinterpret_cast<float4*>(a.part_o + ps * R + d) = o;
-        if (rank == 0 && i % Rc4 == 0)
-          a.part_lse[ps] = L > 0.f ? (M + log2f(L)) * 0.6931471805599453f : -INFINITY;
-      }
-    }
-  if (a.counters == nullptr || nc == 1 || c >= nc) {
-    cluster_sync();  // no block leaves while another reads its shared memory
-    return;
-  }
-  // The last cluster to arrive merges the token's nc partials (split-K semaphore): every
-  // thread's partial stores are fenced before the cluster barrier, then rank 0 counts the
-  // cluster in and tells every block of its cluster whether it was the last.
-  __threadfence();
-  cluster_sync();  // also: no block reads another's sacc from here on
-  float* flag = sacc + kRows * Rp;
-  if (rank == 0 && tid == 0) {
-    unsigned* ctr = a.counters + std::size_t(t) * gridDim.x + blockIdx.x;
-    const bool last = atomicAdd(ctr, 1u) == unsigned(nc - 1);
-    if (last) atomicExch(ctr, 0u);  // for the next call (or graph replay)
-#pragma unroll
-    for (int b = 0; b < C; ++b) cluster_st(cluster_map(flag, b), last ? 1.f : 0.f);
-  }
-  cluster_sync();  // the flags are written (and no block leaves before its flag is)
-  if (*flag == 0.f) return;
-  __threadfence();
-  // Block r: dims [r R / C, (r + 1) R / C) of every row; thread: one float4 of one row.
-  for (int i = tid; i < kRows * Rc4; i += kThreads) {
-    const int row = i / Rc4, d = rank * 4 * Rc4 + 4 * (i % Rc4);
-    if (row >= nh) break;
-    const std::size_t th = std::size_t(t) * a.H + h0 + row;
-    const float* lse = a.part_lse + th * a.n_split;
-    const float* po = a.part_o + th * a.n_split * R + d;
-    float M = -INFINITY;
-    for (int s = 0; s < nc; ++s) M = fmaxf(M, __ldcg(lse + s));  // finite: slice 0 has keys
-    float W = 0.f;
-    float4 o = make_float4(0.f, 0.f, 0.f, 0.f);
-#pragma unroll 4
-    for (int s = 0; s < nc; ++s) {
-      const float w = expf(__ldcg(lse + s) - M);
-      const float4 v = __ldcg(reinterpret_cast<const float4*>(po + std::size_t(s) * R));
-      W += w;
-      o.x = fmaf(w, v.x, o.x), o.y = fmaf(w, v.y, o.y), o.z = fmaf(w, v.z, o.z),
-      o.w = fmaf(w, v.w, o.w);
-    }
-    const float inv = 1.f / W;
-    *reinterpret_cast<float4*>(a.ctx + th * R + d) =
-        make_float4(o.x * inv, o.y * inv, o.z * inv, o.w * inv);
-  }
-}
-
-// The end of an unclustered block: rows g, g + 8 of m-tile mt, dims d0 + 16 p + 8 n +
-// 2 (lane % 4) + {0, 1}, normalized, to ctx (one slice) or to the slice's partial and its
-// log-sum-exp (natural).
-template <int kMaxPairs>
-__device__ TMOE_INLINE void mla_tc_store(const MlaTcArgs& a, const float (&acc)[kMaxPairs][2][4],
-                                         const float* sm, const float* sl, int t, int h0, int nh,
-                                         int split, int ns, int mt, int quarter, int d0,
-                                         int npairs) {
-  const int R = a.R, lane = threadIdx.x % kWarpSize;
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const int row = mt * 16 + lane / 4 + 8 * half;
-    if (row >= nh) continue;
-    const int h = h0 + row;
-    const float L = sl[row];  // 0 only for a slice with no keys
-    const float inv = L > 0.f ? 1.f / L : 0.f;
-    float* o;
-    if (ns == 1) {
-      o = a.ctx + (std::size_t(t) * a.H + h) * R;
-    } else {
-      const std::size_t ps = (std::size_t(t) * a.H + h) * a.n_split + split;
-      o = a.part_o + ps * R;
-      if (quarter == 0 && lane % 4 == 0)
-        a.part_lse[ps] = L > 0.f ? (sm[row] + log2f(L)) * 0.6931471805599453f : -INFINITY;
-    }
-#pragma unroll
-    for (int p = 0; p < kMaxPairs; ++p) {
-      if (p < npairs) {
-#pragma unroll
-        for (int n = 0; n < 2; ++n) {
-          const int d = d0 + 16 * p + 8 * n + 2 * (lane % 4);
-          *reinterpret_cast<float2*>(o + d) =
-              make_float2(acc[p][n][2 * half] * inv, acc[p][n][2 * half + 1] * inv);
-        }
-      }
-    }
-  }
-}
-
-template <int MT, int Q, int C>
+template <int MT, int Q>
 __global__ void __launch_bounds__(32 * MT * Q, 1) mla_attention_tc_kernel(MlaTcArgs a) {
   constexpr int kQ = Q, kRows = 16 * MT, kThreads = 32 * MT * kQ;
   constexpr int kStages = mla_tc_stages(MT);
@@ -342,13 +136,11 @@ __global__ void __launch_bounds__(32 * MT * Q, 1) mla_attention_tc_kernel(MlaTcA
   pdl_wait();
 
   const int len = a.pos[t] + 1;
-  const int ns = mla_slices(len, a.n_slices);
-  if constexpr (C == 1)
-    if (split >= ns) return;
-  // C > 1: a block past the token's slices still takes part in its cluster's merge (no keys).
+  const int ns = mla_slices(len, a.n_split);
+  if (split >= ns) return;
   const int chunk = (len + ns - 1) / ns;
   const int j0 = split * chunk, j1 = min(len, j0 + chunk);
-  const int ntiles = split < ns ? (j1 - j0 + kMlaTcKeys - 1) / kMlaTcKeys : 0;
+  const int ntiles = (j1 - j0 + kMlaTcKeys - 1) / kMlaTcKeys;
   const int K8 = K / 8;
 
   auto load_tile = [&](int it, int buf) {
@@ -376,7 +168,7 @@ __global__ void __launch_bounds__(32 * MT * Q, 1) mla_attention_tc_kernel(MlaTcA
   // q (36 KB at R1) in one round, and, since every slice reads the same q, starts at its own
   // offset (rot) so that the SMs' requests do not all meet on the same L2 lines at once (64-head
   // blocks: unchanged, as measured before).
-  if (ntiles > 0) {
+  {
     constexpr int kQu = MT == 1 ? (16 * kMlaTcMaxK / 4 + kThreads - 1) / kThreads : 8;
     const int K4 = K / 4, n4 = kRows * K4, rot = MT == 1 ? (split * 64) % n4 : 0;
     const float4* q4 = reinterpret_cast<const float4*>(qsrc);
@@ -536,11 +328,34 @@ __global__ void __launch_bounds__(32 * MT * Q, 1) mla_attention_tc_kernel(MlaTcA
     }
   }
 
-  if constexpr (C > 1) {
-    mla_tc_cluster_merge<kRows, kThreads, kMaxPairs, C>(a, acc, tile, sm, sl, t, h0, nh, split, ns,
-                                                        d0, npairs);
-  } else {
-    mla_tc_store<kMaxPairs>(a, acc, sm, sl, t, h0, nh, split, ns, mt, quarter, d0, npairs);
+  // Output: rows g, g + 8 of m-tile mt, dims d0 + 16 p + 8 n + 2 (lane % 4) + {0, 1}.
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int row = mt * 16 + lane / 4 + 8 * half;
+    if (row >= nh) continue;
+    const int h = h0 + row;
+    const float L = sl[row];  // 0 only for a slice with no keys
+    const float inv = L > 0.f ? 1.f / L : 0.f;
+    float* o;
+    if (ns == 1) {
+      o = a.ctx + (std::size_t(t) * a.H + h) * R;
+    } else {
+      const std::size_t ps = (std::size_t(t) * a.H + h) * a.n_split + split;
+      o = a.part_o + ps * R;
+      if (quarter == 0 && lane % 4 == 0)
+        a.part_lse[ps] = L > 0.f ? (sm[row] + log2f(L)) * 0.6931471805599453f : -INFINITY;
+    }
+#pragma unroll
+    for (int p = 0; p < kMaxPairs; ++p) {
+      if (p < npairs) {
+#pragma unroll
+        for (int n = 0; n < 2; ++n) {
+          const int d = d0 + 16 * p + 8 * n + 2 * (lane % 4);
+          *reinterpret_cast<float2*>(o + d) =
+              make_float2(acc[p][n][2 * half] * inv, acc[p][n][2 * half + 1] * inv);
+        }
+      }
+    }
   }
 }
 
@@ -557,8 +372,7 @@ __global__ void __launch_bounds__(kMlaTcMergeThreads) mla_tc_merge_kernel(MlaTcA
   pdl_trigger();
   pdl_wait();
   const int th = blockIdx.x, t = th / a.H, tid = threadIdx.x;
-  // Partials: one per slice, or one per cluster of a.cluster slices.
-  const int ns = (mla_slices(a.pos[t] + 1, a.n_slices) + a.cluster - 1) / a.cluster;
+  const int ns = mla_slices(a.pos[t] + 1, a.n_split);
   if (ns == 1) return;  // the attention kernel wrote ctx
   __shared__ float w[kMlaMaxSplit];
   __shared__ float red[kMlaTcMergeThreads / kWarpSize];
@@ -609,99 +423,17 @@ inline int mla_tc_mtiles(int H) {
   return H > 32 ? 4 : 1;
 }
 
-// TMOE_CUDA_MLA_CLUSTER=0 in the environment turns the 16-head kernel's clusters off (each slice
-// then writes its own partial; for measurements).
-// TMOE_CUDA_MLA_FUSE: 0 (the merge kernel after the clustered kernel), 1 (the last cluster
-// merges; the counters zeroed by a memset before each call), 2 (the last cluster merges and
-// resets the counters, no memset: the workspace's counters must be zero before the first call).
-inline int mla_tc_fuse_mode() {
-  static const int m = [] {
-    const char* e = std::getenv("TMOE_CUDA_MLA_FUSE");
-    return e ? std::atoi(e) : 1;
-  }();
-  return m;
-}
-inline bool mla_tc_clusters_enabled() {
-  static const bool on = [] {
-    const char* e = std::getenv("TMOE_CUDA_MLA_CLUSTER");
-    return !(e && std::strcmp(e, "0") == 0);
-  }();
-  return on;
-}
-
-// Clusters of kMlaTcCluster blocks of kernel (smem bytes each) that the current device holds at
-// once (0: none, or the query failed); asked once per device.
-template <class Kernel>
-int mla_tc_max_clusters(Kernel kernel, dim3 block, std::size_t smem) {
-  static std::atomic<int> cached[64];
-  static std::atomic<bool> known[64];
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return 0;
-  if (known[dev].load()) return cached[dev].load();
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = dim3(1, 16 * kMlaTcCluster, 1);
-  cfg.blockDim = block;
-  cfg.dynamicSmemBytes = smem;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = 1;
-  attr[0].val.clusterDim.y = kMlaTcCluster;
-  attr[0].val.clusterDim.z = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
-  int n = 0;
-  if (cudaOccupancyMaxActiveClusters(&n, kernel, &cfg) != cudaSuccess) {
-    (void)cudaGetLastError();  // clear it: no clusters, the plain launch instead
-    n = 0;
-  }
-  cached[dev].store(n);
-  known[dev].store(true);
-  return n;
-}
-
 inline cudaError_t launch_mla_attention_tc(MlaTcArgs a, int T, cudaStream_t stream) {
   if (T <= 0) return cudaSuccess;
   const int MT = mla_tc_mtiles(a.H), Q = mla_tc_groups(MT, a.R), K = a.R + a.Dr;
   const std::size_t smem = mla_tc_smem_bytes(MT, Q, K);
-  const int head_blocks = (a.H + 16 * MT - 1) / (16 * MT);
-  a.n_slices = a.n_split, a.cluster = 1;
-  if (MT == 1 && a.n_split > 1 && mla_tc_clusters_enabled()) {
-    // 16-head blocks in clusters of kMlaTcCluster slices: the slices rounded up to whole
-    // clusters, and cut to what fits on the device at once when one token's clusters would not.
-    constexpr int C = kMlaTcCluster;
-    auto kernel = Q == 8 ? mla_attention_tc_kernel<1, 8, C> : mla_attention_tc_kernel<1, 4, C>;
-    cudaError_t e =
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
-    if (e != cudaSuccess) return e;
-    const int fit = mla_tc_max_clusters(kernel, dim3(32 * Q), smem);
-    if (fit > 0) {
-      const long groups = long(head_blocks) * T;
-      int per = (a.n_split + C - 1) / C;  // clusters per token and head block
-      if (groups * per > fit && groups <= fit) per = int(fit / groups);
-      a.n_slices = per * C, a.cluster = C;
-      const int fuse = per > 1 ? mla_tc_fuse_mode() : 0;
-      if (fuse > 0) {
-        a.counters = reinterpret_cast<unsigned*>(a.part_lse + std::size_t(T) * a.H * a.n_split);
-        if (fuse == 1)
-          e = cudaMemsetAsync(a.counters, 0, sizeof(unsigned) * std::size_t(T) * head_blocks,
-                              stream);
-        if (e != cudaSuccess) return e;
-      }
-      e = launch_clusters(kernel, dim3(head_blocks, a.n_slices, T), dim3(32 * Q), dim3(1, C, 1),
-                          smem, stream, a);
-      if (e == cudaSuccess && per > 1 && fuse == 0)
-        e = launch(mla_tc_merge_kernel, dim3(T * a.H, a.R / kMlaTcMergeDims),
-                   dim3(kMlaTcMergeThreads), 0, stream, a);
-      return e;
-    }
-  }
-  auto kernel = MT == 4  ? mla_attention_tc_kernel<4, 4, 1>
-                : Q == 8 ? mla_attention_tc_kernel<1, 8, 1>
-                         : mla_attention_tc_kernel<1, 4, 1>;
+  auto kernel = MT == 4  ? mla_attention_tc_kernel<4, 4>
+                : Q == 8 ? mla_attention_tc_kernel<1, 8>
+                         : mla_attention_tc_kernel<1, 4>;
   cudaError_t e =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
   if (e != cudaSuccess) return e;
-  const dim3 grid(head_blocks, a.n_split, T);
+  const dim3 grid((a.H + 16 * MT - 1) / (16 * MT), a.n_split, T);
   e = launch(kernel, grid, dim3(32 * MT * Q), smem, stream, a);
   static_assert(kMlaMaxSplit <= kMlaTcMergeThreads, "mla_tc_merge_kernel: one lse per thread");
   if (e == cudaSuccess && a.n_split > 1)  // R % 64 == 0 (checked by the caller)
