@@ -7,7 +7,8 @@
 //    an average of them), o within 1e-6 * max_i sum_c |W_UV[h, i, c]| (one W_UV row times ctx).
 //  - The bf16 latent cache on the tensor cores (mla_tc.cuh) at R1's dims (128, 20 and 16 heads),
 //    16 heads at R 192 (the 4-warp 16-head kernel) and the fixture's (R 128, Dr 32), several
-//    n_split, against the double reference on the rounded cache. Bound per head and position: 2^-9
+//    n_split, against the double reference on the rounded cache (and q absorbed into bf16 then
+//    attended: ctx bit for bit the same as from the float q). Bound per head and position: 2^-9
 //    max|c| (p rounded to bf16) + 3 max|c| scale 2^-9 max_j sum_i |qa_i k_ji| (q rounded to bf16,
 //    first order x 1.5) + 1e-5; and, since that bound is loose, ctx within 2.5e-2 absolute.
 //    Measured on the H100: ctx <= 9.2e-3 (2.8% of the bound) at R1's dims, <= 2.0e-3 at the
@@ -84,6 +85,19 @@ void check_kernels(const MlaDims& d, const std::vector<int>& positions, std::siz
                         n_split, ws.data());
   cuda::mla_absorb_out(d_kvb.data(), d_ctx.data(), d_o.data(), H * Dv, T, H, Dn, Dv, R);
   const auto ctx = to_host(d_ctx), o = to_host(d_o);
+  if (bf16_cache) {
+    // q absorbed straight into bf16 and the attention over it: the same rounding of q as the
+    // kernel's own, so ctx bit for bit.
+    auto d_qb = poisoned<bf16>(T * H * K);
+    auto d_ctx2 = poisoned<float>(T * H * R);
+    cuda::mla_absorb_q(d_kvb.data(), d_q.data(), H * (Dn + Dr), d_qb.data(), T, H, Dn, Dr, Dv, R);
+    cuda::mla_attention(d_qb.data(), d_cache_b.data(), d_pos.data(), T, H, R, Dr, scale,
+                        d_ctx2.data(), n_split, ws.data());
+    const auto ctx2 = to_host(d_ctx2);
+    std::size_t same = 0;
+    for (std::size_t i = 0; i < ctx.size(); ++i) same += ctx2[i] == ctx[i];
+    CHECK(same == ctx.size());
+  }
 
   double worst_ctx = 0, worst_o = 0, worst_ratio = 0, worst_bound = 0;
   std::vector<double> qa(K), s, c(R);
@@ -331,6 +345,9 @@ TEST_CASE("MLA decode attention over a bf16 latent cache (tensor cores) within i
     CHECK_THROWS_WITH_AS(cuda::mla_attention(b.data(), c.data(), p.data(), 1, 4, 512, 64, 1.f,
                                              b.data(), 2, b.data() + 1),
                          doctest::Contains("workspace: expected 16-byte alignment"), tmoe::Error);
+    CHECK_THROWS_WITH_AS(cuda::mla_attention(c.data() + 1, c.data(), p.data(), 1, 4, 512, 64, 1.f,
+                                             b.data(), 1, nullptr),
+                         doctest::Contains("qa (bf16): expected 16-byte alignment"), tmoe::Error);
   }
 }
 
