@@ -3,7 +3,8 @@
 //
 //   ctx[t, h] = sum_{j <= pos[t]} softmax_j(scale qa[t, h] . cache[j]) cache[j, 0:R]
 //
-// cache (cap, K) bf16, K = R + Dr; qa (T, H, K) float (rounded to bf16 once per block); ctx,
+// cache (cap, K) bf16, K = R + Dr; qa (T, H, K) float (rounded to bf16 once per block) or bf16
+// (mla_absorb_q's bf16 output, the same values: copied as is, half the bytes); ctx,
 // the slices' partials and their log-sum-exp float, as mla.cuh writes them; mla_tc_merge_kernel
 // combines the slices (mla_merge_kernel's weights, more loads in flight).
 //
