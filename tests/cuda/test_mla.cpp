@@ -13,6 +13,9 @@
 //    first order x 1.5) + 1e-5; and, since that bound is loose, ctx within 2.5e-2 absolute.
 //    Measured on the H100: ctx <= 9.2e-3 (2.8% of the bound) at R1's dims, <= 2.0e-3 at the
 //    fixture's.
+//  - bf16 cache, 16 heads: repeated direct calls and graph replays on one workspace, with the
+//    positions (hence slice counts) changing between them, reproduce each first result bit for
+//    bit.
 //  - The whole layer, one token at a time: q-LoRA (or a single q_proj), kv_a, mla_kv_store,
 //    interleaved YaRN RoPE, the three MLA ops and o_proj, with the GPU's float GEMVs, against
 //    reference::mla_attention (the naive HF form over the whole sequence, double softmax) at the
