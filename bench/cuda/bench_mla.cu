@@ -9,7 +9,9 @@
 // CUDA events; the cache is rotated over enough copies to exceed the L2 (50 MB) when it is
 // smaller; inputs are random (never zeros). For the bf16 cache also the same 10 launches
 // replayed from a CUDA graph (graph us: device time without the host's launch cost, as
-// cuda::DeepseekModel decodes), with and without the partials' bytes (g/read, g cache). Also prints
+// cuda::DeepseekModel decodes), with and without the partials' bytes (g/read, g cache); the
+// mla-bf16q rows are the same with q absorbed into bf16 (as cuda::DeepseekModel decodes over a
+// bf16 cache; core: mla_absorb_q into bf16 + mla_attention + mla_absorb_out). Also prints
 // the fp32 FMA floor of the attention (2 K + 2 R flops per head and key at the measured FMA rate of
 // a register-only kernel).
 //
@@ -163,6 +165,8 @@ int main(int argc, char** argv) {
       cuda::DeviceBuffer<float> q(H * (Dn + Dr)), qa(H * K), ctx(H * R), o(H * Dv);
       fill_random(q, 8, -1.f, 1.f);
       fill_random(qa, 9, -1.f, 1.f);
+      cuda::DeviceBuffer<bf16> qb(H * K);
+      fill_random(qb, 10, -1.f, 1.f);
       const std::int32_t p = ctx_len - 1;
       cuda::DeviceBuffer<std::int32_t> pos(1);
       pos.upload(&p);
@@ -242,6 +246,37 @@ int main(int argc, char** argv) {
             "mla-bf16", H, ctx_len, ns, ms * 1e3, gbs, gbs / read_gbs, gbs / copy_gbs, "-",
             core_ms * 1e3, core_bytes / (core_ms * 1e-3) / 1e9 / read_gbs, g_ms * 1e3, bytes * g_bw,
             double(cache_bytes) / 2 * g_bw);
+        // The same with q absorbed into bf16 (half of q's bytes; mla-bf16q rows).
+        const double msq = median_ms(
+            [&](int i) {
+              cuda::mla_attention(qb.data(), caches_b[i % copies].data(), pos.data(), 1, H, R, Dr,
+                                  scale, ctx.data(), ns, ws.data());
+            },
+            g_reps);
+        const double bytesq =
+            double(cache_bytes) / 2 + 2.0 * H * K + 4.0 * H * R + 2.0 * 4.0 * H * ns * (R + 1);
+        const double gbsq = bytesq / (msq * 1e-3) / 1e9;
+        const double coreq_ms = median_ms(
+            [&](int i) {
+              cuda::mla_absorb_q(kvb.data(), q.data(), H * (Dn + Dr), qb.data(), 1, H, Dn, Dr, Dv,
+                                 R);
+              cuda::mla_attention(qb.data(), caches_b[i % copies].data(), pos.data(), 1, H, R, Dr,
+                                  scale, ctx.data(), ns, ws.data());
+              cuda::mla_absorb_out(kvb.data(), ctx.data(), o.data(), H * Dv, 1, H, Dn, Dv, R);
+            },
+            g_reps);
+        cuda::graph_capture_begin(st);
+        for (int j = 0; j < kBatch; ++j)
+          cuda::mla_attention(qb.data(), caches_b[j % copies].data(), pos.data(), 1, H, R, Dr,
+                              scale, ctx.data(), ns, ws.data(), st);
+        const cuda::Graph gq(cuda::graph_capture_end(st));
+        const double gq_ms = graph_median_ms(gq, st, g_reps);
+        const double gq_bw = 1e-9 / (gq_ms * 1e-3) / read_gbs;
+        std::printf(
+            "%-8s %5zu %7d %4zu %10.1f %9.1f %7.3f %7.3f %10s %12.1f %9.3f %9.1f %7.3f %7.3f\n",
+            "mla-bf16q", H, ctx_len, ns, msq * 1e3, gbsq, gbsq / read_gbs, gbsq / copy_gbs, "-",
+            coreq_ms * 1e3, (bytesq + double(kvb.bytes())) / (coreq_ms * 1e-3) / 1e9 / read_gbs,
+            gq_ms * 1e3, bytesq * gq_bw, double(cache_bytes) / 2 * gq_bw);
       }
     }
   }

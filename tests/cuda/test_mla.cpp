@@ -7,11 +7,15 @@
 //    an average of them), o within 1e-6 * max_i sum_c |W_UV[h, i, c]| (one W_UV row times ctx).
 //  - The bf16 latent cache on the tensor cores (mla_tc.cuh) at R1's dims (128, 20 and 16 heads),
 //    16 heads at R 192 (the 4-warp 16-head kernel) and the fixture's (R 128, Dr 32), several
-//    n_split, against the double reference on the rounded cache. Bound per head and position: 2^-9
+//    n_split, against the double reference on the rounded cache (and q absorbed into bf16 then
+//    attended: ctx bit for bit the same as from the float q). Bound per head and position: 2^-9
 //    max|c| (p rounded to bf16) + 3 max|c| scale 2^-9 max_j sum_i |qa_i k_ji| (q rounded to bf16,
 //    first order x 1.5) + 1e-5; and, since that bound is loose, ctx within 2.5e-2 absolute.
 //    Measured on the H100: ctx <= 9.2e-3 (2.8% of the bound) at R1's dims, <= 2.0e-3 at the
 //    fixture's.
+//  - bf16 cache, 16 heads: repeated direct calls and graph replays on one workspace, with the
+//    positions (hence slice counts) changing between them, reproduce each first result bit for
+//    bit.
 //  - The whole layer, one token at a time: q-LoRA (or a single q_proj), kv_a, mla_kv_store,
 //    interleaved YaRN RoPE, the three MLA ops and o_proj, with the GPU's float GEMVs, against
 //    reference::mla_attention (the naive HF form over the whole sequence, double softmax) at the
@@ -84,6 +88,19 @@ void check_kernels(const MlaDims& d, const std::vector<int>& positions, std::siz
                         n_split, ws.data());
   cuda::mla_absorb_out(d_kvb.data(), d_ctx.data(), d_o.data(), H * Dv, T, H, Dn, Dv, R);
   const auto ctx = to_host(d_ctx), o = to_host(d_o);
+  if (bf16_cache) {
+    // q absorbed straight into bf16 and the attention over it: the same rounding of q as the
+    // kernel's own, so ctx bit for bit.
+    auto d_qb = poisoned<bf16>(T * H * K);
+    auto d_ctx2 = poisoned<float>(T * H * R);
+    cuda::mla_absorb_q(d_kvb.data(), d_q.data(), H * (Dn + Dr), d_qb.data(), T, H, Dn, Dr, Dv, R);
+    cuda::mla_attention(d_qb.data(), d_cache_b.data(), d_pos.data(), T, H, R, Dr, scale,
+                        d_ctx2.data(), n_split, ws.data());
+    const auto ctx2 = to_host(d_ctx2);
+    std::size_t same = 0;
+    for (std::size_t i = 0; i < ctx.size(); ++i) same += ctx2[i] == ctx[i];
+    CHECK(same == ctx.size());
+  }
 
   double worst_ctx = 0, worst_o = 0, worst_ratio = 0, worst_bound = 0;
   std::vector<double> qa(K), s, c(R);
@@ -303,6 +320,11 @@ TEST_CASE("MLA decode attention over a bf16 latent cache (tensor cores) within i
   SUBCASE("16 heads, and 20 (a partial second block)") {
     for (std::size_t ns : {1, 32}) check_kernels(r1_tp8, {31, 33, 2047}, ns, 61 + ns, true);
     check_kernels(r1_tp8, {16383}, 256, 60, true);  // 256 slices: every merge slot in use
+    // 10 slices, 128, 9 asked for at 8191 keys, and 3 tokens of 2, 128 and 32 slices.
+    check_kernels(r1_tp8, {600}, 32, 62, true);
+    check_kernels(r1_tp8, {16383}, 128, 63, true);
+    check_kernels(r1_tp8, {8191}, 9, 64, true);
+    check_kernels(r1_tp8, {100, 8191, 2047}, 128, 65, true);
     check_kernels({20, 128, 64, 128, 512}, {63, 65, 700}, 3, 67, true);
   }
   SUBCASE("16 heads at R 192 (R % 128 != 0: 16-head blocks of 4 warps instead of 8)") {
@@ -326,7 +348,65 @@ TEST_CASE("MLA decode attention over a bf16 latent cache (tensor cores) within i
     CHECK_THROWS_WITH_AS(cuda::mla_attention(b.data(), c.data(), p.data(), 1, 4, 512, 64, 1.f,
                                              b.data(), 2, b.data() + 1),
                          doctest::Contains("workspace: expected 16-byte alignment"), tmoe::Error);
+    CHECK_THROWS_WITH_AS(cuda::mla_attention(c.data() + 1, c.data(), p.data(), 1, 4, 512, 64, 1.f,
+                                             b.data(), 1, nullptr),
+                         doctest::Contains("qa (bf16): expected 16-byte alignment"), tmoe::Error);
   }
+}
+
+TEST_CASE("MLA bf16 cache: repeated calls and graph replays on one workspace agree bit for bit") {
+  // 16 heads: two tokens of 128 and 10 slices, then 16 and 2, alternated over direct calls and
+  // replays of one captured call (pos read from device memory), all on one workspace (the slices
+  // and merge state of one call must not leak into the next).
+  const std::size_t H = 16, R = 512, Dr = 64, K = R + Dr, T = 2, n_split = 128;
+  const auto qa = random_floats(T * H * K, 91);
+  const auto cache = rounded<bf16>(random_floats(16384 * K, 92));
+  auto d_qa = to_device(qa);
+  auto d_cache = to_device(cache);
+  const std::vector<std::int32_t> pa{16383, 600}, pb{1000, 70};
+  auto d_pos = to_device(pa);
+  cuda::DeviceBuffer<float> ws(cuda::mla_attention_workspace(T, H, R, n_split));
+  auto d_ctx = poisoned<float>(T * H * R);
+  cuda::Stream st;
+  auto call = [&](cuda::StreamHandle s) {
+    cuda::mla_attention(d_qa.data(), d_cache.data(), d_pos.data(), T, H, R, Dr, 0.0625f,
+                        d_ctx.data(), n_split, ws.data(), s);
+  };
+  auto direct = [&](const std::vector<std::int32_t>& p) {
+    d_pos.upload(p.data(), st);
+    cuda::fill_bytes(d_ctx.data(), 0xff, d_ctx.bytes(), st);
+    call(st);
+    std::vector<float> h(d_ctx.size());
+    d_ctx.download(h.data(), st);
+    st.synchronize();
+    return h;
+  };
+  const auto ref_a = direct(pa), ref_b = direct(pb);
+  for (const float v : ref_a) REQUIRE(std::isfinite(v));
+  for (const float v : ref_b) REQUIRE(std::isfinite(v));
+  CHECK(ref_a != ref_b);
+  for (int i = 0; i < 3; ++i) {
+    CHECK(direct(pa) == ref_a);
+    CHECK(direct(pb) == ref_b);
+  }
+  cuda::graph_capture_begin(st);
+  call(st);
+  const cuda::Graph g(cuda::graph_capture_end(st));
+  auto replay = [&](const std::vector<std::int32_t>& p) {
+    d_pos.upload(p.data(), st);
+    cuda::fill_bytes(d_ctx.data(), 0xff, d_ctx.bytes(), st);
+    g.launch(st);
+    std::vector<float> h(d_ctx.size());
+    d_ctx.download(h.data(), st);
+    st.synchronize();
+    return h;
+  };
+  for (int i = 0; i < 3; ++i) {
+    CHECK(replay(pa) == ref_a);
+    CHECK(replay(pb) == ref_b);
+    CHECK(replay(pb) == ref_b);
+  }
+  CHECK(direct(pa) == ref_a);
 }
 
 TEST_CASE("MLA launchers reject bad arguments with one-line errors") {

@@ -452,6 +452,14 @@ void mla_absorb_q(const bf16* kv_b, const float* q, std::size_t ld_q, float* qa,
 void mla_absorb_q(const float* kv_b, const float* q, std::size_t ld_q, float* qa, std::size_t T,
                   std::size_t H, std::size_t Dn, std::size_t Dr, std::size_t Dv, std::size_t R,
                   StreamHandle s = nullptr);
+// The same with qa in bf16 (each value rounded to nearest even once: the bf16-cache attention's
+// input, which rounds a float qa the same way; half the bytes for its blocks to read).
+void mla_absorb_q(const bf16* kv_b, const float* q, std::size_t ld_q, bf16* qa, std::size_t T,
+                  std::size_t H, std::size_t Dn, std::size_t Dr, std::size_t Dv, std::size_t R,
+                  StreamHandle s = nullptr);
+void mla_absorb_q(const float* kv_b, const float* q, std::size_t ld_q, bf16* qa, std::size_t T,
+                  std::size_t H, std::size_t Dn, std::size_t Dr, std::size_t Dv, std::size_t R,
+                  StreamHandle s = nullptr);
 // ctx (T, H, R): ctx[t, h] = sum_{j <= pos[t]} softmax_j(scale qa[t, h] . cache[j]) cache[j, 0:R].
 // The keys of each token are cut into up to n_split (1..256) slices of >= 64 keys (chosen on the
 // device from pos[t]) and merged; n_split > 1 needs mla_attention_workspace(T, H, R, n_split)
@@ -465,6 +473,11 @@ void mla_attention(const float* qa, const float* cache, const std::int32_t* pos,
 // to bf16, fp32 accumulation; same slices and workspace, the workspace 16-byte aligned). Needs
 // R % 64 == 0, R <= 512, Dr % 16 == 0 and R + Dr <= 576 (R1: 512 + 64).
 void mla_attention(const float* qa, const bf16* cache, const std::int32_t* pos, std::size_t T,
+                   std::size_t H, std::size_t R, std::size_t Dr, float scale, float* ctx,
+                   std::size_t n_split, float* workspace, StreamHandle s = nullptr);
+// The same with qa already in bf16 (mla_absorb_q's bf16 output, 16-byte aligned): the same
+// result bit for bit, without the kernel's rounding of q and with half of q's bytes.
+void mla_attention(const bf16* qa, const bf16* cache, const std::int32_t* pos, std::size_t T,
                    std::size_t H, std::size_t R, std::size_t Dr, float scale, float* ctx,
                    std::size_t n_split, float* workspace, StreamHandle s = nullptr);
 // o (T, ld_o): o[t, h Dv + i] = W_UV[h][i] . ctx[t, h].

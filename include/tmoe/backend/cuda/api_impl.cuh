@@ -18,6 +18,7 @@
 #include <cstdio>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 
 #include "tmoe/backend/cuda/api.hpp"
 #include "tmoe/backend/cuda/attention.cuh"
@@ -770,8 +771,8 @@ void check_mla_dims(std::string_view op, std::size_t R, std::size_t Dr) {
         "kv_lora_rank: expected a multiple of 4 in [4, ", kMlaMaxR, "], got ", R);
   check(Dr >= 4 && Dr % 4 == 0, op, "qk_rope_head_dim: expected a multiple of 4, got ", Dr);
 }
-template <class W>
-void mla_absorb_q_impl(const W* kv_b, const float* q, std::size_t ld_q, float* qa, std::size_t T,
+template <class W, class O>
+void mla_absorb_q_impl(const W* kv_b, const float* q, std::size_t ld_q, O* qa, std::size_t T,
                        std::size_t H, std::size_t Dn, std::size_t Dr, std::size_t Dv, std::size_t R,
                        StreamHandle s) {
   constexpr const char* op = "cuda::mla_absorb_q";
@@ -784,8 +785,8 @@ void mla_absorb_q_impl(const W* kv_b, const float* q, std::size_t ld_q, float* q
         T);
   if (T == 0) return;
   check(kv_b && q && qa, op, "null pointer: kv_b, q and qa are required");
-  const cudaError_t e = launch(mla_absorb_q_kernel<W>, dim3(unsigned(H), unsigned(T)), dim3(256), 0,
-                               s, kv_b, q, ld_q, qa, int(Dn), int(Dr), int(Dv), int(R));
+  const cudaError_t e = launch(mla_absorb_q_kernel<W, O>, dim3(unsigned(H), unsigned(T)), dim3(256),
+                               0, s, kv_b, q, ld_q, qa, int(Dn), int(Dr), int(Dv), int(R));
   if (e != cudaSuccess) fail_call(op, "kernel launch", e);
 }
 template <class W>
@@ -849,6 +850,16 @@ void mla_absorb_q(const float* kv_b, const float* q, std::size_t ld_q, float* qa
                   StreamHandle s) {
   api_detail::mla_absorb_q_impl(kv_b, q, ld_q, qa, T, H, Dn, Dr, Dv, R, s);
 }
+void mla_absorb_q(const bf16* kv_b, const float* q, std::size_t ld_q, bf16* qa, std::size_t T,
+                  std::size_t H, std::size_t Dn, std::size_t Dr, std::size_t Dv, std::size_t R,
+                  StreamHandle s) {
+  api_detail::mla_absorb_q_impl(kv_b, q, ld_q, qa, T, H, Dn, Dr, Dv, R, s);
+}
+void mla_absorb_q(const float* kv_b, const float* q, std::size_t ld_q, bf16* qa, std::size_t T,
+                  std::size_t H, std::size_t Dn, std::size_t Dr, std::size_t Dv, std::size_t R,
+                  StreamHandle s) {
+  api_detail::mla_absorb_q_impl(kv_b, q, ld_q, qa, T, H, Dn, Dr, Dv, R, s);
+}
 void mla_absorb_out(const bf16* kv_b, const float* ctx, float* o, std::size_t ld_o, std::size_t T,
                     std::size_t H, std::size_t Dn, std::size_t Dv, std::size_t R, StreamHandle s) {
   api_detail::mla_absorb_out_impl(kv_b, ctx, o, ld_o, T, H, Dn, Dv, R, s);
@@ -887,9 +898,11 @@ void mla_attention(const float* qa, const float* cache, const std::int32_t* pos,
   if (e != cudaSuccess) fail_call(op, "kernel launch", e);
 }
 
-void mla_attention(const float* qa, const bf16* cache, const std::int32_t* pos, std::size_t T,
-                   std::size_t H, std::size_t R, std::size_t Dr, float scale, float* ctx,
-                   std::size_t n_split, float* workspace, StreamHandle s) {
+namespace api_detail {
+template <class QT>
+void mla_attention_tc_impl(const QT* qa, const bf16* cache, const std::int32_t* pos, std::size_t T,
+                           std::size_t H, std::size_t R, std::size_t Dr, float scale, float* ctx,
+                           std::size_t n_split, float* workspace, StreamHandle s) {
   constexpr const char* op = "cuda::mla_attention";
   check(R >= 64 && R % 64 == 0 && R <= std::size_t(kMlaTcMaxR), op,
         "kv_lora_rank: the bf16 cache needs a multiple of 64 in [64, ", kMlaTcMaxR, "], got ", R);
@@ -905,12 +918,30 @@ void mla_attention(const float* qa, const bf16* cache, const std::int32_t* pos, 
   check(n_split == 1 || workspace, op, "n_split > 1 needs a workspace");
   check(n_split == 1 || reinterpret_cast<std::uintptr_t>(workspace) % 16 == 0, op,
         "workspace: expected 16-byte alignment (the merge reads it in 16-byte loads)");
-  MlaTcArgs a{qa,           cache,     pos,
+  MlaTcArgs a{nullptr,      cache,     pos,
               ctx,          workspace, workspace ? workspace + T * H * n_split * R : nullptr,
               int(H),       int(R),    int(Dr),
               int(n_split), scale};
+  if constexpr (std::is_same_v<QT, bf16>) {
+    check(reinterpret_cast<std::uintptr_t>(qa) % 16 == 0, op,
+          "qa (bf16): expected 16-byte alignment (the kernel reads it in 16-byte loads)");
+    a.qa_b = qa;
+  } else {
+    a.qa = qa;
+  }
   const cudaError_t e = launch_mla_attention_tc(a, int(T), s);
   if (e != cudaSuccess) fail_call(op, "kernel launch", e);
+}
+}  // namespace api_detail
+void mla_attention(const float* qa, const bf16* cache, const std::int32_t* pos, std::size_t T,
+                   std::size_t H, std::size_t R, std::size_t Dr, float scale, float* ctx,
+                   std::size_t n_split, float* workspace, StreamHandle s) {
+  api_detail::mla_attention_tc_impl(qa, cache, pos, T, H, R, Dr, scale, ctx, n_split, workspace, s);
+}
+void mla_attention(const bf16* qa, const bf16* cache, const std::int32_t* pos, std::size_t T,
+                   std::size_t H, std::size_t R, std::size_t Dr, float scale, float* ctx,
+                   std::size_t n_split, float* workspace, StreamHandle s) {
+  api_detail::mla_attention_tc_impl(qa, cache, pos, T, H, R, Dr, scale, ctx, n_split, workspace, s);
 }
 
 std::size_t argmax_workspace(std::size_t rows) {

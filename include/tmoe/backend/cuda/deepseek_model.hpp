@@ -209,6 +209,7 @@ class DeepseekModel final : public models::Model {
     cqn_ = DeviceBuffer<float>(std::max<std::size_t>(Ql_, 1));
     q_ = DeviceBuffer<float>(H_ * Dq), kv_ = DeviceBuffer<float>(R_ + Dr_);
     qa_ = DeviceBuffer<float>(H_ * (R_ + Dr_)), ctx_ = DeviceBuffer<float>(H_ * R_);
+    if (opt_.mla_bf16_cache) qa_b_ = DeviceBuffer<bf16>(H_ * (R_ + Dr_));  // q for the tc kernel
     o_ = DeviceBuffer<float>(H_ * Dv_);
     g_ = DeviceBuffer<float>(wide), u_ = DeviceBuffer<float>(wide),
     act_ = DeviceBuffer<float>(wide);
@@ -635,13 +636,15 @@ class DeepseekModel final : public models::Model {
         mla_kv_store(kv_.data(), K, y.kv_a_norm.data(), eps_, 1, R_, Dr_, pos_.data(),
                      inv_freq_.data(), attn_factor_, layout_, cache, stream_);
       auto attend = [&](const auto* kvb) {
-        mla_absorb_q(kvb, q_.data(), H_ * Dq, qa_.data(), 1, H_, Dn_, Dr_, Dv_, R_, stream_);
-        if (cache_b)
-          mla_attention(qa_.data(), cache_b, pos_.data(), 1, H_, R_, Dr_, scale_, ctx_.data(),
+        if (cache_b) {  // q absorbed straight into bf16: half the bytes for every slice's block
+          mla_absorb_q(kvb, q_.data(), H_ * Dq, qa_b_.data(), 1, H_, Dn_, Dr_, Dv_, R_, stream_);
+          mla_attention(qa_b_.data(), cache_b, pos_.data(), 1, H_, R_, Dr_, scale_, ctx_.data(),
                         split_, workspace_.data(), stream_);
-        else
+        } else {
+          mla_absorb_q(kvb, q_.data(), H_ * Dq, qa_.data(), 1, H_, Dn_, Dr_, Dv_, R_, stream_);
           mla_attention(qa_.data(), cache, pos_.data(), 1, H_, R_, Dr_, scale_, ctx_.data(), split_,
                         workspace_.data(), stream_);
+        }
         mla_absorb_out(kvb, ctx_.data(), o_.data(), H_ * Dv_, 1, H_, Dn_, Dv_, R_, stream_);
       };
       if (y.kv_b.fmt == Fmt::bf16)
@@ -925,6 +928,7 @@ class DeepseekModel final : public models::Model {
   DeviceBuffer<float> final_norm_;
   DeviceBuffer<float> h_, x_, r_, cq_, cqn_, q_, kv_, qa_, ctx_, o_, rlog_, rw_, ye_, sh_,
       workspace_;
+  DeviceBuffer<bf16> qa_b_;  // decode's absorbed q in bf16 (ModelOptions::mla_bf16_cache)
   mutable DeviceBuffer<float> g_, u_, act_;
   DeviceBuffer<std::int32_t> ridx_, tok_, pos_;
   DeviceBuffer<float> logits1_;

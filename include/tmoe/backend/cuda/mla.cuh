@@ -102,21 +102,23 @@ __global__ void mla_kv_store_kernel(const float* __restrict__ kv, std::size_t ld
 
 // ---- q absorption: qa[t, h] = [W_UK[h]^T q_nope (R) | q_pe (Dr)] ------------------------------
 // Grid (H, T), block 256: thread i owns latent dims 4 (i % 128) .. + 3 (R <= 512) over the rows
-// d = i / 128, + 2, ... of W_UK[h]; the two halves are added through shared memory.
-template <class W>
+// d = i / 128, + 2, ... of W_UK[h]; the two halves are added through shared memory. qa is float
+// or bf16 (mla_tc.cuh's input: each value rounded to nearest even once, as that kernel rounds a
+// float qa).
+template <class W, class O>
 __global__ void __launch_bounds__(256)
     mla_absorb_q_kernel(const W* __restrict__ kv_b, const float* __restrict__ q, std::size_t ld_q,
-                        float* __restrict__ qa, int Dn, int Dr, int Dv, int R) {
+                        O* __restrict__ qa, int Dn, int Dr, int Dv, int R) {
   pdl_trigger();
   pdl_wait();
   const int h = blockIdx.x, t = blockIdx.y, K = R + Dr;
   const float* qh = q + std::size_t(t) * ld_q + std::size_t(h) * (Dn + Dr);
-  float* out = qa + (std::size_t(t) * gridDim.x + h) * K;
+  O* out = qa + (std::size_t(t) * gridDim.x + h) * K;
   __shared__ float qn[kMlaMaxK];
   __shared__ float4 half1[128];
   for (int d = threadIdx.x; d < Dn + Dr; d += blockDim.x) qn[d] = qh[d];
   __syncthreads();
-  for (int d = threadIdx.x; d < Dr; d += blockDim.x) out[R + d] = qn[Dn + d];
+  for (int d = threadIdx.x; d < Dr; d += blockDim.x) out[R + d] = mla_cache_value<O>(qn[Dn + d]);
   const int ci = threadIdx.x % 128, part = threadIdx.x / 128, c = 4 * ci;
   float4 a = make_float4(0.f, 0.f, 0.f, 0.f);
   if (c < R) {
@@ -135,7 +137,8 @@ __global__ void __launch_bounds__(256)
   __syncthreads();
   if (part == 0 && c < R) {
     const float4 b = half1[ci];
-    out[c] = a.x + b.x, out[c + 1] = a.y + b.y, out[c + 2] = a.z + b.z, out[c + 3] = a.w + b.w;
+    out[c] = mla_cache_value<O>(a.x + b.x), out[c + 1] = mla_cache_value<O>(a.y + b.y);
+    out[c + 2] = mla_cache_value<O>(a.z + b.z), out[c + 3] = mla_cache_value<O>(a.w + b.w);
   }
 }
 

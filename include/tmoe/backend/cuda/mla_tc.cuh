@@ -3,7 +3,8 @@
 //
 //   ctx[t, h] = sum_{j <= pos[t]} softmax_j(scale qa[t, h] . cache[j]) cache[j, 0:R]
 //
-// cache (cap, K) bf16, K = R + Dr; qa (T, H, K) float (rounded to bf16 once per block); ctx,
+// cache (cap, K) bf16, K = R + Dr; qa (T, H, K) float (rounded to bf16 once per block) or bf16
+// (mla_absorb_q's bf16 output, the same values: copied as is, half the bytes); ctx,
 // the slices' partials and their log-sum-exp float, as mla.cuh writes them; mla_tc_merge_kernel
 // combines the slices (mla_merge_kernel's weights, more loads in flight).
 //
@@ -63,6 +64,7 @@ struct MlaTcArgs {
   float* part_lse;  // (T, H, n_split)
   int H, R, Dr, n_split;
   float scale;
+  const bf16* qa_b = nullptr;  // (T, H, K) bf16: used instead of qa when set (16-byte aligned)
 };
 
 // Key tiles in flight per block: four for 16-head blocks (one block per SM, 188 KB at R1), two
@@ -162,33 +164,58 @@ __global__ void __launch_bounds__(32 * MT * Q, 1) mla_attention_tc_kernel(MlaTcA
     else
       cp_async_commit();
 
-  const float* qsrc = a.qa + (std::size_t(t) * a.H + h0) * K;
-  // q: 16-byte loads, kQu in flight per thread (a 64-head block reads 147 KB of q from L2; one
-  // dependent 4-byte load at a time cost ~20 us per block); a 16-head block takes all of its
-  // q (36 KB at R1) in one round, and, since every slice reads the same q, starts at its own
-  // offset (rot) so that the SMs' requests do not all meet on the same L2 lines at once (64-head
-  // blocks: unchanged, as measured before).
-  {
-    constexpr int kQu = MT == 1 ? (16 * kMlaTcMaxK / 4 + kThreads - 1) / kThreads : 8;
-    const int K4 = K / 4, n4 = kRows * K4, rot = MT == 1 ? (split * 64) % n4 : 0;
-    const float4* q4 = reinterpret_cast<const float4*>(qsrc);
-    for (int i0 = tid; i0 < n4; i0 += kQu * kThreads) {
-      float4 v[kQu];
+  if (a.qa_b != nullptr) {
+    // q already in bf16 (mla_absorb_q's bf16 output: the same rounding as below): 16-byte
+    // copies, kQb in flight per thread (all of a 16-head block's 18 KB in one round).
+    constexpr int kQb = MT == 1 ? (16 * kMlaTcMaxK / 8 + kThreads - 1) / kThreads : 8;
+    const int n8 = kRows * K8, rot = MT == 1 ? (split * 64) % n8 : 0;
+    const uint4* q8 = reinterpret_cast<const uint4*>(a.qa_b + (std::size_t(t) * a.H + h0) * K);
+    for (int i0 = tid; i0 < n8; i0 += kQb * kThreads) {
+      uint4 v[kQb];
 #pragma unroll
-      for (int u = 0; u < kQu; ++u) {
+      for (int u = 0; u < kQb; ++u) {
         int i = i0 + u * kThreads;
-        i = i + rot < n4 ? i + rot : i + rot - n4;
-        v[u] =
-            i0 + u * kThreads < n4 && i / K4 < nh ? __ldg(q4 + i) : make_float4(0.f, 0.f, 0.f, 0.f);
+        i = i + rot < n8 ? i + rot : i + rot - n8;
+        v[u] = i0 + u * kThreads < n8 && i / K8 < nh ? __ldg(q8 + i) : make_uint4(0u, 0u, 0u, 0u);
       }
 #pragma unroll
-      for (int u = 0; u < kQu; ++u) {
+      for (int u = 0; u < kQb; ++u) {
         int i = i0 + u * kThreads;
-        i = i + rot < n4 ? i + rot : i + rot - n4;
-        if (i0 + u * kThreads < n4) {
-          __nv_bfloat162* d = reinterpret_cast<__nv_bfloat162*>(sq + (i / K4) * kp + 4 * (i % K4));
-          d[0] = __floats2bfloat162_rn(v[u].x, v[u].y);
-          d[1] = __floats2bfloat162_rn(v[u].z, v[u].w);
+        i = i + rot < n8 ? i + rot : i + rot - n8;
+        if (i0 + u * kThreads < n8)
+          *reinterpret_cast<uint4*>(sq + (i / K8) * kp + 8 * (i % K8)) = v[u];
+      }
+    }
+  } else {
+    const float* qsrc = a.qa + (std::size_t(t) * a.H + h0) * K;
+    // q: 16-byte loads, kQu in flight per thread (a 64-head block reads 147 KB of q from L2; one
+    // dependent 4-byte load at a time cost ~20 us per block); a 16-head block takes all of its
+    // q (36 KB at R1) in one round, and, since every slice reads the same q, starts at its own
+    // offset (rot) so that the SMs' requests do not all meet on the same L2 lines at once (64-head
+    // blocks: unchanged, as measured before).
+    {
+      constexpr int kQu = MT == 1 ? (16 * kMlaTcMaxK / 4 + kThreads - 1) / kThreads : 8;
+      const int K4 = K / 4, n4 = kRows * K4, rot = MT == 1 ? (split * 64) % n4 : 0;
+      const float4* q4 = reinterpret_cast<const float4*>(qsrc);
+      for (int i0 = tid; i0 < n4; i0 += kQu * kThreads) {
+        float4 v[kQu];
+#pragma unroll
+        for (int u = 0; u < kQu; ++u) {
+          int i = i0 + u * kThreads;
+          i = i + rot < n4 ? i + rot : i + rot - n4;
+          v[u] = i0 + u * kThreads < n4 && i / K4 < nh ? __ldg(q4 + i)
+                                                       : make_float4(0.f, 0.f, 0.f, 0.f);
+        }
+#pragma unroll
+        for (int u = 0; u < kQu; ++u) {
+          int i = i0 + u * kThreads;
+          i = i + rot < n4 ? i + rot : i + rot - n4;
+          if (i0 + u * kThreads < n4) {
+            __nv_bfloat162* d =
+                reinterpret_cast<__nv_bfloat162*>(sq + (i / K4) * kp + 4 * (i % K4));
+            d[0] = __floats2bfloat162_rn(v[u].x, v[u].y);
+            d[1] = __floats2bfloat162_rn(v[u].z, v[u].w);
+          }
         }
       }
     }
