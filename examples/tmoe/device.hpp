@@ -25,18 +25,29 @@ inline bool want_cuda(const std::string& device, const char* op) {
   return device == "cuda";
 }
 
+#if defined(TMOE_WITH_CUDA)
+// The GPU models' options from the command's load options.
+inline cuda::ModelOptions cuda_options(const models::LoadOptions& o) {
+  cuda::ModelOptions co;
+  co.max_context = o.max_context;
+  return co;
+}
+#else
+[[noreturn]] inline void fail_no_cuda(const char* op) {
+  fail(op,
+       "--device cuda: this tmoe was built without CUDA (configure with a CUDA toolkit and "
+       "TMOE_ENABLE_CUDA=ON)");
+}
+#endif
+
 // The model folder at `path` on the GPU.
 inline std::unique_ptr<models::Model> load_cuda_model([[maybe_unused]] const std::string& path,
                                                       [[maybe_unused]] const models::LoadOptions& o,
                                                       [[maybe_unused]] const char* op) {
 #if defined(TMOE_WITH_CUDA)
-  cuda::ModelOptions co;
-  co.max_context = o.max_context;
-  return cuda::load_any_model(path, co);
+  return cuda::load_any_model(path, cuda_options(o));
 #else
-  fail(op,
-       "--device cuda: this tmoe was built without CUDA (configure with a CUDA toolkit and "
-       "TMOE_ENABLE_CUDA=ON)");
+  fail_no_cuda(op);
 #endif
 }
 
@@ -45,13 +56,9 @@ inline std::unique_ptr<models::Model> cuda_default_model(
     [[maybe_unused]] std::uint64_t seed, [[maybe_unused]] const models::LoadOptions& o,
     [[maybe_unused]] const char* op) {
 #if defined(TMOE_WITH_CUDA)
-  cuda::ModelOptions co;
-  co.max_context = o.max_context;
-  return cuda::default_model(seed, co);
+  return cuda::default_model(seed, cuda_options(o));
 #else
-  fail(op,
-       "--device cuda: this tmoe was built without CUDA (configure with a CUDA toolkit and "
-       "TMOE_ENABLE_CUDA=ON)");
+  fail_no_cuda(op);
 #endif
 }
 

@@ -11,9 +11,9 @@
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
-#include <mutex>
 #include <cstddef>
 #include <cstdint>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -33,8 +33,10 @@ class ThreadPool {
  public:
   // n_threads counts the calling thread; 0 means std::thread::hardware_concurrency().
   explicit ThreadPool(int n_threads = 0) {
-    if (n_threads <= 0) n_threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-    check(n_threads <= 1024, "ThreadPool", "thread count ", n_threads, " is out of range [1, 1024]");
+    if (n_threads <= 0)
+      n_threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    check(n_threads <= 1024, "ThreadPool", "thread count ", n_threads,
+          " is out of range [1, 1024]");
     size_ = n_threads;
     for (int t = 1; t < size_; ++t) workers_.emplace_back([this, t] { worker_loop(t); });
   }
@@ -59,13 +61,15 @@ class ThreadPool {
       return;
     }
     using Fn = std::remove_reference_t<F>;
-    job_fn_ = [](void* ctx, std::size_t task, int thread) { (*static_cast<Fn*>(ctx))(task, thread); };
+    job_fn_ = [](void* ctx, std::size_t task, int thread) {
+      (*static_cast<Fn*>(ctx))(task, thread);
+    };
     job_ctx_ = const_cast<void*>(static_cast<const void*>(&fn));
     n_tasks_.store(n_tasks, std::memory_order_relaxed);
     done_.store(0, std::memory_order_relaxed);
     ++job_;
-    // Publishing (job, index 0) releases job_fn_, job_ctx_, n_tasks_ and done_ to claimers.
-    next_.store(job_ << 32, std::memory_order_release);
+    // Publishing (job, n_tasks left) releases job_fn_, job_ctx_, n_tasks_ and done_ to claimers.
+    next_.store(job_ << 32 | n_tasks, std::memory_order_release);
     // seq_cst pairs with the sleeper's increment-then-wait: either we see it and notify, or its
     // wait sees the new generation and returns at once.
     generation_.fetch_add(1, std::memory_order_seq_cst);
@@ -93,21 +97,31 @@ class ThreadPool {
 
  private:
   void wake_sleepers() {
-    { std::lock_guard<std::mutex> lock(sleep_mutex_); }  // a sleeper is either waiting or will see the new generation
+    {
+      std::lock_guard<std::mutex> lock(sleep_mutex_);
+    }  // a sleeper is either waiting or will see the new generation
     sleep_cv_.notify_all();
   }
 
-  // Claims tasks of the current job until none is left. next_ packs (job id << 32 | next index), so
-  // a worker that wakes late can never claim an index of a job that already finished.
+  // Claims tasks of the current job until none is left. next_ packs (job id << 32 | tasks not yet
+  // claimed), so a claim depends on that one word only: a worker that wakes late, or that has
+  // just counted the last task of a job, can never claim from a finished job's word (it reads 0
+  // left) nor from the next job's (another id). Only after a successful claim, i.e. while the
+  // job is still running, are its n_tasks_, job_fn_ and job_ctx_ read (the claim's acquire pairs
+  // with run()'s release). Tasks are handed out in order: index = n_tasks - left.
+  // (An earlier version counted the index up against n_tasks_, which the next run() may already
+  // have overwritten: a task could run twice and done_ overshoot, and run() spun forever.)
   void work(int thread) {
     std::uint64_t v = next_.load(std::memory_order_acquire);
     const std::uint64_t job = v >> 32;
     for (;;) {
-      if ((v >> 32) != job || (v & 0xffffffffu) >= n_tasks_.load(std::memory_order_relaxed)) return;
-      if (!next_.compare_exchange_weak(v, v + 1, std::memory_order_acquire,
+      if ((v >> 32) != job || (v & 0xffffffffu) == 0) return;
+      if (!next_.compare_exchange_weak(v, v - 1, std::memory_order_acquire,
                                        std::memory_order_acquire))
         continue;
-      job_fn_(job_ctx_, static_cast<std::size_t>(v & 0xffffffffu), thread);
+      const std::size_t task =
+          n_tasks_.load(std::memory_order_relaxed) - static_cast<std::size_t>(v & 0xffffffffu);
+      job_fn_(job_ctx_, task, thread);
       done_.fetch_add(1, std::memory_order_acq_rel);
       v = next_.load(std::memory_order_acquire);
     }
