@@ -103,25 +103,34 @@ struct AttentionImpl {
     }
   }
 
-  static void softmax_accumulate(float* s, std::size_t n, const float* v, std::size_t ldv,
-                                 std::size_t dv, float* acc, float* m, float* l) {
-    float mx = *m;
-    for (std::size_t j = 0; j < n; ++j) mx = s[j] > mx ? s[j] : mx;
+  // The online-softmax update shared by softmax_accumulate and softmax_tile: s[j] = exp(s[j] - mx)
+  // for j in [lo, hi), *l = c * *l + sum_j s[j], *m = mx (the new running max, >= the old);
+  // returns c = exp(old max - mx), 0 when there was none.
+  static TMOE_INLINE float exp_rescale(float* s, std::size_t lo, std::size_t hi, float mx, float* m,
+                                       float* l) {
     const float c = (*m == -std::numeric_limits<float>::infinity()) ? 0.f : std::exp(*m - mx);
-    std::size_t j = 0;
+    std::size_t j = lo;
     float sum = 0.f;
     const B bm(mx);
-    for (; j + L <= n; j += L) {
+    for (; j + L <= hi; j += L) {
       const B p = xsimd::exp(B::load_unaligned(s + j) - bm);
       p.store_unaligned(s + j);
       sum += reduce_add(p);
     }
-    for (; j < n; ++j) {
+    for (; j < hi; ++j) {
       s[j] = std::exp(s[j] - mx);
       sum += s[j];
     }
     *l = *l * c + sum;
     *m = mx;
+    return c;
+  }
+
+  static void softmax_accumulate(float* s, std::size_t n, const float* v, std::size_t ldv,
+                                 std::size_t dv, float* acc, float* m, float* l) {
+    float mx = *m;
+    for (std::size_t j = 0; j < n; ++j) mx = s[j] > mx ? s[j] : mx;
+    const float c = exp_rescale(s, 0, n, mx, m, l);
     // acc = c * acc + sum_j p_j v_j, four value rows per pass over acc.
     std::size_t i = 0;
     for (; i + L <= dv; i += L) {
@@ -205,22 +214,7 @@ struct AttentionImpl {
       for (std::size_t j = lo; j < hi; ++j) s[j] = 0.f;
       return 1.f;
     }
-    const float c = (*m == -std::numeric_limits<float>::infinity()) ? 0.f : std::exp(*m - mx);
-    std::size_t j = lo;
-    float sum = 0.f;
-    const B bm(mx);
-    for (; j + L <= hi; j += L) {
-      const B p = xsimd::exp(B::load_unaligned(s + j) - bm);
-      p.store_unaligned(s + j);
-      sum += reduce_add(p);
-    }
-    for (; j < hi; ++j) {
-      s[j] = std::exp(s[j] - mx);
-      sum += s[j];
-    }
-    *l = *l * c + sum;
-    *m = mx;
-    return c;
+    return exp_rescale(s, lo, hi, mx, m, l);
   }
 
   // NR rows x (2 batches) of acc per pass over the n value rows: each value load serves NR rows.
