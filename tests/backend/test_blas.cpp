@@ -137,3 +137,27 @@ TEST_CASE(
     }
   }
 }
+
+// Every ISA's table holds kernels compiled for that ISA: the ISA translation units instantiate
+// the same templates, and two of them with the same architecture tag would be one symbol of which
+// the linker keeps a single copy (this happened to avx512 and avx512_vnni_bf16 until the latter
+// got its own tag, simd.hpp kernel_arch: its VNNI and BF16 code never ran). So no two ISAs may
+// share a kernel's address.
+TEST_CASE("each ISA's kernel table holds its own instantiations") {
+  std::vector<const cpu::KernelTable*> tables;
+  for (int i = 0; i < cpu::kIsaCount; ++i)
+    if (cpu::isa_available(static_cast<cpu::Isa>(i)))
+      tables.push_back(&cpu::kernels_for(static_cast<cpu::Isa>(i)));
+  for (std::size_t a = 0; a < tables.size(); ++a)
+    for (std::size_t b = a + 1; b < tables.size(); ++b) {
+      CAPTURE(cpu::isa_name(tables[a]->isa));
+      CAPTURE(cpu::isa_name(tables[b]->isa));
+      const auto& x = *tables[a];
+      const auto& y = *tables[b];
+      CHECK(bool(x.reduce.sum != y.reduce.sum));
+      CHECK(bool(x.blas.matmul_rows_bf16 != y.blas.matmul_rows_bf16));
+      CHECK(bool(x.attn.scores != y.attn.scores));
+      CHECK(bool(x.quant.rows_q8_0 != y.quant.rows_q8_0));
+      CHECK(bool(x.quant.rows_q4_0 != y.quant.rows_q4_0));
+    }
+}

@@ -537,19 +537,21 @@ TEST_CASE_TEMPLATE("the prefill GEMM reads the interleaved copy, unpack_x8 inver
 // the T = 1 decode of its token bit for bit (whole groups: x8_model above; the rows % 8 tail: the
 // plain kernels), so the decode bound against reference::matmul_quant_q8act holds,
 //   |y - r| <= (in / 16 + 24) * eps * M   (check_format's bound).
-// Token counts leaving 0 .. 4 tokens after the 5-token tiles, rows not multiples of 8 or 16, one
-// and two threads, the shared-activation overload (Q8Acts): all the same bits. The portable TU
-// keeps the float GEMM (checked by check_format), and so does Q8_0's prefill (cpu::int_prefill:
-// measured faster; its integer tile runs for 1 < T < kQuantGemmMinT, checked by check_format).
-TEST_CASE_TEMPLATE("the x8 integer prefill equals the decode GEMV per token", F, Q4_0) {
+// Token counts leaving 0 .. 7 tokens after the 5-token (AVX2) and 8-token (AVX-512 VNNI, 16
+// rows at a time) tiles, rows not multiples of 8 or 16, one and two threads, the
+// shared-activation overload (Q8Acts): all the same bits. The portable TU keeps the float GEMM
+// (checked by check_format), and so does Q8_0's prefill on AVX2 (cpu::int_prefill: measured
+// faster there; its integer tile runs for 1 < T < kQuantGemmMinT, checked by check_format).
+TEST_CASE_TEMPLATE("the x8 integer prefill equals the decode GEMV per token", F, Q4_0, Q8_0) {
   static_assert(cpu::kQuantGemmMinT <= 24, "the token counts below must be prefill sizes");
   test::for_each_isa([&](const cpu::KernelTable& k) {
-    if (!k.quant.x8_int_prefill) return;
+    if (!(std::is_same_v<F, Q4_0> ? k.quant.x8_int_prefill : k.quant.x8_int_prefill_q8_0)) return;
     ThreadPool one(1), two(2);
     for (std::size_t out : {9u, 40u, 67u})
       for (std::size_t nb : {1u, 7u})
-        for (std::size_t T : {std::size_t{24}, std::size_t{26}, std::size_t{27}, std::size_t{33},
-                              std::size_t{50}}) {
+        for (std::size_t T :
+             {std::size_t{24}, std::size_t{26}, std::size_t{27}, std::size_t{28}, std::size_t{29},
+              std::size_t{30}, std::size_t{31}, std::size_t{33}, std::size_t{50}}) {
           const std::size_t in = nb * 32;
           auto m = random_matrix<F>(out, in, out * 13 + nb * 7 + T);
           m.repack();

@@ -262,26 +262,8 @@ struct AttentionImpl {
       accumulate_tile<AR>(p + r * ldp, ldp, v, ldv, n, dv, c + r, acc + r * lda, lda);
     const float* pr = p + r * ldp;
     float* ar = acc + r * lda;
-    static_assert(AR == 6, "the switch below covers 1 .. AR - 1 remaining rows");
-    switch (m - r) {
-      case 1:
-        accumulate_tile<1>(pr, ldp, v, ldv, n, dv, c + r, ar, lda);
-        break;
-      case 2:
-        accumulate_tile<2>(pr, ldp, v, ldv, n, dv, c + r, ar, lda);
-        break;
-      case 3:
-        accumulate_tile<3>(pr, ldp, v, ldv, n, dv, c + r, ar, lda);
-        break;
-      case 4:
-        accumulate_tile<4>(pr, ldp, v, ldv, n, dv, c + r, ar, lda);
-        break;
-      case 5:
-        accumulate_tile<5>(pr, ldp, v, ldv, n, dv, c + r, ar, lda);
-        break;
-      default:
-        break;
-    }
+    run_remainder<AR>(m - r,
+                      [&]<int N>() { accumulate_tile<N>(pr, ldp, v, ldv, n, dv, c + r, ar, lda); });
   }
 };
 

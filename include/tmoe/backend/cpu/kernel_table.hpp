@@ -6,7 +6,8 @@
 //
 // Two ways to build a program:
 //  - plain: kernels() returns the table built for the flags of the including translation unit
-//    (xsimd::default_arch), e.g. -march=native for a local build.
+//    (kernel_arch, simd.hpp: xsimd::default_arch or its AVX-512 VNNI + BF16 tag), e.g.
+//    -march=native for a local build.
 //  - dispatched (CMake: tmoe_enable_cpu_dispatch(target), which defines TMOE_CPU_DISPATCH): the
 //    program also links src/cpu_isa/isa_*.cpp, one translation unit per ISA, and kernels()
 //    returns the best table the running CPU supports, or the one named by TMOE_ISA.
@@ -70,7 +71,7 @@ inline const KernelTable& kernels_for(Isa isa) {
 inline bool isa_available(Isa isa) { return isa <= detect_isa(); }
 #else
 inline const KernelTable& kernels_for(Isa isa) {
-  static const KernelTable table = make_kernel_table<xsimd::default_arch>(compiled_isa());
+  static const KernelTable table = make_kernel_table<kernel_arch>(compiled_isa());
   check(isa == compiled_isa(), "cpu", "ISA ", isa_name(isa),
         " requested, but this program was built without CPU dispatch for ", isa_name(compiled_isa()));
   return table;

@@ -5,12 +5,12 @@
 
 #include "tmoe/backend/cpu/kernel_table.hpp"
 
-#define TMOE_CPU_DEFINE_ISA(name)                                                       \
-  namespace tmoe::cpu {                                                                 \
-  static_assert(compiled_isa() == Isa::name,                                            \
-                "isa_" #name ".cpp must be compiled with the flags of ISA " #name);     \
-  const KernelTable& kernel_table_##name() {                                            \
-    static const KernelTable table = make_kernel_table<xsimd::default_arch>(Isa::name); \
-    return table;                                                                       \
-  }                                                                                     \
+#define TMOE_CPU_DEFINE_ISA(name)                                                   \
+  namespace tmoe::cpu {                                                             \
+  static_assert(compiled_isa() == Isa::name,                                        \
+                "isa_" #name ".cpp must be compiled with the flags of ISA " #name); \
+  const KernelTable& kernel_table_##name() {                                        \
+    static const KernelTable table = make_kernel_table<kernel_arch>(Isa::name);     \
+    return table;                                                                   \
+  }                                                                                 \
   }

@@ -65,7 +65,12 @@ QuantGemmFn<F> quant_gemm_fn(const KernelTable& k) {
 // docs/performance.md), so Q8_0 uses it only below kQuantGemmMinT (rows<F>, T > 1).
 template <class F>
 bool int_prefill(const quant::QuantMatrixView<F>& w, const KernelTable& k) {
-  return std::is_same_v<F, quant::Q4_0> && w.packed && k.quant.x8_int_prefill;
+  if constexpr (std::is_same_v<F, quant::Q4_0>)
+    return w.packed && k.quant.x8_int_prefill;
+  else if constexpr (std::is_same_v<F, quant::Q8_0>)
+    return w.packed && k.quant.x8_int_prefill_q8_0;
+  else
+    return false;
 }
 
 template <class F>

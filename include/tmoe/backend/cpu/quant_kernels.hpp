@@ -65,6 +65,9 @@
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #include <immintrin.h>
 #define TMOE_QUANT_AVX2 1
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+#define TMOE_QUANT_X16 1
+#endif
 #endif
 
 namespace tmoe::cpu {
@@ -120,6 +123,9 @@ struct QuantKernels {
   // interleaved copy: then matmul_quant runs them for prefill too (T >= kQuantGemmMinT) instead of
   // gemm_q4_0 / gemm_q8_0 when w.packed is set.
   bool x8_int_prefill = false;
+  // The same for rows_q8_0 (AVX-512 VNNI: gemm_x16_tile, one vpdpbusd per 64 weight bytes and
+  // token, measured faster than the float GEMM; on AVX2 the sign trick's tile is slower).
+  bool x8_int_prefill_q8_0 = false;
 };
 
 template <class Arch>
@@ -520,6 +526,163 @@ struct QuantImpl {
     for (int j = 0; j < NG; ++j) _mm256_storeu_ps(y + 8 * j, acc[j]);
   }
 
+#if defined(TMOE_QUANT_X16)
+  // ---- 16 rows per vector (AVX-512 VNNI): two consecutive 8-row groups in one zmm ------------
+  // Group g's 32-byte chunk in the low half, group g + 1's in the high half, so one vpdpbusd
+  // serves 16 rows. The integer block sum of each row is exactly dot_x8's, with one step fewer:
+  //   Q4_0: unsigned codes q (0..15) times the activation bytes, minus 8 * sum(a);
+  //   Q8_0: w + 128 (w xor 0x80, as unsigned bytes) times the activation bytes, minus
+  //     128 * sum(a) (vpdpbusd adds four products per lane in int32 without an int16 stage, so
+  //     there is no saturation: |sum| <= 32 * 255 * 128 per block),
+  // then the same float steps as dot_x8 (s = float(d_w) * d_a, acc = fma(float(isum), s, acc)),
+  // so every output is dot_x8's bit for bit. Two accumulators per block (low / high nibbles,
+  // even / odd chunks) halve the dependency chain of the block's vpdpbusd.
+  static TMOE_INLINE __m512i load2x32(const void* lo, const void* hi) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(load32(lo)), load32(hi), 1);
+  }
+  static TMOE_INLINE __m512i bcast4z(const std::int8_t* p) {
+    std::int32_t v;
+    std::memcpy(&v, p, 4);
+    return _mm512_set1_epi32(v);
+  }
+  static TMOE_INLINE void pin(__m512i& v) {
+#if defined(__GNUC__)
+    __asm__("" : "+v"(v));
+#endif
+  }
+  // The 16 rows' scales of one block of groups g and g + 1, as floats.
+  template <class Blk>
+  static TMOE_INLINE __m512 scales16(const Blk& b0, const Blk& b1) {
+    return _mm512_cvtph_ps(_mm256_inserti128_si256(
+        _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b0.d))),
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(b1.d)), 1));
+  }
+  // sum(a) times the format's code offset (8 for Q4_0, 128 for Q8_0) in every lane.
+  template <class F>
+  static TMOE_INLINE __m512i code_offset(const Act& ab) {
+    constexpr int kOff = std::is_same_v<F, quant::Q4_0> ? 8 : 128;
+    return _mm512_set1_epi32(kOff * (ab.sum[0] + ab.sum[1]));
+  }
+  // The 16 rows' integer sums of one block (groups at w0 and w1) against activation block ab.
+  template <class F, class Blk>
+  static TMOE_INLINE __m512i isum16(const Blk& w0, const Blk& w1, const Act& ab) {
+    __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
+    if constexpr (std::is_same_v<F, quant::Q4_0>) {
+      const __m512i m4 = _mm512_set1_epi8(15);
+      for (int k = 0; k < 4; ++k) {
+        const __m512i raw = load2x32(w0.qs + 32 * k, w1.qs + 32 * k);
+        s0 = _mm512_dpbusd_epi32(s0, _mm512_and_si512(raw, m4), bcast4z(ab.qs + 4 * k));
+        s1 = _mm512_dpbusd_epi32(s1, _mm512_and_si512(_mm512_srli_epi16(raw, 4), m4),
+                                 bcast4z(ab.qs + 16 + 4 * k));
+      }
+    } else {
+      const __m512i off = _mm512_set1_epi8(-128);
+      for (int k = 0; k < 8; k += 2) {
+        s0 =
+            _mm512_dpbusd_epi32(s0, _mm512_xor_si512(load2x32(w0.qs + 32 * k, w1.qs + 32 * k), off),
+                                bcast4z(ab.qs + 4 * k));
+        s1 = _mm512_dpbusd_epi32(
+            s1, _mm512_xor_si512(load2x32(w0.qs + 32 * k + 32, w1.qs + 32 * k + 32), off),
+            bcast4z(ab.qs + 4 * k + 4));
+      }
+    }
+    return _mm512_sub_epi32(_mm512_add_epi32(s0, s1), code_offset<F>(ab));
+  }
+
+  // 16 NZ rows (2 NZ consecutive groups starting at w) against one activation row: y[0 .. 16 NZ).
+  // Prefetches like dot_x8 (pf: the first group's first block + kX8PrefetchBytes).
+  template <class F, int NZ>
+  static void dot_x16(const typename quant::RepackedX8<F>::Block* w, const Act* a, std::size_t nb,
+                      float* y, const char* pf) {
+    using Blk = typename quant::RepackedX8<F>::Block;
+    __m512 acc[NZ];
+    for (int z = 0; z < NZ; ++z) acc[z] = _mm512_setzero_ps();
+    for (std::size_t b = 0; b < nb; ++b) {
+      if (pf)
+        for (int j = 0; j < 2 * NZ; ++j)
+          prefetch_span<sizeof(Blk)>(pf + (j * nb + b) * sizeof(Blk));
+      const Act& ab = a[b];
+      const __m512 da = _mm512_set1_ps(ab.d);
+      for (int z = 0; z < NZ; ++z) {
+        const Blk& w0 = w[2 * z * nb + b];
+        const Blk& w1 = w[(2 * z + 1) * nb + b];
+        const __m512i isum = isum16<F>(w0, w1, ab);
+        acc[z] =
+            _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(scales16(w0, w1), da), acc[z]);
+      }
+    }
+    for (int z = 0; z < NZ; ++z) _mm512_storeu_ps(y + 16 * z, acc[z]);
+  }
+
+  // Prefill, 16 rows (groups at w and w + nb) x NT tokens per pass: gemm_x8_tile's work with each
+  // 64-byte weight vector serving the NT tokens; per row and token dot_x16's (= dot_x8's) bits.
+  template <class F, int NT>
+  static void gemm_x16_tile(const typename quant::RepackedX8<F>::Block* w, const Act* a,
+                            std::size_t lda, std::size_t nb, float* y, std::size_t ldy,
+                            const char* pf) {
+    using Blk = typename quant::RepackedX8<F>::Block;
+    __m512 acc[NT];
+    for (int j = 0; j < NT; ++j) acc[j] = _mm512_setzero_ps();
+    for (std::size_t b = 0; b < nb; ++b) {
+      if (pf) {
+        prefetch_span<sizeof(Blk)>(pf + b * sizeof(Blk));
+        prefetch_span<sizeof(Blk)>(pf + (nb + b) * sizeof(Blk));
+      }
+      const Blk& w0 = w[b];
+      const Blk& w1 = w[nb + b];
+      __m512i isum[NT];
+      for (int j = 0; j < NT; ++j) isum[j] = _mm512_setzero_si512();
+      if constexpr (std::is_same_v<F, quant::Q4_0>) {
+        const __m512i m4 = _mm512_set1_epi8(15);
+        for (int k = 0; k < 4; ++k) {
+          const __m512i raw = load2x32(w0.qs + 32 * k, w1.qs + 32 * k);
+          const __m512i lo = _mm512_and_si512(raw, m4),
+                        hi = _mm512_and_si512(_mm512_srli_epi16(raw, 4), m4);
+          for (int j = 0; j < NT; ++j) {
+            const std::int8_t* q = a[j * lda + b].qs;
+            isum[j] = _mm512_dpbusd_epi32(isum[j], lo, bcast4z(q + 4 * k));
+            isum[j] = _mm512_dpbusd_epi32(isum[j], hi, bcast4z(q + 16 + 4 * k));
+            pin(isum[j]);
+          }
+        }
+      } else {
+        const __m512i off = _mm512_set1_epi8(-128);
+        for (int k = 0; k < 8; ++k) {
+          const __m512i wu = _mm512_xor_si512(load2x32(w0.qs + 32 * k, w1.qs + 32 * k), off);
+          for (int j = 0; j < NT; ++j) {
+            isum[j] = _mm512_dpbusd_epi32(isum[j], wu, bcast4z(a[j * lda + b].qs + 4 * k));
+            pin(isum[j]);
+          }
+        }
+      }
+      const __m512 wd = scales16(w0, w1);
+      for (int j = 0; j < NT; ++j) {
+        const Act& ab = a[j * lda + b];
+        acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(isum[j], code_offset<F>(ab))),
+                                 _mm512_mul_ps(wd, _mm512_set1_ps(ab.d)), acc[j]);
+      }
+    }
+    for (int j = 0; j < NT; ++j) _mm512_storeu_ps(y + j * ldy, acc[j]);
+  }
+
+  // Tokens per gemm_x16_tile pass (NT accumulators + NT integer sums in the 32 zmm registers).
+  static constexpr std::size_t kX16TileTokens = 8;
+
+  // Groups g and g + 1 (16 rows at w, w + nb; y: token 0's 16 outputs) x tokens [0, T).
+  template <class F>
+  static void gemm_x16_group(const typename quant::RepackedX8<F>::Block* w, const Act* q,
+                             std::size_t ldq, std::size_t T, std::size_t nb, float* y,
+                             std::size_t ldy, const char* pf) {
+    constexpr std::size_t NT = kX16TileTokens;
+    std::size_t t = 0;
+    for (; t + NT <= T; t += NT, pf = nullptr)
+      gemm_x16_tile<F, NT>(w, q + t * ldq, ldq, nb, y + t * ldy, ldy, pf);
+    run_remainder<NT>(T - t, [&]<int N>() {
+      gemm_x16_tile<F, N>(w, q + t * ldq, ldq, nb, y + t * ldy, ldy, pf);
+    });
+  }
+#endif
+
   // Prefill on the interleaved copy: one group (8 rows) x NT tokens per pass; each 32-byte weight
   // load (with Q4_0's nibble split, Q8_0's |w|) serves the NT tokens, whose 4-byte activation
   // groups are broadcast from memory. Per row and token the integer block sum and the float steps
@@ -604,28 +767,11 @@ struct QuantImpl {
                             std::size_t ldq, std::size_t T, std::size_t nb, float* y,
                             std::size_t ldy, const char* pf) {
     constexpr std::size_t NT = kX8TileTokens;
-    static_assert(NT == 5, "the switch below covers 1 .. NT - 1 remaining tokens");
     std::size_t t = 0;
     for (; t + NT <= T; t += NT, pf = nullptr)
       gemm_x8_tile<F, NT>(w, q + t * ldq, ldq, nb, y + t * ldy, ldy, pf);
-    const Act* qt = q + t * ldq;
-    float* yt = y + t * ldy;
-    switch (T - t) {
-      case 1:
-        gemm_x8_tile<F, 1>(w, qt, ldq, nb, yt, ldy, pf);
-        break;
-      case 2:
-        gemm_x8_tile<F, 2>(w, qt, ldq, nb, yt, ldy, pf);
-        break;
-      case 3:
-        gemm_x8_tile<F, 3>(w, qt, ldq, nb, yt, ldy, pf);
-        break;
-      case 4:
-        gemm_x8_tile<F, 4>(w, qt, ldq, nb, yt, ldy, pf);
-        break;
-      default:
-        break;
-    }
+    run_remainder<NT>(
+        T - t, [&]<int N>() { gemm_x8_tile<F, N>(w, q + t * ldq, ldq, nb, y + t * ldy, ldy, pf); });
   }
 
   // Q4_K on the interleaved copy (BlockQ4_Kx8): per 32-element sub-block s the 8 rows' integer
@@ -1216,30 +1362,56 @@ struct QuantImpl {
             prefetch_span<kHead>(reinterpret_cast<const char*>(pk) + h * group_bytes);
         };
         if (group_bytes > 2 * kHead) prefetch_heads(g0, g0 + 2);
+        auto pf_of = [&](std::size_t g) {
+          return reinterpret_cast<const char*>(pk + g * nb) + kX8PrefetchBytes;
+        };
         if constexpr (!std::is_same_v<F, quant::Q4_K>)
           if (a.T > 1) {
-            // Several tokens: gemm_x8_tile (the same bits per row and token as dot_x8).
-            for (std::size_t g = g0; g < g1; ++g)
-              gemm_x8_group<F>(pk + g * nb, a.q, a.ldq, a.T, nb, y + 8 * g, ldy,
-                               reinterpret_cast<const char*>(pk + g * nb) + kX8PrefetchBytes);
+            // Several tokens: gemm_x8_tile (the same bits per row and token as dot_x8); with
+            // AVX-512 VNNI two groups at a time through gemm_x16_tile (the same bits again).
+            std::size_t g = g0;
+#if defined(TMOE_QUANT_X16)
+            for (; g + 2 <= g1; g += 2)
+              gemm_x16_group<F>(pk + g * nb, a.q, a.ldq, a.T, nb, y + 8 * g, ldy, pf_of(g));
+#endif
+            for (; g < g1; ++g)
+              gemm_x8_group<F>(pk + g * nb, a.q, a.ldq, a.T, nb, y + 8 * g, ldy, pf_of(g));
             rows_plain<F, kTable>(w, a, y, ldy, 8 * g1, o_end);
             return;
           }
         for (std::size_t g = g0; g < g1;) {
-          const bool two = !std::is_same_v<F, quant::Q4_K> && g + 2 <= g1;
-          if (group_bytes > 2 * kHead) prefetch_heads(g + (two ? 2 : 1), g + (two ? 4 : 2));
+          // Groups per pass: Q4_0 / Q8_0 two (their activation broadcasts shared; with AVX-512
+          // VNNI four, as two 16-row vectors), Q4_K one.
+          std::size_t n = 1;
+          if constexpr (!std::is_same_v<F, quant::Q4_K>) n = g + 2 <= g1 ? 2 : 1;
+#if defined(TMOE_QUANT_X16)
+          if constexpr (!std::is_same_v<F, quant::Q4_K>)
+            if (g + 4 <= g1) n = 4;
+#endif
+          if (group_bytes > 2 * kHead) prefetch_heads(g + n, g + 2 * n);
           for (std::size_t t = 0; t < a.T; ++t) {
-            const char* pf =
-                t == 0 ? reinterpret_cast<const char*>(pk + g * nb) + kX8PrefetchBytes : nullptr;
-            if constexpr (std::is_same_v<F, quant::Q4_K>)
+            const char* pf = t == 0 ? pf_of(g) : nullptr;
+            float* yt = y + t * ldy + 8 * g;
+            if constexpr (std::is_same_v<F, quant::Q4_K>) {
               dot_x8_q4k(pk + g * nb, a.q + t * a.ldq, a.qd + t * a.ldq, a.qdsum + t * a.ldq, nb,
-                         y + t * ldy + 8 * g, pf);
-            else if (two)
-              dot_x8<F, 2>(pk + g * nb, a.q + t * a.ldq, nb, y + t * ldy + 8 * g, pf);
-            else
-              dot_x8<F>(pk + g * nb, a.q + t * a.ldq, nb, y + t * ldy + 8 * g, pf);
+                         yt, pf);
+            } else {
+#if defined(TMOE_QUANT_X16)
+              if (n == 4)
+                dot_x16<F, 2>(pk + g * nb, a.q + t * a.ldq, nb, yt, pf);
+              else if (n == 2)
+                dot_x16<F, 1>(pk + g * nb, a.q + t * a.ldq, nb, yt, pf);
+              else
+                dot_x8<F>(pk + g * nb, a.q + t * a.ldq, nb, yt, pf);
+#else
+              if (n == 2)
+                dot_x8<F, 2>(pk + g * nb, a.q + t * a.ldq, nb, yt, pf);
+              else
+                dot_x8<F>(pk + g * nb, a.q + t * a.ldq, nb, yt, pf);
+#endif
+            }
           }
-          g += two ? 2 : 1;
+          g += n;
         }
         rows_plain<F, kTable>(w, a, y, ldy, 8 * g1, o_end);
         return;
@@ -1343,6 +1515,9 @@ QuantKernels make_quant_kernels() {
   k.gemm_fp8_block = &I::template gemm<quant::Fp8Block>;
 #if defined(TMOE_QUANT_AVX2)
   k.x8_int_prefill = true;
+#endif
+#if defined(TMOE_QUANT_X16)
+  k.x8_int_prefill_q8_0 = true;
 #endif
   return k;
 }
