@@ -147,14 +147,21 @@ __device__ TMOE_INLINE void mbar_wait(unsigned bar, unsigned parity) {
         : "memory");
   } while (!done);
 }
+// An L2 policy for data read once: evicted first (the key stream, which would otherwise push the
+// slices' partials out of the L2 before the merge reads them).
+__device__ TMOE_INLINE std::uint64_t l2_evict_first() {
+  std::uint64_t p;
+  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(p));
+  return p;
+}
 // bytes (a multiple of 16; both addresses 16-byte aligned) from global to shared memory by the
-// copy engine, completing on the mbarrier bar (complete_tx).
-__device__ TMOE_INLINE void bulk_copy_g2s(void* dst, const void* src, unsigned bytes,
-                                          unsigned bar) {
+// copy engine, completing on the mbarrier bar (complete_tx), under the L2 policy pol.
+__device__ TMOE_INLINE void bulk_copy_g2s(void* dst, const void* src, unsigned bytes, unsigned bar,
+                                          std::uint64_t pol) {
   asm volatile(
-      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::
-          "r"(smem_addr(dst)),
-      "l"(src), "r"(bytes), "r"(bar)
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], "
+      "[%1], %2, [%3], %4;\n" ::"r"(smem_addr(dst)),
+      "l"(src), "r"(bytes), "r"(bar), "l"(pol)
       : "memory");
 }
 // Named barrier 1 over the n consumer threads (the producer warp takes no part).
@@ -226,6 +233,7 @@ __global__ void __launch_bounds__(32 * MT * Q + (S > 0 ? 32 : 0), 1)
     // past the slice repeat its last row, whose p is 0) into stage it % kStages once the
     // consumers have released it.
     if (warp == kThreads / kWarpSize) {
+      const std::uint64_t pol = l2_evict_first();
       for (int it = 0; it < ntiles; ++it) {
         const int s = it % kStages;
         if (it >= kStages) mbar_wait(smem_addr(empty + s), (it / kStages - 1) & 1);
@@ -233,7 +241,7 @@ __global__ void __launch_bounds__(32 * MT * Q + (S > 0 ? 32 : 0), 1)
         __syncwarp();
         const int j = min(j0 + it * kMlaTcKeys + lane, j1 - 1);
         bulk_copy_g2s(tile + (s * kMlaTcKeys + lane) * kp, a.cache + std::size_t(j) * K, K * 2,
-                      smem_addr(full + s));
+                      smem_addr(full + s), pol);
       }
       return;
     }
