@@ -8,16 +8,24 @@
 // the slices' partials and their log-sum-exp float, as mla.cuh writes them; mla_tc_merge_kernel
 // combines the slices (mla_merge_kernel's weights, more loads in flight).
 //
-// mla_attention_tc_kernel<MT, Q> (grid (ceil(H / 16 MT), n_split, T), 32 MT Q threads = MT Q
-// warps): a block takes 16 MT heads (the mma's M dimension: MT m16 tiles; MT = 4 for R1's 128
-// heads, two head blocks per slice; MT = 1 for up to 32 heads, e.g. R1's 16 per GPU under 8-way
-// tensor parallelism) and one slice of the keys 0..pos[t]. Q warps per m-tile: 4 for MT = 4
-// (512 threads), 8 for MT = 1 when R % 128 == 0 (256 threads), else 4. Tiles of 32 keys (K bf16
-// each, rows padded by 16 bytes so that ldmatrix rows hit distinct banks) stream through a
-// cp.async ring of mla_tc_stages(MT) buffers (4 for MT = 1: 3 tiles in flight while one is used,
-// 188 KB per block at R1; 2 for MT = 4, whose q and partial scores leave room for no more), rows
-// past the slice zero-filled; three barriers per tile. All products are mma.sync.m16n8k16 bf16 x
-// bf16 -> fp32:
+// mla_attention_tc_kernel<MT, Q, S> (grid (ceil(H / 16 MT), n_split, T), 32 MT Q threads = MT Q
+// warps, + 1 producer warp when S > 0): a block takes 16 MT heads (the mma's M dimension: MT m16
+// tiles; MT = 4 for R1's 128 heads, two head blocks per slice; MT = 1 for up to 32 heads, e.g.
+// R1's 16 per GPU under 8-way tensor parallelism) and one slice of the keys 0..pos[t]. Q warps
+// per m-tile: 4 for MT = 4 (512 threads), 8 for MT = 1 when R % 128 == 0 (256 threads), else 4.
+// Tiles of 32 keys (K bf16 each, rows padded by 16 bytes so that ldmatrix rows hit distinct
+// banks) stream through a ring in shared memory:
+//   S = 0 (MT = 4, and MT = 1 with 4 warps): every thread issues cp.async for the tiles,
+//     mla_tc_stages(MT) buffers (2 for MT = 4: its q and partial scores leave room for no more),
+//     rows past the slice zero-filled; three __syncthreads per tile;
+//   S > 0 (MT = 1 with 8 warps, R1's 16 heads: S = kMlaTcWsStages = 4, 188 KB at R1): the last
+//     warp is a producer: lane r copies key row r of each tile (one contiguous row) with the copy
+//     engine (cp.async.bulk, L2 evict_first: the stream is read once) into stage it % S, which
+//     completes the stage's `full` mbarrier; the consumer warps wait on it, compute, and arrive on
+//     its `empty` mbarrier, which the producer waits on before refilling the stage; the two
+//     barriers inside a tile are named barriers over the consumers. Rows past the slice repeat
+//     its last row (their p is 0).
+// All products are mma.sync.m16n8k16 bf16 x bf16 -> fp32:
 //   scores (16 MT x 32) = q (16 MT x K) key^T: warp (mt, kq) = (w % MT, w / MT) takes m-tile mt
 //     and the share kq (of Q) of the K / 16 k-steps (q's A fragments read from shared memory per
 //     tile: held in registers they spilled); the Q partials are added through shared memory;
