@@ -351,6 +351,10 @@ TEST_CASE("MLA decode attention over a bf16 latent cache (tensor cores) within i
     CHECK_THROWS_WITH_AS(cuda::mla_attention(c.data() + 1, c.data(), p.data(), 1, 4, 512, 64, 1.f,
                                              b.data(), 1, nullptr),
                          doctest::Contains("qa (bf16): expected 16-byte alignment"), tmoe::Error);
+    CHECK_THROWS_WITH_AS(cuda::mla_attention(b.data(), c.data() + 1, p.data(), 1, 4, 512, 64, 1.f,
+                                             b.data(), 1, nullptr),
+                         doctest::Contains("cache (bf16): expected 16-byte alignment"),
+                         tmoe::Error);
   }
 }
 

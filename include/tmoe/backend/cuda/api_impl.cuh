@@ -918,6 +918,8 @@ void mla_attention_tc_impl(const QT* qa, const bf16* cache, const std::int32_t* 
   check(n_split == 1 || workspace, op, "n_split > 1 needs a workspace");
   check(n_split == 1 || reinterpret_cast<std::uintptr_t>(workspace) % 16 == 0, op,
         "workspace: expected 16-byte alignment (the merge reads it in 16-byte loads)");
+  check(reinterpret_cast<std::uintptr_t>(cache) % 16 == 0, op,
+        "cache (bf16): expected 16-byte alignment (the kernel copies its rows in 16-byte units)");
   MlaTcArgs a{nullptr,      cache,     pos,
               ctx,          workspace, workspace ? workspace + T * H * n_split * R : nullptr,
               int(H),       int(R),    int(Dr),

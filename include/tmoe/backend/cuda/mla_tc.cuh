@@ -8,16 +8,24 @@
 // the slices' partials and their log-sum-exp float, as mla.cuh writes them; mla_tc_merge_kernel
 // combines the slices (mla_merge_kernel's weights, more loads in flight).
 //
-// mla_attention_tc_kernel<MT, Q> (grid (ceil(H / 16 MT), n_split, T), 32 MT Q threads = MT Q
-// warps): a block takes 16 MT heads (the mma's M dimension: MT m16 tiles; MT = 4 for R1's 128
-// heads, two head blocks per slice; MT = 1 for up to 32 heads, e.g. R1's 16 per GPU under 8-way
-// tensor parallelism) and one slice of the keys 0..pos[t]. Q warps per m-tile: 4 for MT = 4
-// (512 threads), 8 for MT = 1 when R % 128 == 0 (256 threads), else 4. Tiles of 32 keys (K bf16
-// each, rows padded by 16 bytes so that ldmatrix rows hit distinct banks) stream through a
-// cp.async ring of mla_tc_stages(MT) buffers (4 for MT = 1: 3 tiles in flight while one is used,
-// 188 KB per block at R1; 2 for MT = 4, whose q and partial scores leave room for no more), rows
-// past the slice zero-filled; three barriers per tile. All products are mma.sync.m16n8k16 bf16 x
-// bf16 -> fp32:
+// mla_attention_tc_kernel<MT, Q, S> (grid (ceil(H / 16 MT), n_split, T), 32 MT Q threads = MT Q
+// warps, + 1 producer warp when S > 0): a block takes 16 MT heads (the mma's M dimension: MT m16
+// tiles; MT = 4 for R1's 128 heads, two head blocks per slice; MT = 1 for up to 32 heads, e.g.
+// R1's 16 per GPU under 8-way tensor parallelism) and one slice of the keys 0..pos[t]. Q warps
+// per m-tile: 4 for MT = 4 (512 threads), 8 for MT = 1 when R % 128 == 0 (256 threads), else 4.
+// Tiles of 32 keys (K bf16 each, rows padded by 16 bytes so that ldmatrix rows hit distinct
+// banks) stream through a ring in shared memory:
+//   S = 0 (MT = 4, and MT = 1 with 4 warps): every thread issues cp.async for the tiles,
+//     mla_tc_stages(MT) buffers (2 for MT = 4: its q and partial scores leave room for no more),
+//     rows past the slice zero-filled; three __syncthreads per tile;
+//   S > 0 (MT = 1 with 8 warps, R1's 16 heads: S = kMlaTcWsStages = 4, 188 KB at R1): the last
+//     warp is a producer: lane r copies key row r of each tile (one contiguous row) with the copy
+//     engine (cp.async.bulk, L2 evict_first: the stream is read once) into stage it % S, which
+//     completes the stage's `full` mbarrier; the consumer warps wait on it, compute, and arrive on
+//     its `empty` mbarrier, which the producer waits on before refilling the stage; the two
+//     barriers inside a tile are named barriers over the consumers. Rows past the slice repeat
+//     its last row (their p is 0).
+// All products are mma.sync.m16n8k16 bf16 x bf16 -> fp32:
 //   scores (16 MT x 32) = q (16 MT x K) key^T: warp (mt, kq) = (w % MT, w / MT) takes m-tile mt
 //     and the share kq (of Q) of the K / 16 k-steps (q's A fragments read from shared memory per
 //     tile: held in registers they spilled); the Q partials are added through shared memory;
@@ -72,6 +80,9 @@ struct MlaTcArgs {
 inline constexpr int mla_tc_stages(int MT) {
   return MT == 1 ? 4 : 2;
 }
+// The ring of the 16-head kernel with 8 warps per m-tile (R % 128 == 0), fed by a producer warp
+// through the copy engine: 4 stages (5 measured the same: 24.1 against 24.0 us at 32K).
+inline constexpr int kMlaTcWsStages = 4;
 // Warps per m-tile (each owns 1 / Q of the k-steps and of the latent dims): 8 for 16-head blocks
 // when R % 128 == 0 (256 threads: the per-tile critical path of 4 warps was ~2 us, longer than
 // the tile's 1.5 us share of HBM), else 4 (R / 4 is then a whole number of n8-tile pairs); 4 for
@@ -80,14 +91,17 @@ inline int mla_tc_groups(int MT, int R) {
   return MT == 1 && R % 128 == 0 ? 8 : 4;
 }
 
-// Shared memory of mla_attention_tc_kernel<MT, Q>, in bytes, for K = R + Dr.
-inline constexpr std::size_t mla_tc_smem_bytes(int MT, int Q, int K) {
+// Shared memory of mla_attention_tc_kernel<MT, Q, S>, in bytes, for K = R + Dr (S > 0: the ring
+// of S stages fed by a producer warp, with its 2 S mbarriers; S = 0: mla_tc_stages(MT), cp.async).
+inline constexpr std::size_t mla_tc_smem_bytes(int MT, int Q, int K, int S = 0) {
   const std::size_t rows = 16 * std::size_t(MT), kp = std::size_t(K) + 8;
-  return rows * kp * 2                              // q, bf16
-         + mla_tc_stages(MT) * kMlaTcKeys * kp * 2  // the key tiles, bf16
-         + std::size_t(Q) * rows * kMlaTcSp * 4     // the groups' partial scores
-         + rows * kMlaTcPp * 2                      // p, bf16
-         + 3 * rows * 4;                            // correction, max, sum
+  const std::size_t stages = S > 0 ? S : mla_tc_stages(MT);
+  return rows * kp * 2                           // q, bf16
+         + stages * kMlaTcKeys * kp * 2          // the key tiles, bf16
+         + std::size_t(Q) * rows * kMlaTcSp * 4  // the groups' partial scores
+         + rows * kMlaTcPp * 2                   // p, bf16
+         + 4 * rows * 4                          // correction, max, sum (+ 8-byte alignment)
+         + (S > 0 ? 2 * stages * 8 : 0);         // full and empty mbarriers
 }
 
 __device__ TMOE_INLINE void ldsm_x4(unsigned (&r)[4], const void* p) {
@@ -112,10 +126,63 @@ __device__ TMOE_INLINE void mma_bf16(float (&c)[4], const unsigned (&a)[4], unsi
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-template <int MT, int Q>
-__global__ void __launch_bounds__(32 * MT * Q, 1) mla_attention_tc_kernel(MlaTcArgs a) {
-  constexpr int kQ = Q, kRows = 16 * MT, kThreads = 32 * MT * kQ;
-  constexpr int kStages = mla_tc_stages(MT);
+// mbarriers (shared::cta addresses) and the bulk copy engine (sm_90).
+__device__ TMOE_INLINE unsigned smem_addr(const void* p) {
+  return static_cast<unsigned>(__cvta_generic_to_shared(p));
+}
+__device__ TMOE_INLINE void mbar_init(unsigned bar, unsigned count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ TMOE_INLINE void mbar_fence_init() {
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+}
+__device__ TMOE_INLINE void mbar_arrive(unsigned bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+__device__ TMOE_INLINE void mbar_arrive_expect_tx(unsigned bar, unsigned bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes)
+               : "memory");
+}
+// Waits until the phase of parity `parity` has completed.
+__device__ TMOE_INLINE void mbar_wait(unsigned bar, unsigned parity) {
+  unsigned done;
+  do {
+    asm volatile(
+        "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+        " selp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(bar), "r"(parity)
+        : "memory");
+  } while (!done);
+}
+// An L2 policy for data read once: evicted first (the key stream, which would otherwise push the
+// slices' partials out of the L2 before the merge reads them).
+__device__ TMOE_INLINE std::uint64_t l2_evict_first() {
+  std::uint64_t p;
+  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(p));
+  return p;
+}
+// bytes (a multiple of 16; both addresses 16-byte aligned) from global to shared memory by the
+// copy engine, completing on the mbarrier bar (complete_tx), under the L2 policy pol.
+__device__ TMOE_INLINE void bulk_copy_g2s(void* dst, const void* src, unsigned bytes, unsigned bar,
+                                          std::uint64_t pol) {
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], "
+      "[%1], %2, [%3], %4;\n" ::"r"(smem_addr(dst)),
+      "l"(src), "r"(bytes), "r"(bar), "l"(pol)
+      : "memory");
+}
+// Named barrier 1 over the n consumer threads (the producer warp takes no part).
+__device__ TMOE_INLINE void consumers_sync(int n) {
+  asm volatile("bar.sync 1, %0;\n" ::"r"(n) : "memory");
+}
+
+template <int MT, int Q, int S = 0>
+__global__ void __launch_bounds__(32 * MT * Q + (S > 0 ? 32 : 0), 1)
+    mla_attention_tc_kernel(MlaTcArgs a) {
+  constexpr int kQ = Q, kRows = 16 * MT, kThreads = 32 * MT * kQ;  // kThreads: the consumers
+  constexpr bool kWs = S > 0;  // a producer warp (the last) feeds the ring by the copy engine
+  constexpr int kStages = kWs ? S : mla_tc_stages(MT);
   constexpr int kTpr = kThreads / kRows, kKpt = kMlaTcKeys / kTpr;  // softmax: threads, keys
   constexpr int kMaxKs = (kMlaTcMaxK / 16 + kQ - 1) / kQ;           // k-steps per group
   constexpr int kMaxPairs = kMlaTcMaxR / (16 * kQ);                 // n8-tile pairs per group
@@ -134,6 +201,19 @@ __global__ void __launch_bounds__(32 * MT * Q, 1) mla_attention_tc_kernel(MlaTcA
   float* scorr = reinterpret_cast<float*>(sp + kRows * kMlaTcPp);  // (rows)
   float* sm = scorr + kRows;                                       // (rows)
   float* sl = sm + kRows;                                          // (rows)
+  // kWs: full[s] completes when stage s has landed (the producer's arrival + the copies' bytes),
+  // empty[s] when every consumer thread is done with it.
+  std::uint64_t* full = reinterpret_cast<std::uint64_t*>(
+      (reinterpret_cast<std::uintptr_t>(sl + kRows) + 7) & ~std::uintptr_t(7));
+  std::uint64_t* empty = full + kStages;
+  if constexpr (kWs) {
+    if (tid == 0) {
+      for (int s = 0; s < kStages; ++s)
+        mbar_init(smem_addr(full + s), 1), mbar_init(smem_addr(empty + s), kThreads);
+      mbar_fence_init();
+    }
+    __syncthreads();
+  }
   pdl_trigger();
   pdl_wait();
 
@@ -156,13 +236,32 @@ __global__ void __launch_bounds__(32 * MT * Q, 1) mla_attention_tc_kernel(MlaTcA
     }
     cp_async_commit();
   };
-  // The first kStages - 1 tiles (one commit group each, empty past the slice).
+  if constexpr (kWs) {
+    // The producer warp: lane r copies key row r of each tile (1 row of K bf16, contiguous; rows
+    // past the slice repeat its last row, whose p is 0) into stage it % kStages once the
+    // consumers have released it.
+    if (warp == kThreads / kWarpSize) {
+      const std::uint64_t pol = l2_evict_first();
+      for (int it = 0; it < ntiles; ++it) {
+        const int s = it % kStages;
+        if (it >= kStages) mbar_wait(smem_addr(empty + s), (it / kStages - 1) & 1);
+        if (lane == 0) mbar_arrive_expect_tx(smem_addr(full + s), kMlaTcKeys * K * 2);
+        __syncwarp();
+        const int j = min(j0 + it * kMlaTcKeys + lane, j1 - 1);
+        bulk_copy_g2s(tile + (s * kMlaTcKeys + lane) * kp, a.cache + std::size_t(j) * K, K * 2,
+                      smem_addr(full + s), pol);
+      }
+      return;
+    }
+  } else {
+    // The first kStages - 1 tiles (one commit group each, empty past the slice).
 #pragma unroll
-  for (int s = 0; s < kStages - 1; ++s)
-    if (s < ntiles)
-      load_tile(s, s);
-    else
-      cp_async_commit();
+    for (int s = 0; s < kStages - 1; ++s)
+      if (s < ntiles)
+        load_tile(s, s);
+      else
+        cp_async_commit();
+  }
 
   if (a.qa_b != nullptr) {
     // q already in bf16 (mla_absorb_q's bf16 output: the same rounding as below): 16-byte
@@ -221,7 +320,13 @@ __global__ void __launch_bounds__(32 * MT * Q, 1) mla_attention_tc_kernel(MlaTcA
     }
   }
   if (tid < kRows) sm[tid] = -INFINITY, sl[tid] = 0.f;
-  __syncthreads();
+  auto sync = [] {
+    if constexpr (kWs)
+      consumers_sync(kThreads);
+    else
+      __syncthreads();
+  };
+  sync();
 
   // This warp's q: m-tile mt, k-steps [ks0, ks1) (A fragments read from shared memory per tile:
   // holding them in registers spilled at 512 threads' 128-register cap).
@@ -249,10 +354,14 @@ __global__ void __launch_bounds__(32 * MT * Q, 1) mla_attention_tc_kernel(MlaTcA
   // buffer is refilled with tile it + kStages - 1 right after) and with sp / scorr; (b) the
   // partial scores are complete; (c) p and the correction are complete. spart is rewritten only
   // after the next (a), which every warp reaches after reading it in the softmax.
+  // kWs: (a) is the wait on full[it % kStages]; each consumer releases the stage after its values
+  // (empty), and (b), (c) are named barriers over the consumers.
   for (int it = 0; it < ntiles; ++it) {
-    cp_async_wait<kStages - 2>();
-    __syncthreads();
-    {
+    if constexpr (kWs) {
+      mbar_wait(smem_addr(full + it % kStages), (it / kStages) & 1);
+    } else {
+      cp_async_wait<kStages - 2>();
+      __syncthreads();
       const int nx = it + kStages - 1;
       if (nx < ntiles)
         load_tile(nx, nx % kStages);
@@ -289,7 +398,7 @@ __global__ void __launch_bounds__(32 * MT * Q, 1) mla_attention_tc_kernel(MlaTcA
         *reinterpret_cast<float2*>(dst + 8 * kMlaTcSp + n * 8) = make_float2(s[n][2], s[n][3]);
       }
     }
-    __syncthreads();
+    sync();
     // Online softmax: kTpr threads per row (consecutive lanes), kKpt keys each.
     {
       const int base = j0 + it * kMlaTcKeys + kKpt * sub;
@@ -327,7 +436,7 @@ __global__ void __launch_bounds__(32 * MT * Q, 1) mla_attention_tc_kernel(MlaTcA
       for (int k = 0; k < kKpt / 2; ++k) pd[k] = __floats2bfloat162_rn(p[2 * k], p[2 * k + 1]);
       if (sub == 0) scorr[sr] = corr, sm[sr] = run_m, sl[sr] = run_l;
     }
-    __syncthreads();
+    sync();
     // Values: acc = acc * corr + p tile[:, d0 .. d0 + R / kQ).
     {
       const float c0 = scorr[mt * 16 + lane / 4], c1 = scorr[mt * 16 + lane / 4 + 8];
@@ -353,6 +462,7 @@ __global__ void __launch_bounds__(32 * MT * Q, 1) mla_attention_tc_kernel(MlaTcA
         }
       }
     }
+    if constexpr (kWs) mbar_arrive(smem_addr(empty + it % kStages));
   }
 
   // Output: rows g, g + 8 of m-tile mt, dims d0 + 16 p + 8 n + 2 (lane % 4) + {0, 1}.
@@ -453,15 +563,16 @@ inline int mla_tc_mtiles(int H) {
 inline cudaError_t launch_mla_attention_tc(MlaTcArgs a, int T, cudaStream_t stream) {
   if (T <= 0) return cudaSuccess;
   const int MT = mla_tc_mtiles(a.H), Q = mla_tc_groups(MT, a.R), K = a.R + a.Dr;
-  const std::size_t smem = mla_tc_smem_bytes(MT, Q, K);
-  auto kernel = MT == 4  ? mla_attention_tc_kernel<4, 4>
-                : Q == 8 ? mla_attention_tc_kernel<1, 8>
-                         : mla_attention_tc_kernel<1, 4>;
+  const int S = MT == 1 && Q == 8 ? kMlaTcWsStages : 0;  // a producer warp and its ring
+  const std::size_t smem = mla_tc_smem_bytes(MT, Q, K, S);
+  auto kernel = MT == 4 ? mla_attention_tc_kernel<4, 4>
+                : S > 0 ? mla_attention_tc_kernel<1, 8, kMlaTcWsStages>
+                        : mla_attention_tc_kernel<1, 4>;
   cudaError_t e =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
   if (e != cudaSuccess) return e;
   const dim3 grid((a.H + 16 * MT - 1) / (16 * MT), a.n_split, T);
-  e = launch(kernel, grid, dim3(32 * MT * Q), smem, stream, a);
+  e = launch(kernel, grid, dim3(32 * MT * Q + (S > 0 ? 32 : 0)), smem, stream, a);
   static_assert(kMlaMaxSplit <= kMlaTcMergeThreads, "mla_tc_merge_kernel: one lse per thread");
   if (e == cudaSuccess && a.n_split > 1)  // R % 64 == 0 (checked by the caller)
     e = launch(mla_tc_merge_kernel, dim3(T * a.H, a.R / kMlaTcMergeDims), dim3(kMlaTcMergeThreads),
