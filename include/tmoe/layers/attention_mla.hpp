@@ -304,7 +304,7 @@ class MlaAttention {
           const auto nthreads = static_cast<std::size_t>(pool.size());
           if constexpr (!std::is_same_v<E, float>)
             if (w_float_.size() < nthreads * wsz) w_float_.resize(nthreads * wsz);
-          std::vector<std::size_t> w_head(nthreads, ~std::size_t{0});  // head held per thread
+          w_head_.assign(nthreads, ~std::size_t{0});  // no head widened yet in this call
           const auto ldq = static_cast<std::size_t>(q.stride(0)),
                      ldo = static_cast<std::size_t>(ctx.stride(0));
           pool.parallel_for(H * nblk, 1, [&](std::size_t b, std::size_t e, int thread) {
@@ -321,11 +321,11 @@ class MlaAttention {
                 ldw = static_cast<std::size_t>(kv_b_w.stride(0));
               } else {
                 float* wf = w_float_.data() + static_cast<std::size_t>(thread) * wsz;
-                if (w_head[thread] != h) {
+                if (w_head_[thread] != h) {
                   std::fill(wf, wf + wsz, 0.f);  // widened exactly: 0 + 1 * w
                   for (std::size_t rr = 0; rr < Dn + Dv; ++rr)
                     axpy(1.f, kv_b_w.row(h * (Dn + Dv) + rr), wf + rr * kR, kR);
-                  w_head[thread] = h;
+                  w_head_[thread] = h;
                 }
                 w_uk = wf;
               }
@@ -383,6 +383,8 @@ class MlaAttention {
       ctx_{std::size_t{0}, std::size_t{0}}, cq_{std::size_t{0}, std::size_t{0}},
       u_{std::size_t{0}, std::size_t{0}};
   mutable std::vector<float> w_float_;  // prefill: per thread, W_UK_h and W_UV_h widened
+  mutable std::vector<std::size_t> w_head_;  // prefill: the head whose W_UK_h / W_UV_h each
+                                             // thread's part of w_float_ holds
 };
 
 }  // namespace tmoe

@@ -153,7 +153,6 @@ struct AttentionImpl {
   static constexpr std::size_t KS = 4;
   static constexpr std::size_t RS = L / KS;
 
-  template <std::size_t NR>
   static TMOE_INLINE void scores_tile(const float* q, std::size_t ldq, const float* k,
                                       std::size_t ldk, std::size_t d, float* s, std::size_t lds,
                                       bool accumulate) {
@@ -163,7 +162,7 @@ struct AttentionImpl {
     for (std::size_t i = 0; i < dv; i += L) {
       B kv[KS];
       for (std::size_t c = 0; c < KS; ++c) kv[c] = B::load_unaligned(k + c * ldk + i);
-      for (std::size_t r = 0; r < NR; ++r) {
+      for (std::size_t r = 0; r < RS; ++r) {
         const B qv = B::load_unaligned(q + r * ldq + i);
         for (std::size_t c = 0; c < KS; ++c)
           acc[r * KS + c] = xsimd::fma(qv, kv[c], acc[r * KS + c]);
@@ -175,7 +174,7 @@ struct AttentionImpl {
     } else {
       for (std::size_t i = 0; i < L; ++i) sums[i] = reduce_add(acc[i]);
     }
-    for (std::size_t r = 0; r < NR; ++r)
+    for (std::size_t r = 0; r < RS; ++r)
       for (std::size_t c = 0; c < KS; ++c) {
         float v = sums[r * KS + c];
         for (std::size_t i = dv; i < d; ++i) v += q[r * ldq + i] * k[c * ldk + i];
@@ -191,7 +190,7 @@ struct AttentionImpl {
     for (; r + RS <= m; r += RS) {
       std::size_t j = 0;
       for (; j + KS <= n; j += KS)
-        scores_tile<RS>(q + r * ldq, ldq, k + j * ldk, ldk, d, s + r * lds + j, lds, accumulate);
+        scores_tile(q + r * ldq, ldq, k + j * ldk, ldk, d, s + r * lds + j, lds, accumulate);
       if (j < n)
         for (std::size_t rr = r; rr < r + RS; ++rr)
           scores(q + rr * ldq, k + j * ldk, ldk, n - j, d, s + rr * lds + j, accumulate);
