@@ -1,7 +1,7 @@
 // Quantized GEMV (decode, T = 1) at 18432 x 7168 on 2 threads for every format, in bytes/s of
 // quantized weights + scales, next to the 2-thread read bandwidth measured in the same run, right
-// before each GEMV (the sum of a 1 GiB float array split across a 2-thread tmoe::ThreadPool;
-// also on its own as BM_read_bandwidth).
+// before each GEMV (ReadBandwidthProbe, as in `tmoe bench`: a 1 GiB float array on huge pages
+// summed by a 2-thread tmoe::ThreadPool; also on its own as BM_read_bandwidth).
 // Counter frac_bw = weight bytes/s / read bandwidth. Arg 0: 32 rows that stay in L2, timed in
 // CPU time: the kernels' compute ceiling (bytes/s) with no memory limit. Also: the FP8 decode
 // variants (bit trick vs 256-entry table + gathers), Q8_0 / Q4_0 / Q4_K on the 8-row interleaved
@@ -21,7 +21,6 @@
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <random>
@@ -31,6 +30,7 @@
 #include "tmoe/backend/cpu/quant.hpp"
 #include "tmoe/core/huge_arena.hpp"
 #include "tmoe/quant/quantize.hpp"
+#include "tmoe/runtime/read_bandwidth.hpp"
 
 using namespace tmoe;
 using namespace tmoe::quant;
@@ -49,36 +49,25 @@ ThreadPool& pool() {
   return p;
 }
 
-double read_bandwidth_once(const std::vector<float>& a) {
-  const auto& k = cpu::kernels();
-  float part[kMaxThreads] = {};
-  const auto t0 = std::chrono::steady_clock::now();
-  pool().parallel_for(a.size(), 1 << 20, [&](std::size_t b, std::size_t e, int t) {
-    part[t] += k.reduce.sum(a.data() + b, e - b);
-  });
-  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  benchmark::DoNotOptimize(part);
-  return double(a.size() * sizeof(float)) / s;
-}
-
-// Best of 3 passes over 1 GiB, measured right before each GEMV benchmark so that both numbers
-// see the same machine load (the run is often shared with other jobs).
-const std::vector<float>& bandwidth_array() {
-  static const std::vector<float> a((std::size_t{1} << 30) / sizeof(float), 1.0f);
-  return a;
+// The read probe of `tmoe bench` (ReadBandwidthProbe: 1 GiB on huge pages, one contiguous part per
+// thread), on the same pool, so frac_bw here and tmoe bench's bw_fraction share a denominator.
+// Best of 3 passes, measured right before each GEMV benchmark so that both numbers see the same
+// machine load (the run is often shared with other jobs).
+ReadBandwidthProbe& probe() {
+  static ReadBandwidthProbe p(pool());
+  return p;
 }
 double read_bandwidth() {
   double best = 0;
-  for (int i = 0; i < 3; ++i) best = std::max(best, read_bandwidth_once(bandwidth_array()));
+  for (int i = 0; i < 3; ++i) best = std::max(best, probe().pass());
   return best;
 }
 
 using tmoe_bench::random_quant_matrix;
 
 void BM_read_bandwidth(benchmark::State& state) {
-  const auto& a = bandwidth_array();
-  for (auto _ : state) benchmark::DoNotOptimize(read_bandwidth_once(a));
-  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * a.size() * sizeof(float)));
+  for (auto _ : state) benchmark::DoNotOptimize(probe().pass());
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * probe().bytes()));
 }
 
 template <class F, bool kTable = false, bool kRepack = false>

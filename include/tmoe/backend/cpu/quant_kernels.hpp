@@ -526,6 +526,16 @@ struct QuantImpl {
     for (int j = 0; j < NG; ++j) _mm256_storeu_ps(y + 8 * j, acc[j]);
   }
 
+  // A group's tokens [0, T) in tiles of NT, the rest in one narrower tile:
+  // tile.template operator()<N>(t0, pf) for each, pf (the prefetch pointer of the group's
+  // weights) only on the first: the later tiles find the weights cached.
+  template <std::size_t NT, class Tile>
+  static TMOE_INLINE void over_tokens(std::size_t T, const char* pf, Tile&& tile) {
+    std::size_t t = 0;
+    for (; t + NT <= T; t += NT, pf = nullptr) tile.template operator()<int{NT}>(t, pf);
+    run_remainder<NT>(T - t, [&]<int N>() { tile.template operator()<N>(t, pf); });
+  }
+
 #if defined(TMOE_QUANT_X16)
   // ---- 16 rows per vector (AVX-512 VNNI): two consecutive 8-row groups in one zmm ------------
   // Group g's 32-byte chunk in the low half, group g + 1's in the high half, so one vpdpbusd
@@ -673,12 +683,8 @@ struct QuantImpl {
   static void gemm_x16_group(const typename quant::RepackedX8<F>::Block* w, const Act* q,
                              std::size_t ldq, std::size_t T, std::size_t nb, float* y,
                              std::size_t ldy, const char* pf) {
-    constexpr std::size_t NT = kX16TileTokens;
-    std::size_t t = 0;
-    for (; t + NT <= T; t += NT, pf = nullptr)
-      gemm_x16_tile<F, NT>(w, q + t * ldq, ldq, nb, y + t * ldy, ldy, pf);
-    run_remainder<NT>(T - t, [&]<int N>() {
-      gemm_x16_tile<F, N>(w, q + t * ldq, ldq, nb, y + t * ldy, ldy, pf);
+    over_tokens<kX16TileTokens>(T, pf, [&]<int N>(std::size_t t, const char* p) {
+      gemm_x16_tile<F, N>(w, q + t * ldq, ldq, nb, y + t * ldy, ldy, p);
     });
   }
 #endif
@@ -766,12 +772,9 @@ struct QuantImpl {
   static void gemm_x8_group(const typename quant::RepackedX8<F>::Block* w, const Act* q,
                             std::size_t ldq, std::size_t T, std::size_t nb, float* y,
                             std::size_t ldy, const char* pf) {
-    constexpr std::size_t NT = kX8TileTokens;
-    std::size_t t = 0;
-    for (; t + NT <= T; t += NT, pf = nullptr)
-      gemm_x8_tile<F, NT>(w, q + t * ldq, ldq, nb, y + t * ldy, ldy, pf);
-    run_remainder<NT>(
-        T - t, [&]<int N>() { gemm_x8_tile<F, N>(w, q + t * ldq, ldq, nb, y + t * ldy, ldy, pf); });
+    over_tokens<kX8TileTokens>(T, pf, [&]<int N>(std::size_t t, const char* p) {
+      gemm_x8_tile<F, N>(w, q + t * ldq, ldq, nb, y + t * ldy, ldy, p);
+    });
   }
 
   // Q4_K on the interleaved copy (BlockQ4_Kx8): per 32-element sub-block s the 8 rows' integer
