@@ -545,7 +545,7 @@ TEST_CASE_TEMPLATE("the prefill GEMM reads the interleaved copy, unpack_x8 inver
 TEST_CASE_TEMPLATE("the x8 integer prefill equals the decode GEMV per token", F, Q4_0, Q8_0) {
   static_assert(cpu::kQuantGemmMinT <= 24, "the token counts below must be prefill sizes");
   test::for_each_isa([&](const cpu::KernelTable& k) {
-    if (!(std::is_same_v<F, Q4_0> ? k.quant.x8_int_prefill : k.quant.x8_int_prefill_q8_0)) return;
+    if (!cpu::detail::x8_int_prefill_on<F>(k)) return;
     ThreadPool one(1), two(2);
     for (std::size_t out : {9u, 40u, 67u})
       for (std::size_t nb : {1u, 7u})

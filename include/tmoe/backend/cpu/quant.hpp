@@ -10,9 +10,9 @@
 //     per-thread scratch buffer), so the result differs from the float product by at most
 //     sum_i |w_i| * d_act(i) / 2 (d_act: the activation block's scale, max|x| / 127 over its 32
 //     elements), plus float rounding. The GEMM keeps X in float: float rounding only.
-//     Exception: Q4_0 with the 8-row interleaved copy (w.packed) on the SIMD ISAs
-//     (QuantKernels::x8_int_prefill, cpu::int_prefill) runs every T on the Q8 path: prefill then
-//     uses the integer multi-token kernel (quant_kernels.hpp gemm_x8_tile), each output
+//     Exception: Q4_0 with the 8-row interleaved copy (w.packed) on the SIMD ISAs, and Q8_0 with
+//     it on AVX-512 VNNI (cpu::int_prefill) run every T on the Q8 path: prefill then uses the
+//     integer multi-token kernel (quant_kernels.hpp gemm_x8_tile / gemm_x16_tile), each output
 //     bit-identical to the T = 1 decode of its token (so the Q8 bound above applies); measured
 //     faster than the float GEMM (bench_quant BM_prefill_x8, docs/performance.md). Output rows are
 //     split across the pool's threads (in whole groups of 8 rows when w has the 8-row interleaved
@@ -58,19 +58,26 @@ QuantGemmFn<F> quant_gemm_fn(const KernelTable& k) {
     static_assert(sizeof(F) == 0, "matmul_quant: unsupported format");
 }
 
-// Whether the prefill (T >= kQuantGemmMinT) of w runs the integer kernel on the interleaved copy
-// (Q8 activations, QuantKernels::x8_int_prefill) instead of the dequantizing float GEMM: Q4_0
-// only. Q8_0's integer tile (sign trick per token) measured slower than the float GEMM on 2 quiet
-// cores (bench_quant BM_prefill_x8, T = 512: 128 against 169 GFLOP/s; Q4_0 231 against 157,
-// docs/performance.md), so Q8_0 uses it only below kQuantGemmMinT (rows<F>, T > 1).
+// Whether the prefill (T >= kQuantGemmMinT) of format F runs the integer kernel on the
+// interleaved copy (Q8 activations) instead of the dequantizing float GEMM: Q4_0 on the SIMD ISAs
+// (QuantKernels::x8_int_prefill); Q8_0 on AVX-512 VNNI only (x8_int_prefill_q8_0: its AVX2 tile,
+// the sign trick per token, measured slower than the float GEMM on 2 quiet cores, bench_quant
+// BM_prefill_x8, T = 512: 128 against 169 GFLOP/s; Q4_0 231 against 157; under VNNI Qwen-1.5B
+// pp512 about 300 against 155-167 tok/s, docs/performance.md). Without it Q8_0 takes the integer
+// tile only for 1 < T < kQuantGemmMinT (rows<F>).
 template <class F>
-bool int_prefill(const quant::QuantMatrixView<F>& w, const KernelTable& k) {
+bool x8_int_prefill_on(const KernelTable& k) {
   if constexpr (std::is_same_v<F, quant::Q4_0>)
-    return w.packed && k.quant.x8_int_prefill;
+    return k.quant.x8_int_prefill;
   else if constexpr (std::is_same_v<F, quant::Q8_0>)
-    return w.packed && k.quant.x8_int_prefill_q8_0;
+    return k.quant.x8_int_prefill_q8_0;
   else
     return false;
+}
+// The same for a weight: only with its interleaved copy.
+template <class F>
+bool int_prefill(const quant::QuantMatrixView<F>& w, const KernelTable& k) {
+  return w.packed && x8_int_prefill_on<F>(k);
 }
 
 template <class F>

@@ -41,10 +41,11 @@
 // float (SIMD for Q8_0 / Q4_0 / Q4_K / Q6_K / Fp8Block, dequantize_block otherwise), packed and
 // multiplied by the float GEMM's register tile (blas.hpp), so each weight is decoded once per call,
 // not once per token. Q4_0 with the interleaved copy skips it (QuantKernels::x8_int_prefill,
-// cpu::int_prefill; Q8_0's integer tile measured slower than this GEMM on 2 quiet cores, so Q8_0
-// takes it only for 1 < T < kQuantGemmMinT): rows<F> runs gemm_x8_tile for T > 1, one group of 8
-// rows x kX8TileTokens tokens per pass on the Q8 activations, each weight load and nibble split
-// shared by the tile's tokens; per row and token the same integer block sums and float steps as
+// cpu::int_prefill), and so does Q8_0 under AVX-512 VNNI (x8_int_prefill_q8_0; on AVX2 its integer
+// tile measured slower than this GEMM on 2 quiet cores, so there Q8_0 takes it only for
+// 1 < T < kQuantGemmMinT): rows<F> runs gemm_x8_tile for T > 1 (gemm_x16_tile under VNNI, two
+// groups per vector, see TMOE_QUANT_X16 below), one group of 8 rows x kX8TileTokens tokens per
+// pass on the Q8 activations, each weight load and nibble split shared by the tile's tokens; per row and token the same integer block sums and float steps as
 // dot_x8 (the decode result bit for bit); one core, T = 128: Q4_0 1.8x, Q8_0 1.4x the float GEMM's
 // FLOP/s (bench_cputime), pp512 Qwen-1.5B Q4_0 2.1x, Q8_0 1.06x (docs/performance.md, "Integer
 // prefill").
