@@ -400,8 +400,10 @@ void check_x8(const cpu::KernelTable& k, std::size_t out, std::size_t nb, std::s
       REQUIRE(std::abs(double(y(t, o)) - yp(t, o)) <= (2.0 * nq + 8) * 0x1p-24 * mag);
     }
   }
-  // The row kernel on [3, out): rows 3..7 of the first group run the plain kernel, whole groups
-  // the interleaved one, as in the full call.
+  // The row kernel on ranges cutting groups and units (Q4_0 / Q8_0: 4 groups per unit): rows of
+  // whole groups inside the range run the interleaved kernels (single groups and pairs inside a
+  // unit, whole units, the groups after the last unit), the bits of the full call; the rows of
+  // cut groups run the plain kernel (the bound).
   if (out > 3) {
     std::vector<BlockQ8Act> q(T * nq);
     std::vector<float> qd(T * nq), qdsum(T * nq);
@@ -418,27 +420,37 @@ void check_x8(const cpu::KernelTable& k, std::size_t out, std::size_t nb, std::s
     qa.qd = qd.data();
     qa.qdsum = qdsum.data();
     qa.T = T;
-    Matrix<float> ye(T, out);
-    cpu::detail::quant_rows_fn<F>(k)(w, qa, ye.data(), out, 3, out);
-    for (std::size_t t = 0; t < T; ++t)
-      for (std::size_t o = 3; o < out; ++o) {
-        double mag;
-        x8_model(w, o, q.data() + t * nq, &mag);
-        if (o >= 8)
-          REQUIRE(ye(t, o) == y(t, o));
-        else
-          REQUIRE(std::abs(double(ye(t, o)) - yp(t, o)) <= (2.0 * nq + 8) * 0x1p-24 * mag);
-      }
+    const std::size_t ranges[][2] = {{3, out},
+                                     {16, out},
+                                     {8, std::min<std::size_t>(out, 20)},
+                                     {std::min<std::size_t>(out, 40), out}};
+    for (const auto& [ob, oe] : ranges) {
+      if (ob >= oe) continue;
+      CAPTURE(ob);
+      CAPTURE(oe);
+      Matrix<float> ye(T, out);
+      cpu::detail::quant_rows_fn<F>(k)(w, qa, ye.data(), out, ob, oe);
+      for (std::size_t t = 0; t < T; ++t)
+        for (std::size_t o = ob; o < oe; ++o) {
+          double mag;
+          x8_model(w, o, q.data() + t * nq, &mag);
+          if (o >= (ob + 7) / 8 * 8 && o < oe / 8 * 8)
+            REQUIRE(ye(t, o) == y(t, o));
+          else
+            REQUIRE(std::abs(double(ye(t, o)) - yp(t, o)) <= (2.0 * nq + 8) * 0x1p-24 * mag);
+        }
+    }
   }
-  // Two threads and row slices
-  // (a start at a multiple of 8 keeps the copy, another start drops it): within the bound.
+  // Two threads and row slices (a slice cutting the copy at a unit keeps it, another drops it:
+  // Q4_0 / Q8_0 keep it from row 32 to the end, Q4_K from any multiple of 8): within the bound.
   Matrix<float> y2(T, out);
   cpu::matmul_quant<F>(two, w, x.cview(), y2.view(), k);
-  for (std::size_t begin : {std::size_t{0}, std::size_t{3}, std::size_t{8}}) {
+  for (std::size_t begin : {std::size_t{0}, std::size_t{3}, std::size_t{8}, std::size_t{32}}) {
     if (begin >= out) continue;
     const std::size_t count = out - begin;
     const auto s = LinearTraits<F>::slice_rows(w, begin, count);
-    REQUIRE((s.packed != nullptr) == (begin % 8 == 0 && w.packed != nullptr));
+    const bool keeps = begin % (8 * kX8Unit<F>) == 0;  // to the end: its last groups are w's
+    REQUIRE((s.packed != nullptr) == (keeps && w.packed != nullptr));
     Matrix<float> ys(T, count);
     cpu::matmul_quant<F>(one, s, x.cview(), ys.view(), k);
     for (std::size_t t = 0; t < T; ++t) {
@@ -458,23 +470,59 @@ void check_x8(const cpu::KernelTable& k, std::size_t out, std::size_t nb, std::s
 TEST_CASE_TEMPLATE("the 8-row interleaved GEMV matches its scalar model and the plain kernel", F,
                    Q8_0, Q4_0, Q4_K) {
   test::for_each_isa([&](const cpu::KernelTable& k) {
-    for (std::size_t out : {1u, 7u, 8u, 9u, 17u, 40u, 67u})
+    for (std::size_t out : {1u, 7u, 8u, 9u, 17u, 40u, 67u, 100u})
       for (std::size_t nb : {1u, 2u, 7u})
         for (std::size_t T : {1u, 3u}) check_x8<F>(k, out, nb, T, out * 11 + nb * 5 + T);
   });
 }
 
-TEST_CASE("the 8-row interleaved copy holds the blocks' bytes and survives Q8 extremes") {
-  // Every row's block bytes reappear in the copy (d[r], then 4-byte groups at 32k + 4r).
-  auto m = random_matrix<Q4_0>(16, 64, 3);
+// Row slices keep the copy only where they cut it at units (x8_slice_keeps_copy); a kept slice
+// reads its rows from the copy exactly as the whole matrix's call does (same bits).
+TEST_CASE("row slices of the interleaved copy: kept at units, the same bits as the whole") {
+  // 80 rows = 10 groups: units {0..3}, {4..7}, then groups 8, 9 stored one after another.
+  CHECK(x8_slice_keeps_copy(4, 80, 0, 32));
+  CHECK(x8_slice_keeps_copy(4, 80, 32, 48));       // a unit, then the matrix's last groups
+  CHECK(x8_slice_keeps_copy(4, 80, 64, 16));       // the matrix's last groups only
+  CHECK(x8_slice_keeps_copy(4, 80, 0, 36));        // rows 32..35: a cut group, read from the blocks
+  CHECK_FALSE(x8_slice_keeps_copy(4, 80, 0, 40));  // group 4 would be read as stored alone
+  CHECK_FALSE(x8_slice_keeps_copy(4, 80, 8, 32));  // starts inside a unit
+  CHECK_FALSE(x8_slice_keeps_copy(4, 80, 32, 24));  // groups 4..6: part of a unit
+  CHECK(x8_slice_keeps_copy(4, 80, 32, 40));        // a unit, then the matrix's group 8
+  CHECK(x8_slice_keeps_copy(1, 80, 8, 40));         // Q4_K: units of one group
+  auto m = random_matrix<Q4_0>(80, 96, 5);
   m.repack();
   const auto w = m.view();
-  REQUIRE(repacked_x8_bytes(w) == 16 * 2 * sizeof(BlockQ4_0));
+  Matrix<float> x(1, 96), y(1, 80);
+  const auto xf = test::random_floats(96, 6, -2.f, 2.f);
+  std::copy(xf.begin(), xf.end(), x.data());
+  test::for_each_isa([&](const cpu::KernelTable& k) {
+    ThreadPool pool(2);
+    cpu::matmul_quant<Q4_0>(pool, w, x.cview(), y.view(), k);
+    for (const auto& [begin, count] :
+         {std::pair<std::size_t, std::size_t>{0, 32}, {32, 48}, {64, 16}, {0, 64}, {0, 36}}) {
+      const auto s = LinearTraits<Q4_0>::slice_rows(w, begin, count);
+      REQUIRE(s.packed != nullptr);
+      Matrix<float> ys(1, count);
+      cpu::matmul_quant<Q4_0>(pool, s, x.cview(), ys.view(), k);
+      for (std::size_t o = 0; o < count / 8 * 8; ++o) REQUIRE(ys(0, o) == y(0, begin + o));
+    }
+  });
+}
+
+TEST_CASE("the 8-row interleaved copy holds the blocks' bytes and survives Q8 extremes") {
+  // Every row's block bytes reappear in the copy (d[r], then 4-byte groups at 32k + 4r), in
+  // X8Order: 45 rows of 2 blocks = 5 groups, groups 0..3 one unit (group g's block b at 4b + g),
+  // group 4 after it (at 4 * 2 + b); rows 40..44 stay out.
+  auto m = random_matrix<Q4_0>(45, 64, 3);
+  m.repack();
+  const auto w = m.view();
+  REQUIRE(repacked_x8_bytes(w) == 40 * 2 * sizeof(BlockQ4_0));
   const auto* p = static_cast<const BlockQ4_0x8*>(w.packed);
-  for (std::size_t r = 0; r < 16; ++r)
+  for (std::size_t r = 0; r < 40; ++r)
     for (std::size_t b = 0; b < 2; ++b) {
       const auto& blk = w.row(r)[b];
-      const auto& x = p[(r / 8) * 2 + b];
+      const std::size_t g = r / 8;
+      const auto& x = p[g < 4 ? 4 * b + g : 8 + b];
       CHECK(x.d[r % 8].bits == blk.d.bits);
       for (std::size_t j = 0; j < 16; ++j)
         CHECK(x.qs[32 * (j / 4) + 4 * (r % 8) + j % 4] == blk.qs[j]);
@@ -502,15 +550,16 @@ TEST_CASE("the 8-row interleaved copy holds the blocks' bytes and survives Q8 ex
 // zeroed after repacking it gives the same bits as before (the rows % 8 tail still reads them).
 TEST_CASE_TEMPLATE("the prefill GEMM reads the interleaved copy, unpack_x8 inverts repack_x8", F,
                    Q8_0, Q4_0, Q4_K) {
-  const std::size_t out = 21, nb = 3, in = nb * F::kBlockSize, T = 30;
+  const std::size_t out = 53, nb = 3, in = nb * F::kBlockSize, T = 30;  // a unit and 2 groups
   static_assert(T >= cpu::kQuantGemmMinT);
   auto m = random_matrix<F>(out, in, 91);
   m.repack();
   const auto w = m.view();
   const auto* pk = static_cast<const typename RepackedX8<F>::Block*>(w.packed);
+  const X8Order order = x8_order(w);
   for (std::size_t r = 0; r < out / 8 * 8; ++r)
     for (std::size_t b = 0; b < nb; ++b) {
-      const auto blk = unpack_x8<F>(pk[(r / 8) * nb + b], r % 8);
+      const auto blk = unpack_x8<F>(pk[order.index(r / 8, b)], r % 8);
       REQUIRE(std::memcmp(&blk, &w.row(r)[b], sizeof(blk)) == 0);
     }
   Matrix<float> x(T, in), y(T, out), y2(T, out);

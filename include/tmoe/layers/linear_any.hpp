@@ -9,8 +9,8 @@
 //                 (cpu::matmul_quant<Q>): the per-format kernels run unchanged.
 //   packed      = optional 8-row interleaved copy of a Q4_0 / Q8_0 / Q4_K matrix (the loader's),
 //                 passed to the kernels as QuantMatrixView::packed; data stays the stored rows.
-//   slice_rows  = rows [begin, begin + count) in place (MoE row blocks); packed kept when begin
-//                 is a multiple of 8.
+//   slice_rows  = rows [begin, begin + count) in place (MoE row blocks); packed kept when the
+//                 slice cuts the copy at its units (quant::x8_slice_keeps_copy).
 //   decode_row  = the embedding lookup of the underlying format.
 //   with_dense_rows(w, fn) calls fn(MatrixView<const E>) for the dense kinds (MLA's absorbed decode
 //                 reads kv_b rows directly) and fails for block kinds.
@@ -161,7 +161,11 @@ struct LinearTraits<AnyFormat> {
     s.rows = count;
     s.data = w.data + begin * w.row_bytes;
     s.packed = nullptr;
-    if (w.packed && begin % 8 == 0)  // groups of 8 rows, each as many bytes as its 8 rows
+    // Units of groups of 8 rows, each group as many bytes as its 8 rows.
+    const std::size_t unit =
+        w.kind == AnyKind::q4_k ? quant::kX8Unit<quant::Q4_K> : quant::kX8Unit<quant::Q4_0>;
+    static_assert(quant::kX8Unit<quant::Q4_0> == quant::kX8Unit<quant::Q8_0>);
+    if (w.packed && quant::x8_slice_keeps_copy(unit, w.rows, begin, count))
       s.packed = static_cast<const std::byte*>(w.packed) + begin * w.row_bytes;
     return s;
   }

@@ -6,8 +6,9 @@
 //   matmul      = cpu::matmul_quant<Q> (activations quantized per 32 for the integer formats)
 //   slice_rows  = rows [begin, begin + count) in place; for Fp8Block, whose 128x128 scale tiles
 //                 are indexed by row / 128, `begin` must be a multiple of 128 (MoE row blocks are);
-//                 the 8-row interleaved copy (view.packed, Q4_0 / Q8_0 / Q4_K) is kept when begin
-//                 is a multiple of 8, dropped otherwise (the GEMV then reads the blocks)
+//                 the 8-row interleaved copy (view.packed, Q4_0 / Q8_0 / Q4_K) is kept when the
+//                 slice cuts it at its units (quant::x8_slice_keeps_copy: begin a multiple of
+//                 32 rows, 8 for Q4_K), dropped otherwise (the GEMV then reads the blocks)
 //   matmul_acts = the same product over activations quantized once (cpu::Q8Acts), shared by
 //                 several matmuls (MoE experts, q/k/v, gate/up); bit-identical to matmul
 //   reads_q8_acts = whether the kernels read Q8 activation blocks (all but NF4 / Fp8Block)
@@ -34,10 +35,10 @@ struct LinearTraits<Q> {
     weight_view s = w;
     s.rows = count;
     s.blocks = w.blocks + begin * w.row_stride;
-    // The interleaved copy's groups of 8 rows still line up when begin is a multiple of 8.
+    // The interleaved copy still lines up when the slice cuts it at units (x8_slice_keeps_copy).
     s.packed = nullptr;
     if constexpr (quant::kRepackX8<Q>)
-      if (w.packed && begin % 8 == 0)
+      if (w.packed && quant::x8_slice_keeps_copy(quant::kX8Unit<Q>, w.rows, begin, count))
         s.packed = static_cast<const typename quant::RepackedX8<Q>::Block*>(w.packed) +
                    begin / 8 * w.blocks_per_row();
     if constexpr (std::is_same_v<Q, quant::Int8Row>) {

@@ -197,8 +197,8 @@ constexpr QuantTypeInfo quant_type_info(QuantType t) {
 //   scales:     Int8Row: (rows) floats; Fp8Block: (ceil(rows/128), scale_stride) floats,
 //               scale_stride >= ceil(cols/128); other formats: unused (nullptr).
 //   packed:     optional (Q4_0, Q8_0, Q4_K: kRepackX8<F>): the same weights again, 8 rows
-//   interleaved
-//               (RepackedX8<F>, below) for the decode GEMV; covers rows [0, 8 * (rows / 8)), the
+//               interleaved (RepackedX8<F> in X8Order, below) for the decode GEMV; covers rows
+//               [0, 8 * (rows / 8)), the
 //               tail rows are read from `blocks`. nullptr: the kernels read `blocks` only. Whoever
 //               sets it owns the copy (quant::QuantMatrix::repack, models::WeightLoader).
 //   nan_free:   Fp8Block only: the weights are known to hold no NaN code (0x7f / 0xff), checked
@@ -279,7 +279,11 @@ TMOE_INLINE void q4k_scale_min(const std::uint8_t* sc, int s, int& scale, int& m
 
 // ---- 8-row interleaved copies for the decode GEMV (load-time repacking) ------------------------
 // Group g holds rows 8g .. 8g + 7; its block b (the same 32 columns of the 8 rows) is one
-// BlockX8, group g's blocks contiguous: block b of group g at index g * blocks_per_row + b.
+// BlockX8. Groups come in units of U = kX8Unit<F> consecutive groups (Q4_0, Q8_0: 4; Q4_K: 1)
+// whose blocks are interleaved block by block (X8Order below), so the decode GEMV's pass over a
+// unit's 32 rows reads one contiguous stream instead of U streams (measured: the 4-stream
+// order read at 0.6-0.75 of the read probe, docs/performance.md "One stream per pass"); the
+// groups % U groups after the last whole unit keep their blocks contiguous.
 //   d[r]: row r's f16 scale (one F16C conversion gives the 8 scales);
 //   qs: chunks of 32 bytes, chunk k holds bytes 4k .. 4k + 3 of row r's qs at bytes 4r .. 4r + 3,
 //       so one 256-bit load holds 4 bytes of each of the 8 rows and an integer dot product with a
@@ -327,6 +331,45 @@ template <class F>
 inline constexpr bool kRepackX8 =
     std::is_same_v<F, Q4_0> || std::is_same_v<F, Q8_0> || std::is_same_v<F, Q4_K>;
 
+// Groups per interleaved unit of the copy (Q4_K's 1152-byte blocks are long streams already and
+// its kernel takes one group per pass).
+template <class F>
+inline constexpr std::size_t kX8Unit = std::is_same_v<F, Q4_K> ? 1 : 4;
+
+// Where the copy keeps each block: `groups` 8-row groups of `nb` blocks in units of `unit`
+// groups. Group g's block b is at first(g) + b * block_stride(g); groups g and g + 1 of one unit
+// (or both after the last whole unit) are group_stride(g) blocks apart:
+//   g in a whole unit:  first = (g - g % unit) * nb + g % unit, block stride unit, group stride 1
+//   g after them:       first = g * nb,                         block stride 1,    group stride nb
+// A unit's first group g starts at block g * nb as in the plain group order, so row slices and
+// thread ranges can cut the copy at units.
+struct X8Order {
+  std::size_t nb, groups, unit;
+  std::size_t whole() const { return groups / unit * unit; }
+  bool in_unit(std::size_t g) const { return g < whole(); }
+  std::size_t first(std::size_t g) const {
+    return in_unit(g) ? (g - g % unit) * nb + g % unit : g * nb;
+  }
+  std::size_t block_stride(std::size_t g) const { return in_unit(g) ? unit : 1; }
+  std::size_t group_stride(std::size_t g) const { return in_unit(g) ? 1 : nb; }
+  std::size_t index(std::size_t g, std::size_t b) const { return first(g) + b * block_stride(g); }
+};
+template <class F>
+X8Order x8_order(const QuantMatrixView<F>& w) {
+  return {w.blocks_per_row(), w.rows / 8, kX8Unit<F>};
+}
+
+// Whether rows [begin, begin + count) of a matrix of `rows` rows with an interleaved copy in
+// units of `unit` groups can view the same copy as their own: the slice's units must be the
+// matrix's (begin at a unit's first row) and the slice's groups after its last whole unit must
+// be the matrix's groups after its last whole unit (or none).
+inline bool x8_slice_keeps_copy(std::size_t unit, std::size_t rows, std::size_t begin,
+                                std::size_t count) {
+  if (begin % (8 * unit) != 0) return false;
+  const X8Order whole{1, rows / 8, unit}, part{1, count / 8, unit};
+  return part.groups == part.whole() || begin / 8 + part.whole() == whole.whole();
+}
+
 // Bytes of the interleaved copy of w (0 for formats without one).
 template <class F>
 std::size_t repacked_x8_bytes(const QuantMatrixView<F>& w) {
@@ -342,9 +385,10 @@ requires kRepackX8<F>
 void repack_x8(const QuantMatrixView<F>& w, typename RepackedX8<F>::Block* out) {
   constexpr std::size_t kRowBytes = sizeof(typename F::Block{}.qs);
   const std::size_t nb = w.blocks_per_row();
+  const X8Order order = x8_order(w);
   for (std::size_t g = 0; g < w.rows / 8; ++g)
     for (std::size_t b = 0; b < nb; ++b) {
-      auto& o = out[g * nb + b];
+      auto& o = out[order.index(g, b)];
       for (std::size_t r = 0; r < 8; ++r) {
         const auto& blk = w.row(8 * g + r)[b];
         o.d[r] = blk.d;

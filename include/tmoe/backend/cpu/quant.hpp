@@ -15,9 +15,10 @@
 //     integer multi-token kernel (quant_kernels.hpp gemm_x8_tile / gemm_x16_tile), each output
 //     bit-identical to the T = 1 decode of its token (so the Q8 bound above applies); measured
 //     faster than the float GEMM (bench_quant BM_prefill_x8, docs/performance.md). Output rows are
-//     split across the pool's threads (in whole groups of 8 rows when w has the 8-row interleaved
-//     copy, w.packed: Q4_0 / Q8_0 / Q4_K, QuantMatrix::repack / the loader). `k` selects the ISA;
-//     `fn` (optional) overrides the row kernel (bench_quant uses it to time rows_fp8_block_table).
+//     split across the pool's threads (in whole units of the 8-row interleaved copy when w has
+//     one, w.packed: Q4_0 / Q8_0 32 rows, Q4_K 8, QuantMatrix::repack / the loader). `k` selects
+//     the ISA; `fn` (optional) overrides the row kernel (bench_quant uses it to time
+//     rows_fp8_block_table).
 //   Q8Acts / matmul_quant<F>(pool, W, acts, Y): the same product with X quantized once by
 //     Q8Acts::quantize and shared by several matmuls (a MoE layer's experts and their gate/up
 //     pairs); the result is bit-identical to matmul_quant over the same X.
@@ -173,10 +174,13 @@ void matmul_quant_rows(ThreadPool& pool, const quant::QuantMatrixView<F>& w, con
   if (!fn) fn = quant_rows_fn<F>(k);
   const auto ldy = static_cast<std::size_t>(y.stride(0));
   const std::size_t out = w.rows;
-  // With an 8-row interleaved copy the ranges are whole groups of 8 rows (the kernel runs rows
-  // of a group split between two ranges on the plain blocks).
-  const std::size_t unit = w.packed ? 8 : 1;
-  pool.parallel_for((out + unit - 1) / unit, 16 / unit,
+  // With an 8-row interleaved copy the ranges are whole units of its groups (quant::X8Order:
+  // one stream per pass; the kernel runs rows of a group split between two ranges on the plain
+  // blocks).
+  std::size_t unit = 1;
+  if constexpr (quant::kRepackX8<F>)
+    if (w.packed) unit = 8 * quant::kX8Unit<F>;
+  pool.parallel_for((out + unit - 1) / unit, std::max<std::size_t>(16 / unit, 1),
                     [&](std::size_t b, std::size_t e, int) {
                       fn(w, a, y.data(), ldy, b * unit, std::min(e * unit, out));
                     },

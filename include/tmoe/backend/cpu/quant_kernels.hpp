@@ -456,6 +456,27 @@ struct QuantImpl {
   // prefetch 0.56-0.62 of the read bandwidth, with 1 KiB 0.72-0.92.
   static constexpr std::size_t kX8PrefetchBytes = 1024;
 
+  // Where an interleaved kernel finds its consecutive groups' blocks (quant::X8Order): group j's
+  // block b at w[at(j, b)]. Inside a unit the groups' blocks alternate (group 1, block unit);
+  // after the last whole unit each group's blocks are contiguous (group nb, block 1).
+  struct X8Step {
+    std::size_t group, block;
+    TMOE_INLINE std::size_t at(std::size_t j, std::size_t b) const { return j * group + b * block; }
+  };
+  static X8Step x8_step(const quant::X8Order& o, std::size_t g) {
+    return {o.group_stride(g), o.block_stride(g)};
+  }
+  // Prefetches the n groups' block b, pf + at(j, b) * Bytes (pf: the first group's first block +
+  // kX8PrefetchBytes): one span when the groups' blocks are adjacent (inside a unit).
+  template <std::size_t Bytes, int N>
+  static TMOE_INLINE void prefetch_x8(const char* pf, X8Step s, std::size_t b) {
+    if (s.group == 1) {
+      prefetch_span<N * Bytes>(pf + s.at(0, b) * Bytes);
+    } else {
+      for (int j = 0; j < N; ++j) prefetch_span<Bytes>(pf + s.at(j, b) * Bytes);
+    }
+  }
+
   // Eight interleaved rows (quant::RepackedX8<F>, formats.hpp) against one activation row:
   // y[r] for r < 8. Lane r of the int32 vector is row r's exact integer block sum, so per row
   // the float arithmetic is, block by block in order,
@@ -466,16 +487,15 @@ struct QuantImpl {
   //     eight of them summed in int16 stay <= 30480 < 2^15), minus 8 * sum(a) per block.
   //   Q8_0: the sign trick |w| * (sign(w) a) as in dot(BlockQ8_0), int32 per chunk.
   // NG consecutive groups (8 NG rows, y[0 .. 8 NG)) share each activation block's broadcasts and
-  // scale; group j's blocks start at w + j * nb. Per row the arithmetic is the same for any NG.
+  // scale; group j's block b at w[st.at(j, b)]. Per row the arithmetic is the same for any NG.
   template <class F, int NG = 1>
-  static void dot_x8(const typename quant::RepackedX8<F>::Block* w, const Act* a, std::size_t nb,
-                     float* y, const char* pf = nullptr) {
+  static void dot_x8(const typename quant::RepackedX8<F>::Block* w, X8Step st, const Act* a,
+                     std::size_t nb, float* y, const char* pf = nullptr) {
     using Blk = typename quant::RepackedX8<F>::Block;
     __m256 acc[NG];
     for (int j = 0; j < NG; ++j) acc[j] = _mm256_setzero_ps();
     for (std::size_t b = 0; b < nb; ++b) {
-      if (pf)
-        for (int j = 0; j < NG; ++j) prefetch_span<sizeof(Blk)>(pf + (j * nb + b) * sizeof(Blk));
+      if (pf) prefetch_x8<sizeof(Blk), NG>(pf, st, b);
       const Act& ab = a[b];
       __m256i isum[NG];
       if constexpr (std::is_same_v<F, quant::Q4_0>) {
@@ -485,7 +505,7 @@ struct QuantImpl {
         for (int k = 0; k < 4; ++k) {
           const __m256i alo = bcast4(ab.qs + 4 * k), ahi = bcast4(ab.qs + 16 + 4 * k);
           for (int j = 0; j < NG; ++j) {
-            const __m256i raw = load32(w[j * nb + b].qs + 32 * k);
+            const __m256i raw = load32(w[st.at(j, b)].qs + 32 * k);
             isum[j] = dot_us_acc(isum[j], _mm256_and_si256(raw, m4), alo);
             isum[j] = dot_us_acc(isum[j], _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4), ahi);
           }
@@ -496,7 +516,7 @@ struct QuantImpl {
         for (int k = 0; k < 4; ++k) {
           const __m256i alo = bcast4(ab.qs + 4 * k), ahi = bcast4(ab.qs + 16 + 4 * k);
           for (int j = 0; j < NG; ++j) {
-            const __m256i raw = load32(w[j * nb + b].qs + 32 * k);
+            const __m256i raw = load32(w[st.at(j, b)].qs + 32 * k);
             s16[j] = _mm256_add_epi16(s16[j], _mm256_maddubs_epi16(_mm256_and_si256(raw, m4), alo));
             s16[j] = _mm256_add_epi16(
                 s16[j], _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(raw, 4), m4), ahi));
@@ -511,7 +531,7 @@ struct QuantImpl {
         for (int k = 0; k < 8; ++k) {
           const __m256i ak = bcast4(ab.qs + 4 * k);
           for (int j = 0; j < NG; ++j) {
-            const __m256i wq = load32(w[j * nb + b].qs + 32 * k);
+            const __m256i wq = load32(w[st.at(j, b)].qs + 32 * k);
             isum[j] = dot_us_acc(isum[j], _mm256_sign_epi8(wq, wq), _mm256_sign_epi8(ak, wq));
           }
         }
@@ -519,7 +539,7 @@ struct QuantImpl {
       const __m256 da = _mm256_set1_ps(ab.d);
       for (int j = 0; j < NG; ++j) {
         const __m256 s = _mm256_mul_ps(
-            _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w[j * nb + b].d))),
+            _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w[st.at(j, b)].d))),
             da);
         acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[j]), s, acc[j]);
       }
@@ -600,23 +620,22 @@ struct QuantImpl {
     return _mm512_sub_epi32(_mm512_add_epi32(s0, s1), code_offset<F>(ab));
   }
 
-  // 16 NZ rows (2 NZ consecutive groups starting at w) against one activation row: y[0 .. 16 NZ).
-  // Prefetches like dot_x8 (pf: the first group's first block + kX8PrefetchBytes).
+  // 16 NZ rows (2 NZ consecutive groups, group j's block b at w[st.at(j, b)]) against one
+  // activation row: y[0 .. 16 NZ). Prefetches like dot_x8 (pf: the first group's first block +
+  // kX8PrefetchBytes).
   template <class F, int NZ>
-  static void dot_x16(const typename quant::RepackedX8<F>::Block* w, const Act* a, std::size_t nb,
-                      float* y, const char* pf) {
+  static void dot_x16(const typename quant::RepackedX8<F>::Block* w, X8Step st, const Act* a,
+                      std::size_t nb, float* y, const char* pf) {
     using Blk = typename quant::RepackedX8<F>::Block;
     __m512 acc[NZ];
     for (int z = 0; z < NZ; ++z) acc[z] = _mm512_setzero_ps();
     for (std::size_t b = 0; b < nb; ++b) {
-      if (pf)
-        for (int j = 0; j < 2 * NZ; ++j)
-          prefetch_span<sizeof(Blk)>(pf + (j * nb + b) * sizeof(Blk));
+      if (pf) prefetch_x8<sizeof(Blk), 2 * NZ>(pf, st, b);
       const Act& ab = a[b];
       const __m512 da = _mm512_set1_ps(ab.d);
       for (int z = 0; z < NZ; ++z) {
-        const Blk& w0 = w[2 * z * nb + b];
-        const Blk& w1 = w[(2 * z + 1) * nb + b];
+        const Blk& w0 = w[st.at(2 * z, b)];
+        const Blk& w1 = w[st.at(2 * z + 1, b)];
         const __m512i isum = isum16<F>(w0, w1, ab);
         acc[z] =
             _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(scales16(w0, w1), da), acc[z]);
@@ -625,22 +644,20 @@ struct QuantImpl {
     for (int z = 0; z < NZ; ++z) _mm512_storeu_ps(y + 16 * z, acc[z]);
   }
 
-  // Prefill, 16 rows (groups at w and w + nb) x NT tokens per pass: gemm_x8_tile's work with each
-  // 64-byte weight vector serving the NT tokens; per row and token dot_x16's (= dot_x8's) bits.
+  // Prefill, 16 rows (two groups, group j's block b at w[st.at(j, b)]) x NT tokens per pass:
+  // gemm_x8_tile's work with each 64-byte weight vector serving the NT tokens; per row and token
+  // dot_x16's (= dot_x8's) bits.
   template <class F, int NT>
-  static void gemm_x16_tile(const typename quant::RepackedX8<F>::Block* w, const Act* a,
+  static void gemm_x16_tile(const typename quant::RepackedX8<F>::Block* w, X8Step st, const Act* a,
                             std::size_t lda, std::size_t nb, float* y, std::size_t ldy,
                             const char* pf) {
     using Blk = typename quant::RepackedX8<F>::Block;
     __m512 acc[NT];
     for (int j = 0; j < NT; ++j) acc[j] = _mm512_setzero_ps();
     for (std::size_t b = 0; b < nb; ++b) {
-      if (pf) {
-        prefetch_span<sizeof(Blk)>(pf + b * sizeof(Blk));
-        prefetch_span<sizeof(Blk)>(pf + (nb + b) * sizeof(Blk));
-      }
-      const Blk& w0 = w[b];
-      const Blk& w1 = w[nb + b];
+      if (pf) prefetch_x8<sizeof(Blk), 2>(pf, st, b);
+      const Blk& w0 = w[st.at(0, b)];
+      const Blk& w1 = w[st.at(1, b)];
       __m512i isum[NT];
       for (int j = 0; j < NT; ++j) isum[j] = _mm512_setzero_si512();
       if constexpr (std::is_same_v<F, quant::Q4_0>) {
@@ -679,13 +696,13 @@ struct QuantImpl {
   // Tokens per gemm_x16_tile pass (NT accumulators + NT integer sums in the 32 zmm registers).
   static constexpr std::size_t kX16TileTokens = 8;
 
-  // Groups g and g + 1 (16 rows at w, w + nb; y: token 0's 16 outputs) x tokens [0, T).
+  // Groups g and g + 1 (16 rows at w, st; y: token 0's 16 outputs) x tokens [0, T).
   template <class F>
-  static void gemm_x16_group(const typename quant::RepackedX8<F>::Block* w, const Act* q,
+  static void gemm_x16_group(const typename quant::RepackedX8<F>::Block* w, X8Step st, const Act* q,
                              std::size_t ldq, std::size_t T, std::size_t nb, float* y,
                              std::size_t ldy, const char* pf) {
     over_tokens<kX16TileTokens>(T, pf, [&]<int N>(std::size_t t, const char* p) {
-      gemm_x16_tile<F, N>(w, q + t * ldq, ldq, nb, y + t * ldy, ldy, p);
+      gemm_x16_tile<F, N>(w, st, q + t * ldq, ldq, nb, y + t * ldy, ldy, p);
     });
   }
 #endif
@@ -709,22 +726,24 @@ struct QuantImpl {
 #endif
   }
 
+  // w: the group's block 0, its block b at w[b * bs].
   template <class F, int NT>
-  static void gemm_x8_tile(const typename quant::RepackedX8<F>::Block* w, const Act* a,
-                           std::size_t lda, std::size_t nb, float* y, std::size_t ldy,
+  static void gemm_x8_tile(const typename quant::RepackedX8<F>::Block* w, std::size_t bs,
+                           const Act* a, std::size_t lda, std::size_t nb, float* y, std::size_t ldy,
                            const char* pf) {
     using Blk = typename quant::RepackedX8<F>::Block;
     __m256 acc[NT];
     for (int j = 0; j < NT; ++j) acc[j] = _mm256_setzero_ps();
     const __m256i ones = _mm256_set1_epi16(1);
     for (std::size_t b = 0; b < nb; ++b) {
-      if (pf) prefetch_span<sizeof(Blk)>(pf + b * sizeof(Blk));
+      if (pf) prefetch_span<sizeof(Blk)>(pf + b * bs * sizeof(Blk));
+      const Blk& wb = w[b * bs];
       __m256i isum[NT];
       for (int j = 0; j < NT; ++j) isum[j] = _mm256_setzero_si256();
       if constexpr (std::is_same_v<F, quant::Q4_0>) {
         const __m256i m4 = _mm256_set1_epi8(15);
         for (int k = 0; k < 4; ++k) {
-          const __m256i raw = load32(w[b].qs + 32 * k);
+          const __m256i raw = load32(wb.qs + 32 * k);
           const __m256i lo = _mm256_and_si256(raw, m4),
                         hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
           for (int j = 0; j < NT; ++j) {
@@ -744,7 +763,7 @@ struct QuantImpl {
         }
       } else {
         for (int k = 0; k < 8; ++k) {
-          const __m256i wq = load32(w[b].qs + 32 * k), aw = _mm256_sign_epi8(wq, wq);
+          const __m256i wq = load32(wb.qs + 32 * k), aw = _mm256_sign_epi8(wq, wq);
           for (int j = 0; j < NT; ++j) {
             const __m256i s = _mm256_sign_epi8(bcast4(a[j * lda + b].qs + 4 * k), wq);
             isum[j] =
@@ -753,7 +772,7 @@ struct QuantImpl {
           }
         }
       }
-      const __m256 wd = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w[b].d)));
+      const __m256 wd = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wb.d)));
       for (int j = 0; j < NT; ++j)
         acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[j]),
                                  _mm256_mul_ps(wd, _mm256_set1_ps(a[j * lda + b].d)), acc[j]);
@@ -770,11 +789,11 @@ struct QuantImpl {
   // in one narrower tile; pf: prefetch pointer of the first tile (the group's weights come from
   // memory once, the later tiles find them cached).
   template <class F>
-  static void gemm_x8_group(const typename quant::RepackedX8<F>::Block* w, const Act* q,
-                            std::size_t ldq, std::size_t T, std::size_t nb, float* y,
+  static void gemm_x8_group(const typename quant::RepackedX8<F>::Block* w, std::size_t bs,
+                            const Act* q, std::size_t ldq, std::size_t T, std::size_t nb, float* y,
                             std::size_t ldy, const char* pf) {
     over_tokens<kX8TileTokens>(T, pf, [&]<int N>(std::size_t t, const char* p) {
-      gemm_x8_tile<F, N>(w, q + t * ldq, ldq, nb, y + t * ldy, ldy, p);
+      gemm_x8_tile<F, N>(w, bs, q + t * ldq, ldq, nb, y + t * ldy, ldy, p);
     });
   }
 
@@ -1161,14 +1180,14 @@ struct QuantImpl {
                               std::size_t n, float* out) {
     if constexpr (quant::kRepackX8<F>) {
       if (w.packed && o < w.rows / 8 * 8) {
-        const std::size_t nbr = w.blocks_per_row(), b0 = c0 / F::kBlockSize,
-                          nb = (n + F::kBlockSize - 1) / F::kBlockSize;
-        const auto* pk =
-            static_cast<const typename quant::RepackedX8<F>::Block*>(w.packed) + (o / 8) * nbr;
+        const std::size_t b0 = c0 / F::kBlockSize, nb = (n + F::kBlockSize - 1) / F::kBlockSize;
+        const auto* pk = static_cast<const typename quant::RepackedX8<F>::Block*>(w.packed);
+        const quant::X8Order order = quant::x8_order(w);
         typename F::Block blk[kUnpackBatch];
         for (std::size_t b = 0; b < nb; b += kUnpackBatch) {
           const std::size_t m = std::min(kUnpackBatch, nb - b);
-          for (std::size_t i = 0; i < m; ++i) blk[i] = quant::unpack_x8<F>(pk[b0 + b + i], o % 8);
+          for (std::size_t i = 0; i < m; ++i)
+            blk[i] = quant::unpack_x8<F>(pk[order.index(o / 8, b0 + b + i)], o % 8);
           dequant_blocks<F>(blk, m, out + b * F::kBlockSize);
         }
         return;
@@ -1352,67 +1371,84 @@ struct QuantImpl {
         rows_plain<F, kTable>(w, a, y, ldy, o_begin, 8 * g0);
         const auto* pk = static_cast<const typename quant::RepackedX8<F>::Block*>(w.packed);
         const std::size_t nb = w.blocks_per_row();
-        // The group's stream is contiguous and the next group follows it: one prefetch per
-        // block kX8PrefetchBytes ahead (first token only, the later ones find the lines cached).
-        // Q4_0 and Q8_0 take two groups per pass (their activation broadcasts shared).
-        // That leaves the first kX8PrefetchBytes of every group after the first of a pass (and
-        // of the range's first group) to demand misses: with 1536 columns (a 6.9 KB Q4_0 group)
-        // 1 KiB of every 13.8 KB pass. So each pass also prefetches the heads of the groups the
-        // next pass reads (from here to the end of the range's first pass for the first one).
+        const quant::X8Order order = quant::x8_order(w);
+        // Groups per pass from group g: Q4_0 / Q8_0 a whole unit (4 groups, one contiguous
+        // stream; with AVX-512 VNNI as two 16-row vectors) where [g, g + 4) is one inside the
+        // range, else pairs (their activation broadcasts shared; inside a unit from an even
+        // group) or single groups; Q4_K one group.
+        auto groups_at = [&](std::size_t g) -> std::size_t {
+          if constexpr (std::is_same_v<F, quant::Q4_K>) {
+            return 1;
+          } else {
+            if (order.in_unit(g) && g % order.unit == 0 && g + order.unit <= g1) return order.unit;
+            const bool pair = g + 2 <= g1 && (!order.in_unit(g) || g % 2 == 0);
+            return pair ? 2 : 1;
+          }
+        };
+        static_assert(quant::kX8Unit<F> == 1 || quant::kX8Unit<F> == 4, "passes of 1, 2, 4 groups");
+        // One prefetch per block kX8PrefetchBytes ahead of the pass's stream (first token only,
+        // the later ones find the lines cached). A unit's stream runs on into the next unit's;
+        // groups stored one after another (Q4_K, the groups after the last whole unit) start a
+        // new stream per group, so each pass there also prefetches the heads of the groups the
+        // next pass reads, from here to the end of the range's first pass for the first one
+        // (with 1536 columns, a 6.9 KB Q4_0 group, 1 KiB of every 13.8 KB two-group pass).
         constexpr std::size_t kHead = kX8PrefetchBytes;
         const std::size_t group_bytes = nb * sizeof(typename quant::RepackedX8<F>::Block);
         auto prefetch_heads = [&](std::size_t ga, std::size_t gb) {
+          if (group_bytes <= 2 * kHead) return;
           for (std::size_t h = ga; h < std::min(gb, g1); ++h)
-            prefetch_span<kHead>(reinterpret_cast<const char*>(pk) + h * group_bytes);
+            if (!order.in_unit(h))
+              prefetch_span<kHead>(reinterpret_cast<const char*>(pk + order.first(h)));
         };
-        if (group_bytes > 2 * kHead) prefetch_heads(g0, g0 + 2);
+        prefetch_heads(g0, g0 + 2);
         auto pf_of = [&](std::size_t g) {
-          return reinterpret_cast<const char*>(pk + g * nb) + kX8PrefetchBytes;
+          return reinterpret_cast<const char*>(pk + order.first(g)) + kX8PrefetchBytes;
         };
         if constexpr (!std::is_same_v<F, quant::Q4_K>)
           if (a.T > 1) {
             // Several tokens: gemm_x8_tile (the same bits per row and token as dot_x8); with
-            // AVX-512 VNNI two groups at a time through gemm_x16_tile (the same bits again).
-            std::size_t g = g0;
+            // AVX-512 VNNI pairs of groups through gemm_x16_tile (the same bits again).
+            for (std::size_t g = g0; g < g1;) {
 #if defined(TMOE_QUANT_X16)
-            for (; g + 2 <= g1; g += 2)
-              gemm_x16_group<F>(pk + g * nb, a.q, a.ldq, a.T, nb, y + 8 * g, ldy, pf_of(g));
+              if (groups_at(g) >= 2) {
+                gemm_x16_group<F>(pk + order.first(g), x8_step(order, g), a.q, a.ldq, a.T, nb,
+                                  y + 8 * g, ldy, pf_of(g));
+                g += 2;
+                continue;
+              }
 #endif
-            for (; g < g1; ++g)
-              gemm_x8_group<F>(pk + g * nb, a.q, a.ldq, a.T, nb, y + 8 * g, ldy, pf_of(g));
+              gemm_x8_group<F>(pk + order.first(g), order.block_stride(g), a.q, a.ldq, a.T, nb,
+                               y + 8 * g, ldy, pf_of(g));
+              ++g;
+            }
             rows_plain<F, kTable>(w, a, y, ldy, 8 * g1, o_end);
             return;
           }
         for (std::size_t g = g0; g < g1;) {
-          // Groups per pass: Q4_0 / Q8_0 two (their activation broadcasts shared; with AVX-512
-          // VNNI four, as two 16-row vectors), Q4_K one.
-          std::size_t n = 1;
-          if constexpr (!std::is_same_v<F, quant::Q4_K>) n = g + 2 <= g1 ? 2 : 1;
-#if defined(TMOE_QUANT_X16)
-          if constexpr (!std::is_same_v<F, quant::Q4_K>)
-            if (g + 4 <= g1) n = 4;
-#endif
-          if (group_bytes > 2 * kHead) prefetch_heads(g + n, g + 2 * n);
+          const std::size_t n = groups_at(g);
+          prefetch_heads(g + n, g + 2 * n);
+          const auto* wg = pk + order.first(g);
+          const X8Step st = x8_step(order, g);
           for (std::size_t t = 0; t < a.T; ++t) {
             const char* pf = t == 0 ? pf_of(g) : nullptr;
             float* yt = y + t * ldy + 8 * g;
+            const Act* at = a.q + t * a.ldq;
             if constexpr (std::is_same_v<F, quant::Q4_K>) {
-              dot_x8_q4k(pk + g * nb, a.q + t * a.ldq, a.qd + t * a.ldq, a.qdsum + t * a.ldq, nb,
-                         yt, pf);
-            } else {
+              dot_x8_q4k(wg, at, a.qd + t * a.ldq, a.qdsum + t * a.ldq, nb, yt, pf);
+            } else if (n == 4) {
 #if defined(TMOE_QUANT_X16)
-              if (n == 4)
-                dot_x16<F, 2>(pk + g * nb, a.q + t * a.ldq, nb, yt, pf);
-              else if (n == 2)
-                dot_x16<F, 1>(pk + g * nb, a.q + t * a.ldq, nb, yt, pf);
-              else
-                dot_x8<F>(pk + g * nb, a.q + t * a.ldq, nb, yt, pf);
+              dot_x16<F, 2>(wg, st, at, nb, yt, pf);
 #else
-              if (n == 2)
-                dot_x8<F, 2>(pk + g * nb, a.q + t * a.ldq, nb, yt, pf);
-              else
-                dot_x8<F>(pk + g * nb, a.q + t * a.ldq, nb, yt, pf);
+              dot_x8<F, 4>(wg, st, at, nb, yt, pf);
 #endif
+            } else if (n == 2) {
+#if defined(TMOE_QUANT_X16)
+              dot_x16<F, 1>(wg, st, at, nb, yt, pf);
+#else
+              dot_x8<F, 2>(wg, st, at, nb, yt, pf);
+#endif
+            } else {
+              dot_x8<F>(wg, st, at, nb, yt, pf);
             }
           }
           g += n;
