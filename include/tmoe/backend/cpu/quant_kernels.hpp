@@ -450,11 +450,12 @@ struct QuantImpl {
   }
 
   // How far ahead of the block being read the 8-row kernels prefetch (prefetch_span, one block's
-  // bytes per block step; pf = the group's first block + this). Measured at 18432 x 7168, 2
-  // threads (docs/performance.md, "Quantized decode GEMV toward 85 % of the read bandwidth"):
-  // 1 KiB beat 512 B, 2 KiB, 4 KiB and the next group's same block (32-258 KiB ahead); without a
-  // prefetch 0.56-0.62 of the read bandwidth, with 1 KiB 0.72-0.92.
-  static constexpr std::size_t kX8PrefetchBytes = 1024;
+  // bytes per block step; pf = the pass's first block + this). With one stream per pass (units
+  // of 4 groups, quant::X8Order), Zen 5, 2 threads, the Qwen-1.5B decode matrices
+  // (docs/performance.md, "One stream per decode pass"): 4 KiB beat 1 KiB by 4-8 % where the
+  // machine reads ~80 GB/s and tied where it reads ~46; 8 KiB no better. (With a group's blocks
+  // contiguous and 4 streams per pass, 1 KiB had beaten 512 B, 2 KiB and 4 KiB on Zen 3.)
+  static constexpr std::size_t kX8PrefetchBytes = 4096;
 
   // Where an interleaved kernel finds its consecutive groups' blocks (quant::X8Order): group j's
   // block b at w[at(j, b)]. Inside a unit the groups' blocks alternate (group 1, block unit);
