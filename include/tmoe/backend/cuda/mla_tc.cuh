@@ -525,23 +525,28 @@ __global__ void __launch_bounds__(32 * MT * Q + (S > 0 ? 32 : 0), 1)
   }
 }
 
-// Merge of the slices (grid (T H, R / 64), 256 threads): thread (g, c) = (tid / 16, tid % 16)
-// sums the slices g, g + 16, ... of dims 4 c .. 4 c + 3 of the block's 64 (16-byte loads, all
-// slices' loads of a thread independent), the 16 groups are added through shared memory. The
-// same weights as mla_merge_kernel (exp(lse_s - max) / sum), whose one thread per dim and ns
+// Merge of the slices (grid (T H, R / 64), N threads): thread (g, c) = (tid / 16, tid % 16) sums
+// the slices g, g + N / 16, ... of dims 4 c .. 4 c + 3 of the block's 64 (16-byte loads, all
+// slices' loads of a thread independent), the N / 16 groups are added through shared memory.
+// The same weights as mla_merge_kernel (exp(lse_s - max) / sum), whose one thread per dim and ns
 // dependent rounds of loads took ~4 us more per call at 128 heads and 66 slices (H100, 4K
 // context: 24.8 against 28.6 us). Loading all of a thread's slices before the weights (16
-// registers of float4) was no faster at 16 heads and 3 us slower at 128.
-inline constexpr int kMlaTcMergeThreads = 256, kMlaTcMergeDims = 64;
-__global__ void __launch_bounds__(kMlaTcMergeThreads) mla_tc_merge_kernel(MlaTcArgs a) {
-  constexpr int kGroups = kMlaTcMergeThreads / (kMlaTcMergeDims / 4);  // 16
+// registers of float4) was no faster at 16 heads and 3 us slower at 128. N = 512 after the
+// 16-head kernel with its producer warp (132 slices: <= 5 loads per thread, one round;
+// mla_absorb_q + attention + mla_absorb_out at 32K 36.0 -> 33.8 us; 1024 threads 2 us slower),
+// 256 after the others (512 was 2 us slower at 128 heads, 66 slices, 32K).
+inline constexpr int kMlaTcMergeDims = 64;
+template <int N>
+__global__ void __launch_bounds__(N) mla_tc_merge_kernel(MlaTcArgs a) {
+  constexpr int kGroups = N / (kMlaTcMergeDims / 4);
+  static_assert(kMlaMaxSplit <= N, "mla_tc_merge_kernel: one lse per thread");
   pdl_trigger();
   pdl_wait();
   const int th = blockIdx.x, t = th / a.H, tid = threadIdx.x;
   const int ns = mla_slices(a.pos[t] + 1, a.n_split);
   if (ns == 1) return;  // the attention kernel wrote ctx
   __shared__ float w[kMlaMaxSplit];
-  __shared__ float red[kMlaTcMergeThreads / kWarpSize];
+  __shared__ float red[N / kWarpSize];
   __shared__ float4 acc[kGroups][kMlaTcMergeDims / 4];
   const float* lse = a.part_lse + std::size_t(th) * a.n_split;
   const float l = tid < ns ? lse[tid] : -INFINITY;  // ns <= kMlaMaxSplit = the block size
@@ -550,7 +555,7 @@ __global__ void __launch_bounds__(kMlaTcMergeThreads) mla_tc_merge_kernel(MlaTcA
   __syncthreads();
   M = red[0];
 #pragma unroll
-  for (int i = 1; i < kMlaTcMergeThreads / kWarpSize; ++i) M = fmaxf(M, red[i]);
+  for (int i = 1; i < N / kWarpSize; ++i) M = fmaxf(M, red[i]);
   const float e = tid < ns ? expf(l - M) : 0.f;  // M finite: slice 0 has keys
   if (tid < ns) w[tid] = e;
   const float part = warp_sum(e);
@@ -559,7 +564,7 @@ __global__ void __launch_bounds__(kMlaTcMergeThreads) mla_tc_merge_kernel(MlaTcA
   __syncthreads();  // red and w complete
   float W = 0.f;
 #pragma unroll
-  for (int i = 0; i < kMlaTcMergeThreads / kWarpSize; ++i) W += red[i];
+  for (int i = 0; i < N / kWarpSize; ++i) W += red[i];
   const int g = tid / (kMlaTcMergeDims / 4), c = tid % (kMlaTcMergeDims / 4);
   const int d = blockIdx.y * kMlaTcMergeDims + 4 * c;
   const float4* po =
@@ -602,10 +607,11 @@ inline cudaError_t launch_mla_attention_tc(MlaTcArgs a, int T, cudaStream_t stre
   if (e != cudaSuccess) return e;
   const dim3 grid((a.H + 16 * MT - 1) / (16 * MT), a.n_split, T);
   e = launch(kernel, grid, dim3(32 * MT * Q + (S > 0 ? 32 : 0)), smem, stream, a);
-  static_assert(kMlaMaxSplit <= kMlaTcMergeThreads, "mla_tc_merge_kernel: one lse per thread");
-  if (e == cudaSuccess && a.n_split > 1)  // R % 64 == 0 (checked by the caller)
-    e = launch(mla_tc_merge_kernel, dim3(T * a.H, a.R / kMlaTcMergeDims), dim3(kMlaTcMergeThreads),
-               0, stream, a);
+  if (e == cudaSuccess && a.n_split > 1) {  // R % 64 == 0 (checked by the caller)
+    const dim3 mgrid(T * a.H, a.R / kMlaTcMergeDims);
+    e = S > 0 ? launch(mla_tc_merge_kernel<512>, mgrid, dim3(512), 0, stream, a)
+              : launch(mla_tc_merge_kernel<256>, mgrid, dim3(256), 0, stream, a);
+  }
   return e;
 }
 
