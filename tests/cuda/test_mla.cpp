@@ -15,7 +15,8 @@
 //    fixture's.
 //  - bf16 cache, 16 heads: repeated direct calls and graph replays on one workspace, with the
 //    positions (hence slice counts) changing between them, reproduce each first result bit for
-//    bit.
+//    bit (the kernel's L2 prefetch reads pos before the previous kernel completes: a stale
+//    value may only change what is prefetched, never the result).
 //  - The whole layer, one token at a time: q-LoRA (or a single q_proj), kv_a, mla_kv_store,
 //    interleaved YaRN RoPE, the three MLA ops and o_proj, with the GPU's float GEMVs, against
 //    reference::mla_attention (the naive HF form over the whole sequence, double softmax) at the

@@ -24,7 +24,9 @@
 //     completes the stage's `full` mbarrier; the consumer warps wait on it, compute, and arrive on
 //     its `empty` mbarrier, which the producer waits on before refilling the stage; the two
 //     barriers inside a tile are named barriers over the consumers. Rows past the slice repeat
-//     its last row (their p is 0).
+//     its last row (their p is 0). Before griddepcontrol.wait (the previous kernel may still
+//     run), the producer asks the L2 for the slice's first kMlaTcPrefetch tiles
+//     (cp.async.bulk.prefetch.L2, a hint: pos may be read before its writer completes).
 // All products are mma.sync.m16n8k16 bf16 x bf16 -> fp32:
 //   scores (16 MT x 32) = q (16 MT x K) key^T: warp (mt, kq) = (w % MT, w / MT) takes m-tile mt
 //     and the share kq (of Q) of the K / 16 k-steps (q's A fragments read from shared memory per
@@ -83,6 +85,10 @@ inline constexpr int mla_tc_stages(int MT) {
 // The ring of the 16-head kernel with 8 warps per m-tile (R % 128 == 0), fed by a producer warp
 // through the copy engine: 4 stages (5 measured the same: 24.1 against 24.0 us at 32K).
 inline constexpr int kMlaTcWsStages = 4;
+// Tiles of its slice that the producer asks the L2 for before the previous kernel has completed
+// (PDL): 2 (9.7 MB at R1's 132 slices, about the HBM time of the merge kernel before it; 3
+// measured 0.1-0.2 us faster alone but 1 us slower after mla_absorb_q, whose reads it delays).
+inline constexpr int kMlaTcPrefetch = 2;
 // Warps per m-tile (each owns 1 / Q of the k-steps and of the latent dims): 8 for 16-head blocks
 // when R % 128 == 0 (256 threads: the per-tile critical path of 4 warps was ~2 us, longer than
 // the tile's 1.5 us share of HBM), else 4 (R / 4 is then a whole number of n8-tile pairs); 4 for
@@ -172,6 +178,11 @@ __device__ TMOE_INLINE void bulk_copy_g2s(void* dst, const void* src, unsigned b
       "l"(src), "r"(bytes), "r"(bar), "l"(pol)
       : "memory");
 }
+// Asks the L2 for bytes (a multiple of 16) at src (16-byte aligned), a hint with no completion to
+// wait for (sm_90).
+__device__ TMOE_INLINE void bulk_prefetch_l2(const void* src, unsigned bytes) {
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(src), "r"(bytes) : "memory");
+}
 // Named barrier 1 over the n consumer threads (the producer warp takes no part).
 __device__ TMOE_INLINE void consumers_sync(int n) {
   asm volatile("bar.sync 1, %0;\n" ::"r"(n) : "memory");
@@ -215,6 +226,24 @@ __global__ void __launch_bounds__(32 * MT * Q + (S > 0 ? 32 : 0), 1)
     __syncthreads();
   }
   pdl_trigger();
+  if constexpr (kWs) {
+    // Before the previous kernel has completed (PDL: its tail and this grid's launch leave the
+    // HBM idle for ~2 us), the producer asks the L2 for the first tiles of this block's slice.
+    // A hint only: pos may still be an earlier value (read volatile; any value an earlier call
+    // used with this cache names rows that exist), and the copies below read after pdl_wait.
+    if (warp == kThreads / kWarpSize) {
+      const int len0 = *static_cast<const volatile std::int32_t*>(a.pos + t) + 1;
+      if (len0 > 0) {
+        const int ns0 = mla_slices(len0, a.n_split);
+        if (split < ns0) {
+          const int chunk0 = (len0 + ns0 - 1) / ns0, b0 = split * chunk0;
+          const int e0 = min(min(len0, b0 + chunk0), b0 + kMlaTcPrefetch * kMlaTcKeys);
+          for (int j = b0 + lane; j < e0; j += kWarpSize)
+            bulk_prefetch_l2(a.cache + std::size_t(j) * K, K * 2);
+        }
+      }
+    }
+  }
   pdl_wait();
 
   const int len = a.pos[t] + 1;
@@ -496,23 +525,28 @@ __global__ void __launch_bounds__(32 * MT * Q + (S > 0 ? 32 : 0), 1)
   }
 }
 
-// Merge of the slices (grid (T H, R / 64), 256 threads): thread (g, c) = (tid / 16, tid % 16)
-// sums the slices g, g + 16, ... of dims 4 c .. 4 c + 3 of the block's 64 (16-byte loads, all
-// slices' loads of a thread independent), the 16 groups are added through shared memory. The
-// same weights as mla_merge_kernel (exp(lse_s - max) / sum), whose one thread per dim and ns
+// Merge of the slices (grid (T H, R / 64), N threads): thread (g, c) = (tid / 16, tid % 16) sums
+// the slices g, g + N / 16, ... of dims 4 c .. 4 c + 3 of the block's 64 (16-byte loads, all
+// slices' loads of a thread independent), the N / 16 groups are added through shared memory.
+// The same weights as mla_merge_kernel (exp(lse_s - max) / sum), whose one thread per dim and ns
 // dependent rounds of loads took ~4 us more per call at 128 heads and 66 slices (H100, 4K
 // context: 24.8 against 28.6 us). Loading all of a thread's slices before the weights (16
-// registers of float4) was no faster at 16 heads and 3 us slower at 128.
-inline constexpr int kMlaTcMergeThreads = 256, kMlaTcMergeDims = 64;
-__global__ void __launch_bounds__(kMlaTcMergeThreads) mla_tc_merge_kernel(MlaTcArgs a) {
-  constexpr int kGroups = kMlaTcMergeThreads / (kMlaTcMergeDims / 4);  // 16
+// registers of float4) was no faster at 16 heads and 3 us slower at 128. N = 512 after the
+// 16-head kernel with its producer warp (132 slices: <= 5 loads per thread, one round;
+// mla_absorb_q + attention + mla_absorb_out at 32K 36.0 -> 33.8 us; 1024 threads 2 us slower),
+// 256 after the others (512 was 2 us slower at 128 heads, 66 slices, 32K).
+inline constexpr int kMlaTcMergeDims = 64;
+template <int N>
+__global__ void __launch_bounds__(N) mla_tc_merge_kernel(MlaTcArgs a) {
+  constexpr int kGroups = N / (kMlaTcMergeDims / 4);
+  static_assert(kMlaMaxSplit <= N, "mla_tc_merge_kernel: one lse per thread");
   pdl_trigger();
   pdl_wait();
   const int th = blockIdx.x, t = th / a.H, tid = threadIdx.x;
   const int ns = mla_slices(a.pos[t] + 1, a.n_split);
   if (ns == 1) return;  // the attention kernel wrote ctx
   __shared__ float w[kMlaMaxSplit];
-  __shared__ float red[kMlaTcMergeThreads / kWarpSize];
+  __shared__ float red[N / kWarpSize];
   __shared__ float4 acc[kGroups][kMlaTcMergeDims / 4];
   const float* lse = a.part_lse + std::size_t(th) * a.n_split;
   const float l = tid < ns ? lse[tid] : -INFINITY;  // ns <= kMlaMaxSplit = the block size
@@ -521,7 +555,7 @@ __global__ void __launch_bounds__(kMlaTcMergeThreads) mla_tc_merge_kernel(MlaTcA
   __syncthreads();
   M = red[0];
 #pragma unroll
-  for (int i = 1; i < kMlaTcMergeThreads / kWarpSize; ++i) M = fmaxf(M, red[i]);
+  for (int i = 1; i < N / kWarpSize; ++i) M = fmaxf(M, red[i]);
   const float e = tid < ns ? expf(l - M) : 0.f;  // M finite: slice 0 has keys
   if (tid < ns) w[tid] = e;
   const float part = warp_sum(e);
@@ -530,7 +564,7 @@ __global__ void __launch_bounds__(kMlaTcMergeThreads) mla_tc_merge_kernel(MlaTcA
   __syncthreads();  // red and w complete
   float W = 0.f;
 #pragma unroll
-  for (int i = 0; i < kMlaTcMergeThreads / kWarpSize; ++i) W += red[i];
+  for (int i = 0; i < N / kWarpSize; ++i) W += red[i];
   const int g = tid / (kMlaTcMergeDims / 4), c = tid % (kMlaTcMergeDims / 4);
   const int d = blockIdx.y * kMlaTcMergeDims + 4 * c;
   const float4* po =
@@ -573,10 +607,11 @@ inline cudaError_t launch_mla_attention_tc(MlaTcArgs a, int T, cudaStream_t stre
   if (e != cudaSuccess) return e;
   const dim3 grid((a.H + 16 * MT - 1) / (16 * MT), a.n_split, T);
   e = launch(kernel, grid, dim3(32 * MT * Q + (S > 0 ? 32 : 0)), smem, stream, a);
-  static_assert(kMlaMaxSplit <= kMlaTcMergeThreads, "mla_tc_merge_kernel: one lse per thread");
-  if (e == cudaSuccess && a.n_split > 1)  // R % 64 == 0 (checked by the caller)
-    e = launch(mla_tc_merge_kernel, dim3(T * a.H, a.R / kMlaTcMergeDims), dim3(kMlaTcMergeThreads),
-               0, stream, a);
+  if (e == cudaSuccess && a.n_split > 1) {  // R % 64 == 0 (checked by the caller)
+    const dim3 mgrid(T * a.H, a.R / kMlaTcMergeDims);
+    e = S > 0 ? launch(mla_tc_merge_kernel<512>, mgrid, dim3(512), 0, stream, a)
+              : launch(mla_tc_merge_kernel<256>, mgrid, dim3(256), 0, stream, a);
+  }
   return e;
 }
 
