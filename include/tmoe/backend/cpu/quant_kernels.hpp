@@ -1358,6 +1358,22 @@ struct QuantImpl {
     }
   }
 
+#if defined(TMOE_QUANT_AVX2)
+  // G consecutive groups (8 G rows) against one activation row: dot_x16 for pairs of groups under
+  // AVX-512 VNNI, dot_x8 otherwise (the same bits either way).
+  template <class F, int G>
+  static TMOE_INLINE void dot_groups(const typename quant::RepackedX8<F>::Block* w, X8Step st,
+                                     const Act* a, std::size_t nb, float* y, const char* pf) {
+#if defined(TMOE_QUANT_X16)
+    if constexpr (G % 2 == 0) {
+      dot_x16<F, G / 2>(w, st, a, nb, y, pf);
+      return;
+    }
+#endif
+    dot_x8<F, G>(w, st, a, nb, y, pf);
+  }
+#endif
+
   // ---- matrix driver: tiles of 16 output rows x 32 tokens -------------------------------------
   // With an interleaved copy (w.packed, Q4_0 / Q8_0 / Q4_K), the whole 8-row groups inside
   // [o_begin, o_end) run dot_x8; rows outside them (range edges, the rows % 8 tail) run the
@@ -1437,19 +1453,11 @@ struct QuantImpl {
             if constexpr (std::is_same_v<F, quant::Q4_K>) {
               dot_x8_q4k(wg, at, a.qd + t * a.ldq, a.qdsum + t * a.ldq, nb, yt, pf);
             } else if (n == 4) {
-#if defined(TMOE_QUANT_X16)
-              dot_x16<F, 2>(wg, st, at, nb, yt, pf);
-#else
-              dot_x8<F, 4>(wg, st, at, nb, yt, pf);
-#endif
+              dot_groups<F, 4>(wg, st, at, nb, yt, pf);
             } else if (n == 2) {
-#if defined(TMOE_QUANT_X16)
-              dot_x16<F, 1>(wg, st, at, nb, yt, pf);
-#else
-              dot_x8<F, 2>(wg, st, at, nb, yt, pf);
-#endif
+              dot_groups<F, 2>(wg, st, at, nb, yt, pf);
             } else {
-              dot_x8<F>(wg, st, at, nb, yt, pf);
+              dot_groups<F, 1>(wg, st, at, nb, yt, pf);
             }
           }
           g += n;
