@@ -45,6 +45,25 @@ TEST_CASE_TEMPLATE("Linear<AnyFormat> equals the typed block format bit for bit"
                           nullptr, cpu::kernels());
   for (std::size_t i = 0; i < ys.size(); ++i) CHECK(ys.data()[i] == rs.data()[i]);
   CHECK_THROWS_AS(LinearTraits<AnyFormat>::slice_rows(any, 90, 7), Error);
+  // With the interleaved copy (Q4_0 / Q8_0 / Q4_K) a slice keeps it where the typed slice does
+  // (cut at its units: 32 rows, Q4_K 8; quant::x8_slice_keeps_copy) and gives the typed bits.
+  if constexpr (quant::kRepackX8<Q>) {
+    auto qp = q;
+    qp.repack();
+    AnyMatrixView ap = AnyMatrixView::of(kind_of<Q>(), qp.view().blocks, out, in);
+    ap.packed = qp.view().packed;
+    for (const auto& [b, n] : {std::pair<std::size_t, std::size_t>{32, 64}, {8, 40}, {64, 32}}) {
+      CAPTURE(b);
+      const auto sa = LinearTraits<AnyFormat>::slice_rows(ap, b, n);
+      const auto st = LinearTraits<Q>::slice_rows(qp.view(), b, n);
+      CHECK((st.packed != nullptr) == (b % (8 * quant::kX8Unit<Q>) == 0));
+      CHECK((sa.packed != nullptr) == (st.packed != nullptr));
+      Matrix<float> ya(5, n), yt(5, n);
+      LinearTraits<AnyFormat>::matmul(pool, sa, x.cview(), ya.view(), nullptr, cpu::kernels());
+      LinearTraits<Q>::matmul(pool, st, x.cview(), yt.view(), nullptr, cpu::kernels());
+      for (std::size_t i = 0; i < ya.size(); ++i) CHECK(ya.data()[i] == yt.data()[i]);
+    }
+  }
   Embedding<AnyFormat> ea(any);
   Embedding<Q> eq(q.view());
   const std::int32_t ids[] = {0, 95, 40};
