@@ -341,7 +341,8 @@ inline constexpr std::size_t kX8Unit = std::is_same_v<F, Q4_K> ? 1 : 4;
 // (or both after the last whole unit) are group_stride(g) blocks apart:
 //   g in a whole unit:  first = (g - g % unit) * nb + g % unit, block stride unit, group stride 1
 //   g after them:       first = g * nb,                         block stride 1,    group stride nb
-// A unit's first group g starts at block g * nb as in the plain group order, so row slices and
+// (With units of one group, unit == 1, every group is stored as after the last whole unit.) A
+// unit's first group g starts at block g * nb as in the plain group order, so row slices and
 // thread ranges can cut the copy at units.
 struct X8Order {
   std::size_t nb, groups, unit;
@@ -351,7 +352,7 @@ struct X8Order {
     return in_unit(g) ? (g - g % unit) * nb + g % unit : g * nb;
   }
   std::size_t block_stride(std::size_t g) const { return in_unit(g) ? unit : 1; }
-  std::size_t group_stride(std::size_t g) const { return in_unit(g) ? 1 : nb; }
+  std::size_t group_stride(std::size_t g) const { return in_unit(g) && unit > 1 ? 1 : nb; }
   std::size_t index(std::size_t g, std::size_t b) const { return first(g) + b * block_stride(g); }
 };
 template <class F>
