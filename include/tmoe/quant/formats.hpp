@@ -198,9 +198,9 @@ constexpr QuantTypeInfo quant_type_info(QuantType t) {
 //               scale_stride >= ceil(cols/128); other formats: unused (nullptr).
 //   packed:     optional (Q4_0, Q8_0, Q4_K: kRepackX8<F>): the same weights again, 8 rows
 //               interleaved (RepackedX8<F> in X8Order, below) for the decode GEMV; covers rows
-//               [0, 8 * (rows / 8)), the
-//               tail rows are read from `blocks`. nullptr: the kernels read `blocks` only. Whoever
-//               sets it owns the copy (quant::QuantMatrix::repack, models::WeightLoader).
+//               [0, 8 * (rows / 8)), the tail rows are read from `blocks`. nullptr: the kernels
+//               read `blocks` only. Whoever sets it owns the copy (quant::QuantMatrix::repack,
+//               models::WeightLoader).
 //   nan_free:   Fp8Block only: the weights are known to hold no NaN code (0x7f / 0xff), checked
 //               once (quant::fp8_find_nan: QuantMatrix::repack, quantize). The CPU GEMV then
 //               leaves out its per-load NaN test (~10% of its work, docs/quantization.md);
@@ -281,9 +281,9 @@ TMOE_INLINE void q4k_scale_min(const std::uint8_t* sc, int s, int& scale, int& m
 // Group g holds rows 8g .. 8g + 7; its block b (the same 32 columns of the 8 rows) is one
 // BlockX8. Groups come in units of U = kX8Unit<F> consecutive groups (Q4_0, Q8_0: 4; Q4_K: 1)
 // whose blocks are interleaved block by block (X8Order below), so the decode GEMV's pass over a
-// unit's 32 rows reads one contiguous stream instead of U streams (measured: the 4-stream
-// order read at 0.6-0.75 of the read probe, docs/performance.md "One stream per pass"); the
-// groups % U groups after the last whole unit keep their blocks contiguous.
+// unit's 32 rows reads one contiguous stream instead of U streams (docs/performance.md, "One
+// stream per decode pass"); the groups % U groups after the last whole unit keep their blocks
+// contiguous.
 //   d[r]: row r's f16 scale (one F16C conversion gives the 8 scales);
 //   qs: chunks of 32 bytes, chunk k holds bytes 4k .. 4k + 3 of row r's qs at bytes 4r .. 4r + 3,
 //       so one 256-bit load holds 4 bytes of each of the 8 rows and an integer dot product with a

@@ -45,10 +45,10 @@
 // tile measured slower than this GEMM on 2 quiet cores, so there Q8_0 takes it only for
 // 1 < T < kQuantGemmMinT): rows<F> runs gemm_x8_tile for T > 1 (gemm_x16_tile under VNNI, two
 // groups per vector, see TMOE_QUANT_X16 below), one group of 8 rows x kX8TileTokens tokens per
-// pass on the Q8 activations, each weight load and nibble split shared by the tile's tokens; per row and token the same integer block sums and float steps as
-// dot_x8 (the decode result bit for bit); one core, T = 128: Q4_0 1.8x, Q8_0 1.4x the float GEMM's
-// FLOP/s (bench_cputime), pp512 Qwen-1.5B Q4_0 2.1x, Q8_0 1.06x (docs/performance.md, "Integer
-// prefill").
+// pass on the Q8 activations, each weight load and nibble split shared by the tile's tokens; per
+// row and token the same integer block sums and float steps as dot_x8 (the decode result bit for
+// bit); one core, T = 128: Q4_0 1.8x, Q8_0 1.4x the float GEMM's FLOP/s (bench_cputime), pp512
+// Qwen-1.5B Q4_0 2.1x, Q8_0 1.06x (docs/performance.md, "Integer prefill").
 #pragma once
 
 #include <algorithm>
@@ -727,18 +727,18 @@ struct QuantImpl {
 #endif
   }
 
-  // w: the group's block 0, its block b at w[b * bs].
+  // w: the group's block 0, its block b at w[st.at(0, b)].
   template <class F, int NT>
-  static void gemm_x8_tile(const typename quant::RepackedX8<F>::Block* w, std::size_t bs,
-                           const Act* a, std::size_t lda, std::size_t nb, float* y, std::size_t ldy,
+  static void gemm_x8_tile(const typename quant::RepackedX8<F>::Block* w, X8Step st, const Act* a,
+                           std::size_t lda, std::size_t nb, float* y, std::size_t ldy,
                            const char* pf) {
     using Blk = typename quant::RepackedX8<F>::Block;
     __m256 acc[NT];
     for (int j = 0; j < NT; ++j) acc[j] = _mm256_setzero_ps();
     const __m256i ones = _mm256_set1_epi16(1);
     for (std::size_t b = 0; b < nb; ++b) {
-      if (pf) prefetch_span<sizeof(Blk)>(pf + b * bs * sizeof(Blk));
-      const Blk& wb = w[b * bs];
+      if (pf) prefetch_x8<sizeof(Blk), 1>(pf, st, b);
+      const Blk& wb = w[st.at(0, b)];
       __m256i isum[NT];
       for (int j = 0; j < NT; ++j) isum[j] = _mm256_setzero_si256();
       if constexpr (std::is_same_v<F, quant::Q4_0>) {
@@ -790,11 +790,11 @@ struct QuantImpl {
   // in one narrower tile; pf: prefetch pointer of the first tile (the group's weights come from
   // memory once, the later tiles find them cached).
   template <class F>
-  static void gemm_x8_group(const typename quant::RepackedX8<F>::Block* w, std::size_t bs,
-                            const Act* q, std::size_t ldq, std::size_t T, std::size_t nb, float* y,
+  static void gemm_x8_group(const typename quant::RepackedX8<F>::Block* w, X8Step st, const Act* q,
+                            std::size_t ldq, std::size_t T, std::size_t nb, float* y,
                             std::size_t ldy, const char* pf) {
     over_tokens<kX8TileTokens>(T, pf, [&]<int N>(std::size_t t, const char* p) {
-      gemm_x8_tile<F, N>(w, bs, q + t * ldq, ldq, nb, y + t * ldy, ldy, p);
+      gemm_x8_tile<F, N>(w, st, q + t * ldq, ldq, nb, y + t * ldy, ldy, p);
     });
   }
 
@@ -1182,13 +1182,14 @@ struct QuantImpl {
     if constexpr (quant::kRepackX8<F>) {
       if (w.packed && o < w.rows / 8 * 8) {
         const std::size_t b0 = c0 / F::kBlockSize, nb = (n + F::kBlockSize - 1) / F::kBlockSize;
-        const auto* pk = static_cast<const typename quant::RepackedX8<F>::Block*>(w.packed);
         const quant::X8Order order = quant::x8_order(w);
+        const std::size_t bs = order.block_stride(o / 8);  // the row group's blocks
+        const auto* pk = static_cast<const typename quant::RepackedX8<F>::Block*>(w.packed) +
+                         order.first(o / 8) + b0 * bs;
         typename F::Block blk[kUnpackBatch];
         for (std::size_t b = 0; b < nb; b += kUnpackBatch) {
           const std::size_t m = std::min(kUnpackBatch, nb - b);
-          for (std::size_t i = 0; i < m; ++i)
-            blk[i] = quant::unpack_x8<F>(pk[order.index(o / 8, b0 + b + i)], o % 8);
+          for (std::size_t i = 0; i < m; ++i) blk[i] = quant::unpack_x8<F>(pk[(b + i) * bs], o % 8);
           dequant_blocks<F>(blk, m, out + b * F::kBlockSize);
         }
         return;
@@ -1389,18 +1390,14 @@ struct QuantImpl {
         const auto* pk = static_cast<const typename quant::RepackedX8<F>::Block*>(w.packed);
         const std::size_t nb = w.blocks_per_row();
         const quant::X8Order order = quant::x8_order(w);
-        // Groups per pass from group g: Q4_0 / Q8_0 a whole unit (4 groups, one contiguous
-        // stream; with AVX-512 VNNI as two 16-row vectors) where [g, g + 4) is one inside the
-        // range, else pairs (their activation broadcasts shared; inside a unit from an even
-        // group) or single groups; Q4_K one group.
+        // Groups per pass from group g: a whole unit where [g, g + unit) is one inside the range
+        // (Q4_0 / Q8_0: 4 groups, one contiguous stream, with AVX-512 VNNI as two 16-row
+        // vectors; Q4_K: its units are single groups), else pairs (their activation broadcasts
+        // shared; inside a unit from an even group) or single groups.
         auto groups_at = [&](std::size_t g) -> std::size_t {
-          if constexpr (std::is_same_v<F, quant::Q4_K>) {
-            return 1;
-          } else {
-            if (order.in_unit(g) && g % order.unit == 0 && g + order.unit <= g1) return order.unit;
-            const bool pair = g + 2 <= g1 && (!order.in_unit(g) || g % 2 == 0);
-            return pair ? 2 : 1;
-          }
+          if (order.in_unit(g) && g % order.unit == 0 && g + order.unit <= g1) return order.unit;
+          const bool pair = g + 2 <= g1 && (!order.in_unit(g) || g % 2 == 0);
+          return pair ? 2 : 1;
         };
         static_assert(quant::kX8Unit<F> == 1 || quant::kX8Unit<F> == 4, "passes of 1, 2, 4 groups");
         // One prefetch per block kX8PrefetchBytes ahead of the pass's stream (first token only,
@@ -1408,7 +1405,7 @@ struct QuantImpl {
         // groups stored one after another (Q4_K, the groups after the last whole unit) start a
         // new stream per group, so each pass there also prefetches the heads of the groups the
         // next pass reads, from here to the end of the range's first pass for the first one
-        // (with 1536 columns, a 6.9 KB Q4_0 group, 1 KiB of every 13.8 KB two-group pass).
+        // (when a group is longer than two such heads).
         constexpr std::size_t kHead = kX8PrefetchBytes;
         const std::size_t group_bytes = nb * sizeof(typename quant::RepackedX8<F>::Block);
         auto prefetch_heads = [&](std::size_t ga, std::size_t gb) {
@@ -1434,7 +1431,7 @@ struct QuantImpl {
                 continue;
               }
 #endif
-              gemm_x8_group<F>(pk + order.first(g), order.block_stride(g), a.q, a.ldq, a.T, nb,
+              gemm_x8_group<F>(pk + order.first(g), x8_step(order, g), a.q, a.ldq, a.T, nb,
                                y + 8 * g, ldy, pf_of(g));
               ++g;
             }
