@@ -60,6 +60,15 @@ inline constexpr int kMlaMaxK = 1024;             // R + Dr
 __device__ TMOE_INLINE int mla_slices(int len, int n_split) {
   return max(1, min(n_split, (len + kMlaMinKeys - 1) / kMlaMinKeys));
 }
+// Slice `split` of a context of len >= 1 keys cut into ns = mla_slices(len, n_split) slices:
+// keys [j0, j1) (empty when split >= ns).
+struct MlaSlice {
+  int ns, j0, j1;
+};
+__device__ TMOE_INLINE MlaSlice mla_slice(int len, int n_split, int split) {
+  const int ns = mla_slices(len, n_split), chunk = (len + ns - 1) / ns, j0 = split * chunk;
+  return {ns, j0, min(len, j0 + chunk)};
+}
 
 // ---- cache store: RMSNorm of the latent, RoPE of the rope key, one row per token --------------
 // Grid T, block 256. kv (T, ld_kv) float; weight (R) float; inv_freq (Dr / 2). The cache row is
@@ -209,10 +218,8 @@ __global__ void __launch_bounds__(kMlaThreads, 1) mla_attention_kernel(MlaAttnAr
   pdl_wait();
 
   const int len = a.pos[t] + 1;
-  const int ns = mla_slices(len, a.n_split);
+  const auto [ns, j0, j1] = mla_slice(len, a.n_split, split);
   if (split >= ns) return;
-  const int chunk = (len + ns - 1) / ns;
-  const int j0 = split * chunk, j1 = min(len, j0 + chunk);
   const int ntiles = (j1 - j0 + kMlaTile - 1) / kMlaTile;
 
   auto load_tile = [&](int it, int buf) {

@@ -234,23 +234,18 @@ __global__ void __launch_bounds__(32 * MT * Q + (S > 0 ? 32 : 0), 1)
     if (warp == kThreads / kWarpSize) {
       const int len0 = *static_cast<const volatile std::int32_t*>(a.pos + t) + 1;
       if (len0 > 0) {
-        const int ns0 = mla_slices(len0, a.n_split);
-        if (split < ns0) {
-          const int chunk0 = (len0 + ns0 - 1) / ns0, b0 = split * chunk0;
-          const int e0 = min(min(len0, b0 + chunk0), b0 + kMlaTcPrefetch * kMlaTcKeys);
-          for (int j = b0 + lane; j < e0; j += kWarpSize)
-            bulk_prefetch_l2(a.cache + std::size_t(j) * K, K * 2);
-        }
+        const MlaSlice s0 = mla_slice(len0, a.n_split, split);  // empty past the slices
+        const int e0 = min(s0.j1, s0.j0 + kMlaTcPrefetch * kMlaTcKeys);
+        for (int j = s0.j0 + lane; j < e0; j += kWarpSize)
+          bulk_prefetch_l2(a.cache + std::size_t(j) * K, K * 2);
       }
     }
   }
   pdl_wait();
 
   const int len = a.pos[t] + 1;
-  const int ns = mla_slices(len, a.n_split);
+  const auto [ns, j0, j1] = mla_slice(len, a.n_split, split);
   if (split >= ns) return;
-  const int chunk = (len + ns - 1) / ns;
-  const int j0 = split * chunk, j1 = min(len, j0 + chunk);
   const int ntiles = (j1 - j0 + kMlaTcKeys - 1) / kMlaTcKeys;
   const int K8 = K / 8;
 
