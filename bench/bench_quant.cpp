@@ -207,8 +207,30 @@ void BM_prefill_x8(benchmark::State& state) {
                   : cpu::detail::int_prefill(w.view(), k) ? " x8 int"
                                                           : " float gemm on the x8 copy"));
 }
+
+// Activation quantization (QuantKernels::quantize_act) of one 8960-float row (Qwen-1.5B's down
+// input), Arg 0: this CPU's kernel table, Arg 1: the portable one (the scalar loop every table
+// ran before the AVX2 path); one thread, in floats/s. A decode step runs it serially between
+// matrices (the other threads wait), ~113 rows per Qwen-1.5B token.
+void BM_quantize_act(benchmark::State& state) {
+  constexpr std::size_t n = 8960;
+  const auto& k = state.range(0) ? cpu::kernels_for(cpu::Isa::portable) : cpu::kernels();
+  std::vector<float> x(n);
+  std::mt19937 rng(1);
+  std::uniform_real_distribution<float> d(-1.f, 1.f);
+  for (auto& v : x) v = d(rng);
+  std::vector<BlockQ8Act> q(n / 32);
+  for (auto _ : state) {
+    k.quant.quantize_act(x.data(), n, q.data());
+    benchmark::DoNotOptimize(q.data());
+  }
+  state.counters["floats/s"] =
+      benchmark::Counter(double(n) * double(state.iterations()), benchmark::Counter::kIsRate);
+  state.SetLabel(std::string(cpu::isa_name(k.isa)));
+}
 }  // namespace
 
+BENCHMARK(BM_quantize_act)->DenseRange(0, 1)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_decode_sequence<Q4_0>)->DenseRange(0, 4)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_decode_sequence<Q8_0>)->DenseRange(0, 4)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_gemv<Q8_0, false, true>)->Arg(2)->Unit(benchmark::kMillisecond)->UseRealTime();

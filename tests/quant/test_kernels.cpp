@@ -180,6 +180,28 @@ TEST_CASE("activation quantization is bit-identical to the reference on every IS
   }
 }
 
+// Values the reference's nearbyint -> int cast leaves undefined (NaN, x * 0 for an infinite
+// element): every ISA must still give the portable kernel's blocks (the vector path mirrors its
+// scalar steps), and a NaN element must not poison its block's scale.
+TEST_CASE("activation quantization of NaN, infinities and -0 is the same on every ISA") {
+  auto x = test::random_floats(160, 11, -3.f, 3.f);
+  x[3] = x[29] = std::numeric_limits<float>::quiet_NaN();  // block 0 (v[0] and v[3] of 8 lanes)
+  x[40] = std::numeric_limits<float>::infinity();          // block 1
+  x[70] = -std::numeric_limits<float>::infinity(), x[71] = x[3];  // block 2
+  for (int i = 96; i < 128; ++i) x[i] = i % 2 ? -0.f : 0.f;       // block 3
+  std::vector<BlockQ8Act> want(5);
+  cpu::kernels_for(cpu::Isa::portable).quant.quantize_act(x.data(), x.size(), want.data());
+  float amax0 = 0;
+  for (int i = 0; i < 32; ++i)
+    if (i != 3 && i != 29) amax0 = std::max(amax0, std::fabs(x[i]));
+  CHECK(want[0].d == amax0 / 127.f);
+  test::for_each_isa([&](const cpu::KernelTable& k) {
+    std::vector<BlockQ8Act> a(5);
+    k.quant.quantize_act(x.data(), x.size(), a.data());
+    CHECK(std::memcmp(a.data(), want.data(), 5 * sizeof(BlockQ8Act)) == 0);
+  });
+}
+
 TEST_CASE_TEMPLATE("quantized matmul matches the reference on every ISA (block formats)", F, Q8_0,
                    Q4_0, Q4_K, Q6_K, NF4) {
   ThreadPool pool(2);

@@ -136,7 +136,11 @@ struct QuantImpl {
   // Shared by every ISA: d = max|x| / 127, q = round_half_even(x * (1 / d)); the float ops are
   // the reference's, so activation blocks are bit-identical across ISAs.
   static void quantize_act(const float* x, std::size_t n, Act* out) {
-    for (std::size_t b = 0; b * 32 < n; ++b) {
+    std::size_t b = 0;
+#if defined(TMOE_QUANT_AVX2)
+    b = quantize_act_avx2(x, n, out);
+#endif
+    for (; b * 32 < n; ++b) {
       float v[32];
       const std::size_t m = std::min<std::size_t>(32, n - b * 32);
       for (std::size_t j = 0; j < 32; ++j) v[j] = j < m ? x[b * 32 + j] : 0.f;
@@ -165,6 +169,58 @@ struct QuantImpl {
   }
 
 #if defined(TMOE_QUANT_AVX2)
+  // quantize_act's whole blocks, 8 lanes at a time (the scalar loop above was ~2 ns per float,
+  // ~4 % of a decode step's serial time on Qwen-1.5B Q4_0); returns the blocks done. Every step
+  // is the scalar loop's: amax by max(|v|, amax) (a NaN element is skipped as std::max skips
+  // it), d and id in scalar, p = v * id rounded to float before + 1.5 * 2^23, the same bit
+  // trick; only the order of the exact max and of the integer sums differs.
+  static std::size_t quantize_act_avx2(const float* x, std::size_t n, Act* out) {
+    const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    const __m256 magic = _mm256_set1_ps(12582912.f);
+    const __m256i mant = _mm256_set1_epi32(0x007fffff), bias = _mm256_set1_epi32(0x00400000);
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    auto hsum = [](__m256i v) {
+      __m128i h = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+      h = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0x4e));
+      h = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0xb1));
+      return _mm_cvtsi128_si32(h);
+    };
+    std::size_t b = 0;
+    for (; b * 32 + 32 <= n; ++b) {
+      __m256 v[4], m = _mm256_setzero_ps();
+      for (int i = 0; i < 4; ++i) {
+        v[i] = _mm256_loadu_ps(x + 32 * b + 8 * i);
+        m = _mm256_max_ps(_mm256_and_ps(v[i], abs_mask), m);
+      }
+      __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+      h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+      h = _mm_max_ss(h, _mm_movehdup_ps(h));
+      const float amax = _mm_cvtss_f32(h);
+      const float d = amax / 127.f;
+      const float id = d != 0.f ? 1.0f / d : 0.0f;
+      const __m256 vid = _mm256_set1_ps(id);
+      __m256i q[4];
+      for (int i = 0; i < 4; ++i) {
+        __m256 p = _mm256_mul_ps(v[i], vid);
+#if defined(__GNUC__)
+        __asm__("" : "+x"(p));  // rounded here, not fused with the add (see the scalar loop)
+#endif
+        const __m256i f = _mm256_castps_si256(_mm256_add_ps(p, magic));
+        q[i] = _mm256_sub_epi32(_mm256_and_si256(f, mant), bias);
+      }
+      // |q| <= 127: the saturating packs are exact; they interleave 4-element runs per 128-bit
+      // lane, which the permutation puts back in order.
+      const __m256i q8 = _mm256_permutevar8x32_epi32(
+          _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3])),
+          order);
+      Act& a = out[b];
+      a.d = d;
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(a.qs), q8);
+      a.sum[0] = static_cast<std::int16_t>(hsum(_mm256_add_epi32(q[0], q[1])));
+      a.sum[1] = static_cast<std::int16_t>(hsum(_mm256_add_epi32(q[2], q[3])));
+    }
+    return b;
+  }
   static TMOE_INLINE float half(std::uint16_t bits) {
     return _cvtsh_ss(bits);
   }
