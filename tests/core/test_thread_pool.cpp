@@ -1,11 +1,13 @@
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
 #include <mutex>
+#include <stdexcept>
 #include <thread>
 #include <vector>
 
@@ -77,6 +79,56 @@ TEST_CASE("parallel_for covers [0, n) with disjoint chunks") {
     });
     for (int s : seen) REQUIRE(s == 1);
   }
+}
+
+TEST_CASE("parallel_for_tapered covers [0, n) with disjoint chunks, big ones first") {
+  for (int threads : {1, 2, 3}) {
+    ThreadPool pool(threads);
+    for (std::size_t grain : {1u, 2u, 7u})
+      for (std::size_t n : {0u, 1u, 2u, 3u, 5u, 8u, 48u, 97u, 280u, 4096u}) {
+        std::vector<int> seen(n, 0);
+        std::mutex m;
+        std::vector<std::pair<std::size_t, std::size_t>> chunks;
+        pool.parallel_for_tapered(n, grain, [&](std::size_t b, std::size_t e, int) {
+          for (std::size_t i = b; i < e; ++i) seen[i] += 1;
+          std::lock_guard<std::mutex> lock(m);
+          chunks.emplace_back(b, e);
+        });
+        for (int s : seen) REQUIRE(s == 1);
+        std::sort(chunks.begin(), chunks.end());
+        for (const auto& [b, e] : chunks) REQUIRE(e - b >= std::min(grain, n - b));
+        // The first chunk (claimed first) is the largest; with n >= 16 threads grain-sized
+        // chunks there are small ones at the end.
+        if (!chunks.empty())
+          for (const auto& [b, e] : chunks) REQUIRE(e - b <= chunks.front().second);
+        if (n >= 64 * std::size_t(threads) * grain && threads > 1)
+          CHECK(chunks.back().second - chunks.back().first < chunks.front().second / 4);
+      }
+  }
+}
+
+TEST_CASE("ThreadPool: a task's exception reaches run()'s caller, the pool stays usable") {
+  ThreadPool pool(3);
+  for (std::size_t bad : {0u, 1u, 37u, 99u}) {  // task 0 usually runs on the calling thread
+    std::atomic<int> ran{0};
+    CHECK_THROWS_WITH_AS(pool.run(100,
+                                  [&](std::size_t i, int) {
+                                    ran.fetch_add(1);
+                                    if (i == bad) throw std::runtime_error("task failed");
+                                  }),
+                         "task failed", std::runtime_error);
+    CHECK(ran.load() >= 1);
+    CHECK(ran.load() <= 100);
+    std::vector<int> seen(64, 0);
+    pool.run(64, [&](std::size_t i, int) { seen[i] += 1; });
+    for (int s : seen) REQUIRE(s == 1);
+  }
+  // Every task throwing: one exception out, the others dropped.
+  CHECK_THROWS_AS(pool.run(50, [](std::size_t, int) { throw std::logic_error("each"); }),
+                  std::logic_error);
+  std::atomic<int> n{0};
+  pool.run(10, [&](std::size_t, int) { n.fetch_add(1); });
+  CHECK(n.load() == 10);
 }
 
 TEST_CASE("ThreadPool rejects absurd sizes") {

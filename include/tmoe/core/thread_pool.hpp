@@ -5,7 +5,9 @@
 // handed out through one atomic counter. Idle workers spin briefly on a generation counter, so
 // a loop issued right after the previous one (every matrix of a decode step) starts within a
 // microsecond or two; after the spin they sleep on a condition variable and cost no CPU.
-// One run() at a time per pool (not re-entrant); a pool of size 1 runs inline.
+// One run() at a time per pool (not re-entrant); a pool of size 1 runs inline. An exception
+// thrown by a task (on any thread) is caught, the job's remaining tasks are skipped, and run()
+// rethrows it on the calling thread once every claimed task has returned (the pool stays usable).
 #pragma once
 
 #include <algorithm>
@@ -13,8 +15,10 @@
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <exception>
 #include <mutex>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
@@ -67,6 +71,7 @@ class ThreadPool {
     job_ctx_ = const_cast<void*>(static_cast<const void*>(&fn));
     n_tasks_.store(n_tasks, std::memory_order_relaxed);
     done_.store(0, std::memory_order_relaxed);
+    failed_.store(false, std::memory_order_relaxed);
     ++job_;
     // Publishing (job, n_tasks left) releases job_fn_, job_ctx_, n_tasks_ and done_ to claimers.
     next_.store(job_ << 32 | n_tasks, std::memory_order_release);
@@ -76,6 +81,10 @@ class ThreadPool {
     if (sleepers_.load(std::memory_order_seq_cst) > 0) wake_sleepers();
     work(0);
     while (done_.load(std::memory_order_acquire) != n_tasks) TMOE_CPU_RELAX();
+    if (failed_.load(std::memory_order_relaxed)) {
+      std::exception_ptr e = std::exchange(error_, nullptr);
+      std::rethrow_exception(e);
+    }
   }
 
   // Splits [0, n) into about size() * chunks_per_thread contiguous chunks of at least `grain`
@@ -91,6 +100,28 @@ class ThreadPool {
     run(chunks, [&](std::size_t c, int thread) {
       const std::size_t b = c * per;
       const std::size_t e = std::min(n, b + per);
+      if (b < e) fn(b, e, thread);
+    });
+  }
+
+  // parallel_for with a tapered schedule: one chunk per thread over the first ~3/4 of [0, n)
+  // (one contiguous stream each), then the rest in chunks of ~n / (16 threads) (>= grain), so
+  // that a thread that runs slower (memory, another process) costs the others at most one small
+  // chunk of waiting at the end instead of one of n / (chunks_per_thread threads). Chunks are
+  // claimed in order, so the big ones start first.
+  template <class F>
+  void parallel_for_tapered(std::size_t n, std::size_t grain, F&& fn) {
+    if (n == 0) return;
+    grain = std::max<std::size_t>(grain, 1);
+    const auto p = static_cast<std::size_t>(size_);
+    const std::size_t big = std::max(grain, 3 * n / (4 * p));
+    const std::size_t head = std::min(n, big * p);
+    const std::size_t small = std::max(grain, (n + 16 * p - 1) / (16 * p));
+    const std::size_t n_head = (head + big - 1) / big;
+    const std::size_t chunks = n_head + (n - head + small - 1) / small;
+    run(chunks, [&](std::size_t c, int thread) {
+      const std::size_t b = c < n_head ? c * big : head + (c - n_head) * small;
+      const std::size_t e = std::min(c < n_head ? head : n, b + (c < n_head ? big : small));
       if (b < e) fn(b, e, thread);
     });
   }
@@ -121,7 +152,16 @@ class ThreadPool {
         continue;
       const std::size_t task =
           n_tasks_.load(std::memory_order_relaxed) - static_cast<std::size_t>(v & 0xffffffffu);
-      job_fn_(job_ctx_, task, thread);
+      // After a task threw, the rest are claimed and counted but not run. The first error is
+      // stored by the one thread that flips failed_, before its done_ increment (release), which
+      // run()'s final acquire load of done_ sees.
+      if (!failed_.load(std::memory_order_relaxed)) {
+        try {
+          job_fn_(job_ctx_, task, thread);
+        } catch (...) {
+          if (!failed_.exchange(true, std::memory_order_acq_rel)) error_ = std::current_exception();
+        }
+      }
       done_.fetch_add(1, std::memory_order_acq_rel);
       v = next_.load(std::memory_order_acquire);
     }
@@ -161,6 +201,8 @@ class ThreadPool {
   std::atomic<std::uint64_t> next_{0};
   std::atomic<std::size_t> n_tasks_{0};
   std::atomic<std::size_t> done_{0};
+  std::atomic<bool> failed_{false};  // a task of the current job threw
+  std::exception_ptr error_;         // its exception (written by the thread that set failed_)
   std::uint64_t job_ = 0;
   void (*job_fn_)(void*, std::size_t, int) = nullptr;
   void* job_ctx_ = nullptr;
