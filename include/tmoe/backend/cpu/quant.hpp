@@ -181,8 +181,9 @@ void matmul_quant_rows(ThreadPool& pool, const quant::QuantMatrixView<F>& w, con
   if constexpr (quant::kRepackX8<F>)
     if (w.packed) unit = 8 * quant::kX8Unit<F>;
   // Tapered chunks (one big one per thread, then small ones): perf on `tmoe bench` decode
-  // (Qwen-1.5B, 2 threads) put 4.4-8.6 % of the samples in the two threads' spin loops with 4
-  // equal chunks per thread, 2.5-5.3 % with these (docs/performance.md, "Tapered chunks").
+  // (Qwen-1.5B Q4_0 / Q8_0, 2 threads) put 4.0-7.8 % of the samples in the two threads' spin
+  // loops with 4 equal chunks per thread, 2.4-5.5 % with these (docs/performance.md, "Decode
+  // step overheads: serial activation quantization, tapered chunks").
   pool.parallel_for_tapered((out + unit - 1) / unit, std::max<std::size_t>(16 / unit, 1),
                             [&](std::size_t b, std::size_t e, int) {
                               fn(w, a, y.data(), ldy, b * unit, std::min(e * unit, out));
