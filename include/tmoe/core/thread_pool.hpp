@@ -106,9 +106,9 @@ class ThreadPool {
 
   // parallel_for with a tapered schedule: one chunk per thread over the first ~3/4 of [0, n)
   // (one contiguous stream each), then the rest in chunks of ~n / (16 threads) (>= grain), so
-  // that a thread that runs slower (memory, another process) costs the others at most one small
-  // chunk of waiting at the end instead of one of n / (chunks_per_thread threads). Chunks are
-  // claimed in order, so the big ones start first.
+  // that a thread that runs slower (memory, another process) makes the others wait for at most
+  // one small chunk at the end (with parallel_for's equal chunks, up to one of n / chunks).
+  // Chunks are claimed in order, so the big ones start first.
   template <class F>
   void parallel_for_tapered(std::size_t n, std::size_t grain, F&& fn) {
     if (n == 0) return;
