@@ -97,8 +97,8 @@ TEST_CASE("parallel_for_tapered covers [0, n) with disjoint chunks, big ones fir
         for (int s : seen) REQUIRE(s == 1);
         std::sort(chunks.begin(), chunks.end());
         for (const auto& [b, e] : chunks) REQUIRE(e - b >= std::min(grain, n - b));
-        // The first chunk (claimed first) is the largest; with n >= 16 threads grain-sized
-        // chunks there are small ones at the end.
+        // The first chunk (claimed first) is the largest; with n >= 64 threads grain the tail's
+        // chunks (~n / (16 threads)) are under a quarter of it.
         if (!chunks.empty())
           for (const auto& [b, e] : chunks) REQUIRE(e - b <= chunks.front().second);
         if (n >= 64 * std::size_t(threads) * grain && threads > 1)

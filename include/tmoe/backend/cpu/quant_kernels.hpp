@@ -171,21 +171,15 @@ struct QuantImpl {
 #if defined(TMOE_QUANT_AVX2)
   // quantize_act's whole blocks, 8 lanes at a time (the scalar loop above ran ~1.45 ns per
   // float, BM_quantize_act; ~4 % of the calling thread's decode samples on Qwen-1.5B Q4_0, with
-  // the other threads waiting); returns the blocks done. Every step
-  // is the scalar loop's: amax by max(|v|, amax) (a NaN element is skipped as std::max skips
-  // it), d and id in scalar, p = v * id rounded to float before + 1.5 * 2^23, the same bit
-  // trick; only the order of the exact max and of the integer sums differs.
+  // the other threads waiting); returns the blocks done. Every step is the scalar loop's: amax
+  // by max(|v|, amax) (a NaN element is skipped as std::max skips it), d and id in scalar,
+  // p = v * id rounded to float before + 1.5 * 2^23, the same bit trick; only the order of the
+  // exact max and of the integer sums differs.
   static std::size_t quantize_act_avx2(const float* x, std::size_t n, Act* out) {
     const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     const __m256 magic = _mm256_set1_ps(12582912.f);
     const __m256i mant = _mm256_set1_epi32(0x007fffff), bias = _mm256_set1_epi32(0x00400000);
     const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-    auto hsum = [](__m256i v) {
-      __m128i h = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-      h = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0x4e));
-      h = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0xb1));
-      return _mm_cvtsi128_si32(h);
-    };
     std::size_t b = 0;
     for (; b * 32 + 32 <= n; ++b) {
       __m256 v[4], m = _mm256_setzero_ps();
@@ -252,6 +246,12 @@ struct QuantImpl {
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
+  }
+  static TMOE_INLINE int hsum(__m256i v) {
+    __m128i h = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    h = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0x4e));
+    h = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0xb1));
+    return _mm_cvtsi128_si32(h);
   }
   static TMOE_INLINE __m256i lane0(int v) {
     return _mm256_setr_epi32(v, 0, 0, 0, 0, 0, 0, 0);
