@@ -180,8 +180,8 @@ void BM_decode_sequence(benchmark::State& state) {
   state.SetLabel(std::string(F::kName) + " x8, " + std::to_string(mats.size()) + " matrices");
 }
 
-// Prefill (T = state.range(0) tokens) of Q4_0 / Q8_0 over 4096 x kIn: arg 1 selects the path,
-// 0 = the dequantizing float GEMM (no interleaved copy), 1 = the integer kernel on the 8-row
+// Prefill (T = state.range(0) tokens) of Q4_0 / Q8_0 / Q4_K over 4096 x kIn: arg 1 selects the
+// path, 0 = the dequantizing float GEMM (no interleaved copy), 1 = the integer kernel on the 8-row
 // interleaved copy (QuantMatrix::repack, Q8 activations), both in the same run.
 template <class F>
 void BM_prefill_x8(benchmark::State& state) {
@@ -271,6 +271,10 @@ BENCHMARK(BM_prefill_x8<Q4_0>)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 BENCHMARK(BM_prefill_x8<Q8_0>)
+    ->ArgsProduct({{64, 512}, {0, 1}})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK(BM_prefill_x8<Q4_K>)
     ->ArgsProduct({{64, 512}, {0, 1}})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();

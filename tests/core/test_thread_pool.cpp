@@ -96,7 +96,10 @@ TEST_CASE("parallel_for_tapered covers [0, n) with disjoint chunks, big ones fir
         });
         for (int s : seen) REQUIRE(s == 1);
         std::sort(chunks.begin(), chunks.end());
-        for (const auto& [b, e] : chunks) REQUIRE(e - b >= std::min(grain, n - b));
+        for (const auto& [b, e] : chunks) {
+          REQUIRE(b % grain == 0);  // whole grains but the last
+          REQUIRE(((e - b) % grain == 0 || e == n));
+        }
         // The first chunk (claimed first) is the largest; with n >= 64 threads grain the tail's
         // chunks (~n / (16 threads)) are under a quarter of it.
         if (!chunks.empty())

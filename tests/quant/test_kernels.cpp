@@ -602,18 +602,20 @@ TEST_CASE_TEMPLATE("the prefill GEMM reads the interleaved copy, unpack_x8 inver
   });
 }
 
-// The prefill (T >= kQuantGemmMinT) of Q4_0 / Q8_0 with the interleaved copy on the SIMD ISAs
-// (QuantKernels::x8_int_prefill): Q8 activations and the integer multi-token kernel
-// (gemm_x8_tile), whose per-row, per-token arithmetic is the decode GEMV's: every output equals
+// The prefill (T >= kQuantGemmMinT) of Q4_0 / Q8_0 / Q4_K with the interleaved copy where the ISA
+// runs it (cpu::x8_int_prefill_on: Q4_0 on the SIMD ISAs, Q8_0 and Q4_K under AVX-512 VNNI): Q8
+// activations and the integer multi-token kernel (gemm_x8_tile, gemm_x16_tile,
+// gemm_x16_q4k_tile), whose per-row, per-token arithmetic is the decode GEMV's: every output equals
 // the T = 1 decode of its token bit for bit (whole groups: x8_model above; the rows % 8 tail: the
 // plain kernels), so the decode bound against reference::matmul_quant_q8act holds,
 //   |y - r| <= (in / 16 + 24) * eps * M   (check_format's bound).
-// Token counts leaving 0 .. 7 tokens after the 5-token (AVX2) and 8-token (AVX-512 VNNI, 16
-// rows at a time) tiles, rows not multiples of 8 or 16, one and two threads, the
-// shared-activation overload (Q8Acts): all the same bits. The portable TU keeps the float GEMM
-// (checked by check_format), and so does Q8_0's prefill on AVX2 (cpu::int_prefill: measured
-// faster there; its integer tile runs for 1 < T < kQuantGemmMinT, checked by check_format).
-TEST_CASE_TEMPLATE("the x8 integer prefill equals the decode GEMV per token", F, Q4_0, Q8_0) {
+// Token counts leaving 0 .. 7 tokens after the 5-token (AVX2), 8-token (AVX-512 VNNI, 16 rows
+// at a time) and 6-token (Q4_K, 16 rows) tiles, rows not multiples of 8 or 16 (Q4_K: an odd
+// group left, per token), one and two threads, the shared-activation overload (Q8Acts): all the
+// same bits. The portable TU keeps the float GEMM (checked by check_format), and so do Q8_0's and
+// Q4_K's prefill on AVX2 (cpu::int_prefill: Q8_0's float GEMM measured faster there; their
+// integer kernels run for 1 < T < kQuantGemmMinT, checked by check_format).
+TEST_CASE_TEMPLATE("the x8 integer prefill equals the decode GEMV per token", F, Q4_0, Q8_0, Q4_K) {
   static_assert(cpu::kQuantGemmMinT <= 24, "the token counts below must be prefill sizes");
   test::for_each_isa([&](const cpu::KernelTable& k) {
     if (!cpu::detail::x8_int_prefill_on<F>(k)) return;
@@ -623,7 +625,7 @@ TEST_CASE_TEMPLATE("the x8 integer prefill equals the decode GEMV per token", F,
         for (std::size_t T :
              {std::size_t{24}, std::size_t{26}, std::size_t{27}, std::size_t{28}, std::size_t{29},
               std::size_t{30}, std::size_t{31}, std::size_t{33}, std::size_t{50}}) {
-          const std::size_t in = nb * 32;
+          const std::size_t in = nb * F::kBlockSize;
           auto m = random_matrix<F>(out, in, out * 13 + nb * 7 + T);
           m.repack();
           const auto w = m.view();
@@ -637,7 +639,7 @@ TEST_CASE_TEMPLATE("the x8 integer prefill equals the decode GEMV per token", F,
           qa.quantize(two, x.cview(), k);
           cpu::matmul_quant<F>(two, w, qa.acts(), in, y3.view(), k);
           reference::matmul_quant_q8act<F>(w, x.cview(), r8.view());
-          std::vector<BlockQ8Act> act(nb);
+          std::vector<BlockQ8Act> act(in / 32);
           std::vector<float> xq(in);
           Matrix<float> y1(1, out);
           for (std::size_t t = 0; t < T; ++t) {

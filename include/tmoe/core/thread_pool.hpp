@@ -105,18 +105,22 @@ class ThreadPool {
   }
 
   // parallel_for with a tapered schedule: one chunk per thread over the first ~3/4 of [0, n)
-  // (one contiguous stream each), then the rest in chunks of ~n / (16 threads) (>= grain), so
-  // that a thread that runs slower (memory, another process) makes the others wait for at most
-  // one small chunk at the end (with parallel_for's equal chunks, up to one of n / chunks).
-  // Chunks are claimed in order, so the big ones start first.
+  // (one contiguous stream each), then the rest in chunks of ~n / (16 threads), so that a thread
+  // that runs slower (memory, another process) makes the others wait for at most one small chunk
+  // at the end (with parallel_for's equal chunks, up to one of n / chunks). Chunks are claimed in
+  // order, so the big ones start first. Every chunk starts at a multiple of grain and all but the
+  // last are multiples of it (a kernel's pairs of row groups stay whole).
   template <class F>
   void parallel_for_tapered(std::size_t n, std::size_t grain, F&& fn) {
     if (n == 0) return;
     grain = std::max<std::size_t>(grain, 1);
     const auto p = static_cast<std::size_t>(size_);
-    const std::size_t big = std::max(grain, 3 * n / (4 * p));
+    auto whole = [grain](std::size_t c) {
+      return std::max(grain, (c + grain - 1) / grain * grain);
+    };
+    const std::size_t big = whole(3 * n / (4 * p));
     const std::size_t head = std::min(n, big * p);
-    const std::size_t small = std::max(grain, (n + 16 * p - 1) / (16 * p));
+    const std::size_t small = whole((n + 16 * p - 1) / (16 * p));
     const std::size_t n_head = (head + big - 1) / big;
     const std::size_t chunks = n_head + (n - head + small - 1) / small;
     run(chunks, [&](std::size_t c, int thread) {

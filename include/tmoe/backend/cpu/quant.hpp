@@ -10,9 +10,10 @@
 //     per-thread scratch buffer), so the result differs from the float product by at most
 //     sum_i |w_i| * d_act(i) / 2 (d_act: the activation block's scale, max|x| / 127 over its 32
 //     elements), plus float rounding. The GEMM keeps X in float: float rounding only.
-//     Exception: Q4_0 with the 8-row interleaved copy (w.packed) on the SIMD ISAs, and Q8_0 with
-//     it on AVX-512 VNNI (cpu::int_prefill) run every T on the Q8 path: prefill then uses the
-//     integer multi-token kernel (quant_kernels.hpp gemm_x8_tile / gemm_x16_tile), each output
+//     Exception: Q4_0 with the 8-row interleaved copy (w.packed) on the SIMD ISAs, and Q8_0 and
+//     Q4_K with it on AVX-512 VNNI (cpu::int_prefill) run every T on the Q8 path: prefill then
+//     uses the integer multi-token kernel (quant_kernels.hpp gemm_x8_tile / gemm_x16_tile /
+//     gemm_x16_q4k_tile), each output
 //     bit-identical to the T = 1 decode of its token (so the Q8 bound above applies); measured
 //     faster than the float GEMM (bench_quant BM_prefill_x8, docs/performance.md). Output rows are
 //     split across the pool's threads (in whole units of the 8-row interleaved copy when w has
@@ -64,14 +65,17 @@ QuantGemmFn<F> quant_gemm_fn(const KernelTable& k) {
 // (QuantKernels::x8_int_prefill); Q8_0 on AVX-512 VNNI only (x8_int_prefill_q8_0: its AVX2 tile,
 // the sign trick per token, measured slower than the float GEMM on 2 quiet cores, bench_quant
 // BM_prefill_x8, T = 512: 128 against 169 GFLOP/s; Q4_0 231 against 157; under VNNI Qwen-1.5B
-// pp512 about 300 against 155-167 tok/s, docs/performance.md). Without it Q8_0 takes the integer
-// tile only for 1 < T < kQuantGemmMinT (rows<F>).
+// pp512 about 300 against 155-167 tok/s, docs/performance.md); Q4_K on AVX-512 VNNI only
+// (x8_int_prefill_q4_k). Without it Q8_0 takes the integer tile only for 1 < T < kQuantGemmMinT
+// (rows<F>), Q4_K per-token dot_x8_q4k.
 template <class F>
 bool x8_int_prefill_on(const KernelTable& k) {
   if constexpr (std::is_same_v<F, quant::Q4_0>)
     return k.quant.x8_int_prefill;
   else if constexpr (std::is_same_v<F, quant::Q8_0>)
     return k.quant.x8_int_prefill_q8_0;
+  else if constexpr (std::is_same_v<F, quant::Q4_K>)
+    return k.quant.x8_int_prefill_q4_k;
   else
     return false;
 }

@@ -48,7 +48,9 @@
 // pass on the Q8 activations, each weight load and nibble split shared by the tile's tokens; per
 // row and token the same integer block sums and float steps as dot_x8 (the decode result bit for
 // bit); one core, T = 128: Q4_0 1.8x, Q8_0 1.4x the float GEMM's FLOP/s (bench_cputime), pp512
-// Qwen-1.5B Q4_0 2.1x, Q8_0 1.06x (docs/performance.md, "Integer prefill").
+// Qwen-1.5B Q4_0 2.1x, Q8_0 1.06x (docs/performance.md, "Integer prefill"). Q4_K with its copy
+// does the same under VNNI (x8_int_prefill_q4_k: gemm_x16_q4k_tile, dot_x8_q4k's bits; 2 threads,
+// T = 512: 2.5x the float GEMM's FLOP/s, docs/performance.md "Q4_K prefill on the integer units").
 #pragma once
 
 #include <algorithm>
@@ -127,6 +129,8 @@ struct QuantKernels {
   // The same for rows_q8_0 (AVX-512 VNNI: gemm_x16_tile, one vpdpbusd per 64 weight bytes and
   // token, measured faster than the float GEMM; on AVX2 the sign trick's tile is slower).
   bool x8_int_prefill_q8_0 = false;
+  // The same for rows_q4_k (AVX-512 VNNI: gemm_x16_q4k_tile; elsewhere the float GEMM).
+  bool x8_int_prefill_q4_k = false;
 };
 
 template <class Arch>
@@ -868,10 +872,32 @@ struct QuantImpl {
   //   y = acc - macc
   // (the terms of the plain dot(BlockQ4_K), summed in another order; d and dmin are applied once
   // per super-block). The 64 mins of a super-block are unpacked together with byte operations.
+  // The 8 rows' 6-bit mins of super-block x, per sub-block s: ms[s] bytes 0..7 (rows 0..7).
+  // mlo byte 8c + r holds m_2c & 15 (low nibble) and m_2c+1 & 15 (high); sc byte 8s + r holds
+  // m_s >> 4 in its top two bits. mA = sub-blocks [0 1 | 4 5], mB = [2 3 | 6 7], 8 bytes (rows)
+  // each.
+  static TMOE_INLINE void q4k_mins(const quant::BlockQ4_Kx8& x, __m128i (&ms)[8]) {
+    const __m256i m4 = _mm256_set1_epi8(15), m30 = _mm256_set1_epi8(0x30);
+    const __m256i ml = load32(x.mlo), s03 = load32(x.sc), s47 = load32(x.sc + 32);
+    const __m256i lo = _mm256_and_si256(ml, m4),
+                  hi = _mm256_and_si256(_mm256_srli_epi16(ml, 4), m4);
+    const __m256i mA = _mm256_or_si256(
+        _mm256_unpacklo_epi64(lo, hi),
+        _mm256_and_si256(_mm256_srli_epi16(_mm256_permute2x128_si256(s03, s47, 0x20), 2), m30));
+    const __m256i mB = _mm256_or_si256(
+        _mm256_unpackhi_epi64(lo, hi),
+        _mm256_and_si256(_mm256_srli_epi16(_mm256_permute2x128_si256(s03, s47, 0x31), 2), m30));
+    const __m128i m01 = _mm256_castsi256_si128(mA), m45 = _mm256_extracti128_si256(mA, 1);
+    const __m128i m23 = _mm256_castsi256_si128(mB), m67 = _mm256_extracti128_si256(mB, 1);
+    ms[0] = m01, ms[1] = _mm_unpackhi_epi64(m01, m01), ms[2] = m23,
+    ms[3] = _mm_unpackhi_epi64(m23, m23);
+    ms[4] = m45, ms[5] = _mm_unpackhi_epi64(m45, m45), ms[6] = m67,
+    ms[7] = _mm_unpackhi_epi64(m67, m67);
+  }
+
   static void dot_x8_q4k(const quant::BlockQ4_Kx8* w, const Act* a, const float* qd,
                          const float* qdsum, std::size_t nb, float* y, const char* pf = nullptr) {
-    const __m256i m4 = _mm256_set1_epi8(15), m63 = _mm256_set1_epi8(63),
-                  m30 = _mm256_set1_epi8(0x30);
+    const __m256i m4 = _mm256_set1_epi8(15);
 #if !(defined(__AVX512VNNI__) && defined(__AVX512VL__))
     // Row r's scale as both int16 halves of lane r: sub-block 2c from bytes 0..7 of the 16 scale
     // bytes, 2c + 1 from bytes 8..15 (each 128-bit half holds the 16 bytes).
@@ -885,25 +911,10 @@ struct QuantImpl {
     for (std::size_t b = 0; b < nb; ++b, a += 8, qd += 8, qdsum += 8) {
       if (pf) prefetch_span<sizeof(quant::BlockQ4_Kx8)>(pf + b * sizeof(quant::BlockQ4_Kx8));
       const quant::BlockQ4_Kx8& x = w[b];
-      // Mins: mlo byte 8c + r holds m_2c & 15 (low nibble) and m_2c+1 & 15 (high); sc byte 8s + r
-      // holds m_s >> 4 in its top two bits. mA = sub-blocks [0 1 | 4 5], mB = [2 3 | 6 7], 8
-      // bytes (rows) each.
       __m256 tm = _mm256_setzero_ps();
       {
-        const __m256i ml = load32(x.mlo), s03 = load32(x.sc), s47 = load32(x.sc + 32);
-        const __m256i lo = _mm256_and_si256(ml, m4),
-                      hi = _mm256_and_si256(_mm256_srli_epi16(ml, 4), m4);
-        const __m256i mA = _mm256_or_si256(
-            _mm256_unpacklo_epi64(lo, hi),
-            _mm256_and_si256(_mm256_srli_epi16(_mm256_permute2x128_si256(s03, s47, 0x20), 2), m30));
-        const __m256i mB = _mm256_or_si256(
-            _mm256_unpackhi_epi64(lo, hi),
-            _mm256_and_si256(_mm256_srli_epi16(_mm256_permute2x128_si256(s03, s47, 0x31), 2), m30));
-        const __m128i m01 = _mm256_castsi256_si128(mA), m45 = _mm256_extracti128_si256(mA, 1);
-        const __m128i m23 = _mm256_castsi256_si128(mB), m67 = _mm256_extracti128_si256(mB, 1);
-        const __m128i ms[8] = {
-            m01, _mm_unpackhi_epi64(m01, m01), m23, _mm_unpackhi_epi64(m23, m23),
-            m45, _mm_unpackhi_epi64(m45, m45), m67, _mm_unpackhi_epi64(m67, m67)};
+        __m128i ms[8];
+        q4k_mins(x, ms);
         // Four independent chains (one chain of 8 FMAs cost ~5 % of the kernel in latency).
         __m256 t[4];
         for (int sb = 0; sb < 4; ++sb)
@@ -943,7 +954,7 @@ struct QuantImpl {
         }
         const __m256i scb = _mm256_and_si256(_mm256_broadcastsi128_si256(_mm_loadu_si128(
                                                  reinterpret_cast<const __m128i*>(x.sc + 16 * c))),
-                                             m63);
+                                             _mm256_set1_epi8(63));
         ilo = _mm256_madd_epi16(s0, _mm256_shuffle_epi8(scb, sel0));
         ihi = _mm256_madd_epi16(s1, _mm256_shuffle_epi8(scb, sel1));
 #endif
@@ -957,6 +968,102 @@ struct QuantImpl {
     }
     _mm256_storeu_ps(y, _mm256_sub_ps(acc, macc));
   }
+
+#if defined(TMOE_QUANT_X16)
+  // Q4_K prefill on the interleaved copy (AVX-512 VNNI): groups g and g + 1 (16 rows; group j's
+  // super-block b at w[st.at(j, b)], group g's 32-byte chunks in the low half of each vector) x
+  // NT tokens per pass, each 64-byte weight vector serving the NT tokens. Per row and token the
+  // arithmetic is dot_x8_q4k's step by step, so every output equals the decode GEMV's bit for
+  // bit: the sub-block sums of unsigned codes times activation bytes by vpdpbusd (exact in
+  // int32), times the 6-bit scale in float (|isum| <= 32 * 15 * 127 and that times 63 < 2^24, so
+  // float(isum) * float(sc) is exact: dot_x8_q4k's float(isum * sc)), then td, the mins' t_k and
+  // tm, acc and macc as there. The 16 rows' mins, as floats, are unpacked once per super-block
+  // into mf for the NT tokens.
+  template <int NT>
+  static void gemm_x16_q4k_tile(const quant::BlockQ4_Kx8* w, X8Step st, const Act* a,
+                                const float* qd, const float* qdsum, std::size_t lda,
+                                std::size_t nb, float* y, std::size_t ldy, const char* pf) {
+    __m512 acc[NT], macc[NT];
+    for (int j = 0; j < NT; ++j) acc[j] = macc[j] = _mm512_setzero_ps();
+    const __m512i m4 = _mm512_set1_epi8(15);
+    alignas(64) float mf[8][16];
+    for (std::size_t b = 0; b < nb; ++b, a += 8, qd += 8, qdsum += 8) {
+      if (pf) prefetch_x8<sizeof(quant::BlockQ4_Kx8), 2>(pf, st, b);
+      const quant::BlockQ4_Kx8& x0 = w[st.at(0, b)];
+      const quant::BlockQ4_Kx8& x1 = w[st.at(1, b)];
+      {
+        __m128i ms0[8], ms1[8];
+        q4k_mins(x0, ms0);
+        q4k_mins(x1, ms1);
+        for (int s = 0; s < 8; ++s)
+          _mm512_store_ps(
+              mf[s], _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_unpacklo_epi64(ms0[s], ms1[s]))));
+      }
+      __m512 td[NT];
+      for (int j = 0; j < NT; ++j) td[j] = _mm512_setzero_ps();
+      for (int c = 0; c < 4; ++c) {
+        __m512i ilo[NT], ihi[NT];
+        for (int j = 0; j < NT; ++j) ilo[j] = ihi[j] = _mm512_setzero_si512();
+        for (int k = 0; k < 8; ++k) {
+          const __m512i raw = load2x32(x0.qs + 256 * c + 32 * k, x1.qs + 256 * c + 32 * k);
+          const __m512i lo = _mm512_and_si512(raw, m4),
+                        hi = _mm512_and_si512(_mm512_srli_epi16(raw, 4), m4);
+          for (int j = 0; j < NT; ++j) {
+            const Act* aj = a + j * lda + 2 * c;
+            ilo[j] = _mm512_dpbusd_epi32(ilo[j], lo, bcast4z(aj[0].qs + 4 * k));
+            ihi[j] = _mm512_dpbusd_epi32(ihi[j], hi, bcast4z(aj[1].qs + 4 * k));
+            pin(ilo[j]);
+            pin(ihi[j]);
+          }
+        }
+        // Scales of sub-blocks 2c (bytes 0..7 of each group's 16) and 2c + 1 (bytes 8..15).
+        const __m128i s0 = _mm_and_si128(
+            _mm_loadu_si128(reinterpret_cast<const __m128i*>(x0.sc + 16 * c)), _mm_set1_epi8(63));
+        const __m128i s1 = _mm_and_si128(
+            _mm_loadu_si128(reinterpret_cast<const __m128i*>(x1.sc + 16 * c)), _mm_set1_epi8(63));
+        const __m512 slo = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_unpacklo_epi64(s0, s1)));
+        const __m512 shi = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_unpackhi_epi64(s0, s1)));
+        for (int j = 0; j < NT; ++j) {
+          const float* qj = qd + j * lda + 2 * c;
+          td[j] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(ilo[j]), slo),
+                                  _mm512_set1_ps(qj[0]), td[j]);
+          td[j] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(ihi[j]), shi),
+                                  _mm512_set1_ps(qj[1]), td[j]);
+        }
+      }
+      const __m512 d = scales16(x0, x1);
+      const __m512 dmin = _mm512_cvtph_ps(_mm256_inserti128_si256(
+          _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x0.dmin))),
+          _mm_loadu_si128(reinterpret_cast<const __m128i*>(x1.dmin)), 1));
+      for (int j = 0; j < NT; ++j) {
+        const float* qs = qdsum + j * lda;
+        __m512 t[4];
+        for (int s = 0; s < 4; ++s)
+          t[s] = _mm512_mul_ps(_mm512_load_ps(mf[s]), _mm512_set1_ps(qs[s]));
+        for (int s = 4; s < 8; ++s)
+          t[s - 4] = _mm512_fmadd_ps(_mm512_load_ps(mf[s]), _mm512_set1_ps(qs[s]), t[s - 4]);
+        const __m512 tm = _mm512_add_ps(_mm512_add_ps(t[0], t[1]), _mm512_add_ps(t[2], t[3]));
+        acc[j] = _mm512_fmadd_ps(td[j], d, acc[j]);
+        macc[j] = _mm512_fmadd_ps(tm, dmin, macc[j]);
+      }
+    }
+    for (int j = 0; j < NT; ++j) _mm512_storeu_ps(y + j * ldy, _mm512_sub_ps(acc[j], macc[j]));
+  }
+
+  // Tokens per gemm_x16_q4k_tile pass: bench_quant BM_prefill_x8<Q4_K>/512/1 (4096 x 7168, 2
+  // threads, 2 runs each) 3: 1.06, 4: 1.13, 5: 1.16-1.17, 6: 1.18-1.20, 8: 1.18-1.19 TFLOP/s.
+  static constexpr std::size_t kX16Q4kTileTokens = 6;
+
+  // Groups g and g + 1 of a Q4_K copy (16 rows at w, st; y: token 0's 16 outputs) x tokens
+  // [0, T) of a.
+  static void gemm_x16_q4k_group(const quant::BlockQ4_Kx8* w, X8Step st, const QuantActs& a,
+                                 std::size_t nb, float* y, std::size_t ldy, const char* pf) {
+    over_tokens<kX16Q4kTileTokens>(a.T, pf, [&]<int N>(std::size_t t, const char* p) {
+      const std::size_t o = t * a.ldq;
+      gemm_x16_q4k_tile<N>(w, st, a.q + o, a.qd + o, a.qdsum + o, a.ldq, nb, y + t * ldy, ldy, p);
+    });
+  }
+#endif
 #endif
 
   // ---- Int8Row (one scale per row, applied by the caller) ------------------------------------
@@ -1498,7 +1605,15 @@ struct QuantImpl {
             rows_plain<F, kTable>(w, a, y, ldy, 8 * g1, o_end);
             return;
           }
-        for (std::size_t g = g0; g < g1;) {
+        std::size_t gt = g0;  // the groups from gt on run per token
+#if defined(TMOE_QUANT_X16)
+        if constexpr (std::is_same_v<F, quant::Q4_K>)
+          if (a.T > 1)  // several tokens: pairs of groups through gemm_x16_q4k_tile (same bits)
+            for (; gt + 2 <= g1; gt += 2)
+              gemm_x16_q4k_group(pk + order.first(gt), x8_step(order, gt), a, nb, y + 8 * gt, ldy,
+                                 pf_of(gt));
+#endif
+        for (std::size_t g = gt; g < g1;) {
           const std::size_t n = groups_at(g);
           prefetch_heads(g + n, g + 2 * n);
           const auto* wg = pk + order.first(g);
@@ -1624,6 +1739,7 @@ QuantKernels make_quant_kernels() {
 #endif
 #if defined(TMOE_QUANT_X16)
   k.x8_int_prefill_q8_0 = true;
+  k.x8_int_prefill_q4_k = true;
 #endif
   return k;
 }
