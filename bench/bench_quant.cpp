@@ -180,9 +180,9 @@ void BM_decode_sequence(benchmark::State& state) {
   state.SetLabel(std::string(F::kName) + " x8, " + std::to_string(mats.size()) + " matrices");
 }
 
-// Prefill (T = state.range(0) tokens) of Q4_0 / Q8_0 / Q4_K over 4096 x kIn: arg 1 selects the
-// path, 0 = the dequantizing float GEMM (no interleaved copy), 1 = the integer kernel on the 8-row
-// interleaved copy (QuantMatrix::repack, Q8 activations), both in the same run.
+// Prefill (T = state.range(0) tokens) of Q4_0 / Q8_0 / Q4_K / Q6_K over 4096 x kIn: arg 1 selects
+// the path, 0 = the dequantizing float GEMM (no interleaved copy), 1 = the integer kernel on the
+// 8-row interleaved copy (QuantMatrix::repack, Q8 activations), both in the same run.
 template <class F>
 void BM_prefill_x8(benchmark::State& state) {
   constexpr std::size_t out = 4096;
@@ -243,6 +243,7 @@ BENCHMARK(BM_gemv<Q4_0, false, true>)->Arg(1)->Unit(benchmark::kMillisecond)->Us
 BENCHMARK(BM_gemv<Q4_K, false, true>)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_gemv<Q4_K>)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_gemv<Q6_K>)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_gemv<Q6_K, false, true>)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_gemv<NF4>)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_gemv<Int8Row>)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_gemv<Fp8Block>)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
@@ -275,6 +276,10 @@ BENCHMARK(BM_prefill_x8<Q8_0>)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 BENCHMARK(BM_prefill_x8<Q4_K>)
+    ->ArgsProduct({{64, 512}, {0, 1}})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK(BM_prefill_x8<Q6_K>)
     ->ArgsProduct({{64, 512}, {0, 1}})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();

@@ -355,7 +355,24 @@ float x8_model(const QuantMatrixView<F>& w, std::size_t o, const BlockQ8Act* a, 
   *mag = 0;
   for (std::size_t b = 0; b < w.blocks_per_row(); ++b) {
     const auto& blk = w.row(o)[b];
-    if constexpr (std::is_same_v<F, Q4_K>) {
+    if constexpr (std::is_same_v<F, Q6_K>) {
+      // dot_x8_q6k: activation block sb = 4h + G of the super-block, codes of its two halves.
+      const float d = blk.d.to_float();
+      for (int sb = 0; sb < 8; ++sb) {
+        const BlockQ8Act& ab = a[8 * b + sb];
+        int half[2] = {0, 0};
+        double m = 0;
+        for (int l = 0; l < 32; ++l) {
+          const int q = QuantTraits<Q6_K>::code(blk, 32 * sb + l);
+          half[l / 16] += q * ab.qs[l];
+          m += std::abs(double(blk.scales[2 * sb + l / 16])) * (q + 32) * std::abs(ab.qs[l]);
+        }
+        const int p = (half[0] - 32 * ab.sum[0]) * blk.scales[2 * sb] +
+                      (half[1] - 32 * ab.sum[1]) * blk.scales[2 * sb + 1];
+        acc = std::fma(static_cast<float>(p), d * ab.d, acc);
+        *mag += std::abs(double(d) * ab.d) * m;
+      }
+    } else if constexpr (std::is_same_v<F, Q4_K>) {
       const float d = blk.d.to_float(), dmin = blk.dmin.to_float();
       float td = 0, tq[8];
       for (int sb = 0; sb < 8; ++sb) {
@@ -375,21 +392,21 @@ float x8_model(const QuantMatrixView<F>& w, std::size_t o, const BlockQ8Act* a, 
       }
       acc = std::fma(td, d, acc);
       macc = std::fma((tq[4] + tq[5]) + (tq[6] + tq[7]), dmin, macc);
-      continue;
+    } else {
+      int isum = 0, isum_abs = 0;
+      for (int j = 0; j < 32; ++j) {
+        int q;
+        if constexpr (std::is_same_v<F, Q4_0>)
+          q = (j < 16 ? blk.qs[j] & 15 : blk.qs[j - 16] >> 4) - 8;
+        else
+          q = blk.qs[j];
+        isum += q * a[b].qs[j];
+        isum_abs += (std::abs(q) + (std::is_same_v<F, Q4_0> ? 16 : 0)) * std::abs(a[b].qs[j]);
+      }
+      const float s = blk.d.to_float() * a[b].d;
+      acc = std::fma(static_cast<float>(isum), s, acc);
+      *mag += std::abs(double(isum_abs) * s);
     }
-    int isum = 0, isum_abs = 0;
-    for (int j = 0; j < 32; ++j) {
-      int q;
-      if constexpr (std::is_same_v<F, Q4_0>)
-        q = (j < 16 ? blk.qs[j] & 15 : blk.qs[j - 16] >> 4) - 8;
-      else
-        q = blk.qs[j];
-      isum += q * a[b].qs[j];
-      isum_abs += (std::abs(q) + (std::is_same_v<F, Q4_0> ? 16 : 0)) * std::abs(a[b].qs[j]);
-    }
-    const float s = blk.d.to_float() * a[b].d;
-    acc = std::fma(static_cast<float>(isum), s, acc);
-    *mag += std::abs(double(isum_abs) * s);
   }
   return acc - macc;
 }
@@ -490,7 +507,7 @@ void check_x8(const cpu::KernelTable& k, std::size_t out, std::size_t nb, std::s
 }  // namespace
 
 TEST_CASE_TEMPLATE("the 8-row interleaved GEMV matches its scalar model and the plain kernel", F,
-                   Q8_0, Q4_0, Q4_K) {
+                   Q8_0, Q4_0, Q4_K, Q6_K) {
   test::for_each_isa([&](const cpu::KernelTable& k) {
     for (std::size_t out : {1u, 7u, 8u, 9u, 17u, 40u, 67u, 100u})
       for (std::size_t nb : {1u, 2u, 7u})
@@ -571,7 +588,7 @@ TEST_CASE("the 8-row interleaved copy holds the blocks' bytes and survives Q8 ex
 // the portable ISA) reads whole groups from the copy: with the stored blocks of those rows
 // zeroed after repacking it gives the same bits as before (the rows % 8 tail still reads them).
 TEST_CASE_TEMPLATE("the prefill GEMM reads the interleaved copy, unpack_x8 inverts repack_x8", F,
-                   Q8_0, Q4_0, Q4_K) {
+                   Q8_0, Q4_0, Q4_K, Q6_K) {
   const std::size_t out = 53, nb = 3, in = nb * F::kBlockSize, T = 30;  // a unit and 2 groups
   static_assert(T >= cpu::kQuantGemmMinT);
   auto m = random_matrix<F>(out, in, 91);
@@ -615,7 +632,8 @@ TEST_CASE_TEMPLATE("the prefill GEMM reads the interleaved copy, unpack_x8 inver
 // same bits. The portable TU keeps the float GEMM (checked by check_format), and so do Q8_0's and
 // Q4_K's prefill on AVX2 (cpu::int_prefill: Q8_0's float GEMM measured faster there; their
 // integer kernels run for 1 < T < kQuantGemmMinT, checked by check_format).
-TEST_CASE_TEMPLATE("the x8 integer prefill equals the decode GEMV per token", F, Q4_0, Q8_0, Q4_K) {
+TEST_CASE_TEMPLATE("the x8 integer prefill equals the decode GEMV per token", F, Q4_0, Q8_0, Q4_K,
+                   Q6_K) {
   static_assert(cpu::kQuantGemmMinT <= 24, "the token counts below must be prefill sizes");
   test::for_each_isa([&](const cpu::KernelTable& k) {
     if (!cpu::detail::x8_int_prefill_on<F>(k)) return;

@@ -162,9 +162,11 @@ struct LinearTraits<AnyFormat> {
     s.data = w.data + begin * w.row_bytes;
     s.packed = nullptr;
     // Units of groups of 8 rows, each group as many bytes as its 8 rows.
-    const std::size_t unit =
-        w.kind == AnyKind::q4_k ? quant::kX8Unit<quant::Q4_K> : quant::kX8Unit<quant::Q4_0>;
+    const std::size_t unit = w.kind == AnyKind::q4_k || w.kind == AnyKind::q6_k
+                                 ? quant::kX8Unit<quant::Q4_K>
+                                 : quant::kX8Unit<quant::Q4_0>;
     static_assert(quant::kX8Unit<quant::Q4_0> == quant::kX8Unit<quant::Q8_0>);
+    static_assert(quant::kX8Unit<quant::Q4_K> == quant::kX8Unit<quant::Q6_K>);
     if (w.packed && quant::x8_slice_keeps_copy(unit, w.rows, begin, count))
       s.packed = static_cast<const std::byte*>(w.packed) + begin * w.row_bytes;
     return s;

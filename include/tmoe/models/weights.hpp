@@ -136,7 +136,7 @@ class WeightLoader {
   // formats as they are; F8_E4M3 (+ scale_inv) and other dtypes converted once to float. `dense`
   // asks for F32 / BF16 / F16 rows (MLA's absorbed kv_b): block formats are then dequantized to a
   // float copy the loader owns (counted in converted_bytes).
-  // `repack` (matrices multiplied by Linear, not embedding tables): Q4_0, Q8_0 and Q4_K get an
+  // `repack` (matrices multiplied by Linear, not embedding tables): Q4_0, Q8_0, Q4_K, Q6_K get an
   // 8-row interleaved copy for the decode GEMV (quant/formats.hpp, repack_x8), made once per
   // tensor, owned by the loader and counted in repacked_bytes; `data` stays the stored bytes.
   // TMOE_REPACK=0 in the environment turns it off (A/B measurements). The copies live in a
@@ -161,7 +161,8 @@ class WeightLoader {
           return note(packed<quant::Q4_K>(
               name, AnyMatrixView::of(AnyKind::q4_k, t.data, rows, cols), repack));
         case quant::QuantType::q6_k:
-          return note(AnyMatrixView::of(AnyKind::q6_k, t.data, rows, cols));
+          return note(packed<quant::Q6_K>(
+              name, AnyMatrixView::of(AnyKind::q6_k, t.data, rows, cols), repack));
         default:
           break;
       }

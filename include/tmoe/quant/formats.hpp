@@ -196,7 +196,7 @@ constexpr QuantTypeInfo quant_type_info(QuantType t) {
 //               Fp8Block a Block is one element).
 //   scales:     Int8Row: (rows) floats; Fp8Block: (ceil(rows/128), scale_stride) floats,
 //               scale_stride >= ceil(cols/128); other formats: unused (nullptr).
-//   packed:     optional (Q4_0, Q8_0, Q4_K: kRepackX8<F>): the same weights again, 8 rows
+//   packed:     optional (Q4_0, Q8_0, Q4_K, Q6_K: kRepackX8<F>): the same weights again, 8 rows
 //               interleaved (RepackedX8<F> in X8Order, below) for the decode GEMV; covers rows
 //               [0, 8 * (rows / 8)), the tail rows are read from `blocks`. nullptr: the kernels
 //               read `blocks` only. Whoever sets it owns the copy (quant::QuantMatrix::repack,
@@ -279,7 +279,8 @@ TMOE_INLINE void q4k_scale_min(const std::uint8_t* sc, int s, int& scale, int& m
 
 // ---- 8-row interleaved copies for the decode GEMV (load-time repacking) ------------------------
 // Group g holds rows 8g .. 8g + 7; its block b (the same 32 columns of the 8 rows) is one
-// BlockX8. Groups come in units of U = kX8Unit<F> consecutive groups (Q4_0, Q8_0: 4; Q4_K: 1)
+// BlockX8. Groups come in units of U = kX8Unit<F> consecutive groups (Q4_0, Q8_0: 4; Q4_K, Q6_K:
+// 1)
 // whose blocks are interleaved block by block (X8Order below), so the decode GEMV's pass over a
 // unit's 32 rows reads one contiguous stream instead of U streams (docs/performance.md, "One
 // stream per decode pass"); the groups % U groups after the last whole unit keep their blocks
@@ -313,11 +314,27 @@ struct BlockQ4_Kx8 {
 };
 static_assert(sizeof(BlockQ4_Kx8) == 8 * sizeof(BlockQ4_K), "Q4_K x8 block: 8 blocks' bytes");
 
+// Q6_K (8 x 210 bytes): the 8 rows' d; scale s of row r at sc[8s + r]; ql and qh in chunks of
+// 32 bytes as qs above (ql chunk k: row r's ql[4k .. 4k + 3] at 4r; qh chunk k the same of qh),
+// so ql chunks 16h + m and 16h + 8 + m with qh chunk 8h + m hold the 6-bit codes of elements
+// 128h + 32g + 4m .. + 3 (g = 0..3) of the 8 rows, as in the stored block.
+struct BlockQ6_Kx8 {
+  f16 d[8];
+  std::int8_t sc[128];
+  std::uint8_t ql[8 * 128];
+  std::uint8_t qh[8 * 64];
+};
+static_assert(sizeof(BlockQ6_Kx8) == 8 * sizeof(BlockQ6_K), "Q6_K x8 block: 8 blocks' bytes");
+
 template <class F>
 struct RepackedX8;
 template <>
 struct RepackedX8<Q4_K> {
   using Block = BlockQ4_Kx8;
+};
+template <>
+struct RepackedX8<Q6_K> {
+  using Block = BlockQ6_Kx8;
 };
 template <>
 struct RepackedX8<Q4_0> {
@@ -327,14 +344,17 @@ template <>
 struct RepackedX8<Q8_0> {
   using Block = BlockQ8_0x8;
 };
+// The K-quant formats with a copy (256-element super-blocks, their own kernels).
+template <class F>
+inline constexpr bool kX8KQuant = std::is_same_v<F, Q4_K> || std::is_same_v<F, Q6_K>;
 template <class F>
 inline constexpr bool kRepackX8 =
-    std::is_same_v<F, Q4_0> || std::is_same_v<F, Q8_0> || std::is_same_v<F, Q4_K>;
+    std::is_same_v<F, Q4_0> || std::is_same_v<F, Q8_0> || kX8KQuant<F>;
 
-// Groups per interleaved unit of the copy (Q4_K's 1152-byte blocks are long streams already and
-// its kernel takes one group per pass).
+// Groups per interleaved unit of the copy (Q4_K's 1152-byte and Q6_K's 1680-byte blocks are long
+// streams already and their kernels take one group per pass).
 template <class F>
-inline constexpr std::size_t kX8Unit = std::is_same_v<F, Q4_K> ? 1 : 4;
+inline constexpr std::size_t kX8Unit = kX8KQuant<F> ? 1 : 4;
 
 // Where the copy keeps each block: `groups` 8-row groups of `nb` blocks in units of `unit`
 // groups. Group g's block b is at first(g) + b * block_stride(g); groups g and g + 1 of one unit
@@ -384,7 +404,6 @@ std::size_t repacked_x8_bytes(const QuantMatrixView<F>& w) {
 template <class F>
 requires kRepackX8<F>
 void repack_x8(const QuantMatrixView<F>& w, typename RepackedX8<F>::Block* out) {
-  constexpr std::size_t kRowBytes = sizeof(typename F::Block{}.qs);
   const std::size_t nb = w.blocks_per_row();
   const X8Order order = x8_order(w);
   for (std::size_t g = 0; g < w.rows / 8; ++g)
@@ -393,8 +412,18 @@ void repack_x8(const QuantMatrixView<F>& w, typename RepackedX8<F>::Block* out) 
       for (std::size_t r = 0; r < 8; ++r) {
         const auto& blk = w.row(8 * g + r)[b];
         o.d[r] = blk.d;
-        for (std::size_t k = 0; k < kRowBytes / 4; ++k)
-          std::memcpy(o.qs + 32 * k + 4 * r, blk.qs + 4 * k, 4);
+        if constexpr (std::is_same_v<F, Q6_K>) {
+          for (std::size_t k = 0; k < 32; ++k)
+            std::memcpy(o.ql + 32 * k + 4 * r, blk.ql + 4 * k, 4);
+          for (std::size_t k = 0; k < 16; ++k)
+            std::memcpy(o.qh + 32 * k + 4 * r, blk.qh + 4 * k, 4);
+          for (int s = 0; s < 16; ++s) o.sc[8 * s + r] = blk.scales[s];
+          continue;
+        } else {
+          constexpr std::size_t kRowBytes = sizeof(typename F::Block{}.qs);
+          for (std::size_t k = 0; k < kRowBytes / 4; ++k)
+            std::memcpy(o.qs + 32 * k + 4 * r, blk.qs + 4 * k, 4);
+        }
         if constexpr (std::is_same_v<F, Q4_K>) {
           o.dmin[r] = blk.dmin;
           for (int sb = 0; sb < 8; ++sb) {
@@ -416,11 +445,18 @@ template <class F>
 requires kRepackX8<F>
 typename F::Block unpack_x8(const typename RepackedX8<F>::Block& x, std::size_t r) {
   using Block = typename F::Block;
-  constexpr std::size_t kRowBytes = sizeof(Block{}.qs);
   Block b;
   b.d = x.d[r];
-  for (std::size_t k = 0; k < kRowBytes / 4; ++k)
-    std::memcpy(b.qs + 4 * k, x.qs + 32 * k + 4 * r, 4);
+  if constexpr (std::is_same_v<F, Q6_K>) {
+    for (std::size_t k = 0; k < 32; ++k) std::memcpy(b.ql + 4 * k, x.ql + 32 * k + 4 * r, 4);
+    for (std::size_t k = 0; k < 16; ++k) std::memcpy(b.qh + 4 * k, x.qh + 32 * k + 4 * r, 4);
+    for (int s = 0; s < 16; ++s) b.scales[s] = x.sc[8 * s + r];
+    return b;
+  } else {
+    constexpr std::size_t kRowBytes = sizeof(Block{}.qs);
+    for (std::size_t k = 0; k < kRowBytes / 4; ++k)
+      std::memcpy(b.qs + 4 * k, x.qs + 32 * k + 4 * r, 4);
+  }
   if constexpr (std::is_same_v<F, Q4_K>) {
     b.dmin = x.dmin[r];
     int sc[8], m[8];

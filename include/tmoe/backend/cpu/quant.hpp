@@ -76,6 +76,8 @@ bool x8_int_prefill_on(const KernelTable& k) {
     return k.quant.x8_int_prefill_q8_0;
   else if constexpr (std::is_same_v<F, quant::Q4_K>)
     return k.quant.x8_int_prefill_q4_k;
+  else if constexpr (std::is_same_v<F, quant::Q6_K>)
+    return k.quant.x8_int_prefill_q6_k;
   else
     return false;
 }

@@ -131,6 +131,8 @@ struct QuantKernels {
   bool x8_int_prefill_q8_0 = false;
   // The same for rows_q4_k (AVX-512 VNNI: gemm_x16_q4k_tile; elsewhere the float GEMM).
   bool x8_int_prefill_q4_k = false;
+  // The same for rows_q6_k (AVX-512 VNNI: gemm_x16_q6k_tile).
+  bool x8_int_prefill_q6_k = false;
 };
 
 template <class Arch>
@@ -969,6 +971,79 @@ struct QuantImpl {
     _mm256_storeu_ps(y, _mm256_sub_ps(acc, macc));
   }
 
+  // Q6_K's codes (0..63) of activation block 4h + G of a super-block from its ql chunk (16h + m
+  // for even G, 16h + 8 + m for odd) and qh chunk (8h + m): 4 elements of each row per lane, as
+  // QuantTraits<Q6_K>::code. V: __m256i or __m512i.
+  template <int G, class V>
+  static TMOE_INLINE V q6k_code(V ql, V qh) {
+    if constexpr (sizeof(V) == 32) {
+      const __m256i m4 = _mm256_set1_epi8(15), m30 = _mm256_set1_epi8(0x30);
+      const __m256i lo = _mm256_and_si256(G < 2 ? ql : _mm256_srli_epi16(ql, 4), m4);
+      const __m256i hi = G == 0   ? _mm256_slli_epi16(qh, 4)
+                         : G == 1 ? _mm256_slli_epi16(qh, 2)
+                         : G == 2 ? qh
+                                  : _mm256_srli_epi16(qh, 2);
+      return _mm256_or_si256(lo, _mm256_and_si256(hi, m30));
+    } else {
+#if defined(TMOE_QUANT_X16)
+      const __m512i m4 = _mm512_set1_epi8(15), m30 = _mm512_set1_epi8(0x30);
+      const __m512i lo = _mm512_and_si512(G < 2 ? ql : _mm512_srli_epi16(ql, 4), m4);
+      const __m512i hi = G == 0   ? _mm512_slli_epi16(qh, 4)
+                         : G == 1 ? _mm512_slli_epi16(qh, 2)
+                         : G == 2 ? qh
+                                  : _mm512_srli_epi16(qh, 2);
+      return _mm512_or_si512(lo, _mm512_and_si512(hi, m30));
+#endif
+    }
+  }
+  // f(<G>) for G = 0..3.
+  template <class Fn>
+  static TMOE_INLINE void for_g4(Fn&& f) {
+    f.template operator()<0>(), f.template operator()<1>(), f.template operator()<2>(),
+        f.template operator()<3>();
+  }
+
+  // Q6_K on the interleaved copy (BlockQ6_Kx8): per activation block 4h + G (sub-blocks s = 8h + 2G
+  // and s + 1 of 16 elements) the 8 rows' integer sums of unsigned codes times activation bytes
+  // over each half, i0 and i1 (dot_us_acc; maddubs pairs <= 2 * 63 * 127), then per row
+  //   p = (i0 - 32 sum_0(a)) sc_s + (i1 - 32 sum_1(a)) sc_s+1   (int32; |p| <= 2 * 16 * 32 * 127 *
+  //       128 < 2^24, exact as a float)
+  //   acc = fma(float(p), d * d_a, acc) block by block,   y = acc
+  // (the terms of the plain dot(BlockQ6_K), summed in another order; one accumulator keeps the
+  // prefill tile's registers for its tokens).
+  static void dot_x8_q6k(const quant::BlockQ6_Kx8* w, const Act* a, std::size_t nb, float* y,
+                         const char* pf = nullptr) {
+    __m256 acc = _mm256_setzero_ps();
+    for (std::size_t b = 0; b < nb; ++b, a += 8) {
+      if (pf) prefetch_span<sizeof(quant::BlockQ6_Kx8)>(pf + b * sizeof(quant::BlockQ6_Kx8));
+      const quant::BlockQ6_Kx8& x = w[b];
+      const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x.d)));
+      for (int h = 0; h < 2; ++h)
+        for_g4([&]<int G>() {
+          const Act& ab = a[4 * h + G];
+          __m256i i0 = _mm256_setzero_si256(), i1 = _mm256_setzero_si256();
+          for (int m = 0; m < 8; ++m) {
+            const __m256i q = q6k_code<G>(load32(x.ql + 32 * (16 * h + 8 * (G % 2) + m)),
+                                          load32(x.qh + 32 * (8 * h + m)));
+            __m256i& i = m < 4 ? i0 : i1;
+            i = dot_us_acc(i, q, bcast4(ab.qs + 4 * m));
+          }
+          const std::int8_t* sc = x.sc + 8 * (8 * h + 2 * G);
+          const __m256i p = _mm256_add_epi32(
+              _mm256_mullo_epi32(_mm256_sub_epi32(i0, _mm256_set1_epi32(32 * ab.sum[0])),
+                                 _mm256_cvtepi8_epi32(load8(sc))),
+              _mm256_mullo_epi32(_mm256_sub_epi32(i1, _mm256_set1_epi32(32 * ab.sum[1])),
+                                 _mm256_cvtepi8_epi32(load8(sc + 8))));
+          acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_mul_ps(d, _mm256_set1_ps(ab.d)), acc);
+        });
+    }
+    _mm256_storeu_ps(y, acc);
+  }
+  // 8 bytes at p in the low half.
+  static TMOE_INLINE __m128i load8(const void* p) {
+    return _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+  }
+
 #if defined(TMOE_QUANT_X16)
   // Q4_K prefill on the interleaved copy (AVX-512 VNNI): groups g and g + 1 (16 rows; group j's
   // super-block b at w[st.at(j, b)], group g's 32-byte chunks in the low half of each vector) x
@@ -1054,14 +1129,75 @@ struct QuantImpl {
   // threads, 2 runs each) 3: 1.06, 4: 1.13, 5: 1.16-1.17, 6: 1.18-1.20, 8: 1.18-1.19 TFLOP/s.
   static constexpr std::size_t kX16Q4kTileTokens = 6;
 
-  // Groups g and g + 1 of a Q4_K copy (16 rows at w, st; y: token 0's 16 outputs) x tokens
-  // [0, T) of a.
-  static void gemm_x16_q4k_group(const quant::BlockQ4_Kx8* w, X8Step st, const QuantActs& a,
-                                 std::size_t nb, float* y, std::size_t ldy, const char* pf) {
-    over_tokens<kX16Q4kTileTokens>(a.T, pf, [&]<int N>(std::size_t t, const char* p) {
-      const std::size_t o = t * a.ldq;
-      gemm_x16_q4k_tile<N>(w, st, a.q + o, a.qd + o, a.qdsum + o, a.ldq, nb, y + t * ldy, ldy, p);
-    });
+  // Q6_K prefill on the interleaved copy (AVX-512 VNNI): groups g and g + 1 (16 rows, as
+  // gemm_x16_q4k_tile) x NT tokens per pass, each 64-byte code vector serving the NT tokens; per
+  // row and token dot_x8_q6k's integer sums and float steps, so its bits.
+  template <int NT>
+  static void gemm_x16_q6k_tile(const quant::BlockQ6_Kx8* w, X8Step st, const Act* a,
+                                std::size_t lda, std::size_t nb, float* y, std::size_t ldy,
+                                const char* pf) {
+    __m512 acc[NT];
+    for (int j = 0; j < NT; ++j) acc[j] = _mm512_setzero_ps();
+    for (std::size_t b = 0; b < nb; ++b, a += 8) {
+      if (pf) prefetch_x8<sizeof(quant::BlockQ6_Kx8), 2>(pf, st, b);
+      const quant::BlockQ6_Kx8& x0 = w[st.at(0, b)];
+      const quant::BlockQ6_Kx8& x1 = w[st.at(1, b)];
+      const __m512 d = scales16(x0, x1);
+      for (int h = 0; h < 2; ++h)
+        for_g4([&]<int G>() {
+          __m512i i0[NT], i1[NT];
+          // Elements 4m .. 4m + 3 of the block into i (m0 .. m0 + 3: one half).
+          auto half = [&](__m512i(&i)[NT], int m0) {
+            for (int j = 0; j < NT; ++j) i[j] = _mm512_setzero_si512();
+            for (int m = m0; m < m0 + 4; ++m) {
+              const std::size_t l = 32 * (16 * h + 8 * (G % 2) + m), c = 32 * (8 * h + m);
+              const __m512i q =
+                  q6k_code<G>(load2x32(x0.ql + l, x1.ql + l), load2x32(x0.qh + c, x1.qh + c));
+              for (int j = 0; j < NT; ++j) {
+                i[j] = _mm512_dpbusd_epi32(i[j], q, bcast4z(a[j * lda + 4 * h + G].qs + 4 * m));
+                pin(i[j]);
+              }
+            }
+          };
+          half(i0, 0);
+          half(i1, 4);
+          const int s = 8 * (8 * h + 2 * G);
+          const __m512i sc0 =
+              _mm512_cvtepi8_epi32(_mm_unpacklo_epi64(load8(x0.sc + s), load8(x1.sc + s)));
+          const __m512i sc1 =
+              _mm512_cvtepi8_epi32(_mm_unpacklo_epi64(load8(x0.sc + s + 8), load8(x1.sc + s + 8)));
+          for (int j = 0; j < NT; ++j) {
+            const Act& ab = a[j * lda + 4 * h + G];
+            const __m512i p = _mm512_add_epi32(
+                _mm512_mullo_epi32(_mm512_sub_epi32(i0[j], _mm512_set1_epi32(32 * ab.sum[0])), sc0),
+                _mm512_mullo_epi32(_mm512_sub_epi32(i1[j], _mm512_set1_epi32(32 * ab.sum[1])),
+                                   sc1));
+            acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(d, _mm512_set1_ps(ab.d)),
+                                     acc[j]);
+          }
+        });
+    }
+    for (int j = 0; j < NT; ++j) _mm512_storeu_ps(y + j * ldy, acc[j]);
+  }
+  // Tokens per gemm_x16_q6k_tile pass: BM_prefill_x8<Q6_K>/512/1 (2 runs each) 4: 722-749, 6:
+  // 753-758, 8: 742-769 GFLOP/s.
+  static constexpr std::size_t kX16Q6kTileTokens = 6;
+
+  // Groups g and g + 1 of a Q4_K / Q6_K copy (16 rows at w, st; y: token 0's 16 outputs) x
+  // tokens [0, T) of a.
+  template <class F>
+  static void gemm_x16_kq_group(const typename quant::RepackedX8<F>::Block* w, X8Step st,
+                                const QuantActs& a, std::size_t nb, float* y, std::size_t ldy,
+                                const char* pf) {
+    if constexpr (std::is_same_v<F, quant::Q4_K>)
+      over_tokens<kX16Q4kTileTokens>(a.T, pf, [&]<int N>(std::size_t t, const char* p) {
+        const std::size_t o = t * a.ldq;
+        gemm_x16_q4k_tile<N>(w, st, a.q + o, a.qd + o, a.qdsum + o, a.ldq, nb, y + t * ldy, ldy, p);
+      });
+    else
+      over_tokens<kX16Q6kTileTokens>(a.T, pf, [&]<int N>(std::size_t t, const char* p) {
+        gemm_x16_q6k_tile<N>(w, st, a.q + t * a.ldq, a.ldq, nb, y + t * ldy, ldy, p);
+      });
   }
 #endif
 #endif
@@ -1585,7 +1721,7 @@ struct QuantImpl {
         auto pf_of = [&](std::size_t g) {
           return reinterpret_cast<const char*>(pk + order.first(g)) + kX8PrefetchBytes;
         };
-        if constexpr (!std::is_same_v<F, quant::Q4_K>)
+        if constexpr (!quant::kX8KQuant<F>)
           if (a.T > 1) {
             // Several tokens: gemm_x8_tile (the same bits per row and token as dot_x8); with
             // AVX-512 VNNI pairs of groups through gemm_x16_tile (the same bits again).
@@ -1607,11 +1743,11 @@ struct QuantImpl {
           }
         std::size_t gt = g0;  // the groups from gt on run per token
 #if defined(TMOE_QUANT_X16)
-        if constexpr (std::is_same_v<F, quant::Q4_K>)
-          if (a.T > 1)  // several tokens: pairs of groups through gemm_x16_q4k_tile (same bits)
+        if constexpr (quant::kX8KQuant<F>)
+          if (a.T > 1)  // several tokens: pairs of groups through gemm_x16_q4k / q6k_tile
             for (; gt + 2 <= g1; gt += 2)
-              gemm_x16_q4k_group(pk + order.first(gt), x8_step(order, gt), a, nb, y + 8 * gt, ldy,
-                                 pf_of(gt));
+              gemm_x16_kq_group<F>(pk + order.first(gt), x8_step(order, gt), a, nb, y + 8 * gt, ldy,
+                                   pf_of(gt));
 #endif
         for (std::size_t g = gt; g < g1;) {
           const std::size_t n = groups_at(g);
@@ -1624,6 +1760,8 @@ struct QuantImpl {
             const Act* at = a.q + t * a.ldq;
             if constexpr (std::is_same_v<F, quant::Q4_K>) {
               dot_x8_q4k(wg, at, a.qd + t * a.ldq, a.qdsum + t * a.ldq, nb, yt, pf);
+            } else if constexpr (std::is_same_v<F, quant::Q6_K>) {
+              dot_x8_q6k(wg, at, nb, yt, pf);
             } else if (n == 4) {
               dot_groups<F, 4>(wg, st, at, nb, yt, pf);
             } else if (n == 2) {
@@ -1740,6 +1878,7 @@ QuantKernels make_quant_kernels() {
 #if defined(TMOE_QUANT_X16)
   k.x8_int_prefill_q8_0 = true;
   k.x8_int_prefill_q4_k = true;
+  k.x8_int_prefill_q6_k = true;
 #endif
   return k;
 }
