@@ -401,7 +401,6 @@ struct QuantImpl {
   static float dot(const quant::BlockQ6_K* w, const Act* a, std::size_t nb,
                    [[maybe_unused]] const quant::BlockQ6_K* next = nullptr) {
 #if defined(TMOE_QUANT_AVX2)
-    const __m256i m4 = _mm256_set1_epi8(15), m30 = _mm256_set1_epi8(0x30);
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
     for (std::size_t i = 0; i < nb; ++i, a += 8) {
       if (next) prefetch_span<sizeof(quant::BlockQ6_K)>(next + i);
@@ -410,15 +409,8 @@ struct QuantImpl {
       for (int h = 0; h < 2; ++h) {
         const __m256i ql0 = load32(x.ql + 64 * h), ql1 = load32(x.ql + 64 * h + 32);
         const __m256i qh = load32(x.qh + 32 * h);
-        __m256i q[4];
-        q[0] = _mm256_or_si256(_mm256_and_si256(ql0, m4),
-                               _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30));
-        q[1] = _mm256_or_si256(_mm256_and_si256(ql1, m4),
-                               _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30));
-        q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
-                               _mm256_and_si256(qh, m30));
-        q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
-                               _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30));
+        const __m256i q[4] = {q6k_code<0>(ql0, qh), q6k_code<1>(ql1, qh), q6k_code<2>(ql0, qh),
+                              q6k_code<3>(ql1, qh)};
         for (int g = 0; g < 4; ++g) {
           const Act& ab = a[4 * h + g];
           const int s0 = x.scales[8 * h + 2 * g], s1 = x.scales[8 * h + 2 * g + 1];
