@@ -1013,13 +1013,16 @@ struct QuantImpl {
       for (int h = 0; h < 2; ++h)
         for_g4([&]<int G>() {
           const Act& ab = a[4 * h + G];
-          __m256i i0 = _mm256_setzero_si256(), i1 = _mm256_setzero_si256();
-          for (int m = 0; m < 8; ++m) {
-            const __m256i q = q6k_code<G>(load32(x.ql + 32 * (16 * h + 8 * (G % 2) + m)),
-                                          load32(x.qh + 32 * (8 * h + m)));
-            __m256i& i = m < 4 ? i0 : i1;
-            i = dot_us_acc(i, q, bcast4(ab.qs + 4 * m));
-          }
+          auto half = [&](int m0) {  // elements 4m .. 4m + 3 for m in m0 .. m0 + 3
+            __m256i i = _mm256_setzero_si256();
+            for (int m = m0; m < m0 + 4; ++m)
+              i = dot_us_acc(i,
+                             q6k_code<G>(load32(x.ql + 32 * (16 * h + 8 * (G % 2) + m)),
+                                         load32(x.qh + 32 * (8 * h + m))),
+                             bcast4(ab.qs + 4 * m));
+            return i;
+          };
+          const __m256i i0 = half(0), i1 = half(4);
           const std::int8_t* sc = x.sc + 8 * (8 * h + 2 * G);
           const __m256i p = _mm256_add_epi32(
               _mm256_mullo_epi32(_mm256_sub_epi32(i0, _mm256_set1_epi32(32 * ab.sum[0])),
