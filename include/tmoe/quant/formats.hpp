@@ -279,10 +279,9 @@ TMOE_INLINE void q4k_scale_min(const std::uint8_t* sc, int s, int& scale, int& m
 
 // ---- 8-row interleaved copies for the decode GEMV (load-time repacking) ------------------------
 // Group g holds rows 8g .. 8g + 7; its block b (the same 32 columns of the 8 rows) is one
-// BlockX8. Groups come in units of U = kX8Unit<F> consecutive groups (Q4_0, Q8_0: 4; Q4_K, Q6_K:
-// 1)
-// whose blocks are interleaved block by block (X8Order below), so the decode GEMV's pass over a
-// unit's 32 rows reads one contiguous stream instead of U streams (docs/performance.md, "One
+// BlockX8. Groups come in units of U = kX8Unit<F> consecutive groups (Q4_0, Q8_0: 4; Q4_K,
+// Q6_K: 1) whose blocks are interleaved block by block (X8Order below), so the decode GEMV's pass
+// over a unit's 32 rows reads one contiguous stream instead of U streams (docs/performance.md, "One
 // stream per decode pass"); the groups % U groups after the last whole unit keep their blocks
 // contiguous.
 //   d[r]: row r's f16 scale (one F16C conversion gives the 8 scales);
@@ -418,7 +417,6 @@ void repack_x8(const QuantMatrixView<F>& w, typename RepackedX8<F>::Block* out) 
           for (std::size_t k = 0; k < 16; ++k)
             std::memcpy(o.qh + 32 * k + 4 * r, blk.qh + 4 * k, 4);
           for (int s = 0; s < 16; ++s) o.sc[8 * s + r] = blk.scales[s];
-          continue;
         } else {
           constexpr std::size_t kRowBytes = sizeof(typename F::Block{}.qs);
           for (std::size_t k = 0; k < kRowBytes / 4; ++k)
@@ -451,7 +449,6 @@ typename F::Block unpack_x8(const typename RepackedX8<F>::Block& x, std::size_t 
     for (std::size_t k = 0; k < 32; ++k) std::memcpy(b.ql + 4 * k, x.ql + 32 * k + 4 * r, 4);
     for (std::size_t k = 0; k < 16; ++k) std::memcpy(b.qh + 4 * k, x.qh + 32 * k + 4 * r, 4);
     for (int s = 0; s < 16; ++s) b.scales[s] = x.sc[8 * s + r];
-    return b;
   } else {
     constexpr std::size_t kRowBytes = sizeof(Block{}.qs);
     for (std::size_t k = 0; k < kRowBytes / 4; ++k)
