@@ -7,8 +7,9 @@
 //                 f16, block kinds cols / block_size blocks (quant/formats.hpp, GGUF layout).
 //   matmul      = one switch per call to cpu::matmul<float|bf16|f16> or LinearTraits<Q>::matmul
 //                 (cpu::matmul_quant<Q>): the per-format kernels run unchanged.
-//   packed      = optional 8-row interleaved copy of a Q4_0 / Q8_0 / Q4_K matrix (the loader's),
-//                 passed to the kernels as QuantMatrixView::packed; data stays the stored rows.
+//   packed      = optional 8-row interleaved copy of a Q4_0 / Q8_0 / Q4_K / Q6_K matrix (the
+//                 loader's), passed to the kernels as QuantMatrixView::packed; data stays the
+//                 stored rows.
 //   slice_rows  = rows [begin, begin + count) in place (MoE row blocks); packed kept when the
 //                 slice cuts the copy at its units (quant::x8_slice_keeps_copy).
 //   decode_row  = the embedding lookup of the underlying format.
@@ -82,7 +83,7 @@ struct AnyMatrixView {
   const std::byte* data = nullptr;
   std::size_t rows = 0, cols = 0;
   std::size_t row_bytes = 0;
-  // Q4_0 / Q8_0 / Q4_K: optional 8-row interleaved copy for the decode GEMV
+  // Q4_0 / Q8_0 / Q4_K / Q6_K: optional 8-row interleaved copy for the decode GEMV
   // (QuantMatrixView::packed).
   const void* packed = nullptr;
 

@@ -6,9 +6,10 @@
 //   matmul      = cpu::matmul_quant<Q> (activations quantized per 32 for the integer formats)
 //   slice_rows  = rows [begin, begin + count) in place; for Fp8Block, whose 128x128 scale tiles
 //                 are indexed by row / 128, `begin` must be a multiple of 128 (MoE row blocks are);
-//                 the 8-row interleaved copy (view.packed, Q4_0 / Q8_0 / Q4_K) is kept when the
-//                 slice cuts it at its units (quant::x8_slice_keeps_copy: begin a multiple of
-//                 32 rows, 8 for Q4_K), dropped otherwise (the GEMV then reads the blocks)
+//                 the 8-row interleaved copy (view.packed, Q4_0 / Q8_0 / Q4_K / Q6_K) is kept
+//                 when the slice cuts it at its units (quant::x8_slice_keeps_copy: begin a
+//                 multiple of 32 rows, 8 for Q4_K / Q6_K), dropped otherwise (the GEMV then reads
+//                 the blocks)
 //   matmul_acts = the same product over activations quantized once (cpu::Q8Acts), shared by
 //                 several matmuls (MoE experts, q/k/v, gate/up); bit-identical to matmul
 //   reads_q8_acts = whether the kernels read Q8 activation blocks (all but NF4 / Fp8Block)

@@ -14,10 +14,11 @@
 //     Q4_K builds its 8 sub-block scales as one float vector per super-block (6-bit unpack by
 //     32-bit masks) and broadcasts each with a lane permute.
 //     With the 8-row interleaved copy (QuantMatrixView::packed, quant/formats.hpp repack_x8),
-//     Q4_0, Q8_0 and Q4_K run dot_x8 / dot_x8_q4k instead: 4 bytes of each of 8 rows per load
-//     against 4 broadcast activation bytes, the 8 rows' integer sums in the 8 lanes, one F16C
-//     conversion and one FMA per 8 row-blocks (Q4_K: the 6-bit scale applied in the integer
-//     pair-add, one FMA per sub-block, d and dmin once per super-block), no horizontal sums;
+//     Q4_0, Q8_0, Q4_K and Q6_K run dot_x8 / dot_x8_q4k / dot_x8_q6k instead: 4 bytes of each
+//     of 8 rows per load against 4 broadcast activation bytes, the 8 rows' integer sums in the 8
+//     lanes, one F16C conversion and one FMA per 8 row-blocks (Q4_K: the 6-bit scale applied in
+//     the integer pair-add, one FMA per sub-block, d and dmin once per super-block; Q6_K: the two
+//     16-element scales in int32, one FMA per 32-element block), no horizontal sums;
 //     Q4_0 / Q8_0 two groups (16 rows) per pass sharing the broadcasts, a software prefetch
 //     kX8PrefetchBytes ahead. Per row the float terms are the plain kernels', summed in another
 //     order (see docs/quantization.md for the bound against the plain kernels).
@@ -1674,7 +1675,7 @@ struct QuantImpl {
 #endif
 
   // ---- matrix driver: tiles of 16 output rows x 32 tokens -------------------------------------
-  // With an interleaved copy (w.packed, Q4_0 / Q8_0 / Q4_K), the whole 8-row groups inside
+  // With an interleaved copy (w.packed, Q4_0 / Q8_0 / Q4_K / Q6_K), the whole 8-row groups inside
   // [o_begin, o_end) run dot_x8; rows outside them (range edges, the rows % 8 tail) run the
   // per-row kernels on w.blocks.
   template <class F, bool kTable = false>
