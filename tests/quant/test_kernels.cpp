@@ -527,7 +527,8 @@ TEST_CASE("row slices of the interleaved copy: kept at units, the same bits as t
   CHECK_FALSE(x8_slice_keeps_copy(4, 80, 8, 32));  // starts inside a unit
   CHECK_FALSE(x8_slice_keeps_copy(4, 80, 32, 24));  // groups 4..6: part of a unit
   CHECK(x8_slice_keeps_copy(4, 80, 32, 40));        // a unit, then the matrix's group 8
-  CHECK(x8_slice_keeps_copy(1, 80, 8, 40));         // Q4_K: units of one group
+  CHECK(x8_slice_keeps_copy(2, 80, 16, 48));        // Q4_K / Q6_K: units of two groups
+  CHECK_FALSE(x8_slice_keeps_copy(2, 80, 8, 40));   // starts inside one
   auto m = random_matrix<Q4_0>(80, 96, 5);
   m.repack();
   const auto w = m.view();

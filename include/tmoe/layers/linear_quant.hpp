@@ -8,7 +8,7 @@
 //                 are indexed by row / 128, `begin` must be a multiple of 128 (MoE row blocks are);
 //                 the 8-row interleaved copy (view.packed, Q4_0 / Q8_0 / Q4_K / Q6_K) is kept
 //                 when the slice cuts it at its units (quant::x8_slice_keeps_copy: begin a
-//                 multiple of 32 rows, 8 for Q4_K / Q6_K), dropped otherwise (the GEMV then reads
+//                 multiple of 32 rows, 16 for Q4_K / Q6_K), dropped otherwise (the GEMV then reads
 //                 the blocks)
 //   matmul_acts = the same product over activations quantized once (cpu::Q8Acts), shared by
 //                 several matmuls (MoE experts, q/k/v, gate/up); bit-identical to matmul

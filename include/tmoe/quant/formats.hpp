@@ -280,7 +280,7 @@ TMOE_INLINE void q4k_scale_min(const std::uint8_t* sc, int s, int& scale, int& m
 // ---- 8-row interleaved copies for the decode GEMV (load-time repacking) ------------------------
 // Group g holds rows 8g .. 8g + 7; its block b (the same 32 columns of the 8 rows) is one
 // BlockX8. Groups come in units of U = kX8Unit<F> consecutive groups (Q4_0, Q8_0: 4; Q4_K,
-// Q6_K: 1) whose blocks are interleaved block by block (X8Order below), so the decode GEMV's pass
+// Q6_K: 2) whose blocks are interleaved block by block (X8Order below), so the decode GEMV's pass
 // over a unit's 32 rows reads one contiguous stream instead of U streams (docs/performance.md, "One
 // stream per decode pass"); the groups % U groups after the last whole unit keep their blocks
 // contiguous.
@@ -350,10 +350,10 @@ template <class F>
 inline constexpr bool kRepackX8 =
     std::is_same_v<F, Q4_0> || std::is_same_v<F, Q8_0> || kX8KQuant<F>;
 
-// Groups per interleaved unit of the copy (Q4_K's 1152-byte and Q6_K's 1680-byte blocks are long
-// streams already and their kernels take one group per pass).
+// Groups per interleaved unit of the copy: 4 for Q4_0 / Q8_0 (a decode pass takes a unit); 2 for
+// Q4_K / Q6_K (their 16-row kernels take a pair: one stream per pass).
 template <class F>
-inline constexpr std::size_t kX8Unit = kX8KQuant<F> ? 1 : 4;
+inline constexpr std::size_t kX8Unit = kX8KQuant<F> ? 2 : 4;
 
 // Where the copy keeps each block: `groups` 8-row groups of `nb` blocks in units of `unit`
 // groups. Group g's block b is at first(g) + b * block_stride(g); groups g and g + 1 of one unit

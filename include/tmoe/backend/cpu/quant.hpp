@@ -17,8 +17,8 @@
 //     bit-identical to the T = 1 decode of its token (so the Q8 bound above applies); measured
 //     faster than the float GEMM (bench_quant BM_prefill_x8, docs/performance.md). Output rows are
 //     split across the pool's threads (in whole units of the 8-row interleaved copy when w has
-//     one, w.packed: Q4_0 / Q8_0 32 rows, Q4_K 8, QuantMatrix::repack / the loader). `k` selects
-//     the ISA; `fn` (optional) overrides the row kernel (bench_quant uses it to time
+//     one, w.packed: Q4_0 / Q8_0 32 rows, Q4_K / Q6_K 16, QuantMatrix::repack / the loader).
+//     `k` selects the ISA; `fn` (optional) overrides the row kernel (bench_quant uses it to time
 //     rows_fp8_block_table).
 //   Q8Acts / matmul_quant<F>(pool, W, acts, Y): the same product with X quantized once by
 //     Q8Acts::quantize and shared by several matmuls (a MoE layer's experts and their gate/up

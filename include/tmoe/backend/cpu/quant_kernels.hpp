@@ -890,7 +890,10 @@ struct QuantImpl {
     ms[7] = _mm_unpackhi_epi64(m67, m67);
   }
 
-  static void dot_x8_q4k(const quant::BlockQ4_Kx8* w, const Act* a, const float* qd,
+  // NG consecutive groups (group j's block b at w[st.at(j, b)], its 8 outputs at y + 8 j) in one
+  // pass over their stream.
+  template <int NG>
+  static void dot_x8_q4k(const quant::BlockQ4_Kx8* w, X8Step st, const Act* a, const float* qd,
                          const float* qdsum, std::size_t nb, float* y, const char* pf = nullptr) {
     const __m256i m4 = _mm256_set1_epi8(15);
 #if !(defined(__AVX512VNNI__) && defined(__AVX512VL__))
@@ -902,66 +905,71 @@ struct QuantImpl {
         _mm256_setr_epi8(8, -1, 8, -1, 9, -1, 9, -1, 10, -1, 10, -1, 11, -1, 11, -1, 12, -1, 12, -1,
                          13, -1, 13, -1, 14, -1, 14, -1, 15, -1, 15, -1);
 #endif
-    __m256 acc = _mm256_setzero_ps(), macc = _mm256_setzero_ps();
+    __m256 acc[NG], macc[NG];
+    for (int j = 0; j < NG; ++j) acc[j] = macc[j] = _mm256_setzero_ps();
     for (std::size_t b = 0; b < nb; ++b, a += 8, qd += 8, qdsum += 8) {
-      if (pf) prefetch_span<sizeof(quant::BlockQ4_Kx8)>(pf + b * sizeof(quant::BlockQ4_Kx8));
-      const quant::BlockQ4_Kx8& x = w[b];
-      __m256 tm = _mm256_setzero_ps();
-      {
-        __m128i ms[8];
-        q4k_mins(x, ms);
-        // Four independent chains (one chain of 8 FMAs cost ~5 % of the kernel in latency).
-        __m256 t[4];
-        for (int sb = 0; sb < 4; ++sb)
-          t[sb] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(ms[sb])),
-                                _mm256_set1_ps(qdsum[sb]));
-        for (int sb = 4; sb < 8; ++sb)
-          t[sb - 4] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(ms[sb])),
-                                      _mm256_set1_ps(qdsum[sb]), t[sb - 4]);
-        tm = _mm256_add_ps(_mm256_add_ps(t[0], t[1]), _mm256_add_ps(t[2], t[3]));
-      }
-      __m256 td = _mm256_setzero_ps();
-      for (int c = 0; c < 4; ++c) {
-        const std::uint8_t* q = x.qs + 256 * c;
-        const Act &a0 = a[2 * c], &a1 = a[2 * c + 1];
-        __m256i ilo, ihi;
+      if (pf) prefetch_x8<sizeof(quant::BlockQ4_Kx8), NG>(pf, st, b);
+      for (int j = 0; j < NG; ++j) {
+        const quant::BlockQ4_Kx8& x = w[st.at(j, b)];
+        __m256 tm = _mm256_setzero_ps();
+        {
+          __m128i ms[8];
+          q4k_mins(x, ms);
+          // Four independent chains (one chain of 8 FMAs cost ~5 % of the kernel in latency).
+          __m256 t[4];
+          for (int sb = 0; sb < 4; ++sb)
+            t[sb] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(ms[sb])),
+                                  _mm256_set1_ps(qdsum[sb]));
+          for (int sb = 4; sb < 8; ++sb)
+            t[sb - 4] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(ms[sb])),
+                                        _mm256_set1_ps(qdsum[sb]), t[sb - 4]);
+          tm = _mm256_add_ps(_mm256_add_ps(t[0], t[1]), _mm256_add_ps(t[2], t[3]));
+        }
+        __m256 td = _mm256_setzero_ps();
+        for (int c = 0; c < 4; ++c) {
+          const std::uint8_t* q = x.qs + 256 * c;
+          const Act &a0 = a[2 * c], &a1 = a[2 * c + 1];
+          __m256i ilo, ihi;
 #if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-        ilo = ihi = _mm256_setzero_si256();
-        for (int j = 0; j < 8; ++j) {
-          const __m256i raw = load32(q + 32 * j);
-          ilo = dot_us_acc(ilo, _mm256_and_si256(raw, m4), bcast4(a0.qs + 4 * j));
-          ihi = dot_us_acc(ihi, _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4),
-                           bcast4(a1.qs + 4 * j));
-        }
-        const __m128i scb = _mm_and_si128(
-            _mm_loadu_si128(reinterpret_cast<const __m128i*>(x.sc + 16 * c)), _mm_set1_epi8(63));
-        ilo = _mm256_mullo_epi32(ilo, _mm256_cvtepu8_epi32(scb));
-        ihi = _mm256_mullo_epi32(ihi, _mm256_cvtepu8_epi32(_mm_unpackhi_epi64(scb, scb)));
+          ilo = ihi = _mm256_setzero_si256();
+          for (int j = 0; j < 8; ++j) {
+            const __m256i raw = load32(q + 32 * j);
+            ilo = dot_us_acc(ilo, _mm256_and_si256(raw, m4), bcast4(a0.qs + 4 * j));
+            ihi = dot_us_acc(ihi, _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4),
+                             bcast4(a1.qs + 4 * j));
+          }
+          const __m128i scb = _mm_and_si128(
+              _mm_loadu_si128(reinterpret_cast<const __m128i*>(x.sc + 16 * c)), _mm_set1_epi8(63));
+          ilo = _mm256_mullo_epi32(ilo, _mm256_cvtepu8_epi32(scb));
+          ihi = _mm256_mullo_epi32(ihi, _mm256_cvtepu8_epi32(_mm_unpackhi_epi64(scb, scb)));
 #else
-        __m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256();
-        for (int j = 0; j < 8; ++j) {
-          const __m256i raw = load32(q + 32 * j);
-          s0 = _mm256_add_epi16(
-              s0, _mm256_maddubs_epi16(_mm256_and_si256(raw, m4), bcast4(a0.qs + 4 * j)));
-          s1 = _mm256_add_epi16(
-              s1, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(raw, 4), m4),
-                                       bcast4(a1.qs + 4 * j)));
-        }
-        const __m256i scb = _mm256_and_si256(_mm256_broadcastsi128_si256(_mm_loadu_si128(
-                                                 reinterpret_cast<const __m128i*>(x.sc + 16 * c))),
-                                             _mm256_set1_epi8(63));
-        ilo = _mm256_madd_epi16(s0, _mm256_shuffle_epi8(scb, sel0));
-        ihi = _mm256_madd_epi16(s1, _mm256_shuffle_epi8(scb, sel1));
+          __m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256();
+          for (int j = 0; j < 8; ++j) {
+            const __m256i raw = load32(q + 32 * j);
+            s0 = _mm256_add_epi16(
+                s0, _mm256_maddubs_epi16(_mm256_and_si256(raw, m4), bcast4(a0.qs + 4 * j)));
+            s1 = _mm256_add_epi16(
+                s1, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(raw, 4), m4),
+                                         bcast4(a1.qs + 4 * j)));
+          }
+          const __m256i scb = _mm256_and_si256(
+              _mm256_broadcastsi128_si256(
+                  _mm_loadu_si128(reinterpret_cast<const __m128i*>(x.sc + 16 * c))),
+              _mm256_set1_epi8(63));
+          ilo = _mm256_madd_epi16(s0, _mm256_shuffle_epi8(scb, sel0));
+          ihi = _mm256_madd_epi16(s1, _mm256_shuffle_epi8(scb, sel1));
 #endif
-        td = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ilo), _mm256_set1_ps(qd[2 * c]), td);
-        td = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ihi), _mm256_set1_ps(qd[2 * c + 1]), td);
+          td = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ilo), _mm256_set1_ps(qd[2 * c]), td);
+          td = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ihi), _mm256_set1_ps(qd[2 * c + 1]), td);
+        }
+        acc[j] = _mm256_fmadd_ps(
+            td, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x.d))), acc[j]);
+        macc[j] = _mm256_fmadd_ps(
+            tm, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x.dmin))),
+            macc[j]);
       }
-      acc = _mm256_fmadd_ps(
-          td, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x.d))), acc);
-      macc = _mm256_fmadd_ps(
-          tm, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x.dmin))), macc);
     }
-    _mm256_storeu_ps(y, _mm256_sub_ps(acc, macc));
+    for (int j = 0; j < NG; ++j) _mm256_storeu_ps(y + 8 * j, _mm256_sub_ps(acc[j], macc[j]));
   }
 
   // Q6_K's codes (0..63) of activation block 4h + G of a super-block from its ql chunk (16h + m
@@ -1004,36 +1012,43 @@ struct QuantImpl {
   //   acc = fma(float(p), d * d_a, acc) block by block,   y = acc
   // (the terms of the plain dot(BlockQ6_K), summed in another order; one accumulator keeps the
   // prefill tile's registers for its tokens).
-  static void dot_x8_q6k(const quant::BlockQ6_Kx8* w, const Act* a, std::size_t nb, float* y,
-                         const char* pf = nullptr) {
-    __m256 acc = _mm256_setzero_ps();
+  // NG groups in one pass: as dot_x8_q4k.
+  template <int NG>
+  static void dot_x8_q6k(const quant::BlockQ6_Kx8* w, X8Step st, const Act* a, std::size_t nb,
+                         float* y, const char* pf = nullptr) {
+    __m256 accs[NG];
+    for (int j = 0; j < NG; ++j) accs[j] = _mm256_setzero_ps();
     for (std::size_t b = 0; b < nb; ++b, a += 8) {
-      if (pf) prefetch_span<sizeof(quant::BlockQ6_Kx8)>(pf + b * sizeof(quant::BlockQ6_Kx8));
-      const quant::BlockQ6_Kx8& x = w[b];
-      const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x.d)));
-      for (int h = 0; h < 2; ++h)
-        for_g4([&]<int G>() {
-          const Act& ab = a[4 * h + G];
-          auto half = [&](int m0) {  // elements 4m .. 4m + 3 for m in m0 .. m0 + 3
-            __m256i i = _mm256_setzero_si256();
-            for (int m = m0; m < m0 + 4; ++m)
-              i = dot_us_acc(i,
-                             q6k_code<G>(load32(x.ql + 32 * (16 * h + 8 * (G % 2) + m)),
-                                         load32(x.qh + 32 * (8 * h + m))),
-                             bcast4(ab.qs + 4 * m));
-            return i;
-          };
-          const __m256i i0 = half(0), i1 = half(4);
-          const std::int8_t* sc = x.sc + 8 * (8 * h + 2 * G);
-          const __m256i p = _mm256_add_epi32(
-              _mm256_mullo_epi32(_mm256_sub_epi32(i0, _mm256_set1_epi32(32 * ab.sum[0])),
-                                 _mm256_cvtepi8_epi32(load8(sc))),
-              _mm256_mullo_epi32(_mm256_sub_epi32(i1, _mm256_set1_epi32(32 * ab.sum[1])),
-                                 _mm256_cvtepi8_epi32(load8(sc + 8))));
-          acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_mul_ps(d, _mm256_set1_ps(ab.d)), acc);
-        });
+      if (pf) prefetch_x8<sizeof(quant::BlockQ6_Kx8), NG>(pf, st, b);
+      for (int j = 0; j < NG; ++j) {
+        const quant::BlockQ6_Kx8& x = w[st.at(j, b)];
+        __m256& acc = accs[j];
+        const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x.d)));
+        for (int h = 0; h < 2; ++h)
+          for_g4([&]<int G>() {
+            const Act& ab = a[4 * h + G];
+            auto half = [&](int m0) {  // elements 4m .. 4m + 3 for m in m0 .. m0 + 3
+              __m256i i = _mm256_setzero_si256();
+              for (int m = m0; m < m0 + 4; ++m)
+                i = dot_us_acc(i,
+                               q6k_code<G>(load32(x.ql + 32 * (16 * h + 8 * (G % 2) + m)),
+                                           load32(x.qh + 32 * (8 * h + m))),
+                               bcast4(ab.qs + 4 * m));
+              return i;
+            };
+            const __m256i i0 = half(0), i1 = half(4);
+            const std::int8_t* sc = x.sc + 8 * (8 * h + 2 * G);
+            const __m256i p = _mm256_add_epi32(
+                _mm256_mullo_epi32(_mm256_sub_epi32(i0, _mm256_set1_epi32(32 * ab.sum[0])),
+                                   _mm256_cvtepi8_epi32(load8(sc))),
+                _mm256_mullo_epi32(_mm256_sub_epi32(i1, _mm256_set1_epi32(32 * ab.sum[1])),
+                                   _mm256_cvtepi8_epi32(load8(sc + 8))));
+            acc =
+                _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_mul_ps(d, _mm256_set1_ps(ab.d)), acc);
+          });
+      }
     }
-    _mm256_storeu_ps(y, acc);
+    for (int j = 0; j < NG; ++j) _mm256_storeu_ps(y + 8 * j, accs[j]);
   }
   // 8 bytes at p in the low half.
   static TMOE_INLINE __m128i load8(const void* p) {
@@ -1691,17 +1706,17 @@ struct QuantImpl {
         const quant::X8Order order = quant::x8_order(w);
         // Groups per pass from group g: a whole unit where [g, g + unit) is one inside the range
         // (Q4_0 / Q8_0: 4 groups, one contiguous stream, with AVX-512 VNNI as two 16-row
-        // vectors; Q4_K: its units are single groups), else pairs (their activation broadcasts
-        // shared; inside a unit from an even group) or single groups.
+        // vectors; Q4_K / Q6_K: 2 groups, one 16-row vector under VNNI), else pairs (their
+        // activation broadcasts shared; inside a unit from an even group) or single groups.
         auto groups_at = [&](std::size_t g) -> std::size_t {
           if (order.in_unit(g) && g % order.unit == 0 && g + order.unit <= g1) return order.unit;
           const bool pair = g + 2 <= g1 && (!order.in_unit(g) || g % 2 == 0);
           return pair ? 2 : 1;
         };
-        static_assert(quant::kX8Unit<F> == 1 || quant::kX8Unit<F> == 4, "passes of 1, 2, 4 groups");
+        static_assert(quant::kX8Unit<F> == 2 || quant::kX8Unit<F> == 4, "passes of 1, 2, 4 groups");
         // One prefetch per block kX8PrefetchBytes ahead of the pass's stream (first token only,
         // the later ones find the lines cached). A unit's stream runs on into the next unit's;
-        // groups stored one after another (Q4_K, the groups after the last whole unit) start a
+        // groups stored one after another (the groups after the last whole unit) start a
         // new stream per group, so each pass there also prefetches the heads of the groups the
         // next pass reads, from here to the end of the range's first pass for the first one
         // (when a group is longer than two such heads).
@@ -1737,27 +1752,36 @@ struct QuantImpl {
             rows_plain<F, kTable>(w, a, y, ldy, 8 * g1, o_end);
             return;
           }
-        std::size_t gt = g0;  // the groups from gt on run per token
-#if defined(TMOE_QUANT_X16)
-        if constexpr (quant::kX8KQuant<F>)
-          if (a.T > 1)  // several tokens: pairs of groups through gemm_x16_q4k / q6k_tile
-            for (; gt + 2 <= g1; gt += 2)
-              gemm_x16_kq_group<F>(pk + order.first(gt), x8_step(order, gt), a, nb, y + 8 * gt, ldy,
-                                   pf_of(gt));
-#endif
-        for (std::size_t g = gt; g < g1;) {
+        for (std::size_t g = g0; g < g1;) {
           const std::size_t n = groups_at(g);
           prefetch_heads(g + n, g + 2 * n);
           const auto* wg = pk + order.first(g);
           const X8Step st = x8_step(order, g);
+#if defined(TMOE_QUANT_X16)
+          // Q4_K / Q6_K under VNNI: a unit's pair of groups (one stream) through
+          // gemm_x16_q4k / q6k_tile, every T (the same bits as dot_x8_q4k / q6k per token).
+          if constexpr (quant::kX8KQuant<F>)
+            if (n == 2) {
+              gemm_x16_kq_group<F>(wg, st, a, nb, y + 8 * g, ldy, pf_of(g));
+              g += n;
+              continue;
+            }
+#endif
           for (std::size_t t = 0; t < a.T; ++t) {
             const char* pf = t == 0 ? pf_of(g) : nullptr;
             float* yt = y + t * ldy + 8 * g;
             const Act* at = a.q + t * a.ldq;
             if constexpr (std::is_same_v<F, quant::Q4_K>) {
-              dot_x8_q4k(wg, at, a.qd + t * a.ldq, a.qdsum + t * a.ldq, nb, yt, pf);
+              const float *qd = a.qd + t * a.ldq, *qs = a.qdsum + t * a.ldq;
+              if (n == 2)
+                dot_x8_q4k<2>(wg, st, at, qd, qs, nb, yt, pf);
+              else
+                dot_x8_q4k<1>(wg, st, at, qd, qs, nb, yt, pf);
             } else if constexpr (std::is_same_v<F, quant::Q6_K>) {
-              dot_x8_q6k(wg, at, nb, yt, pf);
+              if (n == 2)
+                dot_x8_q6k<2>(wg, st, at, nb, yt, pf);
+              else
+                dot_x8_q6k<1>(wg, st, at, nb, yt, pf);
             } else if (n == 4) {
               dot_groups<F, 4>(wg, st, at, nb, yt, pf);
             } else if (n == 2) {
