@@ -49,9 +49,10 @@
 // pass on the Q8 activations, each weight load and nibble split shared by the tile's tokens; per
 // row and token the same integer block sums and float steps as dot_x8 (the decode result bit for
 // bit); one core, T = 128: Q4_0 1.8x, Q8_0 1.4x the float GEMM's FLOP/s (bench_cputime), pp512
-// Qwen-1.5B Q4_0 2.1x, Q8_0 1.06x (docs/performance.md, "Integer prefill"). Q4_K with its copy
-// does the same under VNNI (x8_int_prefill_q4_k: gemm_x16_q4k_tile, dot_x8_q4k's bits; 2 threads,
-// T = 512: 2.5x the float GEMM's FLOP/s, docs/performance.md "Q4_K prefill on the integer units").
+// Qwen-1.5B Q4_0 2.1x, Q8_0 1.06x (docs/performance.md, "Integer prefill"). Q4_K and Q6_K with
+// their copies do the same under VNNI (x8_int_prefill_q4_k / _q6_k: gemm_x16_q4k_tile /
+// gemm_x16_q6k_tile, the decode's bits; 2 threads, T = 512: 2.5x / 1.7x the float GEMM's FLOP/s,
+// docs/performance.md "K-quant prefill on the integer units, Q6_K interleaved").
 #pragma once
 
 #include <algorithm>
