@@ -910,8 +910,8 @@ struct QuantImpl {
     for (int j = 0; j < NG; ++j) acc[j] = macc[j] = _mm256_setzero_ps();
     for (std::size_t b = 0; b < nb; ++b, a += 8, qd += 8, qdsum += 8) {
       if (pf) prefetch_x8<sizeof(quant::BlockQ4_Kx8), NG>(pf, st, b);
-      for (int j = 0; j < NG; ++j) {
-        const quant::BlockQ4_Kx8& x = w[st.at(j, b)];
+      for (int g = 0; g < NG; ++g) {
+        const quant::BlockQ4_Kx8& x = w[st.at(g, b)];
         __m256 tm = _mm256_setzero_ps();
         {
           __m128i ms[8];
@@ -963,11 +963,11 @@ struct QuantImpl {
           td = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ilo), _mm256_set1_ps(qd[2 * c]), td);
           td = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ihi), _mm256_set1_ps(qd[2 * c + 1]), td);
         }
-        acc[j] = _mm256_fmadd_ps(
-            td, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x.d))), acc[j]);
-        macc[j] = _mm256_fmadd_ps(
+        acc[g] = _mm256_fmadd_ps(
+            td, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x.d))), acc[g]);
+        macc[g] = _mm256_fmadd_ps(
             tm, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x.dmin))),
-            macc[j]);
+            macc[g]);
       }
     }
     for (int j = 0; j < NG; ++j) _mm256_storeu_ps(y + 8 * j, _mm256_sub_ps(acc[j], macc[j]));
